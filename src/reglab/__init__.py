@@ -1,0 +1,30 @@
+"""reglab: regularize any PyTorch module the Keras way, and measure what regularization does."""
+
+from . import activations, constraints, initializers, layers, losses, optimizers, regularizers
+from .attach import (
+    Handle,
+    apply_constraints,
+    apply_spec,
+    clear_activity,
+    constrain,
+    penalties,
+    penalty,
+    regularization_spec,
+    regularize,
+)
+from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm
+from .layers import Activation, Dense
+from .losses import RegularizedLoss
+from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, Regularizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
+    "Handle", "regularize", "constrain", "penalty", "penalties", "apply_constraints", "clear_activity",
+    "regularization_spec", "apply_spec",
+    "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
+    "Dense", "Activation", "RegularizedLoss",
+    "Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity",
+]

@@ -1,0 +1,421 @@
+"""Attach regularizers and constraints to any ``torch.nn.Module``, and read the penalty back.
+
+Nothing is subclassed: parameter regularizers are recorded on the module that owns the parameter,
+activity regularizers are forward hooks, constraints are applied by a global optimizer step
+post-hook keyed on parameter identity. Every attachment returns a handle whose ``remove()``
+detaches it again.
+
+Penalty sources have stable names, relative to the module ``penalties`` is called on:
+``"<module path>.<param>"`` for a parameter (``"0.weight"``), ``"<module path>:activity"`` for a
+module output (``"3:activity"``; the root module's own output is ``":activity"``).
+
+Activity regularization (Keras semantics): the regularizer sees the module's output -- for a
+tuple/list output its first element (``nn.LSTM`` -> the output sequence, not ``(h, c)``), moved
+so that the batch dimension comes first (recurrent modules with ``batch_first=False`` have it at
+dimension 1) -- and its value is divided by the batch size. It is computed in every forward
+pass, in ``train()`` and ``eval()`` mode alike (Keras's ``val_loss`` includes it).
+
+Several forward passes before one step: the activity terms of consecutive forward passes add up
+(two forwards for gradient accumulation count twice, like their data losses); reading them with
+``penalty``/``penalties`` does not change them (read twice, get the same value), but the first
+forward pass after a read starts afresh, as does
+a forward pass made under a different grad mode (so an evaluation under ``torch.no_grad()``
+between steps neither leaks into nor drops from the training penalty).
+``clear_activity(model)`` drops recorded terms explicitly.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch import nn
+
+from . import constraints as _constraints
+from . import regularizers as _regularizers
+
+__all__ = [
+    "Handle",
+    "regularize",
+    "constrain",
+    "penalty",
+    "penalties",
+    "apply_constraints",
+    "clear_activity",
+    "regularization_spec",
+    "apply_spec",
+]
+
+_PARAMS = "_reglab_param_regularizers"
+_ACTIVITY = "_reglab_activity"
+_CONSTRAINTS = "_reglab_constraints"
+
+
+# ----------------------------------------------------------------------------- handles
+
+
+class Handle:
+    """Returned by ``regularize``/``constrain``; ``remove()`` detaches what was attached."""
+
+    def __init__(self) -> None:
+        self._undo: list[Any] = []
+        self.sources: list[str] = []
+
+    def _add(self, fn) -> None:
+        self._undo.append(fn)
+
+    def remove(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"Handle(sources={self.sources})"
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def _match(names: list[str], patterns: Mapping[str, Any], what: str) -> dict[str, tuple[str, Any]]:
+    """name -> (pattern, value); every pattern must match, no name may match two patterns."""
+    chosen: dict[str, tuple[str, Any]] = {}
+    for pattern, value in patterns.items():
+        if not isinstance(pattern, str):
+            raise ValueError(f"{what} patterns must be strings; got {pattern!r}")
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            shown = ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+            raise ValueError(f"{what} pattern {pattern!r} matches no {what} name; the names are: {shown}")
+        for n in hits:
+            if n in chosen:
+                raise ValueError(
+                    f"{what} {n!r} is matched by two patterns, {chosen[n][0]!r} and {pattern!r}; "
+                    "make the patterns disjoint (combine regularizers with +)"
+                )
+            chosen[n] = (pattern, value)
+    return chosen
+
+
+def _owner(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    mod_path, _, attr = dotted.rpartition(".")
+    return (model.get_submodule(mod_path) if mod_path else model), attr
+
+
+# ----------------------------------------------------------------------------- activity
+
+
+@dataclass
+class _ActivityState:
+    regularizer: _regularizers.Regularizer
+    hook: Any = None
+    total: torch.Tensor | None = None
+    count: int = 0
+    grad_enabled: bool = True
+    read: bool = False
+
+
+@dataclass
+class _Collector:
+    """Used by the many-model engine: hooks report here instead of into module state, with
+    per-source strength overrides (tensors inside ``vmap``)."""
+
+    names: dict[int, str]
+    hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+_COLLECTOR: contextvars.ContextVar[_Collector | None] = contextvars.ContextVar("reglab_collector", default=None)
+
+
+def _batch_first(module: nn.Module, out: Any) -> torch.Tensor | None:
+    if isinstance(out, (tuple, list)):
+        out = out[0] if out else None
+    if not isinstance(out, torch.Tensor):
+        return None
+    if isinstance(module, nn.RNNBase) and not module.batch_first and out.dim() == 3:
+        out = out.transpose(0, 1)
+    return out
+
+
+def _activity_term(reg: _regularizers.Regularizer, y: torch.Tensor, hp: Mapping[str, Any] | None) -> torch.Tensor:
+    value = reg.compute(y, **hp) if hp else reg(y)
+    # Keras: layer activity loss = regularizer(output) / batch size
+    return value / y.shape[0]
+
+
+def _activity_hook(module: nn.Module, args: Any, out: Any) -> None:
+    state: _ActivityState = getattr(module, _ACTIVITY)
+    y = _batch_first(module, out)
+    if y is None:
+        raise TypeError(
+            f"activity regularizer on {type(module).__name__}: its output is "
+            f"{type(out).__name__}, not a tensor (or tuple whose first element is a tensor)"
+        )
+    col = _COLLECTOR.get()
+    if col is not None:
+        name = col.names[id(module)]
+        term = _activity_term(state.regularizer, y, col.hparams.get(name))
+        col.terms[name] = col.terms[name] + term if name in col.terms else term
+        return
+    term = _activity_term(state.regularizer, y, None)
+    grad = torch.is_grad_enabled()
+    if state.read or state.total is None or state.grad_enabled != grad:
+        state.total, state.count = term, 1
+    else:
+        state.total, state.count = state.total + term, state.count + 1
+    state.grad_enabled, state.read = grad, False
+
+
+# ----------------------------------------------------------------------------- attaching
+
+
+def regularize(
+    model: nn.Module,
+    params: Mapping[str, Any] | None = None,
+    activity: Mapping[str, Any] | None = None,
+) -> Handle:
+    """Attach regularizers to parameters and module outputs of ``model``.
+
+    ``params`` maps parameter-name globs (``fnmatch``: ``"*.weight"``, ``"layers.0.bias"``) to
+    regularizers; ``activity`` maps module-name globs (``"0"``, ``"encoder.*"``; ``""`` is
+    ``model`` itself) to activity regularizers. Regularizers may be given as anything
+    ``reglab.regularizers.get`` accepts (``"l2"``, a config dict, an instance).
+
+    Keras equivalent: ``kernel_regularizer``/``bias_regularizer``/``activity_regularizer`` on a layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    handle = Handle()
+    params = dict(params or {})
+    activity = dict(activity or {})
+    resolved_p = {k: _resolve_reg(v, f"params[{k!r}]") for k, v in params.items()}
+    resolved_a = {k: _resolve_reg(v, f"activity[{k!r}]") for k, v in activity.items()}
+    p_names = [n for n, _ in model.named_parameters()]
+    m_names = [n for n, _ in model.named_modules()]
+    p_hits = _match(p_names, resolved_p, "parameter")
+    a_hits = _match(m_names, resolved_a, "module")
+    # check everything before changing anything
+    for name in p_hits:
+        owner, attr = _owner(model, name)
+        if attr in getattr(owner, _PARAMS, {}):
+            raise ValueError(f"parameter {name!r} already has a regularizer; remove its handle first or combine with +")
+    for name in a_hits:
+        if hasattr(model.get_submodule(name), _ACTIVITY):
+            raise ValueError(f"module {name!r} already has an activity regularizer; remove its handle first")
+    try:
+        for name, (_, reg) in p_hits.items():
+            owner, attr = _owner(model, name)
+            table = owner.__dict__.setdefault(_PARAMS, {})
+            table[attr] = reg
+            handle._add(lambda t=table, a=attr: t.pop(a, None))
+            handle.sources.append(name)
+        for name, (_, reg) in a_hits.items():
+            mod = model.get_submodule(name)
+            state = _ActivityState(reg)
+            object.__setattr__(mod, _ACTIVITY, state)
+            state.hook = mod.register_forward_hook(_activity_hook)
+            handle._add(lambda m=mod, s=state: _drop_activity(m, s))
+            handle.sources.append(f"{name}:activity")
+    except Exception:
+        handle.remove()
+        raise
+    return handle
+
+
+def _drop_activity(mod: nn.Module, state: _ActivityState) -> None:
+    state.hook.remove()
+    if getattr(mod, _ACTIVITY, None) is state:
+        delattr(mod, _ACTIVITY)
+
+
+def _resolve_reg(value: Any, where: str) -> _regularizers.Regularizer:
+    try:
+        reg = _regularizers.get(value)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if reg is None:
+        raise ValueError(f"{where}: regularizer is None")
+    return reg
+
+
+# ----------------------------------------------------------------------------- constraints
+
+_CONSTRAINED: dict[int, tuple[weakref.ref, _constraints.Constraint]] = {}
+_STEP_HOOK: Any = None
+
+
+def _step_post_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if not _CONSTRAINED:
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                entry = _CONSTRAINED.get(id(p))
+                if entry is not None and entry[0]() is p:
+                    p.copy_(entry[1](p))
+
+
+def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
+    """Apply constraints to parameters (by name glob) after every ``optimizer.step()``.
+
+    Keras equivalent: ``kernel_constraint``/``bias_constraint`` (applied after each update).
+    Hand-written loops with a non-torch update can call ``apply_constraints(model)``.
+    """
+    global _STEP_HOOK
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    resolved = {}
+    for k, v in dict(constraints).items():
+        try:
+            c = _constraints.get(v)
+        except ValueError as e:
+            raise ValueError(f"constraints[{k!r}]: {e}") from None
+        if c is None:
+            raise ValueError(f"constraints[{k!r}]: constraint is None")
+        resolved[k] = c
+    named = dict(model.named_parameters())
+    hits = _match(list(named), resolved, "parameter")
+    for name in hits:
+        owner, attr = _owner(model, name)
+        if attr in getattr(owner, _CONSTRAINTS, {}):
+            raise ValueError(f"parameter {name!r} already has a constraint; remove its handle first")
+    handle = Handle()
+    for name, (_, c) in hits.items():
+        owner, attr = _owner(model, name)
+        table = owner.__dict__.setdefault(_CONSTRAINTS, {})
+        table[attr] = c
+        p = named[name]
+        _CONSTRAINED[id(p)] = (weakref.ref(p), c)
+
+        def undo(t=table, a=attr, pid=id(p)):
+            t.pop(a, None)
+            _CONSTRAINED.pop(pid, None)
+
+        handle._add(undo)
+        handle.sources.append(name)
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_step_post_hook)
+    return handle
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    return model.named_modules()
+
+
+def param_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, _regularizers.Regularizer]]:
+    """(source name, owner module, attribute, regularizer) of every parameter regularizer, once per tensor."""
+    seen: set[int] = set()
+    for path, mod in _walk(model):
+        table = mod.__dict__.get(_PARAMS)
+        if not table:
+            continue
+        for attr, reg in table.items():
+            t = getattr(mod, attr)
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            yield (f"{path}.{attr}" if path else attr), mod, attr, reg
+
+
+def activity_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, _ActivityState]]:
+    for path, mod in _walk(model):
+        state = mod.__dict__.get(_ACTIVITY)
+        if state is not None:
+            yield f"{path}:activity", mod, state
+
+
+def constraint_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, _constraints.Constraint]]:
+    for path, mod in _walk(model):
+        for attr, c in (mod.__dict__.get(_CONSTRAINTS) or {}).items():
+            yield (f"{path}.{attr}" if path else attr), mod, attr, c
+
+
+def penalties(model: nn.Module, hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+    """Every penalty term by source name: parameter penalties from the current weights, activity
+    penalties from the forward passes recorded since the last read (see the module docstring).
+
+    ``hparams`` (source name -> strengths) overrides strengths; the many-model engine uses it.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, mod, attr, reg in param_sources(model):
+        hp = hparams.get(name) if hparams else None
+        t = getattr(mod, attr)
+        out[name] = reg.compute(t, **hp) if hp else reg(t)
+    for name, _, state in activity_sources(model):
+        if state.total is not None:
+            out[name] = state.total
+            state.read = True
+    return out
+
+
+def penalty(model: nn.Module) -> torch.Tensor:
+    """The total penalty of ``model`` as a differentiable scalar (0 when nothing is attached).
+
+    Keras equivalent: ``sum(model.losses)``.
+    """
+    terms = penalties(model)
+    if not terms:
+        p = next(model.parameters(), None)
+        return torch.zeros((), dtype=p.dtype if p is not None else torch.get_default_dtype(),
+                           device=p.device if p is not None else None)
+    return torch.stack([t.reshape(()) for t in terms.values()]).sum()
+
+
+def clear_activity(model: nn.Module) -> None:
+    """Forget the activity terms recorded by earlier forward passes."""
+    for _, _, state in activity_sources(model):
+        state.total, state.count, state.read = None, 0, False
+
+
+def apply_constraints(model: nn.Module) -> None:
+    """Project every constrained parameter now (for loops that do not call ``optimizer.step``)."""
+    with torch.no_grad():
+        for _, mod, attr, c in constraint_sources(model):
+            p = getattr(mod, attr)
+            p.copy_(c(p))
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+def regularization_spec(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Everything attached to ``model`` as a JSON-able dict; ``apply_spec`` restores it, so a model
+    is saved as ``state_dict`` + spec, never pickled."""
+    return {
+        "params": {n: _regularizers.serialize(r) for n, _, _, r in param_sources(model)},
+        "activity": {n.rsplit(":", 1)[0]: _regularizers.serialize(s.regularizer) for n, _, s in activity_sources(model)},
+        "constraints": {n: _constraints.serialize(c) for n, _, _, c in constraint_sources(model)},
+    }
+
+
+def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Handle:
+    """Attach what ``regularization_spec`` described to ``model`` (exact names)."""
+    unknown = set(spec) - {"params", "activity", "constraints"}
+    if unknown:
+        raise ValueError(f"spec has unknown keys {sorted(unknown)}; expected 'params', 'activity', 'constraints'")
+    escape = lambda d: {_escape(k): v for k, v in (d or {}).items()}  # noqa: E731
+    h1 = regularize(model, escape(spec.get("params")), escape(spec.get("activity")))
+    h2 = constrain(model, escape(spec.get("constraints"))) if spec.get("constraints") else Handle()
+    h = Handle()
+    h._add(h1.remove)
+    h._add(h2.remove)
+    h.sources = h1.sources + h2.sources
+    return h
+
+
+def _escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

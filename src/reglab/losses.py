@@ -1,0 +1,285 @@
+"""Data losses with Keras names and math, and the lecture's regularized loss function.
+
+All losses are called torch-style, ``loss(y_pred, y_true)``, and return the mean over the batch
+of the per-example loss (Keras's ``sum_over_batch_size`` reduction; the per-example loss is the
+mean over the last axis for element-wise losses, as in Keras). ``per_example`` gives the
+un-reduced values (used for batch-size-weighted epoch means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import regularizers as _regularizers
+from .attach import _match
+
+EPSILON = 1e-7  # keras.config.epsilon()
+
+__all__ = [
+    "Loss",
+    "BinaryCrossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "LogEpsBinaryCrossentropy",
+    "RegularizedLoss",
+    "get",
+]
+
+
+class Loss:
+    """Base: implement ``per_example(y_pred, y_true) -> (batch,)``."""
+
+    name = "loss"
+    #: "binary", "categorical", "sparse" or None: what accuracy means for this loss
+    task: str | None = None
+
+    def per_example(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        return self.per_example(y_pred, y_true).mean()
+
+    def check_shapes(self, pred_shape: tuple[int, ...], true_shape: tuple[int, ...]) -> None:
+        if tuple(pred_shape) != tuple(true_shape):
+            raise ValueError(
+                f"{self.name}: model output shape {tuple(pred_shape)} and y shape {tuple(true_shape)} differ"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _mean_last(v: torch.Tensor) -> torch.Tensor:
+    return v.mean(dim=-1) if v.dim() > 1 else v
+
+
+class BinaryCrossentropy(Loss):
+    """``-mean(y log p + (1 - y) log(1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``.
+    Keras: ``"binary_crossentropy"`` on probabilities (``from_logits=False``)."""
+
+    name = "binary_crossentropy"
+    task = "binary"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def per_example(self, y_pred, y_true):
+        if self.from_logits:
+            v = F.binary_cross_entropy_with_logits(y_pred, y_true, reduction="none")
+        else:
+            p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+            v = -(y_true * torch.log(p) + (1.0 - y_true) * torch.log(1.0 - p))
+        return _mean_last(v)
+
+
+class LogEpsBinaryCrossentropy(Loss):
+    """The lecture's program 1 cross-entropy: ``-mean(y log(p + eps) + (1 - y) log(1 - p + eps))``,
+    ``eps = 1e-6`` (no clipping)."""
+
+    name = "log_eps_binary_crossentropy"
+    task = "binary"
+
+    def __init__(self, eps: float = 1e-6):
+        self.eps = float(eps)
+
+    def per_example(self, y_pred, y_true):
+        v = -(y_true * torch.log(y_pred + self.eps) + (1.0 - y_true) * torch.log(1.0 - y_pred + self.eps))
+        return _mean_last(v)
+
+
+class CategoricalCrossentropy(Loss):
+    """``-sum(y log(p / sum p))`` with clipping to ``[1e-7, 1 - 1e-7]``. Keras: ``"categorical_crossentropy"``."""
+
+    name = "categorical_crossentropy"
+    task = "categorical"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def per_example(self, y_pred, y_true):
+        if self.from_logits:
+            logp = F.log_softmax(y_pred, dim=-1)
+        else:
+            p = y_pred / y_pred.sum(dim=-1, keepdim=True)
+            logp = torch.log(p.clamp(EPSILON, 1.0 - EPSILON))
+        return -(y_true * logp).sum(dim=-1)
+
+
+class SparseCategoricalCrossentropy(Loss):
+    """Categorical cross-entropy with integer labels. Keras: ``"sparse_categorical_crossentropy"``."""
+
+    name = "sparse_categorical_crossentropy"
+    task = "sparse"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def check_shapes(self, pred_shape, true_shape):
+        t = tuple(true_shape)
+        if t and len(t) == len(pred_shape) and t[-1] == 1:
+            t = t[:-1]
+        if t != tuple(pred_shape[:-1]):
+            raise ValueError(f"{self.name}: y shape {tuple(true_shape)} does not match model output {tuple(pred_shape)}")
+
+    def per_example(self, y_pred, y_true):
+        y = y_true.long()
+        if y.dim() == y_pred.dim():
+            y = y.squeeze(-1)
+        if self.from_logits:
+            logp = F.log_softmax(y_pred, dim=-1)
+        else:
+            p = y_pred / y_pred.sum(dim=-1, keepdim=True)
+            logp = torch.log(p.clamp(EPSILON, 1.0 - EPSILON))
+        return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+
+class MeanSquaredError(Loss):
+    """``mean((y - p)**2)``. Keras: ``"mse"``/``"mean_squared_error"``."""
+
+    name = "mean_squared_error"
+
+    def per_example(self, y_pred, y_true):
+        return _mean_last((y_pred - y_true).square())
+
+
+class MeanAbsoluteError(Loss):
+    """``mean(|y - p|)``. Keras: ``"mae"``/``"mean_absolute_error"``."""
+
+    name = "mean_absolute_error"
+
+    def per_example(self, y_pred, y_true):
+        return _mean_last((y_pred - y_true).abs())
+
+
+class TorchLoss(Loss):
+    """Adapter for a torch loss callable ``fn(y_pred, y_true)`` (e.g. ``nn.MSELoss()``)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+        if isinstance(fn, nn.BCELoss | nn.BCEWithLogitsLoss):
+            self.task = "binary"
+        elif isinstance(fn, nn.CrossEntropyLoss):
+            self.task = "sparse"
+
+    def check_shapes(self, pred_shape, true_shape):
+        pass  # the torch loss checks what it needs
+
+    def per_example(self, y_pred, y_true):
+        # a torch loss reduces itself: one value per batch, repeated so batch-weighted means are exact
+        v = self.fn(y_pred, y_true)
+        return v.reshape(1).expand(y_pred.shape[0])
+
+    def __call__(self, y_pred, y_true):
+        return self.fn(y_pred, y_true)
+
+
+_LOSSES: dict[str, Callable[[], Loss]] = {
+    "binary_crossentropy": BinaryCrossentropy,
+    "bce": BinaryCrossentropy,
+    "log_eps_binary_crossentropy": LogEpsBinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+}
+
+
+def get(identifier: Any) -> Loss:
+    """A Keras loss name, a reglab ``Loss``, or a torch loss callable ``fn(y_pred, y_true)``."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        try:
+            return _LOSSES[identifier]()
+        except KeyError:
+            raise ValueError(f"unknown loss {identifier!r}; expected one of {sorted(_LOSSES)} or a callable") from None
+    if callable(identifier):
+        return TorchLoss(identifier)
+    raise ValueError(f"loss must be a name, a reglab Loss or a callable; got {identifier!r}")
+
+
+#: The lecture's ``r_list`` codes: 1 = L1, 2 = L2, 12 = L1 and L2 (unit strength), -1/0 = none.
+LECTURE_CODES = {1: lambda: _regularizers.L1(1.0), 2: lambda: _regularizers.L2(1.0),
+                 12: lambda: _regularizers.L1L2(1.0, 1.0), -1: lambda: None, 0: lambda: None}
+
+
+class RegularizedLoss(Loss):
+    """``data_loss(y_pred, y) + strength * sum_k r_k(theta_k)`` -- the lecture's program 1.
+
+    ``regularizers`` is either ``{param_glob: regularizer}`` or a list aligned with
+    ``list(model.parameters())`` whose entries are regularizers, ``None``, or the lecture's codes
+    (1 = L1, 2 = L2, 12 = both, -1 = none; unit strength, scaled by ``strength``). A list whose
+    length differs from the number of parameter tensors is an error: the lecture's own ``r_list``
+    has 10 entries for 12 tensors and ``zip`` silently leaves the output layer unregularized.
+
+    The penalty is exposed as the penalty source ``source_name`` (``"loss:penalty"``) so that
+    ``fit`` logs the data loss and the penalty separately.
+    """
+
+    source_name = "loss:penalty"
+
+    def __init__(self, data_loss: Any, model: nn.Module, regularizers: Mapping[str, Any] | Sequence[Any], strength: float = 1.0):
+        self.data_loss = get(data_loss)
+        self.task = self.data_loss.task
+        self.name = f"regularized_{self.data_loss.name}"
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength >= 0 or strength == float("inf"):
+            raise ValueError(f"strength must be a non-negative finite number; got strength={strength!r}")
+        self.strength = float(strength)
+        names = [n for n, _ in model.named_parameters()]
+        if isinstance(regularizers, Mapping):
+            hits = _match(names, {k: _regularizers.get(v) for k, v in regularizers.items()}, "parameter")
+            self.terms = [(n, hits[n][1]) for n in names if n in hits]
+        else:
+            regs = list(regularizers)
+            if len(regs) != len(names):
+                raise ValueError(
+                    f"regularizers list has {len(regs)} entries but the model has {len(names)} parameter "
+                    f"tensors ({', '.join(names)}); give one entry per tensor (None for none). "
+                    "zip() would silently leave the last tensors unregularized"
+                )
+            terms = []
+            for n, r in zip(names, regs):
+                if isinstance(r, int) and not isinstance(r, bool):
+                    if r not in LECTURE_CODES:
+                        raise ValueError(f"regularizer code {r!r} for {n!r} is not one of {sorted(LECTURE_CODES)}")
+                    r = LECTURE_CODES[r]()
+                else:
+                    r = _regularizers.get(r)
+                if r is not None:
+                    terms.append((n, r))
+            self.terms = terms
+        self._model = model
+
+    def check_shapes(self, pred_shape, true_shape):
+        self.data_loss.check_shapes(pred_shape, true_shape)
+
+    def per_example(self, y_pred, y_true):
+        return self.data_loss.per_example(y_pred, y_true)
+
+    def penalty(self, model: nn.Module | None = None, strength: Any = None) -> torch.Tensor:
+        """``strength * sum_k r_k(theta_k)`` on ``model`` (default: the model given at construction)."""
+        m = self._model if model is None else model
+        total = sum(r(_get_tensor(m, n)) for n, r in self.terms)
+        s = self.strength if strength is None else strength
+        return s * total if self.terms else torch.zeros(())
+
+    def __call__(self, y_pred, y_true):
+        return self.data_loss(y_pred, y_true) + self.penalty()
+
+
+def _get_tensor(model: nn.Module, dotted: str) -> torch.Tensor:
+    # getattr (not named_parameters) so that torch.func.functional_call's swapped tensors are seen
+    obj: Any = model
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,119 @@
+"""Keras optimizer names, defaults and update rules, as ``torch.optim.Optimizer`` classes.
+
+``get("adam")`` means *Keras's* Adam: learning rate 0.001, beta_1 0.9, beta_2 0.999,
+epsilon 1e-7 added outside the bias correction::
+
+    alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    m += (g - m) * (1 - beta_1);  v += (g**2 - v) * (1 - beta_2)
+    w -= alpha * m / (sqrt(v) + epsilon)
+
+torch's ``Adam`` adds epsilon to the bias-corrected ``sqrt(v)`` instead and cannot reproduce
+Keras with any epsilon. Every update here is element-wise, so the same optimizer steps a stack of
+M models' parameters (shape ``(M, ...)``) exactly as M separate optimizers would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from . import _checks
+
+__all__ = ["KerasAdam", "KerasSGD", "KerasRMSprop", "get", "OPTIMIZERS"]
+
+
+class KerasAdam(torch.optim.Optimizer):
+    """Keras 3 ``Adam`` (``AdamW`` with ``weight_decay``: Keras decays ``w -= w * wd * lr`` first)."""
+
+    def __init__(self, params: Iterable[Any], learning_rate: float = 0.001, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, weight_decay: float | None = None):
+        lr = _checks.positive_float(learning_rate, "learning_rate")
+        for n, b in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= _checks.non_negative_float(b, n) < 1.0:
+                raise ValueError(f"{n} must lie in [0, 1); got {n}={b!r}")
+        _checks.non_negative_float(epsilon, "epsilon")
+        wd = 0.0 if weight_decay is None else _checks.non_negative_float(weight_decay, "weight_decay")
+        super().__init__(params, dict(lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=wd))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr, b1, b2, eps, wd = group["lr"], group["beta_1"], group["beta_2"], group["epsilon"], group["weight_decay"]
+            ms, vs = [], []
+            for p in params:
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["m"] = torch.zeros_like(p)
+                    st["v"] = torch.zeros_like(p)
+                st["step"] += 1
+                ms.append(st["m"])
+                vs.append(st["v"])
+            t = self.state[params[0]]["step"]
+            alpha = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+            grads = [p.grad for p in params]
+            if wd:
+                torch._foreach_mul_(params, 1 - wd * lr)
+            # m += (g - m) * (1 - b1);  v += (g^2 - v) * (1 - b2)
+            torch._foreach_lerp_(ms, grads, 1 - b1)
+            torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), 1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(params, ms, denom, value=-alpha)
+        return loss
+
+
+class KerasSGD(torch.optim.SGD):
+    """Keras 3 ``SGD(learning_rate=0.01, momentum=0.0, nesterov=False)``. For a constant learning
+    rate torch's momentum form ``b = mu b + g; w -= lr b`` equals Keras's ``m = mu m - lr g; w += m``."""
+
+    def __init__(self, params, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"),
+                         momentum=_checks.non_negative_float(momentum, "momentum"), nesterov=bool(nesterov))
+
+
+class KerasRMSprop(torch.optim.RMSprop):
+    """Keras 3 ``RMSprop(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False)``:
+    ``v = rho v + (1 - rho) g**2; w -= lr g / (sqrt(v) + epsilon)`` (torch's form, Keras's defaults)."""
+
+    def __init__(self, params, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False):
+        super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"), alpha=rho,
+                         eps=epsilon, momentum=momentum, centered=centered)
+
+
+def _adamw(params, learning_rate=0.001, weight_decay=0.004, **kw):
+    return KerasAdam(params, learning_rate=learning_rate, weight_decay=weight_decay, **kw)
+
+
+OPTIMIZERS = {"adam": KerasAdam, "adamw": _adamw, "sgd": KerasSGD, "rmsprop": KerasRMSprop}
+
+
+def get(identifier: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """Build an optimizer for ``params`` from a torch optimizer instance (returned as is), a Keras
+    name (``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``) or a config
+    ``{"name": "adam", "learning_rate": 0.005, ...}`` (Keras's argument names and defaults)."""
+    if isinstance(identifier, torch.optim.Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        identifier = {"name": identifier}
+    if isinstance(identifier, Mapping):
+        cfg = dict(identifier)
+        name = str(cfg.pop("name", "")).lower()
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)} or a torch optimizer")
+        try:
+            return OPTIMIZERS[name](params, **cfg)
+        except TypeError as e:
+            raise ValueError(f"optimizer {name!r}: bad arguments {cfg}: {e}") from None
+    raise ValueError(f"optimizer must be a torch optimizer, a name or a config dict; got {identifier!r}")

@@ -1,0 +1,31 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """Real Keras 3 on the torch backend, in float64, as the parity oracle."""
+    import keras as k
+
+    assert k.backend.backend() == "torch"
+    k.config.set_floatx("float64")
+    return k
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def to_np(t):
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().numpy()
+    return np.asarray(t)

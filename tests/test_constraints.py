@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import reglab
+from reglab import constraints as C
+
+from .test_regularizers import keras_view
+
+CASES = [
+    ((4, 3), 0), ((4, 3), 1), ((4, 3), [0, 1]), ((4, 3), None), ((5, 3, 2, 2), [0, 1, 2]), ((5, 3, 2, 2), 3),
+    ((6,), 0), ((5, 3, 2, 2), -1),
+]
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, a: m.MaxNorm(1.3, axis=a), lambda m, a: m.MaxNorm(axis=a),
+        lambda m, a: m.MinMaxNorm(0.5, 1.2, rate=0.7, axis=a), lambda m, a: m.MinMaxNorm(axis=a),
+        lambda m, a: m.UnitNorm(axis=a), lambda m, a: m.NonNeg(),
+    ],
+)
+def test_parity_with_keras(keras, rng, shape, axis, make):
+    w = rng.normal(size=shape)  # torch layout
+    ours = make(C, axis)(torch.tensor(w)).numpy()
+    theirs = keras.ops.convert_to_numpy(make(keras.constraints, axis)(keras.ops.convert_to_tensor(keras_view(w))))
+    np.testing.assert_allclose(keras_view(ours), theirs, rtol=1e-6, atol=1e-12)
+
+
+def test_axis_zero_is_per_output_unit_of_a_linear_weight():
+    w = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64)  # two output units (rows in torch)
+    out = C.MaxNorm(1.0)(w)
+    torch.testing.assert_close(out.norm(dim=1), torch.tensor([1.0, 0.5], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("alias", ["max_norm", "min_max_norm", "non_neg", "unit_norm", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm"])
+def test_aliases_match_keras(keras, alias):
+    ours, theirs = C.get(alias), keras.constraints.get(alias)
+    assert type(ours).__name__ == type(theirs).__name__
+    tc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in theirs.get_config().items()}
+    assert C.serialize(ours)["config"] == pytest.approx(tc)
+
+
+weights = st.lists(st.floats(-3, 3, allow_nan=False), min_size=6, max_size=6).map(
+    lambda v: torch.tensor(v, dtype=torch.float64).reshape(3, 2)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=weights, mx=st.floats(0.1, 3), mn=st.floats(0.0, 1.0), axis=st.sampled_from([0, 1, None]))
+def test_projections_are_idempotent_and_satisfy_the_constraint(w, mx, mn, axis):
+    dims = reglab._layout.keras_axis_to_torch(axis, 2)
+    norms = lambda t: t.square().sum(dim=dims).sqrt()  # noqa: E731
+    assume(bool((norms(w) >= 1e-3).all()))
+    mn = min(mn, mx)
+    for c in (C.MaxNorm(mx, axis), C.MinMaxNorm(mn, mx, 1.0, axis), C.UnitNorm(axis), C.NonNeg()):
+        once = c(w)
+        twice = c(once)
+        torch.testing.assert_close(twice, once, rtol=1e-5, atol=1e-6)
+        if isinstance(c, C.NonNeg):
+            assert bool((once >= 0).all())
+            continue
+        n = norms(once)
+        if isinstance(c, C.MaxNorm):
+            assert bool((n <= mx + 1e-9).all())
+        elif isinstance(c, C.MinMaxNorm):
+            assert bool((n <= mx + 1e-9).all()) and bool((n >= mn * (1 - 1e-4)).all())  # eps=1e-7 over norms >= 1e-3
+        else:
+            torch.testing.assert_close(n, torch.ones_like(n), rtol=0, atol=1e-4)  # 1 - 1e-7/n
+
+
+def test_constraint_applies_after_each_optimizer_step_and_is_removable():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    h = reglab.constrain(model, {"0.weight": "max_norm", "2.weight": C.NonNeg()})
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 3)).pow(2).sum().mul(-1).backward()  # push weights up
+        opt.step()
+        assert float(model[0].weight.norm(dim=1).max()) <= 2.0 + 1e-6
+        assert float(model[2].weight.min()) >= 0.0
+    h.remove()
+    opt.zero_grad()
+    model(torch.randn(8, 3)).pow(2).sum().mul(-1).backward()
+    opt.step()
+    assert float(model[0].weight.norm(dim=1).max()) > 2.0
+
+
+def test_apply_constraints_for_hand_written_loops():
+    model = torch.nn.Linear(2, 2)
+    reglab.constrain(model, {"weight": C.UnitNorm()})
+    with torch.no_grad():
+        model.weight.mul_(10)
+    reglab.apply_constraints(model)
+    torch.testing.assert_close(model.weight.norm(dim=1), torch.ones(2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: C.MaxNorm(-1), r"max_value must be a non-negative finite number; got max_value=-1"),
+        (lambda: C.MinMaxNorm(2.0, 1.0), r"min_value must be <= max_value; got min_value=2.0, max_value=1.0"),
+        (lambda: C.UnitNorm(axis="rows"), r"axis must be an int, a sequence of ints or None; got axis='rows'"),
+        (lambda: C.get("maxnorm"), r"unknown constraint 'maxnorm'"),
+        (lambda: C.MaxNorm(axis=5)(torch.ones(2, 2)), r"axis 5 is out of range for a tensor of rank 2"),
+        (lambda: reglab.constrain(torch.nn.Linear(2, 2), {"*.kernel": "max_norm"}), r"parameter pattern '\*.kernel' matches no parameter name"),
+    ],
+)
+def test_validation_messages(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
