@@ -50,6 +50,7 @@ __all__ = [
     "clear_activity",
     "regularization_spec",
     "apply_spec",
+    "PenaltyPlan",
 ]
 
 _PARAMS = "_reglab_param_regularizers"
@@ -344,17 +345,57 @@ def constraint_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, 
             yield (f"{path}.{attr}" if path else attr), mod, attr, c
 
 
-def penalties(model: nn.Module, hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, torch.Tensor]:
-    """Every penalty term by source name: parameter penalties from the current weights, activity
-    penalties from the forward passes recorded since the last read (see the module docstring).
+class PenaltyPlan:
+    """The penalty sources of one model, resolved once (training calls ``terms`` every step).
 
-    ``hparams`` (source name -> strengths) overrides strengths; the many-model engine uses it.
+    ``collect()`` is a context in which activity hooks report to this plan (not to module
+    state); ``terms`` returns the parameter penalties and the activity penalties collected, in a
+    stable order (parameters in module order, then activity in module order). ``hparams`` (source
+    name -> strengths, possibly tensors under ``vmap``) overrides the regularizers' strengths.
     """
-    out: dict[str, torch.Tensor] = {}
-    for name, mod, attr, reg in param_sources(model):
-        hp = hparams.get(name) if hparams else None
-        t = getattr(mod, attr)
-        out[name] = reg.compute(t, **hp) if hp else reg(t)
+
+    def __init__(self, model: nn.Module):
+        self.params = list(param_sources(model))
+        self.activity = [(n, m) for n, m, _ in activity_sources(model)]
+        self._names = {id(m): n for n, m in self.activity}
+
+    @property
+    def names(self) -> list[str]:
+        return [p[0] for p in self.params] + [a[0] for a in self.activity]
+
+    def collect(self, hparams: Mapping[str, Mapping[str, Any]] | None = None) -> _Collect:
+        return _Collect(_Collector(self._names, hparams or {}))
+
+    def terms(self, collected: _Collector | None = None,
+              hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, mod, attr, reg in self.params:
+            hp = hparams.get(name) if hparams else None
+            t = getattr(mod, attr)  # getattr: sees tensors swapped in by torch.func.functional_call
+            out[name] = reg.compute(t, **hp) if hp else reg(t)
+        if collected is not None:
+            for name, _ in self.activity:
+                if name in collected.terms:
+                    out[name] = collected.terms[name]
+        return out
+
+
+class _Collect:
+    def __init__(self, collector: _Collector):
+        self.collector = collector
+
+    def __enter__(self) -> _Collector:
+        self._token = _COLLECTOR.set(self.collector)
+        return self.collector
+
+    def __exit__(self, *exc) -> None:
+        _COLLECTOR.reset(self._token)
+
+
+def penalties(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every penalty term by source name: parameter penalties from the current weights, activity
+    penalties from the forward passes recorded since the last read (see the module docstring)."""
+    out = PenaltyPlan(model).terms()
     for name, _, state in activity_sources(model):
         if state.total is not None:
             out[name] = state.total

@@ -1,0 +1,363 @@
+"""The training loop, written once for M >= 1 models trained in lock-step.
+
+A *stack* holds the models: ``SingleStack`` (one ``nn.Module``, used by ``fit``) or the
+vectorized stack of ``reglab.vectorized`` (M models as stacked tensors, used by ``fit_many``).
+The loop asks the stack for per-model objectives, steps the optimizer, applies constraints and
+keeps, per model, the epoch statistics that become its ``History``. Everything per model is an
+array of shape ``(M,)``: finished (early-stopped) and failed (diverged) models are frozen while
+the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..losses import Loss
+from .callbacks import Callback, EarlyStopping
+from .history import History
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a penalty became NaN/inf. ``history`` holds the completed epochs; ``state_dict``
+    the last finite weights (also loaded into the model); ``epoch``/``batch`` say where (0-based)."""
+
+    def __init__(self, message: str, history: History, state_dict: dict[str, torch.Tensor], epoch: int, batch: int):
+        super().__init__(message)
+        self.history = history
+        self.state_dict = state_dict
+        self.epoch = epoch
+        self.batch = batch
+
+
+class Stack(Protocol):
+    n_models: int
+    params: list[torch.Tensor]
+
+    def train(self, mode: bool) -> None: ...
+    def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]: ...
+    def take(self, data: torch.Tensor, idx: torch.Tensor, per_model: bool) -> torch.Tensor: ...
+    def after_step(self) -> None: ...
+    def snapshot(self) -> Any: ...
+    def restore(self, snap: Any, mask: np.ndarray) -> None: ...
+    def all_finite(self) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class ArrayData:
+    """x, y as tensors: shared ``(N, ...)`` or one per model ``(M, N, ...)`` (``per_model=True``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    per_model: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[1] if self.per_model else self.x.shape[0]
+
+    def batches(self, stack: Stack, batch_size: int, perms: torch.Tensor | None) -> Iterator[tuple[Any, Any, int]]:
+        n = self.n
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if perms is None:
+                if self.per_model:
+                    yield self.x[:, start:stop], self.y[:, start:stop], stop - start
+                else:
+                    yield self.x[start:stop], self.y[start:stop], stop - start
+            else:
+                idx = perms[:, start:stop]
+                yield stack.take(self.x, idx, self.per_model), stack.take(self.y, idx, self.per_model), stop - start
+
+
+@dataclass
+class LoaderData:
+    """A ``torch.utils.data.DataLoader`` yielding ``(x, y)`` batches (single model only)."""
+
+    loader: Any
+    dtype: torch.dtype
+    device: torch.device | None
+
+    def batches(self, stack: Stack, batch_size: int, perms: Any) -> Iterator[tuple[Any, Any, int]]:
+        for batch in self.loader:
+            xb, yb = batch[0], batch[1]
+            xb = torch.as_tensor(xb).to(self.device, self.dtype)
+            yb = torch.as_tensor(yb).to(self.device)
+            if yb.is_floating_point():
+                yb = yb.to(self.dtype)
+            yield xb, yb, xb.shape[0]
+
+
+# ----------------------------------------------------------------------------- single model
+
+
+class SingleStack:
+    """One ``nn.Module``; constraints are applied by reglab's optimizer step hook."""
+
+    n_models = 1
+
+    def __init__(self, model: torch.nn.Module, loss: Loss, with_accuracy: bool):
+        from ..attach import PenaltyPlan
+        from .objective import model_objective
+
+        self.model = model
+        self.loss = loss
+        self.with_accuracy = with_accuracy
+        self.plan = PenaltyPlan(model)
+        self._objective = model_objective
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def train(self, mode: bool) -> None:
+        self.model.train(mode)
+
+    def objective(self, xb, yb):
+        data, correct, pens = self._objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy)
+        return data[None], (None if correct is None else correct[None]), {k: v.reshape(1) for k, v in pens.items()}
+
+    def take(self, data, idx, per_model=False):
+        return data[idx[0]]
+
+    def after_step(self) -> None:
+        pass  # reglab.constrain registered a torch optimizer step post-hook
+
+    def snapshot(self):
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def restore(self, snap, mask) -> None:
+        if mask[0]:
+            self.model.load_state_dict(snap)
+
+    def all_finite(self) -> np.ndarray:
+        return np.array([all(bool(torch.isfinite(p).all()) for p in self.model.parameters())])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between steps, so weights stay those of a completed step."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old: Any = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+@dataclass
+class LoopResult:
+    histories: list[History]
+    failed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def _permutations(gens: list[torch.Generator], n: int, device) -> torch.Tensor:
+    return torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+
+
+def run(
+    stack: Stack,
+    optimizer: torch.optim.Optimizer,
+    train: ArrayData | LoaderData,
+    val: ArrayData | LoaderData | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    seeds: Sequence[int | None],
+    callbacks: Sequence[Callback] = (),
+    early_stopping: EarlyStopping | None = None,
+    progress: bool = False,
+    raise_on_divergence: bool = False,
+    desc: str = "fit",
+) -> LoopResult:
+    """Train ``stack`` for ``epochs``; one ``History`` per model. See the module docstring."""
+    from tqdm.auto import tqdm
+
+    M = stack.n_models
+    device = stack.params[0].device if stack.params else None
+    gens = []
+    for s in seeds:
+        g = torch.Generator()
+        g.manual_seed(int(s) if s is not None else int(torch.randint(0, 2**62, ()).item()))
+        gens.append(g)
+    histories = [History() for _ in range(M)]
+    active = np.ones(M, dtype=bool)
+    failed: dict[int, dict[str, Any]] = {}
+    frozen_any = False
+    if early_stopping is not None:
+        early_stopping.reset(M)
+    best = stack.snapshot() if early_stopping is not None and early_stopping.restore_best_weights else None
+    for cb in callbacks:
+        cb.on_train_begin({})
+    bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
+    interrupted = False
+    with _DeferredInterrupt() as intr:
+        for epoch in bar:
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch, {})
+            epoch_start = stack.snapshot() if raise_on_divergence else None
+            stack.train(True)
+            perms = _permutations(gens, train.n, device) if shuffle and isinstance(train, ArrayData) else None
+            acc = None
+            seen = 0
+            names: list[str] = []
+            for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
+                data, correct, pens = stack.objective(xb, yb)
+                names = list(pens)
+                data_mean = data.mean(dim=1)
+                pen_total = torch.stack(list(pens.values())).sum(0) if pens else torch.zeros_like(data_mean)
+                total = data_mean + pen_total
+                ok = torch.isfinite(total).cpu().numpy()
+                newly = active & ~ok
+                if newly.any():
+                    if raise_on_divergence:
+                        bad = [n for n, v in pens.items() if not bool(torch.isfinite(v).all())]
+                        what = f"penalty source(s) {bad}" if bad else "the data loss"
+                        state = stack.snapshot()
+                        if not stack.all_finite().all():
+                            state = epoch_start
+                            stack.restore(state, np.ones(M, dtype=bool))
+                        raise TrainingDiverged(
+                            f"training diverged at epoch {epoch} (0-based), batch {b}: {what} became "
+                            f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
+                            "weights are kept on this exception (.history, .state_dict) and in the model",
+                            histories[0], state, epoch, b)
+                    for i in np.flatnonzero(newly):
+                        failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
+                    active &= ok
+                    frozen_any = True
+                    if not active.any():
+                        break
+                    total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
+                if frozen_any:
+                    before = [p.detach().clone() for p in stack.params]
+                optimizer.zero_grad(set_to_none=True)
+                total.sum().backward()
+                optimizer.step()
+                stack.after_step()
+                if frozen_any:
+                    keep = torch.as_tensor(~active, device=device)
+                    with torch.no_grad():
+                        for p, old in zip(stack.params, before):
+                            p.copy_(torch.where(keep.reshape((-1,) + (1,) * (p.dim() - 1)), old, p))
+                row = [total, data_mean, pen_total]
+                if correct is not None:
+                    row.append(correct.mean(dim=1))
+                row.extend(pens.values())
+                stats = torch.stack([r.detach() for r in row]) * bs
+                acc = stats if acc is None else acc + stats
+                seen += bs
+                if intr.flag:
+                    break
+            if acc is None or not active.any() and not intr.flag:
+                break
+            if intr.flag and seen < train.n:
+                interrupted = True
+                break
+            tr = (acc / seen).cpu().numpy()
+            logs = [dict() for _ in range(M)]
+            keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if tr.shape[0] > 3 + len(names) else []) + [
+                f"penalty/{n}" for n in names]
+            for i in range(M):
+                logs[i] = {k: float(tr[j, i]) for j, k in enumerate(keys)}
+            if val is not None:
+                vl = evaluate_stack(stack, val, batch_size)
+                for i in range(M):
+                    logs[i].update({k: float(v[i]) for k, v in vl.items()})
+            for i in np.flatnonzero(active):
+                histories[i].append(epoch, logs[i])
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs[0])
+            if M == 1 and not math.isnan(logs[0].get("loss", math.nan)):
+                bar.set_postfix(loss=f"{logs[0]['loss']:.4f}", **({"val_loss": f"{logs[0]['val_loss']:.4f}"} if "val_loss" in logs[0] else {}))
+            if early_stopping is not None:
+                cur = np.array([lg.get(early_stopping.monitor, math.nan) for lg in logs])
+                if early_stopping.monitor not in logs[0]:
+                    raise ValueError(f"EarlyStopping monitors {early_stopping.monitor!r}, which is not logged; "
+                                     f"logged: {sorted(logs[0])}")
+                snap, stop = early_stopping.update(epoch, cur, active)
+                if best is not None and snap.any():
+                    best = _merge(stack, best, snap)
+                if stop.any():
+                    active &= ~stop
+                    frozen_any = True
+            if any(cb.stop_training for cb in callbacks) or not active.any():
+                break
+            if intr.flag:
+                interrupted = True
+                break
+    if best is not None and early_stopping is not None:
+        stack.restore(best, early_stopping.has_best_weights)
+    for i, h in enumerate(histories):
+        if early_stopping is not None:
+            h.meta["stopped_epoch"] = int(early_stopping.stopped_epoch[i])
+            h.meta["best_epoch"] = int(early_stopping.best_epoch[i])
+        if i in failed:
+            h.meta["failed"] = failed[i]
+        if interrupted:
+            h.meta["interrupted"] = True
+            h.meta["interrupted_epoch"] = len(h)
+    for cb in callbacks:
+        cb.on_train_end({})
+    bar.close()
+    return LoopResult(histories, failed, interrupted)
+
+
+def _merge(stack: Stack, best: Any, mask: np.ndarray) -> Any:
+    """Take the current weights of the models in ``mask`` into the snapshot ``best``."""
+    if stack.n_models == 1:
+        return stack.snapshot() if mask[0] else best
+    return stack.merge_snapshot(best, mask)  # type: ignore[attr-defined]
+
+
+@torch.no_grad()
+def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) -> dict[str, np.ndarray]:
+    """Keras-compatible batched evaluation in eval mode: ``val_loss`` (data + penalties, batch-size
+    weighted), ``val_data_loss`` (mean per-example data loss over the whole set), ``val_penalty``,
+    ``val_penalty/<source>`` and ``val_accuracy``."""
+    stack.train(False)
+    acc = None
+    seen = 0
+    names: list[str] = []
+    has_acc = False
+    for xb, yb, bs in data.batches(stack, batch_size, None):
+        d, correct, pens = stack.objective(xb, yb)
+        names = list(pens)
+        dsum = d.sum(dim=1)
+        pen_total = torch.stack(list(pens.values())).sum(0) if pens else torch.zeros_like(dsum)
+        row = [dsum / bs + pen_total, dsum / bs, pen_total]
+        if correct is not None:
+            has_acc = True
+            row.append(correct.mean(dim=1))
+        row.extend(pens.values())
+        stats = torch.stack(row) * bs
+        acc = stats if acc is None else acc + stats
+        seen += bs
+    stack.train(True)
+    if acc is None:
+        return {}
+    v = (acc / seen).cpu().numpy()
+    keys = ["val_loss", "val_data_loss", "val_penalty"] + (["val_accuracy"] if has_acc else []) + [
+        f"val_penalty/{n}" for n in names]
+    return {k: v[j] for j, k in enumerate(keys)}

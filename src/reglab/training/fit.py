@@ -1,0 +1,140 @@
+"""``reglab.fit``: Keras's ``model.fit`` for any ``torch.nn.Module`` with attached regularizers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .. import losses as _losses
+from .. import optimizers as _optimizers
+from ..attach import PenaltyPlan
+from . import data as _data
+from .callbacks import Callback, EarlyStopping
+from .engine import ArrayData, LoaderData, SingleStack, run
+from .history import History
+
+__all__ = ["fit", "prepare_arrays"]
+
+_METRICS = ("accuracy",)
+
+
+def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+    metrics = tuple(metrics or ())
+    for m in metrics:
+        if m not in _METRICS:
+            raise ValueError(f"unknown metric {m!r}; supported: {list(_METRICS)}")
+    return metrics
+
+
+def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, device, prefix: str = ""):
+    """Validate and convert ``x, y``; check one forward pass against the loss's expected shapes.
+
+    ``x`` is cast to the model's parameter dtype (the lecture's x is float64, its y float32; both
+    become the model's dtype, float32 by default); float targets likewise.
+    """
+    if y is None:
+        raise ValueError(f"{prefix}y is required when {prefix}x is an array")
+    xt = _data.as_tensor(x, f"{prefix}x", dtype, device)
+    yt = _data.targets(y, f"{prefix}y", loss, dtype, device)
+    _data.check_lengths(xt, yt, f"{prefix}x", f"{prefix}y")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), PenaltyPlan(model).collect():
+            try:
+                out = model(xt[:2])
+            except Exception as e:
+                raise ValueError(f"the model could not run on {prefix}x of shape {tuple(xt.shape)}: {e}") from e
+    finally:
+        model.train(was)
+    loss.check_shapes(tuple(out.shape), tuple(yt[:2].shape))
+    return xt, yt
+
+
+def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, prefix):
+    if isinstance(x, DataLoader):
+        return LoaderData(x, dtype, device), False
+    if isinstance(x, Dataset):
+        g = torch.Generator()
+        if seed is not None:
+            g.manual_seed(int(seed))
+        return LoaderData(DataLoader(x, batch_size=batch_size, shuffle=shuffle, generator=g), dtype, device), False
+    xt, yt = prepare_arrays(model, x, y, loss, dtype, device, prefix)
+    return ArrayData(xt, yt), shuffle
+
+
+def fit(
+    model: nn.Module,
+    x: Any,
+    y: Any = None,
+    *,
+    loss: Any,
+    optimizer: Any = "adam",
+    epochs: int = 1,
+    batch_size: int = 32,
+    validation_data: Any = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    metrics: Sequence[str] | None = ("accuracy",),
+    callbacks: Sequence[Callback] = (),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` on ``(x, y)`` like Keras's ``fit`` and return its ``History``.
+
+    - Objective per batch = mean data loss + ``reglab.penalty`` terms (all attached regularizers,
+      and a ``RegularizedLoss``'s penalty); constraints are applied after every step.
+    - ``loss``: a Keras name (``"binary_crossentropy"``, ``"mse"``, ...), a ``reglab.losses.Loss``,
+      a ``RegularizedLoss`` or a torch loss callable ``fn(y_pred, y_true)``.
+    - ``optimizer``: a torch optimizer instance (used as is) or a Keras name/config
+      (``"adam"``, ``{"name": "adam", "learning_rate": 0.005}``, ``"sgd"``, ``"rmsprop"``,
+      ``"adamw"``) meaning Keras's optimizer, defaults and update rule.
+    - ``x``: an array/tensor (with ``y``), a ``Dataset`` or a ``DataLoader`` of ``(x, y)``.
+      Inputs are cast to the model's parameter dtype.
+    - ``seed`` fixes the shuffling order only (initialize the model before ``fit``); the same seed
+      gives a bit-identical history on CPU.
+    - NaN/inf in the objective raises ``TrainingDiverged`` (epoch, batch, history, last finite
+      weights); Ctrl-C stops after the current step and returns the history marked
+      ``meta["interrupted"]``.
+
+    See ``reglab.training.history`` for what each History key means.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    epochs = _data.positive_int(epochs, "epochs")
+    batch_size = _data.positive_int(batch_size, "batch_size")
+    metrics = check_metrics(metrics)
+    if device is not None:
+        model.to(device)
+    p0 = next(model.parameters(), None)
+    if p0 is None:
+        raise ValueError("model has no parameters to train")
+    dtype, dev = p0.dtype, p0.device
+    loss_fn = _losses.get(loss)
+    opt = _optimizers.get(optimizer, model.parameters())
+    train, do_shuffle = _as_source(model, x, y, loss_fn, dtype, dev, batch_size, shuffle, seed, "")
+    val = None
+    if validation_data is not None:
+        if isinstance(validation_data, (DataLoader, Dataset)):
+            val, _ = _as_source(model, validation_data, None, loss_fn, dtype, dev, batch_size, False, None, "validation_")
+        else:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be (x_val, y_val), a Dataset or a DataLoader")
+            val, _ = _as_source(model, validation_data[0], validation_data[1], loss_fn, dtype, dev, batch_size, False,
+                                None, "validation_")
+    callbacks = list(callbacks)
+    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    if len(stoppers) > 1:
+        raise ValueError("give at most one EarlyStopping callback")
+    others = [c for c in callbacks if not isinstance(c, EarlyStopping)]
+    for c in others:
+        c.model = model
+    stack = SingleStack(model, loss_fn, with_accuracy="accuracy" in metrics and loss_fn.task is not None)
+    result = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=do_shuffle, seeds=[seed],
+                 callbacks=others, early_stopping=stoppers[0] if stoppers else None, progress=progress,
+                 raise_on_divergence=True)
+    return result.histories[0]

@@ -1,0 +1,123 @@
+"""``History``: what was optimized, and what generalizes, per epoch.
+
+Keys (all per epoch; ``<source>`` is a penalty source name from ``reglab.penalties``):
+
+=========================  ===================================================================
+``loss``                   training objective (data loss + all penalties), batch-size-weighted
+                           running mean over the epoch's batches -- **what Keras reports as loss**
+``data_loss``              the data loss alone (no penalty), same running mean
+``penalty``                all penalties together, same running mean
+``penalty/<source>``       one penalty source, same running mean
+``accuracy``               running accuracy over the epoch (classification losses only)
+``val_loss``               Keras-compatible validation loss: evaluated batch by batch with the
+                           training batch size in eval mode, data loss + penalties (activity
+                           penalties depend on the batch), batch-size-weighted -- **Keras's val_loss**
+``val_data_loss``          validation data loss on the whole validation set at once, eval mode,
+                           no penalty -- the number that says how well the model generalizes
+``val_penalty``,           penalties during the batched validation pass
+``val_penalty/<source>``
+``val_accuracy``           accuracy on the whole validation set
+=========================  ===================================================================
+
+``history.history`` is the Keras-style dict of lists; ``save``/``load`` write JSON or CSV without
+loss of precision (no pickle).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["History"]
+
+
+class History:
+    def __init__(self, history: Mapping[str, list[float]] | None = None, epoch: list[int] | None = None,
+                 meta: Mapping[str, Any] | None = None):
+        self.history: dict[str, list[float]] = {k: list(v) for k, v in (history or {}).items()}
+        self.epoch: list[int] = list(epoch or [])
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # -- building
+    def append(self, epoch: int, logs: Mapping[str, float]) -> None:
+        n = len(self.epoch)
+        for k in logs:
+            if k not in self.history:
+                self.history[k] = [math.nan] * n
+        for k, col in self.history.items():
+            col.append(float(logs.get(k, math.nan)))
+        self.epoch.append(int(epoch))
+
+    # -- reading
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.asarray(self.history[key], dtype=float)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def keys(self) -> list[str]:
+        return list(self.history)
+
+    @property
+    def penalty_sources(self) -> list[str]:
+        return [k.split("/", 1)[1] for k in self.history if k.startswith("penalty/")]
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {"epoch": np.asarray(self.epoch), **{k: self[k] for k in self.history}}
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self)}, keys={self.keys()}, meta={self.meta})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, History):
+            return NotImplemented
+        return (self.epoch == other.epoch and self.meta == other.meta and self.history.keys() == other.history.keys()
+                and all(np.array_equal(self[k], other[k], equal_nan=True) for k in self.history))
+
+    # -- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "history": self.history, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> History:
+        return cls(d.get("history"), d.get("epoch"), d.get("meta"))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``.json`` (everything) or ``.csv`` (the per-epoch table) atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        if path.suffix == ".json":
+            tmp.write_text(json.dumps(self.to_dict()))
+        elif path.suffix == ".csv":
+            with tmp.open("w", newline="") as f:
+                w = csv.writer(f)
+                keys = self.keys()
+                w.writerow(["epoch", *keys])
+                for i, e in enumerate(self.epoch):
+                    w.writerow([e, *(repr(self.history[k][i]) for k in keys)])
+        else:
+            raise ValueError(f"History.save: path must end in .json or .csv; got {str(path)!r}")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> History:
+        path = Path(path)
+        if path.suffix == ".json":
+            return cls.from_dict(json.loads(path.read_text()))
+        if path.suffix == ".csv":
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            header, body = rows[0], rows[1:]
+            hist = {k: [float(r[i + 1]) for r in body] for i, k in enumerate(header[1:])}
+            return cls(hist, [int(r[0]) for r in body])
+        raise ValueError(f"History.load: path must end in .json or .csv; got {str(path)!r}")
