@@ -7,12 +7,33 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+def linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    return F.softmax(x, dim=-1)
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(x, dim=-1)
+
+
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)  # Keras default negative_slope=0.2
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x + 3.0) / 6.0  # Keras 3 definition
+
+
+# named functions (not lambdas) so that models holding them can be pickled
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "linear": lambda x: x,
+    "linear": linear,
     "relu": F.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
-    "softmax": lambda x: F.softmax(x, dim=-1),
+    "softmax": softmax,
     "elu": F.elu,
     "selu": F.selu,
     "gelu": F.gelu,  # Keras 3 default: approximate=False
@@ -20,10 +41,10 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softsign": F.softsign,
     "swish": F.silu,
     "silu": F.silu,
-    "leaky_relu": lambda x: F.leaky_relu(x, 0.2),  # Keras default negative_slope=0.2
+    "leaky_relu": leaky_relu,
     "exponential": torch.exp,
-    "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0,  # Keras 3 definition
-    "log_softmax": lambda x: F.log_softmax(x, dim=-1),
+    "hard_sigmoid": hard_sigmoid,
+    "log_softmax": log_softmax,
 }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import fnmatch
+import functools
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ __all__ = [
     "regularization_spec",
     "apply_spec",
     "PenaltyPlan",
+    "refresh_constraints",
 ]
 
 _PARAMS = "_reglab_param_regularizers"
@@ -219,14 +221,14 @@ def regularize(
             owner, attr = _owner(model, name)
             table = owner.__dict__.setdefault(_PARAMS, {})
             table[attr] = reg
-            handle._add(lambda t=table, a=attr: t.pop(a, None))
+            handle._add(functools.partial(table.pop, attr, None))
             handle.sources.append(name)
         for name, (_, reg) in a_hits.items():
             mod = model.get_submodule(name)
             state = _ActivityState(reg)
             object.__setattr__(mod, _ACTIVITY, state)
             state.hook = mod.register_forward_hook(_activity_hook)
-            handle._add(lambda m=mod, s=state: _drop_activity(m, s))
+            handle._add(functools.partial(_drop_activity, mod, state))
             handle.sources.append(f"{name}:activity")
     except Exception:
         handle.remove()
@@ -298,16 +300,30 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
         table[attr] = c
         p = named[name]
         _CONSTRAINED[id(p)] = (weakref.ref(p), c)
-
-        def undo(t=table, a=attr, pid=id(p)):
-            t.pop(a, None)
-            _CONSTRAINED.pop(pid, None)
-
-        handle._add(undo)
+        handle._add(functools.partial(_unconstrain, table, attr, id(p)))
         handle.sources.append(name)
     if _STEP_HOOK is None:
         _STEP_HOOK = register_optimizer_step_post_hook(_step_post_hook)
     return handle
+
+
+def _unconstrain(table: dict, attr: str, pid: int) -> None:
+    table.pop(attr, None)
+    _CONSTRAINED.pop(pid, None)
+
+
+def refresh_constraints(model: nn.Module) -> None:
+    """Re-register the constraints recorded on ``model``'s modules with the optimizer step hook.
+
+    The hook finds parameters by identity; a ``copy.deepcopy`` or unpickled model has new
+    parameter objects. ``fit`` calls this; hand-written loops on a copied model should too.
+    """
+    global _STEP_HOOK
+    for _, mod, attr, c in constraint_sources(model):
+        p = getattr(mod, attr)
+        _CONSTRAINED[id(p)] = (weakref.ref(p), c)
+        if _STEP_HOOK is None:
+            _STEP_HOOK = register_optimizer_step_post_hook(_step_post_hook)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -452,8 +468,7 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Handle:
     h1 = regularize(model, escape(spec.get("params")), escape(spec.get("activity")))
     h2 = constrain(model, escape(spec.get("constraints"))) if spec.get("constraints") else Handle()
     h = Handle()
-    h._add(h1.remove)
-    h._add(h2.remove)
+    h._undo.extend([h1.remove, h2.remove])
     h.sources = h1.sources + h2.sources
     return h
 

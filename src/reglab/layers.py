@@ -61,8 +61,7 @@ class Dense(nn.Linear):
         h1 = regularize(self, params=params, activity={"": activity_regularizer} if activity_regularizer is not None else None)
         cons = {k: v for k, v in (("weight", kernel_constraint), ("bias", bias_constraint)) if v is not None}
         h2 = constrain(self, cons) if cons else Handle()
-        self.handle._add(h1.remove)
-        self.handle._add(h2.remove)
+        self.handle._undo.extend([h1.remove, h2.remove])
         self.handle.sources = h1.sources + h2.sources
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

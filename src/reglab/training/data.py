@@ -21,7 +21,7 @@ def as_tensor(a: Any, name: str, dtype: torch.dtype | None, device: Any) -> torc
             raise ValueError(f"{name} could not be read as an array: {e}") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise ValueError(f"{name} must be numeric; got an array of dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = torch.from_numpy(np.array(arr, copy=True, order="C"))  # a copy: read-only inputs stay untouched
     if t.dim() == 0 or t.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); need at least one example")
     if t.is_floating_point() or t.is_complex():

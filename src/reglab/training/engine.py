@@ -43,7 +43,8 @@ class Stack(Protocol):
     params: list[torch.Tensor]
 
     def train(self, mode: bool) -> None: ...
-    def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]: ...
+    def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str], torch.Tensor | None]:
+        """``(data loss per example (M, B), correct (M, B) or None, penalty names, penalties (K, M) or None)``."""
     def take(self, data: torch.Tensor, idx: torch.Tensor, per_model: bool) -> torch.Tensor: ...
     def after_step(self) -> None: ...
     def snapshot(self) -> Any: ...
@@ -122,7 +123,8 @@ class SingleStack:
 
     def objective(self, xb, yb):
         data, correct, pens = self._objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy)
-        return data[None], (None if correct is None else correct[None]), {k: v.reshape(1) for k, v in pens.items()}
+        stacked = torch.stack(list(pens.values())).reshape(len(pens), 1) if pens else None
+        return data[None], (None if correct is None else correct[None]), list(pens), stacked
 
     def take(self, data, idx, per_model=False):
         return data[idx[0]]
@@ -223,16 +225,16 @@ def run(
             seen = 0
             names: list[str] = []
             for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
-                data, correct, pens = stack.objective(xb, yb)
-                names = list(pens)
+                data, correct, names, pens = stack.objective(xb, yb)
                 data_mean = data.mean(dim=1)
-                pen_total = torch.stack(list(pens.values())).sum(0) if pens else torch.zeros_like(data_mean)
+                pen_total = pens.sum(0) if pens is not None else torch.zeros_like(data_mean)
                 total = data_mean + pen_total
-                ok = torch.isfinite(total).cpu().numpy()
+                finite = torch.isfinite(total)
+                ok = np.ones(M, dtype=bool) if bool(finite.all()) else finite.cpu().numpy()
                 newly = active & ~ok
                 if newly.any():
                     if raise_on_divergence:
-                        bad = [n for n, v in pens.items() if not bool(torch.isfinite(v).all())]
+                        bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
                         what = f"penalty source(s) {bad}" if bad else "the data loss"
                         state = stack.snapshot()
                         if not stack.all_finite().all():
@@ -264,8 +266,10 @@ def run(
                 row = [total, data_mean, pen_total]
                 if correct is not None:
                     row.append(correct.mean(dim=1))
-                row.extend(pens.values())
-                stats = torch.stack([r.detach() for r in row]) * bs
+                stats = torch.stack(row).detach()
+                if pens is not None:
+                    stats = torch.cat([stats, pens.detach()])
+                stats = stats * bs
                 acc = stats if acc is None else acc + stats
                 seen += bs
                 if intr.flag:
@@ -342,16 +346,17 @@ def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) 
     names: list[str] = []
     has_acc = False
     for xb, yb, bs in data.batches(stack, batch_size, None):
-        d, correct, pens = stack.objective(xb, yb)
-        names = list(pens)
+        d, correct, names, pens = stack.objective(xb, yb)
         dsum = d.sum(dim=1)
-        pen_total = torch.stack(list(pens.values())).sum(0) if pens else torch.zeros_like(dsum)
+        pen_total = pens.sum(0) if pens is not None else torch.zeros_like(dsum)
         row = [dsum / bs + pen_total, dsum / bs, pen_total]
         if correct is not None:
             has_acc = True
             row.append(correct.mean(dim=1))
-        row.extend(pens.values())
-        stats = torch.stack(row) * bs
+        stats = torch.stack(row)
+        if pens is not None:
+            stats = torch.cat([stats, pens])
+        stats = stats * bs
         acc = stats if acc is None else acc + stats
         seen += bs
     stack.train(True)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import losses as _losses
 from .. import optimizers as _optimizers
-from ..attach import PenaltyPlan
+from ..attach import PenaltyPlan, refresh_constraints
 from . import data as _data
 from .callbacks import Callback, EarlyStopping
 from .engine import ArrayData, LoaderData, SingleStack, run
@@ -115,6 +115,7 @@ def fit(
         raise ValueError("model has no parameters to train")
     dtype, dev = p0.dtype, p0.device
     loss_fn = _losses.get(loss)
+    refresh_constraints(model)
     opt = _optimizers.get(optimizer, model.parameters())
     train, do_shuffle = _as_source(model, x, y, loss_fn, dtype, dev, batch_size, shuffle, seed, "")
     val = None

@@ -1,0 +1,234 @@
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import reglab
+from reglab import EarlyStopping, History, TrainingDiverged
+
+from .lecture import blobs, reglab_program
+
+
+def small(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return reglab.models.mlp(2, [dict(units=8, activation="relu", kernel_regularizer=reglab.L2(0.01),
+                                      activity_regularizer=reglab.L1(0.01)), dict(units=1, activation="sigmoid")]).to(dtype)
+
+
+def data():
+    return blobs(0)
+
+
+def test_history_separates_data_loss_and_penalties():
+    xtr, ytr, xte, yte = data()
+    h = reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", epochs=3, batch_size=25, validation_data=(xte, yte),
+                   seed=0, progress=False)
+    assert len(h) == 3 and h.epoch == [0, 1, 2]
+    np.testing.assert_allclose(h["loss"], h["data_loss"] + h["penalty"], rtol=1e-5)
+    np.testing.assert_allclose(h["penalty"], h["penalty/0.weight"] + h["penalty/0:activity"], rtol=1e-5)
+    np.testing.assert_allclose(h["val_loss"], h["val_data_loss"] + h["val_penalty"], rtol=1e-5)
+    assert h.penalty_sources == ["0.weight", "0:activity"]
+    assert set(h.history) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+    assert all(0 <= a <= 1 for a in h["val_accuracy"])
+
+
+def test_val_data_loss_is_the_whole_set_data_loss_after_training():
+    xtr, ytr, xte, yte = data()
+    model = small()
+    h = reglab.fit(model, xtr, ytr, loss="binary_crossentropy", epochs=2, batch_size=30, validation_data=(xte, yte),
+                   seed=0, progress=False)
+    model.eval()
+    with torch.no_grad():
+        p = model(torch.tensor(xte, dtype=torch.float32))
+    whole = reglab.losses.BinaryCrossentropy()(p, torch.tensor(yte))
+    assert h["val_data_loss"][-1] == pytest.approx(float(whole), rel=1e-5)
+    acc = float(((p > 0.5).float() == torch.tensor(yte)).float().mean())
+    assert h["val_accuracy"][-1] == pytest.approx(acc)
+
+
+def test_same_seed_is_bit_identical_and_other_seed_differs():
+    xtr, ytr, xte, yte = data()
+    runs = []
+    for seed in (7, 7, 8):
+        h = reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", epochs=3, batch_size=20,
+                       validation_data=(xte, yte), seed=seed, progress=False)
+        runs.append(h)
+    assert runs[0] == runs[1]
+    for k in runs[0].keys():
+        assert np.array_equal(runs[0][k], runs[1][k])
+    assert not np.array_equal(runs[0]["loss"], runs[2]["loss"])
+
+
+def test_inputs_are_cast_to_the_model_dtype():
+    xtr, ytr, _, _ = data()
+    assert xtr.dtype == np.float64 and ytr.dtype == np.float32
+    for dtype in (torch.float32, torch.float64):
+        model = small(dtype=dtype)
+        h = reglab.fit(model, xtr, ytr, loss="binary_crossentropy", epochs=1, batch_size=50, progress=False)
+        assert np.isfinite(h["loss"]).all() and model[0].weight.dtype == dtype
+
+
+def test_dataset_and_dataloader_inputs():
+    xtr, ytr, xte, yte = data()
+    ds = TensorDataset(torch.tensor(xtr, dtype=torch.float32), torch.tensor(ytr))
+    h1 = reglab.fit(small(), ds, loss="binary_crossentropy", epochs=2, batch_size=25, seed=3, progress=False,
+                    validation_data=DataLoader(TensorDataset(torch.tensor(xte), torch.tensor(yte)), batch_size=25))
+    h2 = reglab.fit(small(), DataLoader(ds, batch_size=25), loss="binary_crossentropy", epochs=2, progress=False)
+    assert len(h1) == 2 and "val_loss" in h1 and len(h2) == 2
+    h3 = reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", epochs=2, batch_size=25, shuffle=False, progress=False)
+    h4 = reglab.fit(small(), DataLoader(ds, batch_size=25), loss="binary_crossentropy", epochs=2, progress=False)
+    np.testing.assert_allclose(h3["loss"], h4["loss"], rtol=1e-6)  # the same batches in the same order
+
+
+def test_torch_optimizer_instance_and_loss_callable():
+    xtr, ytr, _, _ = data()
+    model = small()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = reglab.fit(model, xtr, ytr, loss=nn.BCELoss(), optimizer=opt, epochs=2, batch_size=25, progress=False)
+    assert h["loss"][1] < h["loss"][0]
+
+
+def test_constraints_hold_after_fit():
+    xtr, ytr, _, _ = data()
+    torch.manual_seed(0)
+    model = reglab.models.mlp(2, [dict(units=16, activation="relu", kernel_constraint=reglab.MaxNorm(0.5)),
+                                  dict(units=1, activation="sigmoid")])
+    reglab.fit(model, xtr, ytr, loss="binary_crossentropy", optimizer={"name": "adam", "learning_rate": 0.05}, epochs=3,
+               batch_size=20, progress=False)
+    assert float(model[0].weight.norm(dim=1).max()) <= 0.5 + 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(x=np.zeros((10, 3)), y=np.zeros((10, 1))), r"the model could not run on x of shape \(10, 3\)"),
+        (dict(x=np.zeros((10, 2)), y=np.zeros((9, 1))), r"x has 10 examples but y has 9"),
+        (dict(x=np.zeros((10, 2)), y=np.zeros((10, 2))), r"binary_crossentropy: model output shape \(2, 1\) and y shape \(2, 2\) differ"),
+        (dict(x=np.zeros((10, 2)), y=np.full((10, 1), 2.0)), r"y: binary cross-entropy needs labels in \{0, 1\}; found \[2.0\]"),
+        (dict(x=np.array([["a", "b"]] * 4), y=np.zeros((4, 1))), r"x must be numeric; got an array of dtype <U1"),
+        (dict(x=np.zeros((0, 2)), y=np.zeros((0, 1))), r"x is empty \(shape \(0, 2\)\)"),
+        (dict(x=np.array([[0.0, np.nan]] * 3), y=np.zeros((3, 1))), r"x contains 3 NaN/inf value\(s\); first at index \(0, 1\)"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), batch_size=0), r"batch_size must be a positive integer; got batch_size=0"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), epochs=-1), r"epochs must be a positive integer; got epochs=-1"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), metrics=["auc"]), r"unknown metric 'auc'"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), optimizer="adamax"), r"unknown optimizer 'adamax'"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), optimizer={"name": "adam", "learning_rate": -1}), r"learning_rate must be a non-negative finite number; got learning_rate=-1"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), validation_data=(np.zeros((3, 2)), np.zeros((2, 1)))), r"validation_x has 3 examples but validation_y has 2"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros((4, 1)), validation_data=(np.full((3, 2), np.inf), np.zeros((3, 1)))), r"validation_x contains 6 NaN/inf"),
+    ],
+)
+def test_bad_input_is_reported_before_training(kwargs, message):
+    model = small()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(loss="binary_crossentropy", epochs=1, batch_size=4, progress=False)
+    kw.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        reglab.fit(model, **kw)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # nothing trained
+
+
+def test_divergence_stops_with_history_and_last_finite_weights():
+    xtr, ytr, xte, yte = data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch \d+ \(0-based\), batch \d+: the data loss") as err:
+        reglab.fit(model, xtr, ytr * 1000, loss="mse", optimizer={"name": "sgd", "learning_rate": 10.0}, epochs=50,
+                   batch_size=25, validation_data=(xte, yte * 1000), progress=False)
+    e = err.value
+    assert len(e.history) == e.epoch  # every completed epoch is kept
+    assert all(torch.isfinite(v).all() for v in e.state_dict.values())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, e.state_dict[k])  # and the model holds them
+    if e.epoch > 0:
+        assert np.isfinite(e.history["loss"]).all()
+
+
+def test_keyboard_interrupt_returns_history_so_far():
+    xtr, ytr, _, _ = data()
+
+    class Interrupt(reglab.training.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    model = small()
+    h = reglab.fit(model, xtr, ytr, loss="binary_crossentropy", epochs=10, batch_size=25, callbacks=[Interrupt()],
+                   progress=False)
+    assert h.meta["interrupted"] is True
+    assert h.meta["interrupted_epoch"] == 2 and len(h) == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_early_stopping_keras_semantics_and_restore_best_weights():
+    xtr, ytr, xte, yte = data()
+    model = small()
+    snaps = {}
+
+    class Keep(reglab.training.Callback):
+        def on_epoch_end(self, epoch, logs):
+            snaps[epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    es = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    h = reglab.fit(model, xtr, ytr * 0 + (xtr[:, :1] > 10), loss="binary_crossentropy", epochs=40, batch_size=25,
+                   optimizer={"name": "adam", "learning_rate": 0.05}, validation_data=(xte, yte), callbacks=[es, Keep()],
+                   progress=False)
+    v = h["val_loss"]
+    best = int(np.argmin(v))
+    assert h.meta["best_epoch"] == best
+    assert len(h) == best + 3  # patience 2: stops two epochs after the best, as Keras
+    for k, t in model.state_dict().items():
+        assert torch.equal(t, snaps[best][k])
+
+
+def test_early_stopping_monitor_must_exist():
+    xtr, ytr, _, _ = data()
+    with pytest.raises(ValueError, match=r"EarlyStopping monitors 'val_loss', which is not logged"):
+        reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", epochs=2, callbacks=[EarlyStopping()], progress=False)
+
+
+def test_checkpoint_and_csv_logger(tmp_path):
+    xtr, ytr, xte, yte = data()
+    model = small()
+    ck = reglab.ModelCheckpoint(tmp_path / "best.pt", save_best_only=True)
+    log = reglab.CSVLogger(tmp_path / "log.csv")
+    h = reglab.fit(model, xtr, ytr, loss="binary_crossentropy", epochs=3, batch_size=25, validation_data=(xte, yte),
+                   callbacks=[ck, log], progress=False)
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert set(state) == set(model.state_dict())
+    rows = (tmp_path / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("epoch,")
+    header = rows[0].split(",")
+    last = dict(zip(header, rows[-1].split(",")))
+    assert float(last["val_loss"]) == h["val_loss"][-1]
+
+
+def test_history_round_trips_losslessly(tmp_path):
+    xtr, ytr, xte, yte = data()
+    h = reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", epochs=3, batch_size=25, validation_data=(xte, yte),
+                   progress=False)
+    h.save(tmp_path / "h.json")
+    h.save(tmp_path / "h.csv")
+    assert History.load(tmp_path / "h.json") == h
+    back = History.load(tmp_path / "h.csv")
+    for k in h.keys():
+        assert np.array_equal(back[k], h[k])
+    json.loads((tmp_path / "h.json").read_text())
+    with pytest.raises(ValueError, match=r"path must end in .json or .csv"):
+        h.save(tmp_path / "h.pkl")
+
+
+def test_regularized_loss_penalty_is_logged_as_a_source():
+    xtr, ytr, xte, yte = data()
+    model, loss = reglab_program(1, dtype=torch.float32)
+    h = reglab.fit(model, xtr, ytr, loss=loss, epochs=2, batch_size=20, validation_data=(xte, yte), progress=False)
+    assert h.penalty_sources == ["loss:penalty"]
+    assert h["penalty/loss:penalty"][0] > 0
+    np.testing.assert_allclose(h["loss"], h["data_loss"] + h["penalty"], rtol=1e-5)
+    assert not math.isnan(h["val_loss"][0])
