@@ -17,7 +17,7 @@ from .layers import Activation, Dense
 from .losses import RegularizedLoss
 from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, Regularizer
 from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
-from . import diagnostics, models, training
+from . import datasets, diagnostics, models, training
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,6 @@ __all__ = [
     "regularization_spec", "apply_spec",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
     "Dense", "Activation", "RegularizedLoss",
-    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics",
+    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets",
     "Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity",
 ]
