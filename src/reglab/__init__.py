@@ -17,7 +17,8 @@ from .layers import Activation, Dense
 from .losses import RegularizedLoss
 from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, Regularizer
 from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
-from . import datasets, diagnostics, models, training
+from . import datasets, diagnostics, models, training, vectorized
+from .vectorized import ManyResult, fit_many
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,6 @@ __all__ = [
     "regularization_spec", "apply_spec",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
     "Dense", "Activation", "RegularizedLoss",
-    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets",
+    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult",
     "Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity",
 ]

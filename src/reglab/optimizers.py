@@ -25,8 +25,13 @@ from . import _checks
 __all__ = ["KerasAdam", "KerasSGD", "KerasRMSprop", "get", "OPTIMIZERS"]
 
 
-class KerasAdam(torch.optim.Optimizer):
-    """Keras 3 ``Adam`` (``AdamW`` with ``weight_decay``: Keras decays ``w -= w * wd * lr`` first)."""
+class KerasAdam(torch.optim.AdamW):
+    """Keras 3 ``Adam`` (``AdamW`` with ``weight_decay``: Keras decays ``w -= w * wd * lr`` first).
+
+    Implemented on torch's fused/foreach ``AdamW`` kernels: torch computes
+    ``w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps')``; with ``eps' = epsilon/sqrt(1-b2^t)``,
+    set before every step, that is exactly Keras's ``w -= alpha * m / (sqrt(v) + epsilon)``.
+    """
 
     def __init__(self, params: Iterable[Any], learning_rate: float = 0.001, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-7, weight_decay: float | None = None):
@@ -34,43 +39,23 @@ class KerasAdam(torch.optim.Optimizer):
         for n, b in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0.0 <= _checks.non_negative_float(b, n) < 1.0:
                 raise ValueError(f"{n} must lie in [0, 1); got {n}={b!r}")
-        _checks.non_negative_float(epsilon, "epsilon")
+        self.keras_epsilon = _checks.non_negative_float(epsilon, "epsilon")
         wd = 0.0 if weight_decay is None else _checks.non_negative_float(weight_decay, "weight_decay")
-        super().__init__(params, dict(lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=wd))
+        params = list(params)
+        flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        fused = bool(flat) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in flat) and len(
+            {(p.device, p.dtype) for p in flat}) == 1
+        super().__init__(params, lr=lr, betas=(beta_1, beta_2), eps=epsilon, weight_decay=wd,
+                         fused=fused or None, foreach=None if fused else True)
+        self._t = 0
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        self._t += 1
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            lr, b1, b2, eps, wd = group["lr"], group["beta_1"], group["beta_2"], group["epsilon"], group["weight_decay"]
-            ms, vs = [], []
-            for p in params:
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["m"] = torch.zeros_like(p)
-                    st["v"] = torch.zeros_like(p)
-                st["step"] += 1
-                ms.append(st["m"])
-                vs.append(st["v"])
-            t = self.state[params[0]]["step"]
-            alpha = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
-            grads = [p.grad for p in params]
-            if wd:
-                torch._foreach_mul_(params, 1 - wd * lr)
-            # m += (g - m) * (1 - b1);  v += (g^2 - v) * (1 - b2)
-            torch._foreach_lerp_(ms, grads, 1 - b1)
-            torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), 1 - b2)
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, ms, denom, value=-alpha)
-        return loss
+            b2 = group["betas"][1]
+            group["eps"] = self.keras_epsilon / math.sqrt(1 - b2**self._t)
+        return super().step(closure)
 
 
 class KerasSGD(torch.optim.SGD):

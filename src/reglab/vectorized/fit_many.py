@@ -1,0 +1,170 @@
+"""``reglab.fit_many``: train M models (seeds x grid points) in one vectorized run."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import losses as _losses
+from .. import optimizers as _optimizers
+from ..training import data as _data
+from ..training.callbacks import EarlyStopping
+from ..training.engine import ArrayData, run
+from ..training.fit import check_metrics, prepare_arrays
+from ..training.history import History
+from .stack import VmapStack
+
+__all__ = ["fit_many", "ManyResult"]
+
+
+@dataclass
+class ManyResult:
+    """``histories[i]``, ``models[i]`` and ``configs[i]`` (``{"seed": s, **grid_point}``) of model i;
+    ``failed`` maps model index -> where it diverged (its history and weights stop there)."""
+
+    histories: list[History]
+    models: list[nn.Module]
+    configs: list[dict[str, Any]]
+    failed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    interrupted: bool = False
+    chunks: int = 1
+
+
+def _per_model(a: Any, n_models: int, name: str) -> tuple[Any, bool]:
+    if isinstance(a, (list, tuple)) and len(a) == n_models and n_models > 1 and all(
+            hasattr(v, "shape") for v in a):
+        shapes = {tuple(np.shape(v)) for v in a}
+        if len(shapes) != 1:
+            raise ValueError(f"{name}: the per-model arrays must have one shape; got {sorted(shapes)}")
+        return a, True
+    return a, False
+
+
+def _estimate_bytes(model: nn.Module, batch_size: int, n_features: int) -> int:
+    n_params = sum(p.numel() for p in model.parameters())
+    itemsize = next(model.parameters()).element_size()
+    widest = max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=n_features)
+    n_layers = max(1, sum(1 for m in model.modules() if len(list(m.children())) == 0))
+    # weights, grads, 2 optimizer moments, a best-weights copy, a pre-step copy; activations of a batch
+    return itemsize * (6 * n_params + 4 * batch_size * widest * n_layers)
+
+
+def fit_many(
+    build: Callable[..., nn.Module | tuple[nn.Module, Any]],
+    x: Any,
+    y: Any = None,
+    *,
+    seeds: Sequence[int],
+    grid: Sequence[Mapping[str, Any]] | None = None,
+    loss: Any = None,
+    optimizer: Any = "adam",
+    epochs: int = 1,
+    batch_size: int = 32,
+    validation_data: Any = None,
+    shuffle: bool = True,
+    metrics: Sequence[str] | None = ("accuracy",),
+    callbacks: Sequence[EarlyStopping] = (),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    memory_budget: int | None = 2 * 1024**3,
+) -> ManyResult:
+    """Train ``len(seeds) * len(grid)`` models of one architecture together.
+
+    Model i, for the pair ``(seed_i, grid_i)`` in ``itertools.product(seeds, grid)``, is
+    ``build(**grid_i)`` called right after ``torch.manual_seed(seed_i)`` and trained with
+    ``seed=seed_i`` -- its history equals ``reglab.fit`` on that model (tested). ``build`` may
+    return ``(model, loss)`` (e.g. a ``RegularizedLoss`` bound to the model). Regularizer strengths
+    are read from each built model and stacked, so a grid over strengths trains in one run.
+
+    ``x, y`` and ``validation_data`` are shared arrays, or lists with one array per model (same
+    shapes). ``optimizer`` is a Keras name/config (an instance is bound to one model).
+    ``callbacks`` may hold one ``EarlyStopping``, applied per model. A model whose objective
+    becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
+    ``memory_budget`` (bytes) splits M into chunks trained one after another (same results).
+    """
+    grid = [dict(g) for g in (grid or [{}])]
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
+    epochs = _data.positive_int(epochs, "epochs")
+    batch_size = _data.positive_int(batch_size, "batch_size")
+    metrics = check_metrics(metrics)
+    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    if len(stoppers) != len(list(callbacks)) or len(stoppers) > 1:
+        raise ValueError("fit_many accepts only one EarlyStopping callback")
+    configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]
+    M = len(configs)
+    x, x_per = _per_model(x, M, "x")
+    y, _ = _per_model(y, M, "y")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be (x_val, y_val)")
+        xv, v_per = _per_model(validation_data[0], M, "validation x")
+        yv, _ = _per_model(validation_data[1], M, "validation y")
+
+    def make(i: int):
+        torch.manual_seed(configs[i]["seed"])
+        out = build(**grid[i % len(grid)])
+        model, lo = (out if isinstance(out, tuple) else (out, loss))
+        if lo is None:
+            raise ValueError("give loss=..., or let build return (model, loss)")
+        if device is not None:
+            model.to(device)
+        return model, _losses.get(lo)
+
+    first, first_loss = make(0)
+    per_model_bytes = _estimate_bytes(first, batch_size, int(np.shape(x[0] if x_per else x)[-1]))
+    chunk = M if not memory_budget else max(1, min(M, int(memory_budget // max(per_model_bytes, 1))))
+    n_chunks = math.ceil(M / chunk)
+    from tqdm.auto import tqdm
+    import sys
+
+    bar = tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
+    result = ManyResult([], [], configs, chunks=n_chunks)
+    for c0 in range(0, M, chunk):
+        idx = list(range(c0, min(M, c0 + chunk)))
+        built = [(first, first_loss) if i == 0 else make(i) for i in idx]
+        models = [b[0] for b in built]
+        losses = [b[1] for b in built]
+        p0 = next(models[0].parameters())
+        dtype, dev = p0.dtype, p0.device
+
+        def arrays(xa, ya, per, prefix):
+            if per:
+                pairs = [prepare_arrays(models[0], xa[i], ya[i], losses[0], dtype, dev, prefix) for i in idx]
+                return ArrayData(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), per_model=True)
+            xt, yt = prepare_arrays(models[0], xa, ya, losses[0], dtype, dev, prefix)
+            return ArrayData(xt, yt)
+
+        train = arrays(x, y, x_per, "")
+        val = arrays(xv, yv, v_per, "validation_") if validation_data is not None else None
+        x_dim = train.x.dim() - (1 if train.per_model else 0)
+        y_dim = train.y.dim() - (1 if train.per_model else 0)
+        stack = VmapStack(models, losses, "accuracy" in metrics and losses[0].task is not None, x_dim, y_dim)
+        opt = _optimizers.get(optimizer, stack.params)
+        es = None
+        if stoppers:
+            es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in ("monitor", "patience", "mode", "baseline",
+                                                                     "restore_best_weights", "start_from_epoch")},
+                               min_delta=abs(stoppers[0].min_delta))
+        res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                  seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False, desc="fit_many")
+        stack.write_back()
+        result.histories.extend(res.histories)
+        result.models.extend(models)
+        result.failed.update({idx[k]: v for k, v in res.failed.items()})
+        result.interrupted |= res.interrupted
+        bar.update(len(idx))
+        if res.interrupted:
+            break
+    bar.close()
+    return result

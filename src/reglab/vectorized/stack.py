@@ -1,0 +1,169 @@
+"""M models of one architecture as stacked tensors, stepped together under ``torch.vmap``.
+
+The per-model objective is ``reglab.training.objective.model_objective`` -- the same function
+``fit`` calls -- run through ``torch.func.functional_call`` under ``torch.vmap``; regularizer
+strengths enter as per-model tensors (``hparams``), so one run sweeps them. The number of torch
+operations per step does not depend on M.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from .. import regularizers as _regularizers
+from ..attach import PenaltyPlan, constraint_sources
+from ..losses import Loss, RegularizedLoss
+from ..training.objective import model_objective
+
+
+def _structure(reg: _regularizers.Regularizer) -> Any:
+    """What must agree between models whose regularizers are stacked (everything but strengths)."""
+    if isinstance(reg, _regularizers.Sum):
+        return ("Sum", tuple(_structure(t) for t in reg.terms))
+    if isinstance(reg, _regularizers.Scaled):
+        return ("Scaled", _structure(reg.regularizer))
+    try:
+        cfg = reg.get_config()
+    except NotImplementedError:
+        return (type(reg).__name__, id(type(reg)))
+    hp = reg.hparams()
+    return (type(reg).__name__, tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in hp)))
+
+
+class _Objective(nn.Module):
+    """Wraps a model so that ``functional_call`` runs the whole objective with swapped weights."""
+
+    def __init__(self, model: nn.Module, plan: PenaltyPlan, loss: Loss, with_accuracy: bool):
+        super().__init__()
+        self.model = model
+        self.plan = plan
+        self.loss = loss
+        self.with_accuracy = with_accuracy
+
+    def forward(self, xb, yb, hparams):
+        data, correct, pens = model_objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy, hparams)
+        stacked = torch.stack([v.reshape(()) for v in pens.values()]) if pens else data.new_zeros(0)
+        if correct is None:
+            correct = data.new_zeros(0)
+        return data, correct, stacked
+
+
+class VmapStack:
+    """The stack protocol of ``reglab.training.engine`` for M models of one architecture."""
+
+    def __init__(self, models: Sequence[nn.Module], losses: Sequence[Loss], with_accuracy: bool, x_dim: int, y_dim: int):
+        self.models = list(models)
+        self.n_models = len(self.models)
+        base = self.models[0]
+        self.base = base
+        self.loss = losses[0]
+        plans = [PenaltyPlan(m) for m in self.models]
+        self.plan = plans[0]
+        names = self.plan.names
+        for i, p in enumerate(plans[1:], 1):
+            if p.names != names:
+                raise ValueError(f"model {i} has penalty sources {p.names}, model 0 has {names}: "
+                                 "fit_many needs one architecture with the same attachments")
+        # per-model strengths, stacked: {source: {hparam: tensor (M,)}}
+        self.hparams: dict[str, dict[str, torch.Tensor]] = {}
+        p0 = next(base.parameters())
+        per_model_regs = []
+        for p in plans:
+            d = {n: r for n, _, _, r in p.params}
+            d.update({n: m.__dict__["_reglab_activity"].regularizer for n, m in p.activity})
+            per_model_regs.append(d)
+        for name in names:
+            rs = [d[name] for d in per_model_regs]
+            s0 = _structure(rs[0])
+            for i, r in enumerate(rs[1:], 1):
+                if _structure(r) != s0:
+                    raise ValueError(f"penalty source {name!r}: model {i} has {r!r}, model 0 has {rs[0]!r}; only "
+                                     "strengths may differ between models trained together")
+            hp = [r.hparams() for r in rs]
+            if hp[0]:
+                self.hparams[name] = {k: torch.tensor([h[k] for h in hp], dtype=p0.dtype, device=p0.device) for k in hp[0]}
+        if isinstance(self.loss, RegularizedLoss):
+            for i, lo in enumerate(losses):
+                if not isinstance(lo, RegularizedLoss) or [(n, _structure(r)) for n, r in lo.terms] != [
+                        (n, _structure(r)) for n, r in self.loss.terms]:
+                    raise ValueError(f"model {i}'s RegularizedLoss differs from model 0's in more than its strength")
+            self.hparams[RegularizedLoss.source_name] = {
+                "strength": torch.tensor([lo.strength for lo in losses], dtype=p0.dtype, device=p0.device)}
+        self.names = names + ([RegularizedLoss.source_name] if isinstance(self.loss, RegularizedLoss) else [])
+        params, buffers = stack_module_state(self.models)
+        self.param_dict = params
+        self.buffer_dict = buffers
+        self.params = list(params.values())
+        self.wrapper = _Objective(base, self.plan, self.loss, with_accuracy)
+        self.with_accuracy = with_accuracy
+        self.x_dim, self.y_dim = x_dim, y_dim
+        self.constraints = [(name, c) for name, _, _, c in constraint_sources(base)]
+        self._fns: dict[tuple, Any] = {}
+
+    # -- the stack protocol
+    def train(self, mode: bool) -> None:
+        self.base.train(mode)
+
+    def _fn(self, in_x, in_y):
+        key = (in_x, in_y)
+        if key not in self._fns:
+            def one(params, buffers, hp, xb, yb):
+                named = {f"model.{k}": v for k, v in params.items()}
+                named.update({f"model.{k}": v for k, v in buffers.items()})
+                return functional_call(self.wrapper, named, (xb, yb, hp))
+
+            self._fns[key] = torch.vmap(one, in_dims=(0, 0, 0, in_x, in_y), randomness="different")
+        return self._fns[key]
+
+    def objective(self, xb, yb):
+        in_x = 0 if xb.dim() == self.x_dim + 1 else None
+        in_y = 0 if yb.dim() == self.y_dim + 1 else None
+        data, correct, pens = self._fn(in_x, in_y)(self.param_dict, self.buffer_dict, self.hparams, xb, yb)
+        return (data, correct if self.with_accuracy else None, self.names,
+                pens.transpose(0, 1) if pens.shape[1] else None)
+
+    def take(self, data, idx, per_model=False):
+        if per_model:
+            return torch.gather(data, 1, idx.reshape(idx.shape + (1,) * (data.dim() - 2)).expand(
+                idx.shape + data.shape[2:])) if data.dim() > 2 else torch.gather(data, 1, idx)
+        return data[idx]
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for name, c in self.constraints:
+            p = self.param_dict[name]
+            p.copy_(torch.vmap(c)(p))
+
+    def snapshot(self):
+        return {k: v.detach().clone() for k, v in {**self.param_dict, **self.buffer_dict}.items()}
+
+    @torch.no_grad()
+    def restore(self, snap, mask) -> None:
+        m = torch.as_tensor(np.asarray(mask), device=self.params[0].device)
+        for k, v in {**self.param_dict, **self.buffer_dict}.items():
+            v.copy_(torch.where(m.reshape((-1,) + (1,) * (v.dim() - 1)), snap[k], v))
+
+    @torch.no_grad()
+    def merge_snapshot(self, best, mask):
+        m = torch.as_tensor(np.asarray(mask), device=self.params[0].device)
+        cur = {**self.param_dict, **self.buffer_dict}
+        return {k: torch.where(m.reshape((-1,) + (1,) * (v.dim() - 1)), cur[k].detach(), v) for k, v in best.items()}
+
+    def all_finite(self) -> np.ndarray:
+        ok = torch.ones(self.n_models, dtype=torch.bool)
+        for p in self.params:
+            ok &= torch.isfinite(p.detach()).reshape(self.n_models, -1).all(1).cpu()
+        return ok.numpy()
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the trained stacked weights into the M separate models."""
+        for i, m in enumerate(self.models):
+            state = {k: v[i] for k, v in {**self.param_dict, **self.buffer_dict}.items()}
+            m.load_state_dict(state, strict=False)
