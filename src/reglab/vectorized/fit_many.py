@@ -38,7 +38,7 @@ class ManyResult:
 
 
 def _per_model(a: Any, n_models: int, name: str) -> tuple[Any, bool]:
-    if isinstance(a, (list, tuple)) and len(a) == n_models and n_models > 1 and all(
+    if isinstance(a, (list, tuple)) and len(a) == n_models and all(
             hasattr(v, "shape") for v in a):
         shapes = {tuple(np.shape(v)) for v in a}
         if len(shapes) != 1:

@@ -1,0 +1,131 @@
+"""Figures (matplotlib, Agg backend) from finished runs; each function writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..diagnostics.statistics import mean_ci  # noqa: E402
+from .summary import ExperimentSummary  # noqa: E402
+
+__all__ = ["curves", "boundary", "activation_histograms", "weight_histograms", "path_plot"]
+
+
+def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
+    """Mean over seeds with its 95% t-interval as a band (runs of different lengths are NaN-padded)."""
+    ep = np.arange(1, arr.shape[1] + 1)
+    stats = np.array([mean_ci(arr[:, j]) for j in range(arr.shape[1])])
+    ax.plot(ep, stats[:, 0], color=color, label=label, lw=1.5)
+    ok = ~np.isnan(stats[:, 1])
+    ax.fill_between(ep[ok], stats[ok, 1], stats[ok, 2], color=color, alpha=0.25, lw=0)
+
+
+def _stack(runs: list[dict], key: str) -> np.ndarray:
+    hs = [r["history"]["history"].get(key, []) for r in runs]
+    n = max((len(h) for h in hs), default=0)
+    out = np.full((len(hs), n), np.nan)
+    for i, h in enumerate(hs):
+        out[i, :len(h)] = h
+    return out
+
+
+def curves(e: ExperimentSummary, path: Path) -> Path:
+    """Train/validation curves: data loss and total objective, mean and 95% CI over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for ax, (tk, vk, title) in zip(axes, [("data_loss", "val_data_loss", "data loss (no penalty)"),
+                                           ("loss", "val_loss", "objective = data loss + penalties (Keras loss)")]):
+        _band(ax, _stack(e.runs, tk), "tab:blue", "train")
+        _band(ax, _stack(e.runs, vk), "tab:red", "validation")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("binary cross-entropy")
+    axes[0].legend(frameon=False)
+    fig.suptitle(f"{e.title}  ({len(e.runs)} seeds, band = 95% CI of the mean)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def boundary(e: ExperimentSummary, arrays: dict[str, np.ndarray], path: Path) -> Path:
+    """Seed-0 training data with the model's decision boundary (p = 0.5) and the Bayes boundary."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    x, y = arrays["x_train"], arrays["y_train"].reshape(-1)
+    ax.scatter(x[:, 0], x[:, 1], c=np.where(y > 0.5, "tab:blue", "tab:red"), s=14, alpha=0.5)
+    gx, gy = arrays["grid_x"], arrays["grid_y"]
+    ax.contourf(gx, gy, arrays["grid_p"], levels=[0, 0.5, 1], colors=["tab:red", "tab:blue"], alpha=0.08)
+    ax.contour(gx, gy, arrays["grid_p"], levels=[0.5], colors="k", linewidths=1.5)
+    if "grid_bayes" in arrays:
+        ax.contour(gx, gy, arrays["grid_bayes"], levels=[0.5], colors="tab:green", linewidths=1.5, linestyles="--")
+    ax.plot([], [], "k-", label="model (p = 0.5)")
+    ax.plot([], [], color="tab:green", ls="--", label="Bayes boundary")
+    ax.legend(loc="lower right", fontsize=8, frameon=True)
+    ax.set_title(f"{e.name}, seed 0", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def activation_histograms(items: list[tuple[str, dict]], path: Path, rho: float | None = None) -> Path:
+    """Histograms of a hidden layer's activations (seed 0) with the mean activation marked."""
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.4), squeeze=False)
+    for ax, (label, layer) in zip(axes[0], items):
+        h = layer["histogram"]
+        edges = np.asarray(h["edges"])
+        ax.bar(edges[:-1], h["counts"], width=np.diff(edges), align="edge", color="tab:purple", alpha=0.8)
+        ax.axvline(layer["mean_activation"], color="k", lw=1, label=f"mean {layer['mean_activation']:.3f}")
+        if rho is not None:
+            ax.axvline(rho, color="tab:green", ls="--", lw=1, label=f"rho {rho}")
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("activation")
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def weight_histograms(groups: dict[str, np.ndarray], path: Path) -> Path:
+    """|w| histograms (log scale) for groups of weights, e.g. L1- vs L2-regularized layers."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = np.logspace(-8, 0.5, 60)
+    for (label, w), c in zip(groups.items(), ["tab:orange", "tab:blue", "tab:gray"]):
+        ax.hist(np.clip(w, 1e-8, None), bins=bins, histtype="step", lw=1.5, color=c, label=label, density=True)
+    ax.set_xscale("log")
+    ax.set_xlabel("|w|  (values below 1e-8 shown at 1e-8)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def path_plot(path_data: dict, path: Path) -> Path:
+    """Validation data loss, accuracy and excess risk against the strength, with 95% bands."""
+    lam = np.asarray(path_data["strengths"])
+    keys = [k for k in ("val_data_loss", "test_accuracy", "excess_log_loss") if k in path_data["metrics"]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        v = np.asarray(path_data["metrics"][k])  # (K, seeds)
+        st = np.array([mean_ci(row) for row in v])
+        ax.plot(lam, st[:, 0], "o-", color="tab:blue", ms=3)
+        ax.fill_between(lam, st[:, 1], st[:, 2], color="tab:blue", alpha=0.25, lw=0)
+        if path_data.get("best_strength") is not None:
+            ax.axvline(path_data["best_strength"], color="k", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"strength ({path_data.get('label', 'lambda')})")
+        ax.set_title(k, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
