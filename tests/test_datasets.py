@@ -85,3 +85,15 @@ def test_npz_round_trip(tmp_path):
     assert D.digits().x_train.shape[1] == 64 and D.digits().x_train.max() <= 1.0
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         D.get("mnist")
+
+
+def test_sparse_autoencoder_acceptance(tmp_path):
+    """The KL autoencoder's mean code activation lies within [rho/2, 2 rho] (the study's setting)."""
+    from reglab.experiments.autoencoder import RHO, run_autoencoder
+
+    doc = run_autoencoder(tmp_path)
+    kl = doc["models"]["kl_sparsity"]["mean_code_activation"]
+    assert RHO / 2 <= kl <= 2 * RHO and doc["kl_within_target"]
+    assert doc["models"]["none"]["mean_code_activation"] > 4 * RHO  # the unregularized code is not sparse
+    assert doc["models"]["kl_sparsity"]["reconstruction_mse"] < doc["models"]["l1_activity"]["reconstruction_mse"]
+    assert (tmp_path / "figures" / "autoencoder_features.png").is_file()
