@@ -72,6 +72,9 @@ def _meta_update(out: Path, **kw) -> dict:
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
 def main(threads: int | None) -> None:
     """Regularize PyTorch models the Keras way, and measure what regularization does."""
+    from .training.engine import keep_flushing_denormals
+
+    keep_flushing_denormals()  # see reglab.training.engine._FlushDenormals
     if threads is not None:
         import torch
 
@@ -107,8 +110,9 @@ def list_cmd(paths: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also train the unregularized baseline of each schedule.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
-def run(paths, seeds, out, baselines, progress) -> None:
+def run(paths, seeds, out, baselines, workers, progress) -> None:
     """Train experiment files over seeds; resumes, skipping finished runs."""
     from .experiments.runner import execute, plan_units
 
@@ -118,7 +122,7 @@ def run(paths, seeds, out, baselines, progress) -> None:
     units = plan_units(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
-    info = execute(units, out_p, progress=progress)
+    info = execute(units, out_p, progress=progress, workers=workers)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); results in {out_p}/runs")
 
@@ -168,8 +172,10 @@ def path(path, strengths, seeds, out) -> None:
 @click.option("--seeds", type=int, default=20, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--path-seeds", type=int, default=10, show_default=True)
+@click.option("--workers", type=int, default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
-def study(exp_dir, seeds, out, path_seeds, progress) -> None:
+def study(exp_dir, seeds, out, path_seeds, workers, progress) -> None:
     """The main job: every experiment x seeds, the autoencoder, the regularization path, the report."""
     from .experiments.autoencoder import run_autoencoder
     from .experiments.path import regularization_path
@@ -179,16 +185,16 @@ def study(exp_dir, seeds, out, path_seeds, progress) -> None:
     t0 = time.perf_counter()
     specs = _load((exp_dir,))
     out_p = Path(out)
-    info = execute(plan_units(specs, seeds), out_p, progress=progress)
-    click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused ({info['seconds']:.1f} s)")
-    if not (out_p / "autoencoder.json").is_file():
-        ae = run_autoencoder(out_p)
-        click.echo(f"autoencoder: {ae['seconds']:.1f} s")
     by_name = {s.name: s for s in specs}
-    if "p6_all_together" in by_name and not (out_p / "path.json").is_file():
-        pd = regularization_path(by_name["p6_all_together"], [0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-                                 range(path_seeds), out=out_p)
-        click.echo(f"regularization path: {pd['models']} models, {pd['seconds']:.1f} s")
+    side = []
+    if not (out_p / "path.json").is_file() and "p6_all_together" in by_name:
+        side.append((regularization_path, (by_name["p6_all_together"], [0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+                                           list(range(path_seeds)), out_p)))
+    if not (out_p / "autoencoder.json").is_file():
+        side.append((run_autoencoder, (out_p,)))
+    info = execute(plan_units(specs, seeds), out_p, progress=progress, workers=workers, side_tasks=side)
+    click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
+               f"{len(side)} side task(s) (regularization path, autoencoder); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
                  seeds=seeds)
     paths = write_report(out_p)

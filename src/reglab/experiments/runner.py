@@ -197,9 +197,31 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     return out_rows
 
 
+def _group_cost(spec: ExperimentSpec, n: int) -> float:
+    t = spec.config["train"]
+    return t["epochs"] * (1.0 + 300 / t["batch_size"]) * (1 + n / 100)  # steps dominate; M adds little
+
+
+def _train_group_task(config: dict, path: str, seeds: list[int], out: str, threads: int) -> int:
+    """Process-pool entry point (picklable arguments only)."""
+    from ..training.engine import keep_flushing_denormals
+
+    keep_flushing_denormals()
+    torch.set_num_threads(threads)
+    train_group(ExperimentSpec(config, path), seeds, Path(out))
+    return len(seeds)
+
+
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
-            on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None) -> dict[str, Any]:
-    """Run the pending units, grouped per experiment; finished units are skipped (resume)."""
+            on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
+            workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = ()) -> dict[str, Any]:
+    """Run the pending units, grouped per experiment; finished units are skipped (resume).
+
+    With ``workers > 1`` groups run in that many processes at once (each single-threaded): a
+    group of small models is bound by per-step overhead, not arithmetic, so two cores train two
+    groups in the time of one. ``side_tasks`` (picklable ``(function, args)``, e.g. the
+    regularization path) run in the same pool, first; their results are returned in ``"side"``.
+    """
     out = Path(out)
     units = list(units)
     pending: dict[str, list[Unit]] = {}
@@ -216,16 +238,43 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                disable=not progress or not sys.stderr.isatty())
     trained = 0
     t0 = time.perf_counter()
-    for name, us in pending.items():
-        bar.set_postfix_str(name)
-        seeds = [u.seed for u in us]
-        train_group(us[0].spec, seeds, out)
-        trained += len(us)
-        bar.update(len(us))
-        if on_group_done is not None:
-            on_group_done(us[0].spec, seeds)
+    groups = sorted(pending.values(), key=lambda us: -_group_cost(us[0].spec, len(us)))
+    side: list[Any] = []
+    if workers > 1 and len(groups) + len(side_tasks) > 1:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            side_futs = [pool.submit(_side_task, fn, args) for fn, args in side_tasks]
+            futs = {pool.submit(_train_group_task, us[0].spec.config, us[0].spec.path, [u.seed for u in us], str(out),
+                                1): us for us in groups}
+            for fut in cf.as_completed(futs):
+                us = futs[fut]
+                trained += fut.result()  # re-raises a worker's error; finished groups stay written
+                bar.update(len(us))
+                if on_group_done is not None:
+                    on_group_done(us[0].spec, [u.seed for u in us])
+            side = [f.result() for f in side_futs]
+    else:
+        side = [fn(*args) for fn, args in side_tasks]
+        for us in groups:
+            bar.set_postfix_str(us[0].spec.name)
+            seeds = [u.seed for u in us]
+            train_group(us[0].spec, seeds, out)
+            trained += len(us)
+            bar.update(len(us))
+            if on_group_done is not None:
+                on_group_done(us[0].spec, seeds)
     bar.close()
-    return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - t0}
+    return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - t0, "side": side}
+
+
+def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
+    from ..training.engine import keep_flushing_denormals
+
+    keep_flushing_denormals()
+    torch.set_num_threads(1)
+    return fn(*args)
 
 
 def run_unit(unit: Unit, out: str | Path) -> dict:

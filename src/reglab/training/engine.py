@@ -166,6 +166,33 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
+class _FlushDenormals:
+    """Flush float denormals to zero while training (TensorFlow does the same on CPU).
+
+    Weights and activations driven toward 0 by L1/L2 penalties become denormal floats, and CPU
+    arithmetic on denormals is up to 100x slower (measured here: a 200-epoch lecture path of 80
+    models took 25 s instead of 14 s). Numbers below 1.2e-38 (float32) change, nothing else.
+    torch's default (off) is restored on exit; a process that turned it on itself keeps it on.
+    """
+
+    def __enter__(self):
+        self._set = torch.set_flush_denormal(True)
+        return self
+
+    def __exit__(self, *exc):
+        if self._set and not _GLOBAL_FLUSH:
+            torch.set_flush_denormal(False)
+
+
+_GLOBAL_FLUSH = False
+
+
+def keep_flushing_denormals() -> None:
+    """Turn flush-to-zero on for the whole process (the CLI does this)."""
+    global _GLOBAL_FLUSH
+    _GLOBAL_FLUSH = torch.set_flush_denormal(True)
+
+
 @dataclass
 class LoopResult:
     histories: list[History]
@@ -214,7 +241,7 @@ def run(
         cb.on_train_begin({})
     bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
     interrupted = False
-    with _DeferredInterrupt() as intr:
+    with _DeferredInterrupt() as intr, _FlushDenormals():
         for epoch in bar:
             for cb in callbacks:
                 cb.on_epoch_begin(epoch, {})
