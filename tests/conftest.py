@@ -29,3 +29,14 @@ def to_np(t):
     if isinstance(t, torch.Tensor):
         return t.detach().cpu().numpy()
     return np.asarray(t)
+
+
+@pytest.fixture(autouse=True)
+def _no_global_flush_to_zero():
+    """The CLI turns flush-to-zero on for its process; tests that invoke it in-process must not
+    leak that into later tests (hypothesis refuses to generate floats under FTZ)."""
+    yield
+    import reglab.training.engine as engine
+
+    engine._GLOBAL_FLUSH = False
+    torch.set_flush_denormal(False)
