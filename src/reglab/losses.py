@@ -271,7 +271,10 @@ class RegularizedLoss(Loss):
         m = self._model if model is None else model
         total = sum(r(_get_tensor(m, n)) for n, r in self.terms)
         s = self.strength if strength is None else strength
-        return s * total if self.terms else torch.zeros(())
+        if not self.terms:
+            p = next(m.parameters())
+            return torch.zeros((), dtype=p.dtype, device=p.device)
+        return s * total
 
     def __call__(self, y_pred, y_true):
         return self.data_loss(y_pred, y_true) + self.penalty()

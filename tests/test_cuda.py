@@ -1,0 +1,71 @@
+"""The cuda path (skipped where no GPU is present; run on a lent GPU machine)."""
+
+import numpy as np
+import pytest
+import torch
+
+import reglab
+from reglab.diagnostics import evaluate, sparsity
+
+from .lecture import R_LIST, blobs, lecture_layers
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def build(program=6, dtype=torch.float64):
+    def make():
+        model = reglab.models.mlp(2, [dict(spec, kernel_constraint=reglab.MaxNorm(3.0)) for spec in
+                                      lecture_layers(program)]).to(dtype)
+        if program == 1:
+            return model, reglab.RegularizedLoss("log_eps_binary_crossentropy", model, R_LIST, strength=0.001)
+        return model
+    return make
+
+
+@pytest.mark.parametrize("program", [1, 6, 7])
+def test_fit_on_cuda_matches_cpu(program):
+    xtr, ytr, xte, yte = blobs(0)
+    hs = {}
+    for dev in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        out = build(program)()
+        model, loss = out if isinstance(out, tuple) else (out, "binary_crossentropy")
+        if dev == "cuda" and isinstance(loss, reglab.RegularizedLoss):
+            model.to("cuda")
+            loss = reglab.RegularizedLoss("log_eps_binary_crossentropy", model, R_LIST, strength=0.001)
+        hs[dev] = reglab.fit(model, xtr, ytr, loss=loss, epochs=5, batch_size=20, validation_data=(xte, yte), seed=1,
+                             device=dev, progress=False)
+        assert next(model.parameters()).device.type == dev
+        if dev == "cuda":
+            res = evaluate(model, xte, yte)
+            assert 0 <= res["accuracy"] <= 1
+            assert sparsity(model, xte, ["4"])["layers"]["4"]["units"] == 32
+    for k in hs["cpu"].keys():
+        np.testing.assert_allclose(hs["cuda"][k], hs["cpu"][k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+def test_fit_many_on_cuda_matches_fit_on_cuda():
+    xtr, ytr, xte, yte = blobs(0)
+    res = reglab.fit_many(build(6), xtr, ytr, seeds=[1, 2, 3], loss="binary_crossentropy", epochs=5, batch_size=20,
+                          validation_data=(xte, yte), device="cuda", progress=False)
+    for i, s in enumerate([1, 2, 3]):
+        torch.manual_seed(s)
+        m = build(6)().to("cuda")
+        h = reglab.fit(m, xtr, ytr, loss="binary_crossentropy", epochs=5, batch_size=20, validation_data=(xte, yte),
+                       seed=s, progress=False)
+        for k in h.keys():
+            np.testing.assert_allclose(res.histories[i][k], h[k], rtol=1e-6, atol=1e-9, err_msg=k)
+        assert next(res.models[i].parameters()).device.type == "cuda"
+        assert float(res.models[i][0].weight.norm(dim=1).max()) <= 3.0 + 1e-6
+
+
+def test_penalties_and_constraints_on_cuda():
+    d = reglab.Dense(4, 3, kernel_regularizer=reglab.OrthogonalRegularizer(0.1), activity_regularizer="l1",
+                     kernel_constraint="unit_norm").cuda()
+    d(torch.randn(5, 4, device="cuda"))
+    p = reglab.penalty(d)
+    assert p.device.type == "cuda" and p.requires_grad
+    opt = reglab.optimizers.get("adam", d.parameters())
+    p.backward()
+    opt.step()
+    torch.testing.assert_close(d.weight.norm(dim=1), torch.ones(3, device="cuda"), rtol=1e-5, atol=1e-5)
