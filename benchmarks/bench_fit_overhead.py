@@ -13,7 +13,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 import reglab

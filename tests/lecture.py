@@ -58,9 +58,8 @@ def reglab_program(program, seed=0, dtype=torch.float64):
     return model, loss
 
 
-def keras_program(keras, program, model):
-    """The lecture's Keras program (custom L3/KL regularizers and regularized loss in Keras ops),
-    with the weights of the reglab ``model``."""
+def keras_custom_regularizers(keras):
+    """The lecture's custom Keras regularizers, in Keras 3 ops: program 3's L3 and program 7's KL."""
     ops = keras.ops
 
     class RegL3(keras.regularizers.Regularizer):
@@ -78,6 +77,14 @@ def keras_program(keras, program, model):
             rho_hat = ops.clip(ops.mean(q, axis=0), 1e-6, 0.99999)
             kl = self.rho * ops.log(self.rho / rho_hat) + (1 - self.rho) * ops.log((1 - self.rho) / (1 - rho_hat))
             return self.R * ops.sum(kl)
+
+    return RegL3, KLLoss
+
+
+def keras_program(keras, program, model):
+    """The lecture's Keras program (custom L3/KL regularizers and regularized loss in Keras ops),
+    with the weights of the reglab ``model``."""
+    RegL3, KLLoss = keras_custom_regularizers(keras)
 
     def conv(r):
         if r is None:
@@ -103,6 +110,7 @@ def keras_program(keras, program, model):
     for d, k in zip(dense, kdense):
         k.set_weights([d.weight.detach().cpu().numpy().T.astype(k.kernel.dtype), d.bias.detach().cpu().numpy().astype(k.kernel.dtype)])
     lr, _ = SCHEDULES[program]
+    ops = keras.ops
     if program == 1:
         params = kmodel.trainable_variables
 

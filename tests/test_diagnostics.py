@@ -2,12 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-import reglab
 from reglab import History
 from reglab.diagnostics import (compare_predictions, evaluate, holm, mean_ci, overfitting, paired_comparison, sparsity,
                                 with_adjusted)
 
-from .lecture import blobs
 
 Y = [1, 0, 0, 1, 0, 1, 1, 0, 1, 0]
 A = [0.51, 0.49, 0.3, 0.7, 0.4, 0.6, 0.6, 0.4, 0.6, 0.3]

@@ -1,15 +1,13 @@
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from reglab.cli import main
 from reglab.experiments.path import with_strength
 from reglab.experiments.runner import Unit, execute, load_results, plan_units
-from reglab.experiments.schema import ConfigError, ExperimentSpec, load_experiment, load_experiments, validate
+from reglab.experiments.schema import ConfigError, load_experiment, load_experiments, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"

@@ -10,6 +10,7 @@ import reglab
 from reglab import regularizers as R
 
 from .conftest import to_np
+from .lecture import keras_custom_regularizers
 
 SHAPES = [(7,), (4, 3), (3, 9), (2, 3, 4, 5)]
 
@@ -94,35 +95,17 @@ def test_keras_serialized_dict_is_accepted(keras):
 
 
 def test_custom_l3_matches_keras_custom_regularizer(keras, rng):
-    ops = keras.ops
-
-    class RegL3(keras.regularizers.Regularizer):  # the lecture's program 3, in Keras 3 ops
-        def __init__(self, lam):
-            self.R = lam
-
-        def __call__(self, x):
-            return self.R * ops.sum(ops.power(ops.abs(x), 3))
-
+    RegL3, _ = keras_custom_regularizers(keras)  # the lecture's program 3, in Keras 3 ops
     w = rng.normal(size=(4, 6))
-    assert float(R.Lp(3, 0.01)(torch.tensor(w))) == pytest.approx(float(RegL3(0.01)(ops.convert_to_tensor(w))), rel=1e-9)
+    assert float(R.Lp(3, 0.01)(torch.tensor(w))) == pytest.approx(float(RegL3(0.01)(keras.ops.convert_to_tensor(w))), rel=1e-9)
 
 
 def test_kl_sparsity_matches_lecture_formula(keras, rng):
-    ops = keras.ops
-
-    class KLLoss(keras.regularizers.Regularizer):  # the lecture's program 7, in Keras 3 ops
-        def __init__(self, lam, rho):
-            self.R, self.rho = lam, rho
-
-        def __call__(self, q):
-            rho_hat = ops.clip(ops.mean(q, axis=0), 1e-6, 0.99999)
-            kl = self.rho * ops.log(self.rho / rho_hat) + (1 - self.rho) * ops.log((1 - self.rho) / (1 - rho_hat))
-            return self.R * ops.sum(kl)
-
+    _, KLLoss = keras_custom_regularizers(keras)  # the lecture's program 7, in Keras 3 ops
     q = np.maximum(rng.normal(size=(20, 32)), 0) * 0.3  # relu-like, some exact zeros
     q[:, 3] = 0.0  # a dead unit: clipping at 1e-6 matters
     ours = R.KLSparsity(0.05, 0.1)(torch.tensor(q))
-    theirs = KLLoss(0.1, 0.05)(ops.convert_to_tensor(q))
+    theirs = KLLoss(0.1, 0.05)(keras.ops.convert_to_tensor(q))
     # Keras's clip bounds go through float32 (1e-6 -> 9.99999997e-07), hence rel 1e-6, not exact
     assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
     # golden value at rho_hat == rho: zero
