@@ -177,3 +177,31 @@ def test_spec_round_trip_restores_everything():
     assert a.keys() == b.keys()
     for k in a:
         assert float(a[k]) == pytest.approx(float(b[k]))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_regs = st.one_of(
+    st.builds(L1, st.floats(0, 1)), st.builds(L2, st.floats(0, 1)), st.builds(reglab.L1L2, st.floats(0, 1), st.floats(0, 1)),
+    st.builds(reglab.Lp, st.floats(0.5, 4), st.floats(0, 1)), st.builds(KLSparsity, st.floats(0.01, 0.99), st.floats(0, 1)),
+)
+_params = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(preg=st.dictionaries(st.sampled_from(_params), _regs, max_size=6),
+       areg=st.dictionaries(st.sampled_from(["0", "1", "3"]), _regs, max_size=3),
+       cons=st.dictionaries(st.sampled_from(_params), st.sampled_from([reglab.MaxNorm(1.5), reglab.NonNeg(),
+                                                                        reglab.UnitNorm(), reglab.MinMaxNorm(0.1, 2.0)]),
+                            max_size=3))
+def test_spec_round_trip_is_identity_property(preg, areg, cons):
+    m = mlp()
+    reglab.regularize(m, params=preg, activity=areg)
+    if cons:
+        reglab.constrain(m, cons)
+    spec = json.loads(json.dumps(reglab.regularization_spec(m)))
+    fresh = mlp(seed=3)
+    reglab.apply_spec(fresh, spec)
+    assert reglab.regularization_spec(fresh) == spec
+    assert set(spec["params"]) == set(preg) and set(spec["constraints"]) == set(cons)

@@ -168,3 +168,26 @@ def test_fit_many_rejects_an_optimizer_instance_and_mixed_architectures():
 
     with pytest.raises(ValueError, match=r"penalty source '0.weight': model 1 has L1\(l1=0.1\), model 0 has L2\(l2=0.1\)"):
         fit_many(build, data[0], data[1], seeds=[0], grid=[{"kind": "l2"}, {"kind": "l1"}], loss="mse", progress=False)
+
+
+def test_torch_operations_per_step_do_not_depend_on_m():
+    """Vectorized for real: one epoch of M = 2 and of M = 6 models issue the same torch operations
+    (only the per-model shuffling permutations, drawn once per epoch, scale with M)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    data = blobs(0)
+    build = program_builder(6, torch.float32)
+    counts = {}
+    for m in (2, 6):
+        fit_many(build, data[0], data[1], seeds=range(m), loss="binary_crossentropy", epochs=1, batch_size=20,
+                 progress=False)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fit_many(build, data[0], data[1], seeds=range(m), loss="binary_crossentropy", epochs=1, batch_size=20,
+                     progress=False)
+        ev = {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+        counts[m] = ev
+    train_ops = {"aten::bmm", "aten::addmm", "aten::linear", "aten::_fused_adamw_", "aten::relu", "aten::sigmoid"}
+    seen = {k for k in counts[2] if k in train_ops}
+    assert "aten::_fused_adamw_" in seen and len(seen) >= 3
+    for k in seen:
+        assert counts[2][k] == counts[6][k], (k, counts[2][k], counts[6][k])

@@ -1,5 +1,7 @@
 """reglab: regularize any PyTorch module the Keras way, and measure what regularization does."""
 
+__version__ = "0.1.0"  # first: submodules read it (run ids hash it)
+
 from . import activations, constraints, initializers, layers, losses, optimizers, regularizers
 from .attach import (
     Handle,
@@ -19,8 +21,8 @@ from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, R
 from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
 from . import datasets, diagnostics, models, training, vectorized
 from .vectorized import ManyResult, fit_many
+from .experiments.path import regularization_path
 
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -29,6 +31,6 @@ __all__ = [
     "regularization_spec", "apply_spec",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
     "Dense", "Activation", "RegularizedLoss",
-    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult",
+    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult", "regularization_path",
     "Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity",
 ]
