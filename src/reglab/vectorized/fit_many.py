@@ -23,6 +23,8 @@ from .stack import VmapStack
 
 __all__ = ["fit_many", "ManyResult"]
 
+CPU_CHUNK = 256
+
 
 @dataclass
 class ManyResult:
@@ -87,7 +89,8 @@ def fit_many(
     shapes). ``optimizer`` is a Keras name/config (an instance is bound to one model).
     ``callbacks`` may hold one ``EarlyStopping``, applied per model. A model whose objective
     becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
-    ``memory_budget`` (bytes) splits M into chunks trained one after another (same results).
+    ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
+    CPU chunks also hold at most ``CPU_CHUNK`` (256) models, the measured sweet spot (``None``: no chunking).
     """
     grid = [dict(g) for g in (grid or [{}])]
     seeds = [int(s) for s in seeds]
@@ -124,6 +127,10 @@ def fit_many(
     first, first_loss = make(0)
     per_model_bytes = _estimate_bytes(first, batch_size, int(np.shape(x[0] if x_per else x)[-1]))
     chunk = M if not memory_budget else max(1, min(M, int(memory_budget // max(per_model_bytes, 1))))
+    if memory_budget and next(first.parameters()).device.type == "cpu":
+        # measured (benchmarks/RESULTS.md): on CPU the lecture MLP trains fastest per model at M ~ 256;
+        # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
+        chunk = min(chunk, CPU_CHUNK)
     n_chunks = math.ceil(M / chunk)
     from tqdm.auto import tqdm
     import sys
