@@ -46,7 +46,11 @@ class _Objective(nn.Module):
         self.loss = loss
         self.with_accuracy = with_accuracy
 
-    def forward(self, xb, yb, hparams):
+    def forward(self, xb, yb, hp_vec, hp_keys):
+        # strengths travel as one (H,) tensor per model (cheap for vmap to batch), unpacked here
+        hparams: dict[str, dict[str, torch.Tensor]] = {}
+        for (src, key), v in zip(hp_keys, hp_vec.unbind(0)):
+            hparams.setdefault(src, {})[key] = v
         data, correct, pens = model_objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy, hparams)
         stacked = torch.stack([v.reshape(()) for v in pens.values()]) if pens else data.new_zeros(0)
         if correct is None:
@@ -96,6 +100,9 @@ class VmapStack:
             self.hparams[RegularizedLoss.source_name] = {
                 "strength": torch.tensor([lo.strength for lo in losses], dtype=p0.dtype, device=p0.device)}
         self.names = names + ([RegularizedLoss.source_name] if isinstance(self.loss, RegularizedLoss) else [])
+        self.hp_keys = tuple((src, k) for src, d in self.hparams.items() for k in d)
+        self.hp_vec = (torch.stack([self.hparams[s][k] for s, k in self.hp_keys], dim=1) if self.hp_keys
+                       else torch.zeros(self.n_models, 0, dtype=p0.dtype, device=p0.device))
         params, buffers = stack_module_state(self.models)
         self.param_dict = params
         self.buffer_dict = buffers
@@ -113,10 +120,12 @@ class VmapStack:
     def _fn(self, in_x, in_y):
         key = (in_x, in_y)
         if key not in self._fns:
+            keys = self.hp_keys
+
             def one(params, buffers, hp, xb, yb):
                 named = {f"model.{k}": v for k, v in params.items()}
                 named.update({f"model.{k}": v for k, v in buffers.items()})
-                return functional_call(self.wrapper, named, (xb, yb, hp))
+                return functional_call(self.wrapper, named, (xb, yb, hp, keys))
 
             self._fns[key] = torch.vmap(one, in_dims=(0, 0, 0, in_x, in_y), randomness="different")
         return self._fns[key]
@@ -124,7 +133,7 @@ class VmapStack:
     def objective(self, xb, yb):
         in_x = 0 if xb.dim() == self.x_dim + 1 else None
         in_y = 0 if yb.dim() == self.y_dim + 1 else None
-        data, correct, pens = self._fn(in_x, in_y)(self.param_dict, self.buffer_dict, self.hparams, xb, yb)
+        data, correct, pens = self._fn(in_x, in_y)(self.param_dict, self.buffer_dict, self.hp_vec, xb, yb)
         return (data, correct if self.with_accuracy else None, self.names,
                 pens.transpose(0, 1) if pens.shape[1] else None)
 
