@@ -232,3 +232,14 @@ def test_regularized_loss_penalty_is_logged_as_a_source():
     assert h["penalty/loss:penalty"][0] > 0
     np.testing.assert_allclose(h["loss"], h["data_loss"] + h["penalty"], rtol=1e-5)
     assert not math.isnan(h["val_loss"][0])
+
+
+def test_validation_split_holds_out_the_last_examples_like_keras():
+    xtr, ytr, _, _ = data()
+    a = reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", epochs=2, batch_size=25, validation_split=0.2, seed=0,
+                   progress=False)
+    b = reglab.fit(small(), xtr[:180], ytr[:180], loss="binary_crossentropy", epochs=2, batch_size=25,
+                   validation_data=(xtr[180:], ytr[180:]), seed=0, progress=False)
+    assert a == b
+    with pytest.raises(ValueError, match=r"validation_split must be a number in \(0, 1\); got validation_split=1.5"):
+        reglab.fit(small(), xtr, ytr, loss="binary_crossentropy", validation_split=1.5, progress=False)

@@ -77,6 +77,7 @@ def fit(
     epochs: int = 1,
     batch_size: int = 32,
     validation_data: Any = None,
+    validation_split: float = 0.0,
     shuffle: bool = True,
     seed: int | None = None,
     metrics: Sequence[str] | None = ("accuracy",),
@@ -95,6 +96,8 @@ def fit(
       ``"adamw"``) meaning Keras's optimizer, defaults and update rule.
     - ``x``: an array/tensor (with ``y``), a ``Dataset`` or a ``DataLoader`` of ``(x, y)``.
       Inputs are cast to the model's parameter dtype.
+    - ``validation_split``: as Keras, the *last* fraction of ``x, y`` (before shuffling) is held out
+      as validation data (arrays only; ignored when ``validation_data`` is given).
     - ``seed`` fixes the shuffling order only (initialize the model before ``fit``); the same seed
       gives a bit-identical history on CPU.
     - NaN/inf in the objective raises ``TrainingDiverged`` (epoch, batch, history, last finite
@@ -117,6 +120,19 @@ def fit(
     loss_fn = _losses.get(loss)
     refresh_constraints(model)
     opt = _optimizers.get(optimizer, model.parameters())
+    if validation_split:
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be a number in (0, 1); got validation_split={validation_split!r}")
+        if isinstance(x, (Dataset, DataLoader)):
+            raise ValueError("validation_split needs array inputs; give validation_data for a Dataset/DataLoader")
+        if validation_data is None:
+            n = len(x)
+            cut = n - int(n * validation_split)  # Keras: the last samples are held out
+            if cut <= 0 or cut >= n:
+                raise ValueError(f"validation_split={validation_split} leaves no training or no validation data "
+                                 f"with {n} examples")
+            validation_data = (x[cut:], y[cut:])
+            x, y = x[:cut], y[:cut]
     train, do_shuffle = _as_source(model, x, y, loss_fn, dtype, dev, batch_size, shuffle, seed, "")
     val = None
     if validation_data is not None:
