@@ -15,7 +15,8 @@ FAST = dict(hidden_layer_sizes=(16,), epochs=30, learning_rate=0.01, batch_size=
 
 @parametrize_with_checks([RegularizedMLPClassifier(**FAST)])
 def test_sklearn_compatible(estimator, check):
-    check(estimator)
+    check(estimator)  # raises AssertionError (or the check's own error) on any incompatibility
+    assert estimator.get_params()["epochs"] == 30  # checks work on clones; our instance is untouched
 
 
 def test_binary_and_multiclass_with_any_label_type():

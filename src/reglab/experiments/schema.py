@@ -97,19 +97,11 @@ def _obj_config(spec: Any, file: str, key: str) -> dict[str, Any]:
     return {"class_name": spec["name"], "config": cfg}
 
 
-def _check_reg(spec: Any, file: str, key: str) -> dict[str, Any]:
+def _check_object(spec: Any, file: str, key: str, deserialize) -> dict[str, Any]:
+    """Normalize a regularizer/constraint entry and prove it builds (its error names the argument)."""
     ser = _obj_config(spec, file, key)
     try:
-        _regularizers.deserialize(ser)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{_where(file, key)}: {e}") from None
-    return ser
-
-
-def _check_constraint(spec: Any, file: str, key: str) -> dict[str, Any]:
-    ser = _obj_config(spec, file, key)
-    try:
-        _constraints.get(ser)
+        deserialize(ser)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{_where(file, key)}: {e}") from None
     return ser
@@ -243,10 +235,10 @@ def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
             lay["activation"] = layer["activation"]
         for rk in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
             if rk in layer:
-                lay[rk] = _check_reg(layer[rk], file, f"{k}.{rk}")
+                lay[rk] = _check_object(layer[rk], file, f"{k}.{rk}", _regularizers.deserialize)
         for ck in ("kernel_constraint", "bias_constraint"):
             if ck in layer:
-                lay[ck] = _check_constraint(layer[ck], file, f"{k}.{ck}")
+                lay[ck] = _check_object(layer[ck], file, f"{k}.{ck}", _constraints.deserialize)
         for ik in ("kernel_initializer", "bias_initializer"):
             if ik in layer:
                 try:
