@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 from click.testing import CliRunner
 
 from reglab.cli import main
@@ -166,3 +167,25 @@ def test_cli_list_and_run_and_report(tmp_path):
     assert "tiny" in html and "data:image/png;base64," in html
     res = runner.invoke(main, ["run", str(p), "--seeds", "0", "--out", str(out)])
     assert res.exit_code != 0 and "must be positive" in res.output
+
+
+def test_cli_path_and_other_datasets(tmp_path):
+    runner = CliRunner()
+    moons = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'name = "moons"\nn_samples = 120\nnoise = 0.3'),
+                  "moons.toml")
+    out = tmp_path / "out"
+    res = runner.invoke(main, ["path", str(moons), "--strengths", "0,0.01", "--seeds", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Chosen lambda" in res.output
+    doc = json.loads((out / "path.json").read_text())
+    assert doc["strengths"] == [0.0, 0.01] and np.asarray(doc["metrics"]["excess_log_loss"]).shape == (2, 2)
+    res = runner.invoke(main, ["path", str(moons), "--strengths", "-1", "--out", str(out)])
+    assert res.exit_code != 0 and "expected non-negative numbers" in res.output
+    digits = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'name = "digits"')
+                   .replace('loss = "binary_crossentropy"', 'loss = "sparse_categorical_crossentropy"')
+                   .replace('units = 1\nactivation = "sigmoid"', 'units = 10\nactivation = "softmax"'), "digits.toml")
+    spec = load_experiment(digits)
+    execute(plan_units([spec], seeds=1), tmp_path / "d", progress=False)
+    rows = load_results(tmp_path / "d")
+    assert {r["experiment"] for r in rows} == {"tiny", spec.baseline().name}
+    assert all(0 <= r["metrics"]["val_accuracy"] <= 1 for r in rows)
