@@ -85,7 +85,7 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     keys = ("val_data_loss", "test_accuracy", "excess_log_loss", "fresh_log_loss")
     metrics = {k: np.full((len(strengths), len(seeds)), np.nan) for k in keys}
     for i, (s, lam) in enumerate(order):
-        m, _ = evaluate_run(specs[lam], res.models[i], data[s], res.histories[i])
+        m, _ = evaluate_run(specs[lam], res.models[i], data[s], res.histories[i], arrays_for_report=False)
         for k in keys:
             metrics[k][strengths.index(lam), seeds.index(s)] = m["metrics"].get(k, np.nan)
     mean_val = np.nanmean(metrics["val_data_loss"], axis=1)

@@ -113,8 +113,10 @@ def _log_loss(y, p):
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dataset, history) -> tuple[dict, dict]:
-    """Metrics of one trained model (test split, fresh sample, Bayes) and arrays for the report."""
+def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dataset, history,
+                 arrays_for_report: bool = True) -> tuple[dict, dict]:
+    """Metrics of one trained model (test split, fresh sample, Bayes) and, if asked, the arrays the
+    report draws (decision-boundary grid, training data)."""
     metrics: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     last = {k: float(v[-1]) for k, v in history.history.items()} if len(history) else {}
@@ -141,6 +143,7 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dat
             metrics["fresh_bayes_accuracy"] = float(((fq > 0.5) == (fy > 0.5)).mean())
             metrics["excess_log_loss"] = metrics["fresh_log_loss"] - metrics["fresh_bayes_log_loss"]
             metrics["excess_accuracy"] = metrics["fresh_accuracy"] - metrics["fresh_bayes_accuracy"]
+    if binary and arrays_for_report:
         # decision boundary on a grid around the data
         lo = np.minimum(ds.x_train.min(0), ds.x_test.min(0)) - 0.3
         hi = np.maximum(ds.x_train.max(0), ds.x_test.max(0)) + 0.3
@@ -148,8 +151,8 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dat
         grid = np.column_stack([gx.ravel(), gy.ravel()])
         arrays["grid_x"], arrays["grid_y"] = gx, gy
         arrays["grid_p"] = predict(model, grid).reshape(GRID, GRID).astype(np.float32)
-        if dist is not None:
-            arrays["grid_bayes"] = dist.posterior(grid).reshape(GRID, GRID).astype(np.float32)
+        if ds.distribution is not None:
+            arrays["grid_bayes"] = ds.distribution.posterior(grid).reshape(GRID, GRID).astype(np.float32)
         arrays["x_train"], arrays["y_train"] = ds.x_train, ds.y_train
     metrics["val_data_loss"] = last.get("val_data_loss", float("nan"))
     metrics["val_accuracy"] = last.get("val_accuracy", float("nan"))
@@ -183,7 +186,8 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     out_rows = []
     for i, seed in enumerate(seeds):
         unit = Unit(spec, seed)
-        result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i])
+        # the report draws seed 0's decision boundary only
+        result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i], arrays_for_report=seed == 0)
         row = {"run_id": unit.run_id, "experiment": spec.name, "seed": seed, "version": __version__,
                "config": spec.config, "digest": spec.digest(), "history": res.histories[i].to_dict(),
                "failed": res.failed.get(i), "group_wall_time": wall, "group_size": len(seeds), **result}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -18,11 +19,18 @@ __all__ = ["curves", "boundary", "activation_histograms", "weight_histograms", "
 
 def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
     """Mean over seeds with its 95% t-interval as a band (runs of different lengths are NaN-padded)."""
+    from scipy import stats
+
     ep = np.arange(1, arr.shape[1] + 1)
-    stats = np.array([mean_ci(arr[:, j]) for j in range(arr.shape[1])])
-    ax.plot(ep, stats[:, 0], color=color, label=label, lw=1.5)
-    ok = ~np.isnan(stats[:, 1])
-    ax.fill_between(ep[ok], stats[ok, 1], stats[ok, 2], color=color, alpha=0.25, lw=0)
+    n = np.sum(~np.isnan(arr), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # epochs that only some runs reached
+        mean = np.nanmean(arr, axis=0)
+        sd = np.nanstd(arr, axis=0, ddof=1)
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)  # same interval as mean_ci, per epoch
+    ax.plot(ep, mean, color=color, label=label, lw=1.5)
+    ok = n >= 2
+    ax.fill_between(ep[ok], (mean - half)[ok], (mean + half)[ok], color=color, alpha=0.25, lw=0)
 
 
 def _stack(runs: list[dict], key: str) -> np.ndarray:
@@ -73,7 +81,7 @@ def boundary(e: ExperimentSummary, arrays: dict[str, np.ndarray], path: Path) ->
     return path
 
 
-def activation_histograms(items: list[tuple[str, dict]], path: Path, rho: float | None = None) -> Path:
+def activation_histograms(items: list[tuple[str, dict]], rho: float | None, path: Path) -> Path:
     """Histograms of a hidden layer's activations (seed 0) with the mean activation marked."""
     fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.4), squeeze=False)
     for ax, (label, layer) in zip(axes[0], items):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
+import multiprocessing as mp
 import html
 import json
 import math
@@ -25,10 +27,28 @@ LECTURE_B = [0.9, 0.6, 0.1, 0.9, 0.1, 0.8, 0.9, 0.2, 0.8, 0.1]
 
 
 class Doc:
-    """A tiny document model rendered to both Markdown and HTML."""
+    """A tiny document model rendered to both Markdown and HTML. Figures are registered as jobs
+    (``figure``) and drawn together by ``draw`` -- in two processes when there are many."""
 
     def __init__(self) -> None:
         self.blocks: list[tuple[str, Any]] = []
+        self.jobs: list[tuple[Any, tuple]] = []
+
+    def figure(self, fn, *args) -> Path:
+        """Schedule ``fn(*args)``, whose last argument is the PNG path it writes; return that path."""
+        self.jobs.append((fn, args))
+        return args[-1]
+
+    def draw(self, workers: int = 2) -> None:
+        if workers > 1 and len(self.jobs) > 8 and "fork" in mp.get_all_start_methods():
+            # fork: the children need only matplotlib and the data already in memory
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                for f in [pool.submit(fn, *args) for fn, args in self.jobs]:
+                    f.result()
+        else:
+            for fn, args in self.jobs:
+                fn(*args)
+        self.jobs = []
 
     def h(self, level: int, text: str) -> None:
         self.blocks.append(("h", (level, text)))
@@ -143,6 +163,7 @@ def write_report(out: str | Path, meta: dict | None = None) -> dict[str, Path]:
     _section_extra(doc, out, figs, "autoencoder.json", _autoencoder)
     _section_extra(doc, out, figs, "path.json", _path)
     _section_env(doc, meta, summ)
+    doc.draw()
     md = out / "report.md"
     md.write_text(doc.markdown(out))
     page = out / "report.html"
@@ -289,11 +310,11 @@ def _section_programs(doc: Doc, summ: Summary, out: Path, figs: Path) -> None:
         doc.p(f"{len(e.runs)} seeds; validation-curve verdicts: " +
               ", ".join(f"{k} {n}" for k, n in kinds.items()) + (f"; {fails} run(s) diverged" if fails else "") +
               f". Test accuracy {_ci(e.stats['test_accuracy'])}, validation data loss {_ci(e.stats['val_data_loss'])}.")
-        doc.img(plots.curves(e, figs / f"curves_{e.name}.png"), f"curves {e.name}")
+        doc.img(doc.figure(plots.curves, e, figs / f"curves_{e.name}.png"), f"curves {e.name}")
         seed0 = [r for r in e.runs if r["seed"] == 0]
         arrays = _load_arrays(seed0[0]) if seed0 else None
         if arrays and "grid_p" in arrays:
-            doc.img(plots.boundary(e, arrays, figs / f"boundary_{e.name}.png"), f"decision boundary {e.name}")
+            doc.img(doc.figure(plots.boundary, e, arrays, figs / f"boundary_{e.name}.png"), f"decision boundary {e.name}")
 
 
 def _section_sparsity(doc: Doc, summ: Summary, figs: Path) -> None:
@@ -321,7 +342,7 @@ def _section_sparsity(doc: Doc, summ: Summary, figs: Path) -> None:
           "L0: units above 1e-3 per example.")
     doc.table(["experiment", "layer", "mean activation", "dead units", "L0 per example", "activations ≤ 1e-3"], rows)
     if hist_items:
-        doc.img(plots.activation_histograms(hist_items, figs / "kl_activation_histogram.png", rho=0.05),
+        doc.img(doc.figure(plots.activation_histograms, hist_items, 0.05, figs / "kl_activation_histogram.png"),
                 "activation histograms")
 
 
@@ -342,8 +363,8 @@ def _section_weights(doc: Doc, summ: Summary, figs: Path) -> None:
           "gradient makes small weights oscillate around 0 at roughly the learning-rate scale, which is the bump near "
           "1e-3. The weights an L2 penalty drives to ~0 are mostly those of units that no longer receive a data gradient "
           "(dead ReLUs); the rest keep their size. Read the histogram, not the textbook picture.")
-    doc.img(plots.weight_histograms({"L1(0.001) kernels": l1, "L2(0.001) kernel": l2}, figs / "weights_l1_l2.png"),
-            "weights L1 vs L2")
+    doc.img(doc.figure(plots.weight_histograms, {"L1(0.001) kernels": l1, "L2(0.001) kernel": l2},
+                       figs / "weights_l1_l2.png"), "weights L1 vs L2")
 
 
 def _section_extra(doc: Doc, out: Path, figs: Path, name: str, fn) -> None:
@@ -370,7 +391,7 @@ def _path(doc: Doc, pd: dict, out: Path, figs: Path) -> None:
               [[f"{s:.2g}", *[_ci(tuple(pd["stats"][k][i])) for k in ("val_data_loss", "test_accuracy", "excess_log_loss")]]
                for i, s in enumerate(pd["strengths"])])
     doc.p(pd["verdict"])
-    doc.img(plots.path_plot(pd, figs / "regularization_path.png"), "regularization path")
+    doc.img(doc.figure(plots.path_plot, pd, figs / "regularization_path.png"), "regularization path")
 
 
 def _section_env(doc: Doc, meta: dict, summ: Summary) -> None:
