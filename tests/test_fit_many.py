@@ -62,7 +62,7 @@ def test_equivalence_float64_full_program(program):
         h, model = separate(build, s, program, epochs, data)
         assert_histories_close(res.histories[i], h, 1e-9)
         for (n, p), q in zip(model.named_parameters(), res.models[i].parameters()):
-            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-7, atol=1e-9, err_msg=n)
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-7, atol=1e-8, err_msg=n)
 
 
 @pytest.mark.parametrize("program", [1, 2, 3, 4, 5, 6, 7])
