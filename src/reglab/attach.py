@@ -329,14 +329,10 @@ def refresh_constraints(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    return model.named_modules()
-
-
 def param_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, _regularizers.Regularizer]]:
     """(source name, owner module, attribute, regularizer) of every parameter regularizer, once per tensor."""
     seen: set[int] = set()
-    for path, mod in _walk(model):
+    for path, mod in model.named_modules():
         table = mod.__dict__.get(_PARAMS)
         if not table:
             continue
@@ -349,14 +345,14 @@ def param_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, _regu
 
 
 def activity_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, _ActivityState]]:
-    for path, mod in _walk(model):
+    for path, mod in model.named_modules():
         state = mod.__dict__.get(_ACTIVITY)
         if state is not None:
             yield f"{path}:activity", mod, state
 
 
 def constraint_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, _constraints.Constraint]]:
-    for path, mod in _walk(model):
+    for path, mod in model.named_modules():
         for attr, c in (mod.__dict__.get(_CONSTRAINTS) or {}).items():
             yield (f"{path}.{attr}" if path else attr), mod, attr, c
 
@@ -464,9 +460,11 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Handle:
     unknown = set(spec) - {"params", "activity", "constraints"}
     if unknown:
         raise ValueError(f"spec has unknown keys {sorted(unknown)}; expected 'params', 'activity', 'constraints'")
-    escape = lambda d: {_escape(k): v for k, v in (d or {}).items()}  # noqa: E731
-    h1 = regularize(model, escape(spec.get("params")), escape(spec.get("activity")))
-    h2 = constrain(model, escape(spec.get("constraints"))) if spec.get("constraints") else Handle()
+    def exact(d):  # spec names are exact: escape glob characters
+        return {_escape(k): v for k, v in (d or {}).items()}
+
+    h1 = regularize(model, exact(spec.get("params")), exact(spec.get("activity")))
+    h2 = constrain(model, exact(spec.get("constraints"))) if spec.get("constraints") else Handle()
     h = Handle()
     h._undo.extend([h1.remove, h2.remove])
     h.sources = h1.sources + h2.sources

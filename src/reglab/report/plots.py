@@ -6,13 +6,13 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..diagnostics.statistics import mean_ci
+from .summary import ExperimentSummary
 
-from ..diagnostics.statistics import mean_ci  # noqa: E402
-from .summary import ExperimentSummary  # noqa: E402
+matplotlib.use("Agg")  # files only; pyplot is imported after this, inside the functions' module scope
+import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
 
 __all__ = ["curves", "boundary", "activation_histograms", "weight_histograms", "path_plot"]
 
