@@ -93,7 +93,8 @@ def fit(
       a ``RegularizedLoss`` or a torch loss callable ``fn(y_pred, y_true)``.
     - ``optimizer``: a torch optimizer instance (used as is) or a Keras name/config
       (``"adam"``, ``{"name": "adam", "learning_rate": 0.005}``, ``"sgd"``, ``"rmsprop"``,
-      ``"adamw"``) meaning Keras's optimizer, defaults and update rule.
+      ``"adamw"``) meaning Keras's optimizer, defaults and update rule. The default is ``"adam"``,
+      the lecture's optimizer (Keras's ``compile`` defaults to ``"rmsprop"``).
     - ``x``: an array/tensor (with ``y``), a ``Dataset`` or a ``DataLoader`` of ``(x, y)``.
       Inputs are cast to the model's parameter dtype.
     - ``validation_split``: as Keras, the *last* fraction of ``x, y`` (before shuffling) is held out
