@@ -62,3 +62,23 @@ def test_report_has_every_plot_and_html_embeds_them(study):
     for section in ("Sparsity of hidden activations", "Sparse autoencoder on digits", "Regularization path",
                     "Environment", "The lecture's claims, checked"):
         assert __import__("html").escape(section) in html
+
+
+def test_selection_by_loss_vs_accuracy_on_known_numbers():
+    from reglab.report.summary import selection_by_loss_vs_accuracy, summarize
+
+    rows = []
+    for seed in range(4):
+        for j, name in enumerate(["a", "b", "c"]):
+            cfg = {"name": name, "baseline": True, "data": {"name": "blobs"}, "model": {"layers": [{"units": 1}]},
+                   "train": {"loss": "binary_crossentropy", "optimizer": {"name": "adam"}, "epochs": 1,
+                             "batch_size": 1}}
+            # validation loss orders the models like their fresh excess risk; accuracy orders them backwards
+            m = {"val_data_loss": 0.3 + 0.1 * j + 0.01 * seed, "val_accuracy": 0.7 + 0.05 * j,
+                 "excess_log_loss": 0.01 + 0.02 * j, "fresh_accuracy": 0.84 - 0.01 * j}
+            rows.append({"experiment": name, "seed": seed, "config": cfg, "metrics": m})
+    sel = selection_by_loss_vs_accuracy(summarize(rows))
+    assert sel["seeds"] == 4 and sel["models_per_seed"] == 3
+    assert sel["tau_loss"][0] == pytest.approx(1.0) and sel["tau_accuracy"][0] == pytest.approx(-1.0)
+    assert sel["by_loss_excess"][0] == pytest.approx(0.01) and sel["by_accuracy_excess"][0] == pytest.approx(0.05)
+    assert sel["difference"].mean_difference == pytest.approx(-0.04) and sel["difference"].significant

@@ -17,7 +17,7 @@ from ..diagnostics.evaluate import compare_predictions
 from ..diagnostics.statistics import paired_comparison
 from ..experiments.runner import load_results
 from . import plots
-from .summary import METRICS, Summary, lecture_accuracy_check, summarize
+from .summary import METRICS, Summary, lecture_accuracy_check, selection_by_loss_vs_accuracy, summarize
 
 __all__ = ["write_report"]
 
@@ -154,7 +154,7 @@ def write_report(out: str | Path, meta: dict | None = None) -> dict[str, Path]:
           "batch size) on the same seeds and splits: paired differences, Holm-corrected p-values over the family of "
           "comparisons, Cohen's d_z. Excess risk is the model's log-loss minus the Bayes-optimal log-loss on the same "
           "points (the data's distribution is known), on a fresh sample of 100,000 points.")
-    _section_ab(doc)
+    _section_ab(doc, summ)
     _section_table(doc, summ)
     _section_claims(doc, summ)
     _section_programs(doc, summ, out, figs)
@@ -171,7 +171,7 @@ def write_report(out: str | Path, meta: dict | None = None) -> dict[str, Path]:
     return {"markdown": md, "html": page}
 
 
-def _section_ab(doc: Doc) -> None:
+def _section_ab(doc: Doc, summ: Summary) -> None:
     r = compare_predictions(LECTURE_Y, LECTURE_A, LECTURE_B)
     doc.h(2, "Why validation loss, not accuracy, ranks models")
     doc.p(f"The lecture's Model A gets every one of 10 validation points right (accuracy {r['a']['accuracy']:.2f}) but "
@@ -179,6 +179,17 @@ def _section_ab(doc: Doc) -> None:
           f"is confident and right elsewhere: log-loss {r['b']['log_loss']:.4f}. B is the better model: "
           "`reglab.diagnostics.compare_predictions` reproduces the lecture's 0.50 vs 0.22. The tables below therefore "
           "rank by validation loss and excess risk; accuracy is shown, with its noise.")
+    sel = selection_by_loss_vs_accuracy(summ)
+    if sel:
+        d = sel["difference"]
+        doc.p(f"The same point on this study's own models: for each of {sel['seeds']} seeds (one split each) the "
+              f"{sel['models_per_seed']} models trained on it were ranked on their 75 validation points. Picking the "
+              f"lowest validation loss gives a fresh-sample excess log-loss of {_ci(sel['by_loss_excess'], 4)} "
+              f"(accuracy {_ci(sel['by_loss_accuracy'])}); picking the highest validation accuracy gives "
+              f"{_ci(sel['by_accuracy_excess'], 4)} (accuracy {_ci(sel['by_accuracy_accuracy'])}); paired difference "
+              f"{d.mean_difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}], p = {d.p_value:.2g} ({d.verdict}). "
+              f"Rank agreement with the fresh excess log-loss (Kendall tau, mean over seeds): validation loss "
+              f"{_ci(sel['tau_loss'], 2)}, validation accuracy {_ci(sel['tau_accuracy'], 2)}.")
 
 
 def _section_table(doc: Doc, summ: Summary) -> None:

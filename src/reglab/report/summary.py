@@ -88,3 +88,42 @@ def lecture_accuracy_check(accuracy: float, n: int = 75) -> dict[str, float]:
     k = int(round(accuracy * n))
     lo, hi = binomial_ci(k, n)
     return {"accuracy": accuracy, "correct": k, "n": n, "low": lo, "high": hi}
+
+
+def selection_by_loss_vs_accuracy(summ: Summary) -> dict[str, Any] | None:
+    """The lecture's Model A/B point, tested on the study's own models.
+
+    For every seed (one data split) the study trains one model per experiment. Among those models,
+    pick the one with the lowest validation data loss, and the one with the highest validation
+    accuracy (ties broken by averaging over the tied models); score both on the fresh 100k-point
+    sample (excess log-loss over Bayes, and accuracy). Also the per-seed Kendall rank correlation
+    of each validation score with the fresh excess log-loss.
+    """
+    from scipy import stats
+
+    by_seed: dict[int, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for e in summ.experiments.values():
+        for r in e.runs:
+            m = r["metrics"]
+            if all(k in m for k in ("val_data_loss", "val_accuracy", "excess_log_loss", "fresh_accuracy")):
+                by_seed[r["seed"]].append((m["val_data_loss"], m["val_accuracy"], m["excess_log_loss"],
+                                           m["fresh_accuracy"]))
+    rows = {s: np.array(v) for s, v in by_seed.items() if len(v) >= 3}
+    if len(rows) < 2:
+        return None
+    pick_loss, pick_acc, tau_loss, tau_acc = [], [], [], []
+    for a in rows.values():
+        i = int(np.nanargmin(a[:, 0]))
+        pick_loss.append(a[i, 2:])
+        best_acc = np.nanmax(a[:, 1])
+        pick_acc.append(a[a[:, 1] == best_acc, 2:].mean(axis=0))
+        tau_loss.append(stats.kendalltau(a[:, 0], a[:, 2]).statistic)
+        tau_acc.append(stats.kendalltau(-a[:, 1], a[:, 2]).statistic)
+    pl, pa = np.array(pick_loss), np.array(pick_acc)
+    return {
+        "seeds": len(rows), "models_per_seed": int(np.median([len(a) for a in rows.values()])),
+        "by_loss_excess": mean_ci(pl[:, 0]), "by_accuracy_excess": mean_ci(pa[:, 0]),
+        "by_loss_accuracy": mean_ci(pl[:, 1]), "by_accuracy_accuracy": mean_ci(pa[:, 1]),
+        "difference": paired_comparison(pl[:, 0], pa[:, 0]),
+        "tau_loss": mean_ci(tau_loss), "tau_accuracy": mean_ci(tau_acc),
+    }
