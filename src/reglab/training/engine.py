@@ -245,7 +245,8 @@ def run(
         for epoch in bar:
             for cb in callbacks:
                 cb.on_epoch_begin(epoch, {})
-            epoch_start = stack.snapshot() if raise_on_divergence else None
+            # the weights to fall back on if a model's weights themselves turn non-finite
+            epoch_start = stack.snapshot()
             stack.train(True)
             perms = _permutations(gens, train.n, device) if shuffle and isinstance(train, ArrayData) else None
             acc = None
@@ -274,6 +275,9 @@ def run(
                             histories[0], state, epoch, b)
                     for i in np.flatnonzero(newly):
                         failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
+                    broken = newly & ~stack.all_finite()
+                    if broken.any():  # keep the epoch-start weights of models whose weights are not finite
+                        stack.restore(epoch_start, broken)
                     active &= ok
                     frozen_any = True
                     if not active.any():
