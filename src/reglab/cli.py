@@ -110,7 +110,8 @@ def list_cmd(paths: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also train the unregularized baseline of each schedule.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes training experiment groups at once.")
+@click.option("--workers", type=int, default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 def run(paths, seeds, out, baselines, workers, progress) -> None:
     """Train experiment files over seeds; resumes, skipping finished runs."""
