@@ -191,3 +191,13 @@ def test_torch_operations_per_step_do_not_depend_on_m():
     assert "aten::_fused_adamw_" in seen and len(seen) >= 3
     for k in seen:
         assert counts[2][k] == counts[6][k], (k, counts[2][k], counts[6][k])
+
+
+def test_fit_many_rejects_differing_constraints():
+    data = blobs(0)
+
+    def build(c):
+        return reglab.models.mlp(2, [dict(units=2, kernel_constraint=reglab.MaxNorm(c)), dict(units=1)])
+
+    with pytest.raises(ValueError, match=r"model 1 has constraints .* models trained together share their constraints"):
+        fit_many(build, data[0], data[1], seeds=[0], grid=[{"c": 1.0}, {"c": 2.0}], loss="mse", progress=False)

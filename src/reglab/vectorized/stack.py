@@ -59,7 +59,13 @@ class _Objective(nn.Module):
 
 
 class VmapStack:
-    """The stack protocol of ``reglab.training.engine`` for M models of one architecture."""
+    """The stack protocol of ``reglab.training.engine`` for M models of one architecture.
+
+    The forward pass is model 0's module run with each model's weights, so everything that is not a
+    tensor -- activations, dropout rates, constraints, custom regularizers without ``hparams`` -- must
+    be the same in all models; built-in regularizer strengths may differ (they are stacked), and
+    differing regularizer types, arguments or constraints are reported as errors.
+    """
 
     def __init__(self, models: Sequence[nn.Module], losses: Sequence[Loss], with_accuracy: bool, x_dim: int, y_dim: int):
         self.models = list(models)
@@ -111,6 +117,11 @@ class VmapStack:
         self.with_accuracy = with_accuracy
         self.x_dim, self.y_dim = x_dim, y_dim
         self.constraints = [(name, c) for name, _, _, c in constraint_sources(base)]
+        for i, m in enumerate(self.models[1:], 1):
+            other = [(name, c) for name, _, _, c in constraint_sources(m)]
+            if other != self.constraints:
+                raise ValueError(f"model {i} has constraints {other}, model 0 has {self.constraints}; models "
+                                 "trained together share their constraints")
         self._fns: dict[tuple, Any] = {}
 
     # -- the stack protocol
