@@ -205,3 +205,19 @@ def test_run_unit_is_the_single_task_entry_point(tmp_path):
     execute([Unit(spec, 0), Unit(spec, 1)], tmp_path / "group", progress=False)
     grouped = json.loads(unit.path(tmp_path / "group").read_text())
     np.testing.assert_allclose(grouped["metrics"]["val_data_loss"], row["metrics"]["val_data_loss"], rtol=1e-4)
+
+
+def test_a_finished_run_reloads_its_model_without_pickle(tmp_path):
+    from reglab.diagnostics.evaluate import predict
+    from reglab.experiments.runner import load_model
+
+    spec = validate(__import__("tomllib").loads(TINY), "x.toml")
+    execute([Unit(spec, 3)], tmp_path, progress=False)
+    row = load_results(tmp_path)[0]
+    model = load_model(row["_path"])
+    ds = __import__("reglab").datasets.blobs(3, n_samples=80)
+    p = predict(model, ds.x_test).reshape(-1)
+    acc = float(((p > 0.5) == (ds.y_test.reshape(-1) > 0.5)).mean())
+    assert acc == pytest.approx(row["metrics"]["test_accuracy"])
+    assert __import__("reglab").regularization_spec(model)["params"] == {
+        "0.weight": {"class_name": "L2", "config": {"l2": 0.01}}}

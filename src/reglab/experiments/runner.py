@@ -33,7 +33,7 @@ from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, loss_of
 from .schema import ExperimentSpec
 
-__all__ = ["Unit", "plan_units", "execute", "run_unit", "load_results", "FRESH_SAMPLES", "write_json"]
+__all__ = ["Unit", "plan_units", "execute", "run_unit", "load_results", "load_model", "FRESH_SAMPLES", "write_json"]
 
 FRESH_SAMPLES = 100_000
 FRESH_SEED = 1_000_003
@@ -301,3 +301,17 @@ def load_results(out: str | Path) -> list[dict]:
             row["_path"] = str(p)
             rows.append(row)
     return rows
+
+
+def load_model(run: str | Path | dict) -> torch.nn.Module:
+    """Rebuild the trained model of a finished run from its JSON (config) and ``.pt`` (state_dict),
+    loaded with ``weights_only=True`` -- nothing is unpickled."""
+    path = Path(run["_path"]) if isinstance(run, dict) else Path(run)
+    row = run if isinstance(run, dict) else json.loads(path.read_text())
+    spec = ExperimentSpec(row["config"], str(path))
+    n_in = int(np.asarray(_datasets.get(spec.config["data"]["name"], random_state=0,
+                                        **{k: v for k, v in spec.config["data"].items() if k != "name"}).x_train).shape[1])
+    out = builder(spec, n_in)()
+    model = out[0] if isinstance(out, tuple) else out
+    model.load_state_dict(torch.load(path.with_suffix(".pt"), weights_only=True))
+    return model
