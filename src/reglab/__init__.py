@@ -11,6 +11,7 @@ from .attach import (
     constrain,
     penalties,
     penalty,
+    refresh_constraints,
     regularization_spec,
     regularize,
 )
@@ -28,7 +29,7 @@ __all__ = [
     "__version__",
     "activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
     "Handle", "regularize", "constrain", "penalty", "penalties", "apply_constraints", "clear_activity",
-    "regularization_spec", "apply_spec",
+    "regularization_spec", "apply_spec", "refresh_constraints",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
     "Dense", "Activation", "RegularizedLoss",
     "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult", "regularization_path",
