@@ -34,7 +34,9 @@ def open_unit_float(value: Any, name: str) -> float:
 
 
 def positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer; got {name}={value!r}")
     return int(value)
 

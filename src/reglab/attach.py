@@ -202,8 +202,8 @@ def regularize(
     handle = Handle()
     params = dict(params or {})
     activity = dict(activity or {})
-    resolved_p = {k: _resolve_reg(v, f"params[{k!r}]") for k, v in params.items()}
-    resolved_a = {k: _resolve_reg(v, f"activity[{k!r}]") for k, v in activity.items()}
+    resolved_p = {k: _resolve(v, f"params[{k!r}]", _regularizers.get, "regularizer") for k, v in params.items()}
+    resolved_a = {k: _resolve(v, f"activity[{k!r}]", _regularizers.get, "regularizer") for k, v in activity.items()}
     p_names = [n for n, _ in model.named_parameters()]
     m_names = [n for n, _ in model.named_modules()]
     p_hits = _match(p_names, resolved_p, "parameter")
@@ -242,14 +242,15 @@ def _drop_activity(mod: nn.Module, state: _ActivityState) -> None:
         delattr(mod, _ACTIVITY)
 
 
-def _resolve_reg(value: Any, where: str) -> _regularizers.Regularizer:
+def _resolve(value: Any, where: str, get: Any, what: str) -> Any:
+    """``get(value)`` (a regularizers/constraints ``get``) with errors naming ``where``."""
     try:
-        reg = _regularizers.get(value)
+        obj = get(value)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    if reg is None:
-        raise ValueError(f"{where}: regularizer is None")
-    return reg
+    if obj is None:
+        raise ValueError(f"{where}: {what} is None")
+    return obj
 
 
 # ----------------------------------------------------------------------------- constraints
@@ -278,15 +279,8 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
     global _STEP_HOOK
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    resolved = {}
-    for k, v in dict(constraints).items():
-        try:
-            c = _constraints.get(v)
-        except ValueError as e:
-            raise ValueError(f"constraints[{k!r}]: {e}") from None
-        if c is None:
-            raise ValueError(f"constraints[{k!r}]: constraint is None")
-        resolved[k] = c
+    resolved = {k: _resolve(v, f"constraints[{k!r}]", _constraints.get, "constraint")
+                for k, v in dict(constraints).items()}
     named = dict(model.named_parameters())
     hits = _match(list(named), resolved, "parameter")
     for name in hits:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import regularizers as _regularizers
-from .attach import _match
+from .attach import _match, _owner
 
 EPSILON = 1e-7  # keras.config.epsilon()
 
@@ -282,7 +282,5 @@ class RegularizedLoss(Loss):
 
 def _get_tensor(model: nn.Module, dotted: str) -> torch.Tensor:
     # getattr (not named_parameters) so that torch.func.functional_call's swapped tensors are seen
-    obj: Any = model
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+    owner, attr = _owner(model, dotted)
+    return getattr(owner, attr)

@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__
 from .. import datasets as _datasets
-from ..diagnostics.evaluate import predict
+from ..diagnostics.evaluate import accuracy, log_loss, predict
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
 from ..vectorized.fit_many import fit_many
@@ -108,11 +108,6 @@ def _fresh(ds: _datasets.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return _FRESH[key]
 
 
-def _log_loss(y, p):
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dataset, history,
                  arrays_for_report: bool = True) -> tuple[dict, dict]:
     """Metrics of one trained model (test split, fresh sample, Bayes) and, if asked, the arrays the
@@ -125,22 +120,22 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dat
     if binary:
         y = ds.y_test.reshape(-1).astype(np.float64)
         p = p_test.reshape(-1)
-        metrics["test_log_loss"] = _log_loss(y, p)
-        metrics["test_accuracy"] = float(((p > 0.5) == (y > 0.5)).mean())
-        metrics["test_correct"] = int(((p > 0.5) == (y > 0.5)).sum())
+        metrics["test_log_loss"] = log_loss(y, p)
+        metrics["test_accuracy"] = accuracy(y, p)
+        metrics["test_correct"] = int(round(metrics["test_accuracy"] * y.size))
         metrics["n_test"] = int(y.size)
         dist = ds.distribution
         if dist is not None:
             q = dist.posterior(ds.x_test)
-            metrics["bayes_test_log_loss"] = _log_loss(y, q)
-            metrics["bayes_test_accuracy"] = float(((q > 0.5) == (y > 0.5)).mean())
+            metrics["bayes_test_log_loss"] = log_loss(y, q)
+            metrics["bayes_test_accuracy"] = accuracy(y, q)
             metrics["excess_log_loss_test"] = metrics["test_log_loss"] - metrics["bayes_test_log_loss"]
             fx, fy, fq = _fresh(ds)
             fp = predict(model, fx).astype(np.float64).reshape(-1)
-            metrics["fresh_log_loss"] = _log_loss(fy, fp)
-            metrics["fresh_accuracy"] = float(((fp > 0.5) == (fy > 0.5)).mean())
-            metrics["fresh_bayes_log_loss"] = _log_loss(fy, fq)
-            metrics["fresh_bayes_accuracy"] = float(((fq > 0.5) == (fy > 0.5)).mean())
+            metrics["fresh_log_loss"] = log_loss(fy, fp)
+            metrics["fresh_accuracy"] = accuracy(fy, fp)
+            metrics["fresh_bayes_log_loss"] = log_loss(fy, fq)
+            metrics["fresh_bayes_accuracy"] = accuracy(fy, fq)
             metrics["excess_log_loss"] = metrics["fresh_log_loss"] - metrics["fresh_bayes_log_loss"]
             metrics["excess_accuracy"] = metrics["fresh_accuracy"] - metrics["fresh_bayes_accuracy"]
     if binary and arrays_for_report:

@@ -254,8 +254,7 @@ def _section_claims(doc: Doc, summ: Summary) -> None:
     items.append(f"On test accuracy, {len(acc_sig)} experiment(s) differ significantly from their baseline "
                  f"({', '.join(f'`{e.name}`' for e in acc_sig) or 'none'}).")
     for b in [e for e in summ.ordered() if e.config.get("baseline")]:
-        verdicts = [r.get("overfitting", {}).get("verdict", "") for r in b.runs]
-        n_over = sum(v.startswith("overfitting") for v in verdicts)
+        n_over = _n_overfitting(b.runs)
         rises = [r.get("overfitting", {}).get("rise_after_best", np.nan) for r in b.runs]
         items.append(f"**Overfitting of the deep MLP** (`{b.name}`): in {n_over}/{len(b.runs)} seeds the validation data "
                      f"loss bottoms out and then rises by more than 5% (median rise {100 * np.nanmedian(rises):.0f}%) "
@@ -265,9 +264,9 @@ def _section_claims(doc: Doc, summ: Summary) -> None:
     for e in summ.ordered():
         if not e.baseline or e.baseline not in exps:
             continue
-        n_over = sum(r.get("overfitting", {}).get("verdict", "").startswith("overfitting") for r in e.runs)
+        n_over = _n_overfitting(e.runs)
         b = exps[e.baseline]
-        b_over = sum(r.get("overfitting", {}).get("verdict", "").startswith("overfitting") for r in b.runs)
+        b_over = _n_overfitting(b.runs)
         reg_rows.append(f"`{e.name}` {n_over}/{len(e.runs)} (baseline {b_over}/{len(b.runs)})")
     if reg_rows:
         items.append("**\"With regularization both training and validation losses keep decreasing\"** (the lecture's "
@@ -299,6 +298,11 @@ def _section_claims(doc: Doc, summ: Summary) -> None:
                          f"{c.mean_difference:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}], p = {c.p_value:.2g} "
                          f"({c.verdict}).")
     doc.bullets(items)
+
+
+def _n_overfitting(runs: list[dict]) -> int:
+    """Runs whose validation curve got the verdict "overfitting after epoch k"."""
+    return sum(r.get("overfitting", {}).get("verdict", "").startswith("overfitting") for r in runs)
 
 
 def _load_arrays(run: dict) -> dict[str, np.ndarray] | None:

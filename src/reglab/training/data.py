@@ -53,9 +53,3 @@ def targets(y: Any, name: str, loss: Loss, dtype: torch.dtype, device: Any) -> t
 def check_lengths(x: torch.Tensor, y: torch.Tensor, xname: str, yname: str, axis: int = 0) -> None:
     if x.shape[axis] != y.shape[axis]:
         raise ValueError(f"{xname} has {x.shape[axis]} examples but {yname} has {y.shape[axis]}")
-
-
-def positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {name}={value!r}")
-    return int(value)

@@ -312,7 +312,7 @@ def run(
                 break
             tr = (acc / seen).cpu().numpy()
             logs = [dict() for _ in range(M)]
-            keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if tr.shape[0] > 3 + len(names) else []) + [
+            keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if correct is not None else []) + [
                 f"penalty/{n}" for n in names]
             for i in range(M):
                 logs[i] = {k: float(tr[j, i]) for j, k in enumerate(keys)}

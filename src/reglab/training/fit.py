@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from ..attach import PenaltyPlan, refresh_constraints
@@ -109,8 +110,8 @@ def fit(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    epochs = _data.positive_int(epochs, "epochs")
-    batch_size = _data.positive_int(batch_size, "batch_size")
+    epochs = _checks.positive_int(epochs, "epochs")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
     if device is not None:
         model.to(device)

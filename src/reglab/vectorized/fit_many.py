@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
-from ..training import data as _data
 from ..training.callbacks import EarlyStopping
 from ..attach import refresh_constraints
 from ..training.engine import ArrayData, SingleStack, run
@@ -99,8 +99,8 @@ def fit_many(
         raise ValueError("seeds must hold at least one seed")
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
-    epochs = _data.positive_int(epochs, "epochs")
-    batch_size = _data.positive_int(batch_size, "batch_size")
+    epochs = _checks.positive_int(epochs, "epochs")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
     stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
     if len(stoppers) != len(list(callbacks)) or len(stoppers) > 1:
