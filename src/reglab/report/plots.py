@@ -14,7 +14,7 @@ from .summary import ExperimentSummary
 matplotlib.use("Agg")  # files only; pyplot is imported after this, inside the functions' module scope
 import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
 
-__all__ = ["curves", "boundary", "activation_histograms", "weight_histograms", "path_plot"]
+__all__ = ["save", "curves", "boundary", "activation_histograms", "weight_histograms", "path_plot"]
 
 
 def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
@@ -31,6 +31,14 @@ def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
     ax.plot(ep, mean, color=color, label=label, lw=1.5)
     ok = n >= 2
     ax.fill_between(ep[ok], (mean - half)[ok], (mean + half)[ok], color=color, alpha=0.25, lw=0)
+
+
+def save(fig, path: Path) -> Path:
+    """Lay out, write as PNG (90 dpi) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _stack(runs: list[dict], key: str) -> np.ndarray:
@@ -55,10 +63,7 @@ def curves(e: ExperimentSummary, path: Path) -> Path:
     axes[0].set_ylabel("binary cross-entropy")
     axes[0].legend(frameon=False)
     fig.suptitle(f"{e.title}  ({len(e.runs)} seeds, band = 95% CI of the mean)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def boundary(e: ExperimentSummary, arrays: dict[str, np.ndarray], path: Path) -> Path:
@@ -75,10 +80,7 @@ def boundary(e: ExperimentSummary, arrays: dict[str, np.ndarray], path: Path) ->
     ax.plot([], [], color="tab:green", ls="--", label="Bayes boundary")
     ax.legend(loc="lower right", fontsize=8, frameon=True)
     ax.set_title(f"{e.name}, seed 0", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def activation_histograms(items: list[tuple[str, dict]], rho: float | None, path: Path) -> Path:
@@ -95,10 +97,7 @@ def activation_histograms(items: list[tuple[str, dict]], rho: float | None, path
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("activation")
         ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def weight_histograms(groups: dict[str, np.ndarray], path: Path) -> Path:
@@ -112,10 +111,7 @@ def weight_histograms(groups: dict[str, np.ndarray], path: Path) -> Path:
     ax.set_xlabel("|w|  (values below 1e-8 counted at 1e-8)")
     ax.set_ylabel("fraction of weights")
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def path_plot(path_data: dict, path: Path) -> Path:
@@ -134,7 +130,4 @@ def path_plot(path_data: dict, path: Path) -> Path:
         ax.set_xlabel("lambda (0 = no regularization)")
         ax.set_title(k, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path)
