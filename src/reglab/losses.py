@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import regularizers as _regularizers
+from ._lanes import whole_vectors
 from .attach import _match, _owner
 
 EPSILON = 1e-7  # keras.config.epsilon()
@@ -40,8 +41,16 @@ class Loss:
     #: "binary", "categorical", "sparse" or None: what accuracy means for this loss
     task: str | None = None
 
+    #: True where ``per_example_grad`` is written (the Dense-stack engine needs it)
+    native_grad = False
+
     def per_example(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def per_example_grad(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        """``d per_example[i] / d y_pred[i]`` for every example i (shape of ``y_pred``; leading
+        model axes allowed). Used by the hand-written backward pass of ``reglab.vectorized.dense``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per_example_grad")
 
     def __call__(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         return self.per_example(y_pred, y_true).mean()
@@ -60,6 +69,11 @@ def _mean_last(v: torch.Tensor) -> torch.Tensor:
     return v.mean(dim=-1) if v.dim() > 1 else v
 
 
+def _mean_last_grad(g: torch.Tensor) -> torch.Tensor:
+    """The derivative of ``_mean_last`` applied to an element-wise derivative ``g``."""
+    return g / g.shape[-1] if g.dim() > 1 else g
+
+
 class BinaryCrossentropy(Loss):
     """``-mean(y log p + (1 - y) log(1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``.
     Keras: ``"binary_crossentropy"`` on probabilities (``from_logits=False``)."""
@@ -70,6 +84,8 @@ class BinaryCrossentropy(Loss):
     def __init__(self, from_logits: bool = False):
         self.from_logits = bool(from_logits)
 
+    native_grad = True
+
     def per_example(self, y_pred, y_true):
         if self.from_logits:
             v = F.binary_cross_entropy_with_logits(y_pred, y_true, reduction="none")
@@ -77,6 +93,15 @@ class BinaryCrossentropy(Loss):
             p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
             v = -(y_true * torch.log(p) + (1.0 - y_true) * torch.log(1.0 - p))
         return _mean_last(v)
+
+    def per_example_grad(self, y_pred, y_true):
+        if self.from_logits:  # sigmoid(z) - y
+            g = whole_vectors(torch.sigmoid, y_pred) - y_true
+        else:  # -y/p + (1-y)/(1-p), zero where the clip is active
+            p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+            g = -y_true / p + (1.0 - y_true) / (1.0 - p)
+            g = torch.where((y_pred >= EPSILON) & (y_pred <= 1.0 - EPSILON), g, 0.0)
+        return _mean_last_grad(g)
 
 
 class LogEpsBinaryCrossentropy(Loss):
@@ -89,9 +114,14 @@ class LogEpsBinaryCrossentropy(Loss):
     def __init__(self, eps: float = 1e-6):
         self.eps = float(eps)
 
+    native_grad = True
+
     def per_example(self, y_pred, y_true):
         v = -(y_true * torch.log(y_pred + self.eps) + (1.0 - y_true) * torch.log(1.0 - y_pred + self.eps))
         return _mean_last(v)
+
+    def per_example_grad(self, y_pred, y_true):
+        return _mean_last_grad(-y_true / (y_pred + self.eps) + (1.0 - y_true) / (1.0 - y_pred + self.eps))
 
 
 class CategoricalCrossentropy(Loss):
@@ -145,8 +175,13 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
+    native_grad = True
+
     def per_example(self, y_pred, y_true):
         return _mean_last((y_pred - y_true).square())
+
+    def per_example_grad(self, y_pred, y_true):
+        return _mean_last_grad(2.0 * (y_pred - y_true))
 
 
 class MeanAbsoluteError(Loss):
@@ -154,8 +189,13 @@ class MeanAbsoluteError(Loss):
 
     name = "mean_absolute_error"
 
+    native_grad = True
+
     def per_example(self, y_pred, y_true):
         return _mean_last((y_pred - y_true).abs())
+
+    def per_example_grad(self, y_pred, y_true):
+        return _mean_last_grad(torch.sign(y_pred - y_true))
 
 
 class TorchLoss(Loss):
@@ -265,6 +305,13 @@ class RegularizedLoss(Loss):
 
     def per_example(self, y_pred, y_true):
         return self.data_loss.per_example(y_pred, y_true)
+
+    @property
+    def native_grad(self):  # type: ignore[override]
+        return self.data_loss.native_grad
+
+    def per_example_grad(self, y_pred, y_true):
+        return self.data_loss.per_example_grad(y_pred, y_true)
 
     def penalty(self, model: nn.Module | None = None, strength: Any = None) -> torch.Tensor:
         """``strength * sum_k r_k(theta_k)`` on ``model`` (default: the model given at construction)."""

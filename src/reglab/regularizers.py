@@ -6,7 +6,10 @@ kept as Python floats (Keras stores them as float32; the difference is below 1e-
 
 Every built-in separates its *math* (``compute(x, **hparams)``) from its *strengths*
 (``hparams()``), so that the many-model engine can pass one strength per model while using the
-same formula.
+same formula. ``value_and_grad(x, hparams)`` gives the penalty of each of M models and its
+derivative in one call (the hand-written backward pass of ``reglab.vectorized.dense`` uses it);
+the built-ins write the derivative next to the value (tested against autograd), any other
+regularizer gets it from ``torch.func``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any
 import torch
 
 from . import _checks
+from ._lanes import whole_vectors
 from ._layout import to_keras
 
 __all__ = [
     "Regularizer",
+    "ElementwiseRegularizer",
     "L1",
     "L2",
     "L1L2",
@@ -78,6 +83,28 @@ class Regularizer:
         """The numeric strengths that ``compute`` takes, by name (empty for custom ones)."""
         return {}
 
+    #: True where ``value_and_grad`` is written by hand (no ``torch.func`` needed)
+    native_grad = False
+
+    def value_and_grad(self, x: torch.Tensor, hparams: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The penalties of M models and their derivatives, in one call.
+
+        ``x`` has shape ``(M, *shape)``: model m's tensor is ``x[m]``; each strength in ``hparams``
+        (the keys of ``hparams()``) is an ``(M,)`` tensor. Returns ``(values (M,), d values / d x)``,
+        the derivative with ``x``'s shape. This default differentiates ``compute`` with
+        ``torch.func`` (vmap of grad); the built-ins override it with the closed form.
+        """
+        from torch.func import grad_and_value, vmap
+
+        if hparams:
+            def one(t, hp):
+                return self.compute(t, **hp)
+        else:
+            def one(t, hp):
+                return self(t)
+        g, v = vmap(grad_and_value(one))(x, dict(hparams))
+        return v, g
+
     def get_config(self) -> dict[str, Any]:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement get_config(), so it cannot be serialized"
@@ -118,15 +145,70 @@ class Regularizer:
     __hash__ = object.__hash__
 
 
+def _per_model(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An ``(M,)`` strength shaped to broadcast against ``x`` of shape ``(M, ...)``."""
+    return s.reshape((-1,) + (1,) * (x.dim() - 1))
+
+
+def _sum_per_model(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+class ElementwiseRegularizer(Regularizer):
+    """``sum_k s_k * sum_i f_k(x_i)``: a sum of element-wise terms, each with its own strength.
+
+    Subclasses give ``elementwise_terms()``: ``(strength name, f, f')`` triples. ``compute`` and
+    ``value_and_grad`` are both derived from them, so each formula is written once.
+    """
+
+    native_grad = True
+
+    def elementwise_terms(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
+        raise NotImplementedError
+
+    def compute(self, x, **hp):
+        total = None
+        for name, f, _ in self.elementwise_terms():
+            v = hp[name] * f(x).sum()
+            total = v if total is None else total + v
+        return total
+
+    def value_and_grad(self, x, hparams):
+        value = grad = None
+        for name, f, df in self.elementwise_terms():
+            s = hparams[name]
+            v = s * _sum_per_model(f(x))
+            g = _per_model(s, x) * df(x)
+            value = v if value is None else value + v
+            grad = g if grad is None else grad + g
+        return value, grad
+
+
+def _abs(x):
+    return x.abs()
+
+
+def _sign(x):
+    return torch.sign(x)  # autograd's derivative of |x| (0 at 0)
+
+
+def _square(x):
+    return x.square()
+
+
+def _twice(x):
+    return 2.0 * x
+
+
 @register_regularizer
-class L1(Regularizer):
+class L1(ElementwiseRegularizer):
     """``l1 * sum(|x|)``. Keras: ``keras.regularizers.L1(l1=0.01)``."""
 
     def __init__(self, l1: float = 0.01):
         self.l1 = _checks.non_negative_float(0.01 if l1 is None else l1, "l1")
 
-    def compute(self, x, l1):
-        return l1 * x.abs().sum()
+    def elementwise_terms(self):
+        return [("l1", _abs, _sign)]
 
     def hparams(self):
         return {"l1": self.l1}
@@ -136,14 +218,14 @@ class L1(Regularizer):
 
 
 @register_regularizer
-class L2(Regularizer):
+class L2(ElementwiseRegularizer):
     """``l2 * sum(x**2)``. Keras: ``keras.regularizers.L2(l2=0.01)`` (no factor 1/2)."""
 
     def __init__(self, l2: float = 0.01):
         self.l2 = _checks.non_negative_float(0.01 if l2 is None else l2, "l2")
 
-    def compute(self, x, l2):
-        return l2 * x.square().sum()
+    def elementwise_terms(self):
+        return [("l2", _square, _twice)]
 
     def hparams(self):
         return {"l2": self.l2}
@@ -153,7 +235,7 @@ class L2(Regularizer):
 
 
 @register_regularizer
-class L1L2(Regularizer):
+class L1L2(ElementwiseRegularizer):
     """``l1 * sum(|x|) + l2 * sum(x**2)``. Keras: ``keras.regularizers.L1L2(l1=0.0, l2=0.0)``.
 
     Both defaults are 0, so ``L1L2(0.001)`` is pure L1 with ``l1=0.001`` -- exactly as in Keras.
@@ -164,9 +246,9 @@ class L1L2(Regularizer):
         self.l1 = _checks.non_negative_float(0.0 if l1 is None else l1, "l1")
         self.l2 = _checks.non_negative_float(0.0 if l2 is None else l2, "l2")
 
-    def compute(self, x, l1, l2):
+    def elementwise_terms(self):
         # Keras skips a zero term; adding 0 * sum is the same number and keeps one graph.
-        return l1 * x.abs().sum() + l2 * x.square().sum()
+        return [("l1", _abs, _sign), ("l2", _square, _twice)]
 
     def hparams(self):
         return {"l1": self.l1, "l2": self.l2}
@@ -176,15 +258,23 @@ class L1L2(Regularizer):
 
 
 @register_regularizer
-class Lp(Regularizer):
+class Lp(ElementwiseRegularizer):
     """``factor * sum(|x|**p)`` for ``p > 0`` (not in Keras; the lecture's "L3" is ``Lp(3, 0.01)``)."""
 
     def __init__(self, p: float = 2.0, factor: float = 0.01):
         self.p = _checks.positive_float(p, "p")
         self.factor = _checks.non_negative_float(factor, "factor")
 
-    def compute(self, x, factor):
-        return factor * x.abs().pow(self.p).sum()
+    def elementwise_terms(self):
+        p = self.p
+
+        def f(x):
+            return x.abs().pow(p)
+
+        def df(x):  # p |x|^(p-1) sign(x); same-bits pow wherever x sits (see reglab._lanes)
+            return p * whole_vectors(lambda a: a.pow(p - 1.0), x.abs()) * torch.sign(x)
+
+        return [("factor", f, df)]
 
     def hparams(self):
         return {"factor": self.factor}
@@ -251,11 +341,29 @@ class KLSparsity(Regularizer):
         self.rho = _checks.open_unit_float(rho, "rho")
         self.strength = _checks.non_negative_float(strength, "strength")
 
-    def compute(self, x, strength):
-        rho_hat = x.mean(dim=0).clamp(1e-6, 0.99999)
+    native_grad = True
+    _LO, _HI = 1e-6, 0.99999
+
+    def _kl(self, rho_hat):
         rho = self.rho
-        kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
-        return strength * kl.sum()
+        return rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+
+    def _dkl(self, rho_hat):
+        rho = self.rho
+        return -rho / rho_hat + (1 - rho) / (1 - rho_hat)
+
+    def compute(self, x, strength):
+        rho_hat = x.mean(dim=0).clamp(self._LO, self._HI)
+        return strength * self._kl(rho_hat).sum()
+
+    def value_and_grad(self, x, hparams):
+        s = hparams["strength"]
+        mean = x.mean(dim=1)  # (M, units, ...): each model's batch mean
+        rho_hat = mean.clamp(self._LO, self._HI)
+        value = s * _sum_per_model(self._kl(rho_hat))
+        inside = (mean >= self._LO) & (mean <= self._HI)  # the clip passes no gradient outside
+        d = torch.where(inside, self._dkl(rho_hat), 0.0) * _per_model(s, mean) / x.shape[1]
+        return value, d.unsqueeze(1).expand_as(x)
 
     def hparams(self):
         return {"strength": self.strength}
@@ -290,6 +398,18 @@ class Sum(Regularizer):
     def hparams(self):
         return {f"{i}/{k}": v for i, t in enumerate(self.terms) for k, v in t.hparams().items()}
 
+    @property
+    def native_grad(self):  # type: ignore[override]
+        return all(t.native_grad for t in self.terms)
+
+    def value_and_grad(self, x, hparams):
+        value = grad = None
+        for i, t in enumerate(self.terms):
+            v, g = t.value_and_grad(x, _split(hparams, f"{i}/"))
+            value = v if value is None else value + v
+            grad = g if grad is None else grad + g
+        return value, grad
+
     def get_config(self):
         return {"terms": [serialize(t) for t in self.terms]}
 
@@ -313,6 +433,15 @@ class Scaled(Regularizer):
     def hparams(self):
         inner = {f"inner/{k}": v for k, v in self.regularizer.hparams().items()}
         return {"factor": self.factor, **inner}
+
+    @property
+    def native_grad(self):  # type: ignore[override]
+        return self.regularizer.native_grad
+
+    def value_and_grad(self, x, hparams):
+        f = hparams["factor"]
+        v, g = self.regularizer.value_and_grad(x, _split(hparams, "inner/"))
+        return f * v, _per_model(f, g) * g
 
     def get_config(self):
         return {"factor": self.factor, "regularizer": serialize(self.regularizer)}

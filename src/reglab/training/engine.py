@@ -46,6 +46,9 @@ class Stack(Protocol):
     def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str], torch.Tensor | None]:
         """``(data loss per example (M, B), correct (M, B) or None, penalty names, penalties (K, M) or None)``."""
     def take(self, data: torch.Tensor, idx: torch.Tensor, per_model: bool) -> torch.Tensor: ...
+    def backward(self, total: torch.Tensor, active: np.ndarray | None) -> None:
+        """Set the gradients of ``total.sum()`` (``total``: the objective per model, zero for
+        models outside ``active``)."""
     def after_step(self) -> None: ...
     def snapshot(self) -> Any: ...
     def restore(self, snap: Any, mask: np.ndarray) -> None: ...
@@ -129,11 +132,17 @@ class SingleStack:
     def take(self, data, idx, per_model=False):
         return data[idx[0]]
 
+    def backward(self, total, active) -> None:
+        total.sum().backward()
+
     def after_step(self) -> None:
         pass  # reglab.constrain registered a torch optimizer step post-hook
 
     def snapshot(self):
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self, snap):
+        return snap
 
     def restore(self, snap, mask) -> None:
         if mask[0]:
@@ -272,7 +281,7 @@ def run(
                             f"training diverged at epoch {epoch} (0-based), batch {b}: {what} became "
                             f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
                             "weights are kept on this exception (.history, .state_dict) and in the model",
-                            histories[0], state, epoch, b)
+                            histories[0], stack.state_dict(state), epoch, b)
                     for i in np.flatnonzero(newly):
                         failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
                     broken = newly & ~stack.all_finite()
@@ -285,8 +294,9 @@ def run(
                     total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
                 if frozen_any:
                     before = [p.detach().clone() for p in stack.params]
-                optimizer.zero_grad(set_to_none=True)
-                total.sum().backward()
+                if not getattr(stack, "sets_grad", False):
+                    optimizer.zero_grad(set_to_none=True)
+                stack.backward(total, active if frozen_any else None)
                 optimizer.step()
                 stack.after_step()
                 if frozen_any:
@@ -376,7 +386,9 @@ def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) 
     seen = 0
     names: list[str] = []
     has_acc = False
-    for xb, yb, bs in data.batches(stack, batch_size, None):
+    batches = stack.eval_batches(data, batch_size) if hasattr(stack, "eval_batches") and isinstance(
+        data, ArrayData) else data.batches(stack, batch_size, None)
+    for xb, yb, bs in batches:
         d, correct, names, pens = stack.objective(xb, yb)
         dsum = d.sum(dim=1)
         pen_total = pens.sum(0) if pens is not None else torch.zeros_like(dsum)

@@ -152,8 +152,34 @@ def fit(
     others = [c for c in callbacks if not isinstance(c, EarlyStopping)]
     for c in others:
         c.model = model
-    stack = SingleStack(model, loss_fn, with_accuracy="accuracy" in metrics and loss_fn.task is not None)
-    result = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=do_shuffle, seeds=[seed],
-                 callbacks=others, early_stopping=stoppers[0] if stoppers else None, progress=progress,
-                 raise_on_divergence=True)
+    with_acc = "accuracy" in metrics and loss_fn.task is not None
+    stack = None
+    if dense_eligible(model, loss_fn, optimizer, train, val):
+        from ..vectorized.dense import DenseStack
+
+        stack = DenseStack([model], [loss_fn], with_acc, 2, train.y.dim())
+        opt = _optimizers.get(optimizer, stack.params)
+    else:
+        stack = SingleStack(model, loss_fn, with_acc)
+    try:
+        result = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=do_shuffle, seeds=[seed],
+                     callbacks=others, early_stopping=stoppers[0] if stoppers else None, progress=progress,
+                     raise_on_divergence=True)
+    finally:
+        if hasattr(stack, "write_back"):
+            stack.write_back()
     return result.histories[0]
+
+
+def dense_eligible(model: nn.Module, loss: _losses.Loss, optimizer: Any, train: Any, val: Any) -> bool:
+    """Whether ``fit`` trains ``model`` with the Dense-stack engine (``reglab.vectorized.dense``):
+    a plain ``Sequential`` of Dense/activation layers, a loss with a written derivative, array data
+    with one feature axis, and an optimizer given by name or config (an instance is bound to the
+    model's own parameters, so it gets the autograd path)."""
+    from ..vectorized.dense import unsupported_reason
+
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return False
+    if not isinstance(train, ArrayData) or train.x.dim() != 2 or not (val is None or isinstance(val, ArrayData)):
+        return False
+    return unsupported_reason(model, loss) is None

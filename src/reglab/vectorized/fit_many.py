@@ -20,6 +20,7 @@ from ..attach import refresh_constraints
 from ..training.engine import ArrayData, SingleStack, run
 from ..training.fit import check_metrics, prepare_arrays
 from ..training.history import History
+from .dense import DenseStack, unsupported_reason
 from .stack import VmapStack
 
 __all__ = ["fit_many", "ManyResult"]
@@ -38,6 +39,8 @@ class ManyResult:
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
     chunks: int = 1
+    #: "dense" (``reglab.vectorized.dense``), "vmap" or "single" (autograd, one model)
+    engine: str = "dense"
 
 
 def _per_model(a: Any, n_models: int, name: str) -> tuple[Any, bool]:
@@ -162,11 +165,16 @@ def fit_many(
         x_dim = train.x.dim() - (1 if train.per_model else 0)
         y_dim = train.y.dim() - (1 if train.per_model else 0)
         with_acc = "accuracy" in metrics and losses[0].task is not None
-        if single:
+        if x_dim == 2 and unsupported_reason(models[0], losses[0]) is None:
+            stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
+            result.engine = "dense"
+        elif single:
             refresh_constraints(models[0])
             stack = SingleStack(models[0], losses[0], with_acc)
+            result.engine = "single"
         else:
             stack = VmapStack(models, losses, with_acc, x_dim, y_dim)
+            result.engine = "vmap"
         opt = _optimizers.get(optimizer, stack.params)
         es = None
         if stoppers:
@@ -175,7 +183,7 @@ def fit_many(
                                min_delta=abs(stoppers[0].min_delta))
         res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                   seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False, desc="fit_many")
-        if not single:
+        if hasattr(stack, "write_back"):
             stack.write_back()
         result.histories.extend(res.histories)
         result.models.extend(models)

@@ -36,6 +36,59 @@ def _structure(reg: _regularizers.Regularizer) -> Any:
     return (type(reg).__name__, tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in hp)))
 
 
+def stacked_hparams(models: Sequence[nn.Module], losses: Sequence[Loss]) -> tuple[PenaltyPlan, list[str], dict[str, dict[str, torch.Tensor]]]:
+    """Model 0's ``PenaltyPlan``, the penalty source names (plus ``RegularizedLoss.source_name``)
+    and every source's strengths stacked over the models: ``{source: {hparam: tensor (M,)}}``.
+
+    Everything but the strengths must agree between the models; a difference is an error that
+    names the source and the model."""
+    base = models[0]
+    loss0 = losses[0]
+    plans = [PenaltyPlan(m) for m in models]
+    names = plans[0].names
+    for i, p in enumerate(plans[1:], 1):
+        if p.names != names:
+            raise ValueError(f"model {i} has penalty sources {p.names}, model 0 has {names}: "
+                             "fit_many needs one architecture with the same attachments")
+    hparams: dict[str, dict[str, torch.Tensor]] = {}
+    p0 = next(base.parameters())
+    per_model_regs = []
+    for p in plans:
+        d = {n: r for n, _, _, r in p.params}
+        d.update({n: m.__dict__["_reglab_activity"].regularizer for n, m in p.activity})
+        per_model_regs.append(d)
+    for name in names:
+        rs = [d[name] for d in per_model_regs]
+        s0 = _structure(rs[0])
+        for i, r in enumerate(rs[1:], 1):
+            if _structure(r) != s0:
+                raise ValueError(f"penalty source {name!r}: model {i} has {r!r}, model 0 has {rs[0]!r}; only "
+                                 "strengths may differ between models trained together")
+        hp = [r.hparams() for r in rs]
+        if hp[0]:
+            hparams[name] = {k: torch.tensor([h[k] for h in hp], dtype=p0.dtype, device=p0.device) for k in hp[0]}
+    if isinstance(loss0, RegularizedLoss):
+        for i, lo in enumerate(losses):
+            if not isinstance(lo, RegularizedLoss) or [(n, _structure(r)) for n, r in lo.terms] != [
+                    (n, _structure(r)) for n, r in loss0.terms]:
+                raise ValueError(f"model {i}'s RegularizedLoss differs from model 0's in more than its strength")
+        hparams[RegularizedLoss.source_name] = {
+            "strength": torch.tensor([lo.strength for lo in losses], dtype=p0.dtype, device=p0.device)}
+    names = names + ([RegularizedLoss.source_name] if isinstance(loss0, RegularizedLoss) else [])
+    return plans[0], names, hparams
+
+
+def shared_constraints(models: Sequence[nn.Module]) -> list[tuple[str, Any]]:
+    """``[(parameter name, constraint)]`` of model 0, checked equal in every model."""
+    first = [(name, c) for name, _, _, c in constraint_sources(models[0])]
+    for i, m in enumerate(models[1:], 1):
+        other = [(name, c) for name, _, _, c in constraint_sources(m)]
+        if other != first:
+            raise ValueError(f"model {i} has constraints {other}, model 0 has {first}; models "
+                             "trained together share their constraints")
+    return first
+
+
 class _Objective(nn.Module):
     """Wraps a model so that ``functional_call`` runs the whole objective with swapped weights."""
 
@@ -73,39 +126,8 @@ class VmapStack:
         base = self.models[0]
         self.base = base
         self.loss = losses[0]
-        plans = [PenaltyPlan(m) for m in self.models]
-        self.plan = plans[0]
-        names = self.plan.names
-        for i, p in enumerate(plans[1:], 1):
-            if p.names != names:
-                raise ValueError(f"model {i} has penalty sources {p.names}, model 0 has {names}: "
-                                 "fit_many needs one architecture with the same attachments")
-        # per-model strengths, stacked: {source: {hparam: tensor (M,)}}
-        self.hparams: dict[str, dict[str, torch.Tensor]] = {}
+        self.plan, self.names, self.hparams = stacked_hparams(self.models, losses)
         p0 = next(base.parameters())
-        per_model_regs = []
-        for p in plans:
-            d = {n: r for n, _, _, r in p.params}
-            d.update({n: m.__dict__["_reglab_activity"].regularizer for n, m in p.activity})
-            per_model_regs.append(d)
-        for name in names:
-            rs = [d[name] for d in per_model_regs]
-            s0 = _structure(rs[0])
-            for i, r in enumerate(rs[1:], 1):
-                if _structure(r) != s0:
-                    raise ValueError(f"penalty source {name!r}: model {i} has {r!r}, model 0 has {rs[0]!r}; only "
-                                     "strengths may differ between models trained together")
-            hp = [r.hparams() for r in rs]
-            if hp[0]:
-                self.hparams[name] = {k: torch.tensor([h[k] for h in hp], dtype=p0.dtype, device=p0.device) for k in hp[0]}
-        if isinstance(self.loss, RegularizedLoss):
-            for i, lo in enumerate(losses):
-                if not isinstance(lo, RegularizedLoss) or [(n, _structure(r)) for n, r in lo.terms] != [
-                        (n, _structure(r)) for n, r in self.loss.terms]:
-                    raise ValueError(f"model {i}'s RegularizedLoss differs from model 0's in more than its strength")
-            self.hparams[RegularizedLoss.source_name] = {
-                "strength": torch.tensor([lo.strength for lo in losses], dtype=p0.dtype, device=p0.device)}
-        self.names = names + ([RegularizedLoss.source_name] if isinstance(self.loss, RegularizedLoss) else [])
         self.hp_keys = tuple((src, k) for src, d in self.hparams.items() for k in d)
         self.hp_vec = (torch.stack([self.hparams[s][k] for s, k in self.hp_keys], dim=1) if self.hp_keys
                        else torch.zeros(self.n_models, 0, dtype=p0.dtype, device=p0.device))
@@ -116,12 +138,7 @@ class VmapStack:
         self.wrapper = _Objective(base, self.plan, self.loss, with_accuracy)
         self.with_accuracy = with_accuracy
         self.x_dim, self.y_dim = x_dim, y_dim
-        self.constraints = [(name, c) for name, _, _, c in constraint_sources(base)]
-        for i, m in enumerate(self.models[1:], 1):
-            other = [(name, c) for name, _, _, c in constraint_sources(m)]
-            if other != self.constraints:
-                raise ValueError(f"model {i} has constraints {other}, model 0 has {self.constraints}; models "
-                                 "trained together share their constraints")
+        self.constraints = shared_constraints(self.models)
         self._fns: dict[tuple, Any] = {}
 
     # -- the stack protocol
@@ -153,6 +170,9 @@ class VmapStack:
             return torch.gather(data, 1, idx.reshape(idx.shape + (1,) * (data.dim() - 2)).expand(
                 idx.shape + data.shape[2:])) if data.dim() > 2 else torch.gather(data, 1, idx)
         return data[idx]
+
+    def backward(self, total, active) -> None:
+        total.sum().backward()
 
     @torch.no_grad()
     def after_step(self) -> None:

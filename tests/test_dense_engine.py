@@ -1,0 +1,136 @@
+"""The Dense-stack engine's written-out derivatives against autograd, and what it accepts."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reglab
+from reglab import losses as L
+from reglab import regularizers as R
+from reglab._lanes import whole_vectors
+from reglab.training.engine import ArrayData, evaluate_stack
+from reglab.vectorized.dense import DenseStack, unsupported_reason
+
+from .lecture import blobs, reglab_program
+
+REGULARIZERS = [
+    R.L1(0.01), R.L2(0.02), R.L1L2(0.01, 0.03), R.Lp(3, 0.01), R.Lp(2.5, 0.2), R.KLSparsity(0.1, 0.5),
+    R.L1(0.01) + R.L2(0.5), 0.5 * R.L1L2(0.2, 0.1), R.OrthogonalRegularizer(0.1),
+    R.from_function(lambda x: 0.3 * x.pow(4).sum()),
+]
+
+
+@pytest.mark.parametrize("reg", REGULARIZERS, ids=lambda r: repr(r)[:40])
+def test_value_and_grad_equals_compute_and_autograd_per_model(reg):
+    torch.manual_seed(0)
+    M = 3
+    x = torch.rand(M, 6, 5, dtype=torch.float64) * 2 - (0.0 if isinstance(reg, R.KLSparsity) else 1.0)
+    x[1, 0, 0] = 0.0  # a kink of |x|
+    hp0 = reg.hparams()
+    # model m's strengths: (m + 1) times the regularizer's own
+    hp = {k: torch.tensor([v * (m + 1) for m in range(M)], dtype=torch.float64) for k, v in hp0.items()}
+    values, grads = reg.value_and_grad(x, hp)
+    assert values.shape == (M,) and grads.shape == x.shape
+    for m in range(M):
+        xm = x[m].clone().requires_grad_()
+        v = reg.compute(xm, **{k: v[m] for k, v in hp.items()}) if hp else reg(xm)
+        (g,) = torch.autograd.grad(v, xm)
+        np.testing.assert_allclose(values[m].item(), v.item(), rtol=1e-12)
+        np.testing.assert_allclose(grads[m].numpy(), g.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_kl_gradient_is_zero_where_the_clip_holds():
+    reg = R.KLSparsity(0.05, 1.0)
+    x = torch.zeros(1, 4, 3, dtype=torch.float64)  # a dead unit: mean 0 < 1e-6
+    x[0, :, 1] = 0.5
+    _, g = reg.value_and_grad(x, {"strength": torch.ones(1, dtype=torch.float64)})
+    assert torch.all(g[0, :, 0] == 0) and torch.all(g[0, :, 1] != 0)
+
+
+LOSSES = [L.BinaryCrossentropy(), L.BinaryCrossentropy(from_logits=True), L.LogEpsBinaryCrossentropy(1e-6),
+          L.MeanSquaredError(), L.MeanAbsoluteError()]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda lo: f"{lo.name}{getattr(lo, 'from_logits', '')}")
+def test_per_example_grad_equals_autograd(loss):
+    torch.manual_seed(1)
+    logits = isinstance(loss, L.BinaryCrossentropy) and loss.from_logits
+    p = torch.randn(2, 7, 3, dtype=torch.float64) if logits else torch.rand(2, 7, 3, dtype=torch.float64)
+    if isinstance(loss, L.BinaryCrossentropy) and not logits:
+        p[0, 0, 0], p[0, 1, 1] = 0.0, 1.0  # inside the clip: no gradient
+    y = (torch.rand(2, 7, 3, dtype=torch.float64) > 0.5).to(torch.float64)
+    p.requires_grad_()
+    (g,) = torch.autograd.grad(loss.per_example(p, y).sum(), p)
+    np.testing.assert_allclose(loss.per_example_grad(p.detach(), y).numpy(), g.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_whole_vectors_gives_each_element_the_same_bits_anywhere():
+    x = torch.randn(257, 20, 1, dtype=torch.float64)
+    full = whole_vectors(torch.sigmoid, x)
+    assert torch.equal(full, torch.sigmoid(x))
+    for k in (0, 1, 100, 256):
+        assert torch.equal(whole_vectors(torch.sigmoid, x[k:k + 1])[0], full[k])
+
+
+def test_one_pass_validation_equals_batched_keras_validation():
+    data = blobs(0)
+    model, loss = reglab_program(6, seed=0)
+    x = torch.tensor(data[2]); y = torch.tensor(data[3], dtype=torch.float64)
+    stack = DenseStack([model], [reglab.losses.get(loss)], True, 2, 2)
+    try:
+        assert len(list(stack.eval_batches(ArrayData(x, y), 20))) == 1
+        one = evaluate_stack(stack, ArrayData(x, y), 20)
+        stack._one_pass = False
+        assert len(list(stack.eval_batches(ArrayData(x, y), 20))) == 4
+        batched = evaluate_stack(stack, ArrayData(x, y), 20)
+    finally:
+        stack.write_back()
+    assert one.keys() == batched.keys() and "val_penalty/0:activity" in one
+    for k in one:
+        np.testing.assert_allclose(one[k], batched[k], rtol=1e-12, err_msg=k)
+
+
+def test_what_the_engine_accepts():
+    dense = reglab.models.mlp(2, [dict(units=4, activation="tanh"), dict(units=1, activation="sigmoid")])
+    assert unsupported_reason(dense, L.BinaryCrossentropy()) is None
+    assert unsupported_reason(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), L.MeanSquaredError()) is None
+    assert "Dropout" in unsupported_reason(reglab.models.mlp(2, [dict(units=4, dropout=0.5), dict(units=1)]),
+                                           L.MeanSquaredError())
+    assert "not a plain" in unsupported_reason(nn.Linear(2, 1), L.MeanSquaredError())
+    assert "per_example_grad" in unsupported_reason(dense, L.CategoricalCrossentropy())
+    assert "elu" in unsupported_reason(reglab.models.mlp(2, [dict(units=4, activation="elu")]), L.MeanSquaredError())
+    h = dense[0].register_forward_hook(lambda *a: None)
+    assert "hook" in unsupported_reason(dense, L.MeanSquaredError())
+    h.remove()
+
+
+def test_fit_many_falls_back_to_vmap_for_other_modules_with_the_same_numbers():
+    data = blobs(0)
+
+    def build():
+        m = reglab.models.mlp(2, [dict(units=8, activation="relu", kernel_regularizer=reglab.L2(0.01)),
+                                  dict(units=1, activation="sigmoid")])
+        return nn.Sequential(m[0], nn.Dropout(0.0), m[1])
+    res = reglab.fit_many(build, data[0], data[1], seeds=[0, 1], loss="binary_crossentropy", epochs=3,
+                          batch_size=20, progress=False)
+    assert res.engine == "vmap"
+
+    def build_dense():
+        return reglab.models.mlp(2, [dict(units=8, activation="relu", kernel_regularizer=reglab.L2(0.01)),
+                                     dict(units=1, activation="sigmoid")])
+    res2 = reglab.fit_many(build_dense, data[0], data[1], seeds=[0, 1], loss="binary_crossentropy", epochs=3,
+                           batch_size=20, progress=False)
+    assert res2.engine == "dense"
+    for a, b in zip(res.histories, res2.histories):  # Dropout(0) is the identity: same training
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+
+
+def test_fit_leaves_the_model_its_own_storage():
+    data = blobs(0)
+    model, loss = reglab_program(6, seed=0)
+    before = [p.data_ptr() for p in model.parameters()]
+    reglab.fit(model, data[0], data[1], loss=loss, epochs=1, batch_size=20, progress=False)
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    assert len(set(ptrs)) == len(ptrs) and ptrs != before
+    assert all(p.is_contiguous() and p.requires_grad for p in model.parameters())
