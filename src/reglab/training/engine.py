@@ -1,7 +1,10 @@
 """The training loop, written once for M >= 1 models trained in lock-step.
 
-A *stack* holds the models: ``SingleStack`` (one ``nn.Module``, used by ``fit``) or the
-vectorized stack of ``reglab.vectorized`` (M models as stacked tensors, used by ``fit_many``).
+A *stack* holds the models: ``DenseStack`` (``reglab.vectorized.dense``: M >= 1 plain
+``Sequential`` Dense stacks with a written-out backward pass; ``fit`` and ``fit_many`` use it
+whenever the model qualifies), ``SingleStack`` (any one ``nn.Module`` through autograd, used by
+``fit`` otherwise) or ``VmapStack`` (``reglab.vectorized.stack``: M models of any architecture
+under ``torch.vmap``, used by ``fit_many`` otherwise).
 The loop asks the stack for per-model objectives, steps the optimizer, applies constraints and
 keeps, per model, the epoch statistics that become its ``History``. Everything per model is an
 array of shape ``(M,)``: finished (early-stopped) and failed (diverged) models are frozen while
