@@ -52,6 +52,10 @@ class Loss:
         model axes allowed). Used by the hand-written backward pass of ``reglab.vectorized.dense``."""
         raise NotImplementedError(f"{type(self).__name__} has no per_example_grad")
 
+    def per_example_and_grad(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(per_example, per_example_grad)`` in one call (losses may share work between them)."""
+        return self.per_example(y_pred, y_true), self.per_example_grad(y_pred, y_true)
+
     def __call__(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         return self.per_example(y_pred, y_true).mean()
 
@@ -95,13 +99,17 @@ class BinaryCrossentropy(Loss):
         return _mean_last(v)
 
     def per_example_grad(self, y_pred, y_true):
-        if self.from_logits:  # sigmoid(z) - y
-            g = whole_vectors(torch.sigmoid, y_pred) - y_true
-        else:  # -y/p + (1-y)/(1-p), zero where the clip is active
-            p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
-            g = -y_true / p + (1.0 - y_true) / (1.0 - p)
-            g = torch.where((y_pred >= EPSILON) & (y_pred <= 1.0 - EPSILON), g, 0.0)
-        return _mean_last_grad(g)
+        return self.per_example_and_grad(y_pred, y_true)[1]
+
+    def per_example_and_grad(self, y_pred, y_true):
+        if self.from_logits:  # d/dz = sigmoid(z) - y
+            return self.per_example(y_pred, y_true), _mean_last_grad(whole_vectors(torch.sigmoid, y_pred) - y_true)
+        # value as per_example; d/dp = (p - y) / (p (1 - p)), zero where the clip is active (p != y_pred)
+        p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+        q = 1.0 - p
+        v = -(y_true * torch.log(p) + (1.0 - y_true) * torch.log(q))
+        g = (p - y_true) / (p * q) * (p == y_pred)
+        return _mean_last(v), _mean_last_grad(g)
 
 
 class LogEpsBinaryCrossentropy(Loss):

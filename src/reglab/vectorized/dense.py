@@ -37,7 +37,10 @@ from .. import activations as _activations
 from .._lanes import LANES, whole_vectors
 from ..attach import _activity_hook
 from ..layers import Activation, Dense
+from .. import regularizers as R
 from ..losses import Loss, RegularizedLoss
+from ..training.objective import correct_per_example
+from .penalties import PenaltyGroups, elementwise_terms
 from .stack import shared_constraints, stacked_hparams
 
 __all__ = ["DenseStack", "unsupported_reason"]
@@ -92,112 +95,34 @@ def _act_name(mod: nn.Module) -> str | None:
 # ----------------------------------------------------------------------------- products
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for ``(M, n, k) @ (M, k, p)``. BLAS switches to matrix-vector kernels when a
-    dimension is 1 and those round differently for one matrix than for a batch; there the product
-    is written element-wise (exact in any layout)."""
+def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` for ``(M, n, k) @ (M, k, p)`` (into ``out`` if given). BLAS switches to
+    matrix-vector kernels when a dimension is 1 and those round differently for one matrix than
+    for a batch; there the product is written element-wise (exact in any layout)."""
     if min(a.shape[1], a.shape[2], b.shape[2]) == 1:
-        return (a.unsqueeze(-1) * b.unsqueeze(1)).sum(2)
-    return torch.bmm(a, b)
+        return torch.sum(a.unsqueeze(-1) * b.unsqueeze(1), 2, out=out)
+    return torch.bmm(a, b, out=out)
 
 
-def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``h W^T + b`` per model: ``(M, B, in)``, ``(M, out, in)``, ``(M, out)`` -> ``(M, B, out)``."""
     wt = w.transpose(1, 2)
     if b is None:
-        return _bmm(h, wt)
+        return _bmm(h, wt, out=out)
     if min(h.shape[1], h.shape[2], w.shape[1]) == 1:
-        return _bmm(h, wt) + b.unsqueeze(1)
-    return torch.baddbmm(b.unsqueeze(1), h, wt)
+        return torch.add(_bmm(h, wt), b.unsqueeze(1), out=out)
+    return torch.baddbmm(b.unsqueeze(1), h, wt, out=out)
 
 
-# ----------------------------------------------------------------------------- penalty groups
-
-
-def _elementwise_terms(reg: Any, hp: dict[str, torch.Tensor]) -> list[tuple[Any, Any, Any, torch.Tensor]] | None:
-    """``reg`` as ``[(key, f, f', strength (M,))]`` if it is a sum of element-wise terms, else None.
-    Terms with one key share ``f`` and ``f'``."""
-    from .. import regularizers as R
-
-    if isinstance(reg, R.ElementwiseRegularizer):
-        out = []
-        for name, f, df in reg.elementwise_terms():
-            local = "<locals>" in getattr(f, "__qualname__", "<locals>")
-            key = (f, df) if not local else (type(reg), repr(reg.get_config()), name)
-            out.append((key, f, df, hp[name]))
-        return out
-    if isinstance(reg, R.Scaled):
-        inner = _elementwise_terms(reg.regularizer, R._split(hp, "inner/"))
-        return None if inner is None else [(k, f, df, hp["factor"] * st) for k, f, df, st in inner]
-    if isinstance(reg, R.Sum):
-        out = []
-        for i, t in enumerate(reg.terms):
-            part = _elementwise_terms(t, R._split(hp, f"{i}/"))
-            if part is None:
-                return None
-            out.extend(part)
-        return out
-    return None
-
-
-class _ParamGroups:
-    """Element-wise parameter penalties of all sources, computed on the whole ``(M, P)`` buffer.
-
-    For a key (one ``f``, ``f'``) the strength map ``Lam[m, i]`` holds the strength of parameter
-    element i's source in model m (0 where it has none), so that per source
-    ``value = (Lam * f(theta)) @ S`` (``S``: element-to-source indicator) and the derivative is
-    ``Lam * f'(theta)``: a handful of operations for any number of sources. A tensor penalized by
-    two sources (its layer's regularizer and a ``RegularizedLoss``) sits in two channels.
-    """
-
-    def __init__(self, flat: torch.Tensor):
-        self.flat = flat
-        self.channels: list[list[str]] = []  # source names per channel
-        self._spans: list[dict[str, list[tuple[int, int]]]] = []
-        self._terms: list[dict[Any, Any]] = []  # per channel: key -> (f, df, [(span, strength)])
-
-    def add(self, channel: int, source: str, span: tuple[int, int], terms: list) -> None:
-        while len(self.channels) <= channel:
-            self.channels.append([])
-            self._spans.append({})
-            self._terms.append({})
-        if source not in self.channels[channel]:
-            self.channels[channel].append(source)
-        for key, f, df, st in terms:
-            entry = self._terms[channel].setdefault(key, (f, df, []))
-            entry[2].append((source, span, st))
-
-    def build(self) -> None:
-        M, P = self.flat.shape
-        self.groups: dict[Any, tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = {}
-        for ch, terms in enumerate(self._terms):
-            cols = {n: j for j, n in enumerate(self.channels[ch])}
-            S = self.flat.new_zeros(P, len(cols))
-            for key, (f, df, items) in terms.items():
-                lam = self.flat.new_zeros(M, P)
-                for source, (a, b), st in items:
-                    lam[:, a:b] += st[:, None]
-                    S[a:b, cols[source]] = 1.0
-                if key not in self.groups:
-                    self.groups[key] = (f, df, [], torch.zeros_like(lam))
-                self.groups[key][2].append((lam, ch))
-                self.groups[key][3].add_(lam)
-            self._S = getattr(self, "_S", []) + [S]
-        self.names = [n for ch in self.channels for n in ch]
-
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(values (M, sources), d values / d buffer (M, P))``."""
-        flat = self.flat
-        values = [None] * len(self.channels)
-        grad = None
-        for f, df, per_channel, lam_total in self.groups.values():
-            F = f(flat)
-            for lam, ch in per_channel:
-                v = (lam * F) @ self._S[ch]
-                values[ch] = v if values[ch] is None else values[ch] + v
-            g = lam_total * df(flat)
-            grad = g if grad is None else grad + g
-        return torch.cat([v for v in values if v is not None], dim=1), grad
+def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The activation ``name`` of ``z`` (written into ``out`` if given)."""
+    if out is None:
+        return _ACTS[name][0](z)
+    if name == "relu":
+        return torch.clamp_min(z, 0, out=out)
+    if name == "tanh":
+        return torch.tanh(z, out=out)
+    return out.copy_(_ACTS[name][0](z))
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -306,70 +231,93 @@ class DenseStack:
         P = sum(sizes)
         self.padded = P + (-P) % LANES
         p0 = named[0][1]
+        dtype, dev = p0.dtype, p0.device
         with torch.no_grad():
-            self.flat = torch.zeros(M, self.padded, dtype=p0.dtype, device=p0.device)
+            self.flat = torch.zeros(M, self.padded, dtype=dtype, device=dev)
             for k, m in enumerate(self.models):
                 for (_, p), o, n in zip(m.named_parameters(), self.offsets, sizes):
                     self.flat[k, o:o + n] = p.detach().reshape(-1)
+        # the gradient buffer: every step writes each parameter's gradient into its view
+        self.gflat = torch.zeros_like(self.flat)
         self.views = [self.flat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
+        self.gviews = [self.gflat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
         self.params = [self.flat]
-        self._pad = self.flat.new_zeros(M, self.padded - P)
         self._aliased = M == 1
         if self._aliased:  # the model's parameters are views of the buffer while training
             for (_, p), v in zip(base.named_parameters(), self.views):
                 p.data = v[0]
         index = {n: i for i, n in enumerate(self.param_names)}
         spans = {n: (o, o + int(np.prod(sh))) for n, o, sh in zip(self.param_names, self.offsets, self.shapes)}
-        # parameter penalties: element-wise ones grouped on the buffer, the others one by one
-        self.groups = _ParamGroups(self.flat)
+
+        # parameter penalties: element-wise ones together on the buffer, the others one by one
+        self.pgroups = PenaltyGroups(M, self.padded, dtype, dev)
         self.param_pens = []
         for name, _, _, reg in self.plan.params:
-            terms = _elementwise_terms(reg, self.hparams.get(name, {}))
+            terms = elementwise_terms(reg, self.hparams.get(name, {}))
             if terms is None:
                 self.param_pens.append((name, index[name], reg))
             else:
-                self.groups.add(0, name, spans[name], terms)
-        # activity penalties by the op whose output they see
-        self.activity_at: dict[int, list[tuple[str, Any]]] = {}
-        from .. import regularizers as R
-
-        self._one_pass = True
-        for name, mod in self.plan.activity:
-            reg = mod.__dict__["_reglab_activity"].regularizer
-            linear = isinstance(reg, (R.ElementwiseRegularizer, R.KLSparsity))  # value and grad linear in each strength
-            self.activity_at.setdefault(out_of[id(mod)], []).append((name, reg, linear))
-            self._one_pass &= _elementwise_terms(reg, self.hparams.get(name, {})) is not None
+                self.pgroups.add(0, name, [spans[name]], terms)
         # a RegularizedLoss: its terms with fixed strengths, scaled by the stacked "strength"
         self.loss_terms = []
         if isinstance(self.loss, RegularizedLoss):
             src = RegularizedLoss.source_name
             strength = self.hparams[src]["strength"]
-            terms_all = []
-            for pname, reg in self.loss.terms:
-                hp = {k: torch.full((M,), float(v), dtype=p0.dtype, device=p0.device) for k, v in reg.hparams().items()}
-                terms = _elementwise_terms(reg, hp)
-                if terms is None:
-                    terms_all = None
-                    break
-                terms_all.append((pname, [(k, f, df, strength * st) for k, f, df, st in terms]))
-            if terms_all is not None and terms_all:
-                for pname, terms in terms_all:
-                    self.groups.add(1, src, spans[pname], terms)
+            fixed = [(pname, reg, {k: torch.full((M,), float(v), dtype=dtype, device=dev)
+                                   for k, v in reg.hparams().items()}) for pname, reg in self.loss.terms]
+            terms = [(pname, elementwise_terms(reg, hp)) for pname, reg, hp in fixed]
+            if terms and all(t is not None for _, t in terms):
+                for pname, ts in terms:
+                    self.pgroups.add(1, src, [spans[pname]], [(k, f, df, strength * st) for k, f, df, st in ts])
             else:
-                for pname, reg in self.loss.terms:
-                    hp = {k: torch.full((M,), float(v), dtype=p0.dtype, device=p0.device) for k, v in reg.hparams().items()}
-                    self.loss_terms.append((index[pname], reg, hp))
-        self.groups.build()
-        # values are computed as [grouped sources, other parameter sources, activity, loss terms]
-        order = self.groups.names + [n for n, _, _ in self.param_pens] + [
-            n for j in sorted(self.activity_at) for n, _, _ in self.activity_at[j]] + (
-            [RegularizedLoss.source_name] if self.loss_terms else [])
+                self.loss_terms = [(index[pname], reg, hp) for pname, reg, hp in fixed]
+        if self.pgroups:
+            self.pgroups.build()
+
+        # activity penalties by the op whose output they see; element-wise ones on one buffer
+        widths, w = [], None
+        for op in self.ops:
+            if op.kind == "affine":
+                w = self.shapes[op.w][0]
+            widths.append(w)
+        self.activity_at: dict[int, list[tuple[str, Any, bool]]] = {}
+        self.agroups: PenaltyGroups | None = None
+        grouped = {}
+        self._one_pass = True
+        for name, mod in self.plan.activity:
+            reg = mod.__dict__["_reglab_activity"].regularizer
+            j = out_of[id(mod)]
+            terms = elementwise_terms(reg, self.hparams.get(name, {}))
+            if terms is None:
+                self._one_pass = False
+                linear = isinstance(reg, (R.ElementwiseRegularizer, R.KLSparsity))  # linear in each strength
+                self.activity_at.setdefault(j, []).append((name, reg, linear))
+            else:
+                grouped.setdefault(j, []).append((name, terms))
+        self.aspan: dict[int, tuple[int, int]] = {}
+        if grouped:
+            at = 0
+            for j in sorted(grouped):
+                self.aspan[j] = (at, at + widths[j])
+                at += widths[j]
+            self.agroups = PenaltyGroups(M, at, dtype, dev)
+            for j in sorted(grouped):
+                for name, terms in grouped[j]:
+                    self.agroups.add(0, name, [self.aspan[j]], terms)
+            self.agroups.build()
+
+        # values come as [grouped parameter sources, other parameter sources, grouped activity,
+        # other activity, loss terms]; a permutation puts them in self.names order
+        order = (self.pgroups.names + [n for n, _, _ in self.param_pens] +
+                 (self.agroups.names if self.agroups else []) +
+                 [n for j in sorted(self.activity_at) for n, _, _ in self.activity_at[j]] +
+                 ([RegularizedLoss.source_name] if self.loss_terms else []))
         if sorted(order) != sorted(self.names):
             raise AssertionError(f"penalty sources {order} vs {self.names}")
         self._perm = None if order == self.names else torch.tensor(
-            [order.index(n) for n in self.names], device=self.flat.device)
+            [order.index(n) for n in self.names], device=dev)
         self._hp_cache: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-        #: the loop may skip optimizer.zero_grad: backward() replaces the gradient
+        #: the loop may skip optimizer.zero_grad: backward() writes the whole gradient
         self.sets_grad = True
         self.constraints = [(index[name], c) for name, c in shared_constraints(self.models)]
         self._training = True
@@ -408,23 +356,27 @@ class DenseStack:
         inputs: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}
         act_grads: dict[int, torch.Tensor] = {}
-        grads: dict[int, torch.Tensor] = {}
-        group_grad = None
-        blocks: list[torch.Tensor] = []  # (M, k) value columns, in self._value_order
+        grads: list[tuple[int, torch.Tensor]] = []
+        blocks: list[torch.Tensor] = []  # (M, k) value columns in the order of self._perm
+        if self.pgroups:
+            blocks.append(self.pgroups.values(self.flat))
         singles: list[torch.Tensor] = []
-        if self.groups.groups:
-            gv, group_grad = self.groups()
-            blocks.append(gv)
         for name, i, reg in self.param_pens:
             v, g = reg.value_and_grad(self.views[i], self.hparams.get(name, {}))
             singles.append(v)
-            grads[i] = grads[i] + g if i in grads else g
+            grads.append((i, g))
+        if singles:
+            blocks.append(torch.stack(singles, dim=1))
+        abuf = h.new_empty(M, B, self.agroups.W) if self.agroups else None
+        singles = []
         for j, op in enumerate(self.ops):
+            span = self.aspan.get(j)
+            dest = abuf[..., span[0]:span[1]] if span is not None else None
             if op.kind == "affine":
                 inputs[j] = h
-                h = _affine(h, self.views[op.w], None if op.b is None else self.views[op.b])
+                h = _affine(h, self.views[op.w], None if op.b is None else self.views[op.b], dest)
             else:
-                h = _ACTS[op.act][0](h)
+                h = _act(op.act, h, dest)
                 outputs[j] = h
             for name, reg, linear in self.activity_at.get(j, ()):
                 # Keras divides an activity penalty by the batch size; folded into the strengths
@@ -435,14 +387,18 @@ class DenseStack:
                     v, g = v / B, g / B
                 singles.append(v)
                 act_grads[j] = act_grads[j] + g if j in act_grads else g
+        agrad = None
+        if abuf is not None:
+            blocks.append(self.agroups.values(abuf, 1.0 / B))
+            if self._training:
+                agrad = self.agroups.grad(abuf, 1.0 / B)
         if self.loss_terms:
             s = self.hparams[RegularizedLoss.source_name]["strength"]
             total = None
             for i, reg, hp in self.loss_terms:
                 v, g = reg.value_and_grad(self.views[i], hp)
                 total = v if total is None else total + v
-                g = s.reshape((-1,) + (1,) * (g.dim() - 1)) * g
-                grads[i] = grads[i] + g if i in grads else g
+                grads.append((i, s.reshape((-1,) + (1,) * (g.dim() - 1)) * g))
             singles.append(s * total)
         if singles:
             blocks.append(torch.stack(singles, dim=1))
@@ -453,13 +409,13 @@ class DenseStack:
                 cols = cols.index_select(1, self._perm)
             stacked = cols.T
         out = h
-        data = self.loss.per_example(out, yb)
-        from ..training.objective import correct_per_example
-
-        correct = correct_per_example(out, yb, self.loss) if self.with_accuracy else None
         if self._training:
-            self._cache = dict(inputs=inputs, outputs=outputs, act_grads=act_grads, grads=grads, out=out, y=yb, B=B,
-                               group_grad=group_grad)
+            data, dout = self.loss.per_example_and_grad(out, yb)
+            self._cache = dict(inputs=inputs, outputs=outputs, act_grads=act_grads, grads=grads, dout=dout, B=B,
+                               agrad=agrad)
+        else:
+            data = self.loss.per_example(out, yb)
+        correct = correct_per_example(out, yb, self.loss) if self.with_accuracy else None
         return data, correct, self.names, stacked
 
     def _over_batch(self, name: str, B: int) -> dict[str, torch.Tensor]:
@@ -482,39 +438,37 @@ class DenseStack:
 
     @torch.no_grad()
     def backward(self, total: torch.Tensor, active: np.ndarray | None) -> None:
-        """Set the buffer's gradient: d (data mean + penalties) / d parameters, per model (models
+        """Write the gradient buffer: d (data mean + penalties) / d parameters, per model (models
         outside ``active`` get zeros, as autograd gives them through the masked objective)."""
         c = self._cache
         if c is None:
             raise RuntimeError("backward() without a training-mode objective()")
         self._cache = None
-        grads = c["grads"]
-        g = self.loss.per_example_grad(c["out"], c["y"]) / c["B"]
+        g = c["dout"] / c["B"]
+        agrad = c["agrad"]
         first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
         for j in range(len(self.ops) - 1, first - 1, -1):
+            if j in self.aspan and agrad is not None:
+                a, b = self.aspan[j]
+                g = g + agrad[..., a:b]
             if j in c["act_grads"]:
                 g = g + c["act_grads"][j]
             op = self.ops[j]
             if op.kind == "act":
                 g = _ACTS[op.act][1](g, c["outputs"][j])
                 continue
-            dw = _bmm(g.transpose(1, 2), c["inputs"][j])
-            grads[op.w] = grads[op.w] + dw if op.w in grads else dw
+            _bmm(g.transpose(1, 2), c["inputs"][j], out=self.gviews[op.w])
             if op.b is not None:
-                db = g.sum(1)
-                grads[op.b] = grads[op.b] + db if op.b in grads else db
+                torch.sum(g, 1, out=self.gviews[op.b])
             if j > first:
                 g = _bmm(g, self.views[op.w])
-        M = self.n_models
-        parts = [grads[i].reshape(M, -1) if i in grads else self.views[i].new_zeros(M, int(np.prod(s)))
-                 for i, s in enumerate(self.shapes)]
-        flat_grad = torch.cat(parts + [self._pad], dim=1)
-        if c["group_grad"] is not None:
-            flat_grad = flat_grad + c["group_grad"]
+        for i, pg in c["grads"]:
+            self.gviews[i].add_(pg)
+        if self.pgroups:
+            self.pgroups.grad(self.flat, out=self.gflat)
         if active is not None:
-            flat_grad = torch.where(torch.as_tensor(active, device=flat_grad.device)[:, None], flat_grad, 0.0)
-        self.flat.grad = flat_grad
-
+            self.gflat.masked_fill_(~torch.as_tensor(active, device=self.gflat.device)[:, None], 0.0)
+        self.flat.grad = self.gflat
     @torch.no_grad()
     def after_step(self) -> None:
         for i, c in self.constraints:
