@@ -241,6 +241,7 @@ class DenseStack:
         self.gflat = torch.zeros_like(self.flat)
         self.views = [self.flat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
         self.gviews = [self.gflat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
+        self._pad = self.flat.new_zeros(M, self.padded - P)
         self.params = [self.flat]
         self._aliased = M == 1
         if self._aliased:  # the model's parameters are views of the buffer while training
@@ -446,6 +447,7 @@ class DenseStack:
         self._cache = None
         g = c["dout"] / c["B"]
         agrad = c["agrad"]
+        parts: dict[int, torch.Tensor] = {}
         first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
         for j in range(len(self.ops) - 1, first - 1, -1):
             if j in self.aspan and agrad is not None:
@@ -457,11 +459,17 @@ class DenseStack:
             if op.kind == "act":
                 g = _ACTS[op.act][1](g, c["outputs"][j])
                 continue
-            _bmm(g.transpose(1, 2), c["inputs"][j], out=self.gviews[op.w])
+            # one model: straight into the (contiguous) gradient views; a stack: into new tensors,
+            # gathered by one cat below (writing into strided views makes bmm loop per model)
+            direct = self.n_models == 1
+            parts[op.w] = _bmm(g.transpose(1, 2), c["inputs"][j], out=self.gviews[op.w] if direct else None)
             if op.b is not None:
-                torch.sum(g, 1, out=self.gviews[op.b])
+                parts[op.b] = torch.sum(g, 1, out=self.gviews[op.b] if direct else None)
             if j > first:
                 g = _bmm(g, self.views[op.w])
+        if self.n_models > 1:
+            M = self.n_models
+            torch.cat([parts[i].reshape(M, -1) for i in range(len(self.shapes))] + [self._pad], dim=1, out=self.gflat)
         for i, pg in c["grads"]:
             self.gviews[i].add_(pg)
         if self.pgroups:
