@@ -134,3 +134,29 @@ def test_fit_leaves_the_model_its_own_storage():
     ptrs = [p.data_ptr() for p in model.parameters()]
     assert len(set(ptrs)) == len(ptrs) and ptrs != before
     assert all(p.is_contiguous() and p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_keras_adam_fast_step_equals_the_regular_step(dtype):
+    """KerasAdam's functional fast path gives the bits of Optimizer.step, weight decay included."""
+    from reglab.optimizers import KerasAdam
+
+    torch.manual_seed(0)
+    a = [torch.randn(3, 5, dtype=dtype), torch.randn(7, dtype=dtype)]
+    b = [t.clone() for t in a]
+    fast, slow = KerasAdam(a, learning_rate=0.01, weight_decay=0.01), KerasAdam(b, learning_rate=0.01, weight_decay=0.01)
+    slow._fast_step = lambda: False
+    taken = []
+    orig = fast._fast_step
+    fast._fast_step = lambda: taken.append(orig()) or taken[-1]
+    for _ in range(30):
+        grads = [torch.randn_like(t) for t in a]
+        for ps in (a, b):
+            for t, g in zip(ps, grads):
+                t.grad = g.clone()
+        fast.step()
+        slow.step()
+    assert taken[0] is False and all(taken[1:])  # state exists after the first step
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+        assert torch.equal(fast.state[x]["exp_avg_sq"], slow.state[y]["exp_avg_sq"])

@@ -55,7 +55,36 @@ class KerasAdam(torch.optim.AdamW):
         for group in self.param_groups:
             b2 = group["betas"][1]
             group["eps"] = self.keras_epsilon / math.sqrt(1 - b2**self._t)
+        if closure is None and self._fast_step():
+            return None
         return super().step(closure)
+
+    def _fast_step(self) -> bool:
+        """The same update through torch's functional ``torch.optim.adam.adam`` (fused kernel),
+        skipping ``Optimizer.step``'s Python wrapper (14 us instead of 28 us here; tiny nets take
+        thousands of steps). Only once every parameter has state, for one fused param group
+        with plain floats, and when no step hooks are registered; otherwise the regular step."""
+        from torch.optim import optimizer as _opt
+
+        if len(self.param_groups) != 1 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or \
+                _opt._global_optimizer_pre_hooks or _opt._global_optimizer_post_hooks:
+            return False
+        g = self.param_groups[0]
+        if not g.get("fused") or g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or \
+                g.get("capturable") or isinstance(g["lr"], torch.Tensor):
+            return False
+        params = [p for p in g["params"] if p.grad is not None]
+        if not params or any(p.grad.is_sparse or p not in self.state or "exp_avg" not in self.state[p] for p in params):
+            return False
+        states = [self.state[p] for p in params]
+        from torch.optim.adam import adam
+
+        adam(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+             [s["step"] for s in states], foreach=False, capturable=False, differentiable=False, fused=True,
+             grad_scale=None, found_inf=None, has_complex=False, decoupled_weight_decay=True, amsgrad=False,
+             beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"],
+             maximize=False)
+        return True
 
 
 class KerasSGD(torch.optim.SGD):

@@ -266,13 +266,20 @@ def run(
             names: list[str] = []
             for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
                 data, correct, names, pens = stack.objective(xb, yb)
+                # per model, this batch: [data loss mean, accuracy?, each penalty] -- the epoch's loss
+                # and penalty totals are sums of these rows' batch-weighted means (linear)
                 data_mean = data.mean(dim=1)
-                pen_total = pens.sum(0) if pens is not None else torch.zeros_like(data_mean)
-                total = data_mean + pen_total
-                finite = torch.isfinite(total)
-                ok = np.ones(M, dtype=bool) if bool(finite.all()) else finite.cpu().numpy()
-                newly = active & ~ok
-                if newly.any():
+                parts = [data_mean[None]] + ([correct.mean(dim=1)[None]] if correct is not None else []) + (
+                    [pens] if pens is not None else [])
+                row = torch.cat(parts) if len(parts) > 1 else parts[0]
+                total = None
+                if not bool(torch.isfinite(row).all()):
+                    total = data_mean + pens.sum(0) if pens is not None else data_mean
+                    ok = torch.isfinite(row).all(0).cpu().numpy()
+                    newly = active & ~ok
+                else:
+                    newly = None
+                if newly is not None and newly.any():
                     if raise_on_divergence:
                         bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
                         what = f"penalty source(s) {bad}" if bad else "the data loss"
@@ -294,7 +301,12 @@ def run(
                     frozen_any = True
                     if not active.any():
                         break
-                    total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
+                if not getattr(stack, "sets_grad", False):
+                    # autograd stacks differentiate the objective summed over models (frozen ones: 0)
+                    if total is None:
+                        total = data_mean + pens.sum(0) if pens is not None else data_mean
+                    if frozen_any:
+                        total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
                 if frozen_any:
                     before = [p.detach().clone() for p in stack.params]
                 if not getattr(stack, "sets_grad", False):
@@ -307,14 +319,8 @@ def run(
                     with torch.no_grad():
                         for p, old in zip(stack.params, before):
                             p.copy_(torch.where(keep.reshape((-1,) + (1,) * (p.dim() - 1)), old, p))
-                row = [total, data_mean, pen_total]
-                if correct is not None:
-                    row.append(correct.mean(dim=1))
-                stats = torch.stack(row).detach()
-                if pens is not None:
-                    stats = torch.cat([stats, pens.detach()])
-                stats = stats * bs
-                acc = stats if acc is None else acc + stats
+                row = row.detach()
+                acc = row * bs if acc is None else torch.add(acc, row, alpha=bs)
                 seen += bs
                 if intr.flag:
                     break
@@ -323,7 +329,11 @@ def run(
             if intr.flag and seen < train.n:
                 interrupted = True
                 break
-            tr = (acc / seen).cpu().numpy()
+            tr = (acc / seen).cpu().numpy().astype(np.float64)
+            n_acc = 1 if correct is not None else 0
+            pen_rows = tr[1 + n_acc:]
+            penalty = pen_rows.sum(0) if len(pen_rows) else np.zeros(M)
+            tr = np.concatenate([(tr[0] + penalty)[None], tr[:1], penalty[None], tr[1:]])
             logs = [dict() for _ in range(M)]
             keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if correct is not None else []) + [
                 f"penalty/{n}" for n in names]
