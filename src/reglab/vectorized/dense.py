@@ -99,19 +99,23 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> t
     """``a @ b`` for ``(M, n, k) @ (M, k, p)`` (into ``out`` if given). BLAS switches to
     matrix-vector kernels when a dimension is 1 and those round differently for one matrix than
     for a batch; there the product is written element-wise (exact in any layout)."""
-    if min(a.shape[1], a.shape[2], b.shape[2]) == 1:
-        return torch.sum(a.unsqueeze(-1) * b.unsqueeze(1), 2, out=out)
+    n, k, p = a.shape[1], a.shape[2], b.shape[2]
+    if k == 1:  # outer product
+        return torch.mul(a, b, out=out)
+    if p == 1:  # (M, n, k) . (M, 1, k) summed over k
+        return torch.sum(a * b.transpose(1, 2), 2, keepdim=True, out=out)
+    if n == 1:  # (M, k, 1) . (M, k, p) summed over k
+        return torch.sum(a.transpose(1, 2) * b, 1, keepdim=True, out=out)
     return torch.bmm(a, b, out=out)
 
 
-def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``h W^T + b`` per model: ``(M, B, in)``, ``(M, out, in)``, ``(M, out)`` -> ``(M, B, out)``."""
-    wt = w.transpose(1, 2)
+def _affine(h: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``h W^T + b`` per model: ``(M, B, in)``, ``W^T (M, in, out)``, ``b (M, 1, out)`` -> ``(M, B, out)``."""
     if b is None:
         return _bmm(h, wt, out=out)
-    if min(h.shape[1], h.shape[2], w.shape[1]) == 1:
-        return torch.add(_bmm(h, wt), b.unsqueeze(1), out=out)
-    return torch.baddbmm(b.unsqueeze(1), h, wt, out=out)
+    if min(h.shape[1], h.shape[2], wt.shape[2]) == 1:
+        return torch.add(_bmm(h, wt), b, out=out)
+    return torch.baddbmm(b, h, wt, out=out)
 
 
 def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,6 +246,9 @@ class DenseStack:
         self.views = [self.flat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
         self.gviews = [self.gflat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
         self._pad = self.flat.new_zeros(M, self.padded - P)
+        # views used every step, made once: W^T (M, in, out) and b (M, 1, out)
+        self.wt = {i: v.transpose(1, 2) for i, v in enumerate(self.views) if v.dim() == 3}
+        self.b1 = {i: v.unsqueeze(1) for i, v in enumerate(self.views) if v.dim() == 2}
         self.params = [self.flat]
         self._aliased = M == 1
         if self._aliased:  # the model's parameters are views of the buffer while training
@@ -375,7 +382,7 @@ class DenseStack:
             dest = abuf[..., span[0]:span[1]] if span is not None else None
             if op.kind == "affine":
                 inputs[j] = h
-                h = _affine(h, self.views[op.w], None if op.b is None else self.views[op.b], dest)
+                h = _affine(h, self.wt[op.w], None if op.b is None else self.b1[op.b], dest)
             else:
                 h = _act(op.act, h, dest)
                 outputs[j] = h
