@@ -200,6 +200,8 @@ def _twice(x):
     return 2.0 * x
 
 
+_twice.linear_coefficient = 2.0  # f'(x) = 2 x: engines may fold the 2 into a strength map
+
 @register_regularizer
 class L1(ElementwiseRegularizer):
     """``l1 * sum(|x|)``. Keras: ``keras.regularizers.L1(l1=0.01)``."""

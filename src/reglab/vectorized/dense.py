@@ -275,8 +275,9 @@ class DenseStack:
                                    for k, v in reg.hparams().items()}) for pname, reg in self.loss.terms]
             terms = [(pname, elementwise_terms(reg, hp)) for pname, reg, hp in fixed]
             if terms and all(t is not None for _, t in terms):
-                for pname, ts in terms:
-                    self.pgroups.add(1, src, [spans[pname]], [(k, f, df, strength * st) for k, f, df, st in ts])
+                for pname, ts in terms:  # per-model strength times the term's constant
+                    self.pgroups.add(1, src, [spans[pname]], [(k, f, df, strength) for k, f, df, _ in ts],
+                                     weights={k: float(st[0]) for k, _, _, st in ts})
             else:
                 self.loss_terms = [(index[pname], reg, hp) for pname, reg, hp in fixed]
         if self.pgroups:
@@ -399,7 +400,7 @@ class DenseStack:
         if abuf is not None:
             blocks.append(self.agroups.values(abuf, 1.0 / B))
             if self._training:
-                agrad = self.agroups.grad(abuf, 1.0 / B)
+                agrad = self.agroups.grad_factors(abuf, 1.0 / B)
         if self.loss_terms:
             s = self.hparams[RegularizedLoss.source_name]["strength"]
             total = None
@@ -459,7 +460,8 @@ class DenseStack:
         for j in range(len(self.ops) - 1, first - 1, -1):
             if j in self.aspan and agrad is not None:
                 a, b = self.aspan[j]
-                g = g + agrad[..., a:b]
+                for lam, d in agrad:
+                    g = torch.addcmul(g, d[..., a:b], lam[..., a:b])
             if j in c["act_grads"]:
                 g = g + c["act_grads"][j]
             op = self.ops[j]

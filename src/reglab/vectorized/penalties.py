@@ -54,11 +54,19 @@ class PenaltyGroups:
 
     def __init__(self, n_models: int, width: int, dtype: torch.dtype, device: Any):
         self.M, self.W, self.dtype, self.device = n_models, width, dtype, device
-        self._items: list[tuple[int, str, list[tuple[int, int]], list]] = []
+        # (channel, key) -> source -> [(spans, strength (M,), weight)]
+        self._items: dict[tuple[int, Any], dict[str, list]] = {}
+        self._fns: dict[Any, tuple[Any, Any]] = {}
         self.names: list[str] = []
 
-    def add(self, channel: int, source: str, spans: list[tuple[int, int]], terms: list) -> None:
-        self._items.append((channel, source, spans, terms))
+    def add(self, channel: int, source: str, spans: list[tuple[int, int]], terms: list,
+            weights: dict[Any, float] | None = None) -> None:
+        """``terms``: ``[(key, f, f', strength (M,))]`` on ``spans``, each times ``weights[key]``
+        (a constant, default 1)."""
+        for key, f, df, st in terms:
+            self._fns.setdefault(key, (f, df))
+            w = 1.0 if weights is None else float(weights.get(key, 1.0))
+            self._items.setdefault((channel, key), {}).setdefault(source, []).append((spans, st, w))
         if source not in self.names:
             self.names.append(source)
 
@@ -66,27 +74,44 @@ class PenaltyGroups:
         return bool(self._items)
 
     def build(self) -> None:
-        M, W = self.M, self.W
+        M, W, K = self.M, self.W, len(self.names)
         col = {n: j for j, n in enumerate(self.names)}
-        maps: dict[tuple[int, Any], torch.Tensor] = {}
-        fns: dict[Any, tuple[Any, Any]] = {}
-        S: dict[int, torch.Tensor] = {}
-        for ch, source, spans, terms in self._items:
-            s = S.setdefault(ch, torch.zeros(W, len(self.names), dtype=self.dtype, device=self.device))
-            for key, f, df, st in terms:
-                fns.setdefault(key, (f, df))
-                lam = maps.setdefault((ch, key), torch.zeros(M, W, dtype=self.dtype, device=self.device))
-                for a, b in spans:
-                    lam[:, a:b] += st.to(self.dtype)[:, None]
-                    s[a:b, col[source]] = 1.0
-        # per key: f, f', [(Lam, S) per channel], Lam summed over channels (for the derivative)
+        new = {"dtype": self.dtype, "device": self.device}
+        per_key: dict[Any, list] = {}
+        for (ch, key), sources in self._items.items():
+            lam = torch.zeros(M, W, **new)
+            A, Sw = torch.zeros(M, K, **new), torch.zeros(W, K, **new)
+            S = torch.zeros(W, K, **new)
+            factor = True  # values = (f(x) @ Sw) * A, without a pass over Lam * f(x)
+            for source, items in sources.items():
+                c = col[source]
+                for spans, st, w in items:
+                    for a, b in spans:
+                        lam[:, a:b] += (st.to(self.dtype) * w)[:, None]
+                        S[a:b, c] = 1.0
+                if all(st is items[0][1] for _, st, _ in items):
+                    A[:, c] = items[0][1]
+                    for spans, _, w in items:
+                        for a, b in spans:
+                            Sw[a:b, c] += w
+                elif all(sp == items[0][0] for sp, _, _ in items):
+                    A[:, c] = sum(st.to(self.dtype) * w for _, st, w in items)
+                    for a, b in items[0][0]:
+                        Sw[a:b, c] = 1.0
+                else:
+                    factor = False
+            per_key.setdefault(key, []).append((lam, (Sw, A) if factor else None, S))
+        # per key: f, f' (or its constant c where f'(x) = c x), value maps per channel, Lam over channels
         self.groups = []
-        for key, (f, df) in fns.items():
-            per = [(maps[(ch, k)], S[ch]) for ch, k in maps if k == key]
-            total = per[0][0].clone()
-            for lam, _ in per[1:]:
+        for key, chans in per_key.items():
+            f, df = self._fns[key]
+            total = chans[0][0].clone()
+            for lam, _, _ in chans[1:]:
                 total += lam
-            self.groups.append((f, df, per, total))
+            c = getattr(df, "linear_coefficient", None)
+            if c is not None:
+                total *= c
+            self.groups.append((f, df if c is None else None, chans, total))
         self._scaled: dict[float, list] = {}
 
     def _maps(self, scale: float | None) -> list:
@@ -94,30 +119,33 @@ class PenaltyGroups:
             return self.groups
         g = self._scaled.get(scale)
         if g is None:
-            g = self._scaled[scale] = [(f, df, [(lam * scale, s) for lam, s in per], total * scale)
-                                       for f, df, per, total in self.groups]
+            g = self._scaled[scale] = [
+                (f, df, [(lam * scale, None if fa is None else (fa[0], fa[1] * scale), S) for lam, fa, S in chans],
+                 total * scale) for f, df, chans, total in self.groups]
         return g
 
     def values(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """``(M, len(names))``: each source's penalty (times ``scale``) on the buffer ``x``."""
         out = None
         lead = tuple(range(1, x.dim() - 1))
-        for f, _, per, _ in self._maps(scale):
+        for f, _, chans, _ in self._maps(scale):
             F = f(x)
             if lead:
                 F = F.sum(lead)
-            for lam, s in per:
-                v = (F * lam) @ s
+            for lam, fa, S in chans:
+                v = (F @ fa[0]) * fa[1] if fa is not None else (F * lam) @ S
                 out = v if out is None else out + v
         return out
 
+    def grad_factors(self, x: torch.Tensor, scale: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(Lam, f'(x))]`` per kind of term: the derivative is ``sum Lam * f'(x)`` (``Lam``
+        shaped to broadcast against ``x``)."""
+        lead = x.dim() - 2
+        return [(total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],)), x if df is None else df(x))
+                for _, df, _, total in self._maps(scale)]
+
     def grad(self, x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """``d values.sum() / d x`` (times ``scale``), added into ``out`` when given."""
-        lead = x.dim() - 2
-        for _, df, _, total in self._maps(scale):
-            lam = total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],))
-            if out is None:
-                out = lam * df(x)
-            else:
-                out.addcmul_(lam, df(x))
+        for lam, d in self.grad_factors(x, scale):
+            out = lam * d if out is None else out.addcmul_(lam, d)
         return out
