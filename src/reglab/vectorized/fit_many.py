@@ -25,7 +25,7 @@ from .stack import VmapStack
 
 __all__ = ["fit_many", "ManyResult"]
 
-CPU_CHUNK = 256
+CPU_CHUNK = 512
 
 
 @dataclass
@@ -94,7 +94,7 @@ def fit_many(
     ``callbacks`` may hold one ``EarlyStopping``, applied per model. A model whose objective
     becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
-    CPU chunks also hold at most ``CPU_CHUNK`` (256) models, the measured sweet spot (``None``: no chunking).
+    CPU chunks also hold at most ``CPU_CHUNK`` (512) models, the measured sweet spot (``None``: no chunking).
     """
     grid = [dict(g) for g in (grid or [{}])]
     seeds = [int(s) for s in seeds]
@@ -132,7 +132,7 @@ def fit_many(
     per_model_bytes = _estimate_bytes(first, batch_size, int(np.shape(x[0] if x_per else x)[-1]))
     chunk = M if not memory_budget else max(1, min(M, int(memory_budget // max(per_model_bytes, 1))))
     if memory_budget and next(first.parameters()).device.type == "cpu":
-        # measured (benchmarks/RESULTS.md): on CPU the lecture MLP trains fastest per model at M ~ 256;
+        # measured (benchmarks/RESULTS.md): on CPU the lecture MLP trains fastest per model at M ~ 512 (2 threads);
         # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
         chunk = min(chunk, CPU_CHUNK)
     n_chunks = math.ceil(M / chunk)
