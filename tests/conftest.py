@@ -44,4 +44,4 @@ def _no_global_flush_to_zero():
     import reglab.training.engine as engine
 
     engine._GLOBAL_FLUSH = False
-    torch.set_flush_denormal(False)
+    engine._set_flush_denormal(False)

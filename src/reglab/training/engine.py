@@ -178,8 +178,39 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
+def _in_openmp_threads(fn: Any) -> None:
+    """Run ``fn()`` once in each thread of torch's OpenMP pool (the calling thread included).
+
+    ``torch.set_flush_denormal`` sets the floating-point mode of the calling thread only; worker
+    threads copy it when they are created, so a pool that already exists keeps denormals. With
+    2 threads that made 200 epochs of 256 lecture models 2.3x slower (0.143 vs 0.062 s/model).
+    Uses libgomp's ``GOMP_parallel`` (torch's CPU builds on Linux); elsewhere it does nothing.
+    """
+    n = torch.get_num_threads()
+    if n <= 1:
+        return
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL("libgomp.so.1")  # the copy torch loaded (same soname)
+        callback_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+        lib.GOMP_parallel.argtypes = [callback_t, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        lib.GOMP_parallel.restype = None
+        lib.GOMP_parallel(callback_t(lambda _: fn()), None, n, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _set_flush_denormal(on: bool) -> bool:
+    ok = torch.set_flush_denormal(on)
+    if ok:
+        _in_openmp_threads(lambda: torch.set_flush_denormal(on))
+    return ok
+
+
 class _FlushDenormals:
-    """Flush float denormals to zero while training (TensorFlow does the same on CPU).
+    """Flush float denormals to zero while training (TensorFlow does the same on CPU), in every
+    thread of torch's pool.
 
     Weights and activations driven toward 0 by L1/L2 penalties become denormal floats, and CPU
     arithmetic on denormals is up to 100x slower (measured here: a 200-epoch lecture path of 80
@@ -188,12 +219,12 @@ class _FlushDenormals:
     """
 
     def __enter__(self):
-        self._set = torch.set_flush_denormal(True)
+        self._set = _set_flush_denormal(True)
         return self
 
     def __exit__(self, *exc):
         if self._set and not _GLOBAL_FLUSH:
-            torch.set_flush_denormal(False)
+            _set_flush_denormal(False)
 
 
 _GLOBAL_FLUSH = False
@@ -202,7 +233,7 @@ _GLOBAL_FLUSH = False
 def keep_flushing_denormals() -> None:
     """Turn flush-to-zero on for the whole process (the CLI does this)."""
     global _GLOBAL_FLUSH
-    _GLOBAL_FLUSH = torch.set_flush_denormal(True)
+    _GLOBAL_FLUSH = _set_flush_denormal(True)
 
 
 @dataclass
