@@ -75,16 +75,21 @@ class ArrayData:
 
     def batches(self, stack: Stack, batch_size: int, perms: torch.Tensor | None) -> Iterator[tuple[Any, Any, int]]:
         n = self.n
+        x, y, per = self.x, self.y, self.per_model
+        if perms is not None and perms.numel() * (x[0].numel() if not per else x[0, 0].numel()) <= 2**24:
+            # the epoch's order, gathered once; batches are then slices
+            x, y = stack.take(x, perms, per), stack.take(y, perms, per)
+            per, perms = x.dim() > self.x.dim() - (1 if self.per_model else 0), None
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             if perms is None:
-                if self.per_model:
-                    yield self.x[:, start:stop], self.y[:, start:stop], stop - start
+                if per:
+                    yield x[:, start:stop], y[:, start:stop], stop - start
                 else:
-                    yield self.x[start:stop], self.y[start:stop], stop - start
+                    yield x[start:stop], y[start:stop], stop - start
             else:
                 idx = perms[:, start:stop]
-                yield stack.take(self.x, idx, self.per_model), stack.take(self.y, idx, self.per_model), stop - start
+                yield stack.take(x, idx, per), stack.take(y, idx, per), stop - start
 
 
 @dataclass
