@@ -49,17 +49,27 @@ def test_kl_gradient_is_zero_where_the_clip_holds():
 
 
 LOSSES = [L.BinaryCrossentropy(), L.BinaryCrossentropy(from_logits=True), L.LogEpsBinaryCrossentropy(1e-6),
-          L.MeanSquaredError(), L.MeanAbsoluteError()]
+          L.MeanSquaredError(), L.MeanAbsoluteError(), L.CategoricalCrossentropy(),
+          L.CategoricalCrossentropy(from_logits=True), L.SparseCategoricalCrossentropy(),
+          L.SparseCategoricalCrossentropy(from_logits=True)]
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda lo: f"{lo.name}{getattr(lo, 'from_logits', '')}")
 def test_per_example_grad_equals_autograd(loss):
     torch.manual_seed(1)
-    logits = isinstance(loss, L.BinaryCrossentropy) and loss.from_logits
+    logits = getattr(loss, "from_logits", False)
     p = torch.randn(2, 7, 3, dtype=torch.float64) if logits else torch.rand(2, 7, 3, dtype=torch.float64)
     if isinstance(loss, L.BinaryCrossentropy) and not logits:
         p[0, 0, 0], p[0, 1, 1] = 0.0, 1.0  # inside the clip: no gradient
+    if isinstance(loss, (L.CategoricalCrossentropy, L.SparseCategoricalCrossentropy)) and not logits:
+        p[0, 0] = torch.tensor([1e-9, 0.5, 0.5], dtype=torch.float64)  # a clipped class probability
     y = (torch.rand(2, 7, 3, dtype=torch.float64) > 0.5).to(torch.float64)
+    if isinstance(loss, L.CategoricalCrossentropy):
+        y = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 7)), 3).to(torch.float64)
+        y[0, 0] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    if isinstance(loss, L.SparseCategoricalCrossentropy):
+        y = torch.randint(0, 3, (2, 7, 1)).to(torch.float64)
+        y[0, 0, 0] = 0.0
     p.requires_grad_()
     (g,) = torch.autograd.grad(loss.per_example(p, y).sum(), p)
     np.testing.assert_allclose(loss.per_example_grad(p.detach(), y).numpy(), g.numpy(), rtol=1e-12, atol=1e-15)
@@ -98,7 +108,7 @@ def test_what_the_engine_accepts():
     assert "Dropout" in unsupported_reason(reglab.models.mlp(2, [dict(units=4, dropout=0.5), dict(units=1)]),
                                            L.MeanSquaredError())
     assert "not a plain" in unsupported_reason(nn.Linear(2, 1), L.MeanSquaredError())
-    assert "per_example_grad" in unsupported_reason(dense, L.CategoricalCrossentropy())
+    assert "per_example_grad" in unsupported_reason(dense, L.TorchLoss(torch.nn.MSELoss()))
     assert "elu" in unsupported_reason(reglab.models.mlp(2, [dict(units=4, activation="elu")]), L.MeanSquaredError())
     h = dense[0].register_forward_hook(lambda *a: None)
     assert "hook" in unsupported_reason(dense, L.MeanSquaredError())
@@ -160,3 +170,33 @@ def test_keras_adam_fast_step_equals_the_regular_step(dtype):
     for x, y in zip(a, b):
         assert torch.equal(x, y)
         assert torch.equal(fast.state[x]["exp_avg_sq"], slow.state[y]["exp_avg_sq"])
+
+
+def test_multiclass_softmax_net_on_the_engine_equals_autograd_and_fit_many():
+    """Digits-like 3-class problem, softmax output, sparse labels: dense fit = autograd fit
+    (1e-12 over 5 epochs, float64) and fit_many of 3 models = separate fits, bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(90, 4, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+
+    def build():
+        return reglab.models.mlp(4, [dict(units=8, activation="tanh", kernel_regularizer=reglab.L2(0.01)),
+                                     dict(units=3, activation="softmax")]).to(torch.float64)
+    runs = []
+    for instance in (False, True):
+        torch.manual_seed(1)
+        m = build()
+        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
+        runs.append(reglab.fit(m, x, y, loss="sparse_categorical_crossentropy", optimizer=opt, epochs=5,
+                               batch_size=16, seed=2, progress=False))
+    for k in runs[0].keys():
+        np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-12, err_msg=k)
+    res = reglab.fit_many(build, x, y, seeds=[1, 2, 3], loss="sparse_categorical_crossentropy", epochs=20,
+                          batch_size=16, progress=False)
+    assert res.engine == "dense"
+    torch.manual_seed(2)
+    m = build()
+    h = reglab.fit(m, x, y, loss="sparse_categorical_crossentropy", epochs=20, batch_size=16, seed=2, progress=False)
+    np.testing.assert_allclose(res.histories[1]["loss"], h["loss"], rtol=1e-12)
+    for p, q in zip(m.parameters(), res.models[1].parameters()):
+        assert torch.equal(p.detach(), q.detach())

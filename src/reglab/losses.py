@@ -142,6 +142,8 @@ class CategoricalCrossentropy(Loss):
     def __init__(self, from_logits: bool = False):
         self.from_logits = bool(from_logits)
 
+    native_grad = True
+
     def per_example(self, y_pred, y_true):
         if self.from_logits:
             logp = F.log_softmax(y_pred, dim=-1)
@@ -149,6 +151,21 @@ class CategoricalCrossentropy(Loss):
             p = y_pred / y_pred.sum(dim=-1, keepdim=True)
             logp = torch.log(p.clamp(EPSILON, 1.0 - EPSILON))
         return -(y_true * logp).sum(dim=-1)
+
+    def per_example_grad(self, y_pred, y_true):
+        return _categorical_grad(y_pred, y_true, self.from_logits)
+
+
+def _categorical_grad(y_pred: torch.Tensor, y: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """``d/d y_pred`` of ``-sum(y log q)``: ``q = softmax(y_pred)`` (logits) or the clipped
+    ``y_pred / sum(y_pred)`` (probabilities, Keras)."""
+    if from_logits:
+        return torch.softmax(y_pred, dim=-1) * y.sum(dim=-1, keepdim=True) - y
+    s = y_pred.sum(dim=-1, keepdim=True)
+    p = y_pred / s
+    pc = p.clamp(EPSILON, 1.0 - EPSILON)
+    dp = -y / pc * (pc == p)  # the clip passes no gradient
+    return (dp - (dp * p).sum(dim=-1, keepdim=True)) / s
 
 
 class SparseCategoricalCrossentropy(Loss):
@@ -167,10 +184,19 @@ class SparseCategoricalCrossentropy(Loss):
         if t != tuple(pred_shape[:-1]):
             raise ValueError(f"{self.name}: y shape {tuple(true_shape)} does not match model output {tuple(pred_shape)}")
 
-    def per_example(self, y_pred, y_true):
+    native_grad = True
+
+    @staticmethod
+    def _labels(y_pred, y_true):
         y = y_true.long()
-        if y.dim() == y_pred.dim():
-            y = y.squeeze(-1)
+        return y.squeeze(-1) if y.dim() == y_pred.dim() else y
+
+    def per_example_grad(self, y_pred, y_true):
+        onehot = F.one_hot(self._labels(y_pred, y_true), y_pred.shape[-1]).to(y_pred.dtype)
+        return _categorical_grad(y_pred, onehot, self.from_logits)
+
+    def per_example(self, y_pred, y_true):
+        y = self._labels(y_pred, y_true)
         if self.from_logits:
             logp = F.log_softmax(y_pred, dim=-1)
         else:
