@@ -200,3 +200,25 @@ def test_multiclass_softmax_net_on_the_engine_equals_autograd_and_fit_many():
     np.testing.assert_allclose(res.histories[1]["loss"], h["loss"], rtol=1e-12)
     for p, q in zip(m.parameters(), res.models[1].parameters()):
         assert torch.equal(p.detach(), q.detach())
+
+
+def test_a_regularizer_torch_func_cannot_transform_falls_back_in_fit_and_is_named_in_fit_many():
+    data = blobs(0)
+
+    def odd(x):  # .item() cannot run under torch.func's vmap
+        return x.square().sum() * (1.0 + 0.0 * float(x.abs().max().item()))
+
+    def build():
+        return reglab.models.mlp(2, [dict(units=4, activation="relu", kernel_regularizer=R.from_function(odd)),
+                                     dict(units=1, activation="sigmoid")])
+    torch.manual_seed(0)
+    m = build()
+    h = reglab.fit(m, data[0], data[1], loss="binary_crossentropy", epochs=2, batch_size=20, seed=0, progress=False)
+    assert len(h) == 2 and np.isfinite(h["penalty/0.weight"]).all() and h["penalty/0.weight"][0] > 0
+    one = reglab.fit_many(build, data[0], data[1], seeds=[0], loss="binary_crossentropy", epochs=2, batch_size=20,
+                          progress=False)
+    assert one.engine == "single"
+    np.testing.assert_allclose(one.histories[0]["loss"], h["loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"penalty source '0.weight'.*torch.func"):
+        reglab.fit_many(build, data[0], data[1], seeds=[0, 1], loss="binary_crossentropy", epochs=1,
+                        progress=False)

@@ -161,11 +161,14 @@ def fit(
     with_acc = "accuracy" in metrics and loss_fn.task is not None
     stack = None
     if dense_eligible(model, loss_fn, optimizer, train, val):
-        from ..vectorized.dense import DenseStack
+        from ..vectorized.dense import DenseStack, NotTransformable
 
-        stack = DenseStack([model], [loss_fn], with_acc, 2, train.y.dim())
-        opt = _optimizers.get(optimizer, stack.params)
-    else:
+        try:
+            stack = DenseStack([model], [loss_fn], with_acc, 2, train.y.dim())
+            opt = _optimizers.get(optimizer, stack.params)
+        except NotTransformable:  # a custom regularizer torch.func cannot handle: autograd can
+            stack = None
+    if stack is None:
         stack = SingleStack(model, loss_fn, with_acc)
     try:
         result = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=do_shuffle, seeds=[seed],

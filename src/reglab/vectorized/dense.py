@@ -43,7 +43,7 @@ from ..training.objective import correct_per_example
 from .penalties import PenaltyGroups, elementwise_terms
 from .stack import shared_constraints, stacked_hparams
 
-__all__ = ["DenseStack", "unsupported_reason"]
+__all__ = ["DenseStack", "NotTransformable", "unsupported_reason"]
 
 
 # ----------------------------------------------------------------------------- activations
@@ -178,6 +178,10 @@ class _Unsupported(Exception):
     pass
 
 
+class NotTransformable(ValueError):
+    """A custom regularizer that ``torch.func`` cannot differentiate per model."""
+
+
 def _check_hooks(model: nn.Module) -> None:
     from torch.nn.modules import module as _m
 
@@ -241,7 +245,7 @@ class DenseStack:
             for k, m in enumerate(self.models):
                 for (_, p), o, n in zip(m.named_parameters(), self.offsets, sizes):
                     self.flat[k, o:o + n] = p.detach().reshape(-1)
-        # the gradient buffer: every step writes each parameter's gradient into its view
+        # the gradient buffer (one model: bmm/sum write into its views; a stack: one cat)
         self.gflat = torch.zeros_like(self.flat)
         self.views = [self.flat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
         self.gviews = [self.gflat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
@@ -250,10 +254,6 @@ class DenseStack:
         self.wt = {i: v.transpose(1, 2) for i, v in enumerate(self.views) if v.dim() == 3}
         self.b1 = {i: v.unsqueeze(1) for i, v in enumerate(self.views) if v.dim() == 2}
         self.params = [self.flat]
-        self._aliased = M == 1
-        if self._aliased:  # the model's parameters are views of the buffer while training
-            for (_, p), v in zip(base.named_parameters(), self.views):
-                p.data = v[0]
         index = {n: i for i, n in enumerate(self.param_names)}
         spans = {n: (o, o + int(np.prod(sh))) for n, o, sh in zip(self.param_names, self.offsets, self.shapes)}
 
@@ -331,18 +331,28 @@ class DenseStack:
         self.constraints = [(index[name], c) for name, c in shared_constraints(self.models)]
         self._training = True
         self._cache: dict[str, Any] | None = None
-        self._check_regularizers()
+        self._check_regularizers(widths)
+        self._aliased = M == 1
+        if self._aliased:  # the model's parameters are views of the buffer while training
+            for (_, p), v in zip(base.named_parameters(), self.views):
+                p.data = v[0]
 
-    def _check_regularizers(self) -> None:
+    def _check_regularizers(self, widths: list[int]) -> None:
         """Regularizers without a hand-written derivative go through ``torch.func``: try each once
-        now, so one that cannot be traced is reported before training."""
-        for name, i, reg in self.param_pens:
+        now (activity ones on zeros of their layer's width), so one that cannot be transformed is
+        reported before training."""
+        checks = [(name, reg, self.views[i]) for name, i, reg in self.param_pens]
+        checks += [(name, reg, self.flat.new_zeros(self.n_models, 2, widths[j]))
+                   for j, regs in self.activity_at.items() for name, reg, _ in regs]
+        for name, reg, x in checks:
             if not reg.native_grad:
                 try:
-                    reg.value_and_grad(self.views[i], self.hparams.get(name, {}))
+                    reg.value_and_grad(x, self.hparams.get(name, {}))
                 except Exception as e:  # noqa: BLE001 -- reported with the source
-                    raise ValueError(f"penalty source {name!r}: {reg!r} could not be differentiated with "
-                                     f"torch.func ({e}); give it compute()/hparams() or train with fit") from e
+                    raise NotTransformable(
+                        f"penalty source {name!r}: {reg!r} could not be differentiated with torch.func ({e}); "
+                        "give it compute(x, **strengths)/hparams(), or train the models one by one with fit "
+                        "(autograd)") from e
 
     # -- the stack protocol
     def train(self, mode: bool) -> None:

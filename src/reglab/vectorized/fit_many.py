@@ -20,7 +20,7 @@ from ..attach import refresh_constraints
 from ..training.engine import ArrayData, SingleStack, run
 from ..training.fit import check_metrics, prepare_arrays
 from ..training.history import History
-from .dense import DenseStack, unsupported_reason
+from .dense import DenseStack, NotTransformable, unsupported_reason
 from .stack import VmapStack
 
 __all__ = ["fit_many", "ManyResult"]
@@ -165,9 +165,16 @@ def fit_many(
         x_dim = train.x.dim() - (1 if train.per_model else 0)
         y_dim = train.y.dim() - (1 if train.per_model else 0)
         with_acc = "accuracy" in metrics and losses[0].task is not None
+        stack = None
         if x_dim == 2 and unsupported_reason(models[0], losses[0]) is None:
-            stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
-            result.engine = "dense"
+            try:
+                stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
+                result.engine = "dense"
+            except NotTransformable:
+                if not single:  # vmap would fail on it too; one model can use autograd
+                    raise
+        if stack is not None:
+            pass
         elif single:
             refresh_constraints(models[0])
             stack = SingleStack(models[0], losses[0], with_acc)
