@@ -222,3 +222,27 @@ def test_a_regularizer_torch_func_cannot_transform_falls_back_in_fit_and_is_name
     with pytest.raises(ValueError, match=r"penalty source '0.weight'.*torch.func"):
         reglab.fit_many(build, data[0], data[1], seeds=[0, 1], loss="binary_crossentropy", epochs=1,
                         progress=False)
+
+
+def test_plain_torch_layers_root_activity_and_no_bias_match_autograd():
+    """nn.Linear without bias, nn.ReLU/nn.Tanh modules, an activity penalty on the Sequential itself and one
+    on the same output from its last layer (two sources on one output), L1L2 on a bias."""
+    data = blobs(3)
+
+    def build():
+        torch.manual_seed(5)
+        m = nn.Sequential(nn.Linear(2, 6, bias=False), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(),
+                          nn.Linear(5, 1), nn.Sigmoid()).double()
+        reglab.regularize(m, params={"2.bias": reglab.L1L2(0.01, 0.02), "0.weight": "l2"},
+                          activity={"": reglab.L1(0.01), "5": reglab.L2(0.03), "1": reglab.L1(0.02)})
+        return m
+    assert unsupported_reason(build(), L.BinaryCrossentropy()) is None
+    out = []
+    for instance in (False, True):
+        m = build()
+        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
+        out.append(reglab.fit(m, data[0], data[1], loss="binary_crossentropy", optimizer=opt, epochs=4,
+                              batch_size=16, validation_data=(data[2], data[3]), seed=1, progress=False))
+    assert out[0].keys() == out[1].keys() and "penalty/:activity" in out[0]
+    for k in out[0].keys():
+        np.testing.assert_allclose(out[0][k], out[1][k], rtol=1e-12, err_msg=k)
