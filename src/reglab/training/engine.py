@@ -42,6 +42,10 @@ class TrainingDiverged(RuntimeError):
 
 
 class Stack(Protocol):
+    """What the loop needs from M models. Optional: ``sets_grad = True`` (``backward`` replaces
+    the gradient, so the loop skips ``optimizer.zero_grad``), ``eval_batches(data, batch_size)``
+    (how to split validation data), ``state_dict(snap)``, ``merge_snapshot``, ``write_back()``."""
+
     n_models: int
     params: list[torch.Tensor]
 
@@ -49,9 +53,10 @@ class Stack(Protocol):
     def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str], torch.Tensor | None]:
         """``(data loss per example (M, B), correct (M, B) or None, penalty names, penalties (K, M) or None)``."""
     def take(self, data: torch.Tensor, idx: torch.Tensor, per_model: bool) -> torch.Tensor: ...
-    def backward(self, total: torch.Tensor, active: np.ndarray | None) -> None:
-        """Set the gradients of ``total.sum()`` (``total``: the objective per model, zero for
-        models outside ``active``)."""
+    def backward(self, total: torch.Tensor | None, active: np.ndarray | None) -> None:
+        """Set the gradients of the objective summed over models, models outside ``active`` (when
+        given) contributing nothing. Autograd stacks get ``total`` (per model, already zero outside
+        ``active``); a stack with ``sets_grad`` gets ``None`` and uses its own last objective."""
     def after_step(self) -> None: ...
     def snapshot(self) -> Any: ...
     def restore(self, snap: Any, mask: np.ndarray) -> None: ...
