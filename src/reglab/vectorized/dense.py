@@ -134,10 +134,11 @@ def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
 
 @dataclass
 class _Op:
-    kind: str  # "affine" or "act"
+    kind: str  # "affine", "act" or "dropout"
     w: int = -1
     b: int | None = None
     act: str = "linear"
+    p: float = 0.0
 
 
 def _ops(model: nn.Module) -> tuple[list[_Op], dict[int, int]]:
@@ -159,6 +160,9 @@ def _ops(model: nn.Module) -> tuple[list[_Op], dict[int, int]]:
                 if act not in _ACTS:
                     raise _Unsupported(f"layer {cname!r}: activation {act!r} has no hand-written derivative")
                 ops.append(_Op("act", act=act))
+        elif type(mod) is nn.Dropout:
+            if mod.p > 0:
+                ops.append(_Op("dropout", p=float(mod.p)))
         else:
             act = _act_name(mod)
             if act is None:
@@ -394,9 +398,15 @@ class DenseStack:
             if op.kind == "affine":
                 inputs[j] = h
                 h = _affine(h, self.wt[op.w], None if op.b is None else self.b1[op.b], dest)
-            else:
+            elif op.kind == "act":
                 h = _act(op.act, h, dest)
                 outputs[j] = h
+            elif self._training:  # dropout while training: torch's own recipe (same draws as nn.Dropout)
+                noise = torch.empty_like(h).bernoulli_(1.0 - op.p).div_(1.0 - op.p)
+                h = torch.mul(h, noise, out=dest)
+                outputs[j] = noise
+            elif dest is not None:  # dropout in evaluation: the identity
+                h = dest.copy_(h)
             for name, reg, linear in self.activity_at.get(j, ()):
                 # Keras divides an activity penalty by the batch size; folded into the strengths
                 if linear:
@@ -477,6 +487,9 @@ class DenseStack:
             op = self.ops[j]
             if op.kind == "act":
                 g = _ACTS[op.act][1](g, c["outputs"][j])
+                continue
+            if op.kind == "dropout":
+                g = g * c["outputs"][j]
                 continue
             # one model: straight into the (contiguous) gradient views; a stack: into new tensors,
             # gathered by one cat below (writing into strided views makes bmm loop per model)
