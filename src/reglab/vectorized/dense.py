@@ -41,7 +41,7 @@ from .. import regularizers as R
 from ..losses import Loss, RegularizedLoss
 from ..training.objective import correct_per_example
 from .penalties import PenaltyGroups, elementwise_terms
-from .stack import shared_constraints, stacked_hparams
+from .stack import shared_constraints, stacked_hparams, take_rows
 
 __all__ = ["DenseStack", "NotTransformable", "unsupported_reason"]
 
@@ -141,6 +141,17 @@ class _Op:
     p: float = 0.0
 
 
+def _act_ops(cname: str, act: str | None, unknown: str) -> list[_Op]:
+    """The op of activation ``act`` of layer ``cname`` (none for linear); ``unknown``: why None."""
+    if act is None:
+        raise _Unsupported(f"layer {cname!r} {unknown}")
+    if act == "linear":
+        return []
+    if act not in _ACTS:
+        raise _Unsupported(f"layer {cname!r}: activation {act!r} has no hand-written derivative")
+    return [_Op("act", act=act)]
+
+
 def _ops(model: nn.Module) -> tuple[list[_Op], dict[int, int]]:
     """The op list of a supported model and, per module id, the op whose output is the module's."""
     if type(model) is not nn.Sequential:
@@ -154,23 +165,12 @@ def _ops(model: nn.Module) -> tuple[list[_Op], dict[int, int]]:
             b = names.index(f"{cname}.bias") if mod.bias is not None else None
             ops.append(_Op("affine", w=w, b=b))
             act = _BY_FN.get(id(mod.activation)) if type(mod) is Dense else "linear"
-            if act is None:
-                raise _Unsupported(f"layer {cname!r} has a custom activation")
-            if act != "linear":
-                if act not in _ACTS:
-                    raise _Unsupported(f"layer {cname!r}: activation {act!r} has no hand-written derivative")
-                ops.append(_Op("act", act=act))
+            ops += _act_ops(cname, act, "has a custom activation")
         elif type(mod) is nn.Dropout:
             if mod.p > 0:
                 ops.append(_Op("dropout", p=float(mod.p)))
         else:
-            act = _act_name(mod)
-            if act is None:
-                raise _Unsupported(f"layer {cname!r} is a {type(mod).__name__}")
-            if act != "linear":
-                if act not in _ACTS:
-                    raise _Unsupported(f"layer {cname!r}: activation {act!r} has no hand-written derivative")
-                ops.append(_Op("act", act=act))
+            ops += _act_ops(cname, _act_name(mod), f"is a {type(mod).__name__}")
         out_of[id(mod)] = len(ops) - 1
     out_of[id(model)] = len(ops) - 1
     if not any(op.kind == "affine" for op in ops):
@@ -364,10 +364,7 @@ class DenseStack:
         self.base.train(mode)
 
     def take(self, data, idx, per_model=False):
-        if per_model:
-            return torch.gather(data, 1, idx.reshape(idx.shape + (1,) * (data.dim() - 2)).expand(
-                idx.shape + data.shape[2:])) if data.dim() > 2 else torch.gather(data, 1, idx)
-        return data[idx]
+        return take_rows(data, idx, per_model)
 
     @torch.no_grad()
     def objective(self, xb, yb):
@@ -509,6 +506,7 @@ class DenseStack:
         if active is not None:
             self.gflat.masked_fill_(~torch.as_tensor(active, device=self.gflat.device)[:, None], 0.0)
         self.flat.grad = self.gflat
+
     @torch.no_grad()
     def after_step(self) -> None:
         for i, c in self.constraints:

@@ -78,6 +78,14 @@ def stacked_hparams(models: Sequence[nn.Module], losses: Sequence[Loss]) -> tupl
     return plans[0], names, hparams
 
 
+def take_rows(data: torch.Tensor, idx: torch.Tensor, per_model: bool) -> torch.Tensor:
+    """Model m's examples ``idx[m]``: from shared ``data (N, ...)`` or per-model ``data (M, N, ...)``."""
+    if per_model:
+        return torch.gather(data, 1, idx.reshape(idx.shape + (1,) * (data.dim() - 2)).expand(
+            idx.shape + data.shape[2:])) if data.dim() > 2 else torch.gather(data, 1, idx)
+    return data[idx]
+
+
 def shared_constraints(models: Sequence[nn.Module]) -> list[tuple[str, Any]]:
     """``[(parameter name, constraint)]`` of model 0, checked equal in every model."""
     first = [(name, c) for name, _, _, c in constraint_sources(models[0])]
@@ -166,10 +174,7 @@ class VmapStack:
                 pens.transpose(0, 1) if pens.shape[1] else None)
 
     def take(self, data, idx, per_model=False):
-        if per_model:
-            return torch.gather(data, 1, idx.reshape(idx.shape + (1,) * (data.dim() - 2)).expand(
-                idx.shape + data.shape[2:])) if data.dim() > 2 else torch.gather(data, 1, idx)
-        return data[idx]
+        return take_rows(data, idx, per_model)
 
     def backward(self, total, active) -> None:
         total.sum().backward()
