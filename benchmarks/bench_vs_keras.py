@@ -4,6 +4,7 @@ Sides, each at its best thread setting on this machine (1 and 2 threads tried, b
   keras      real Keras 3 on the torch backend, model.fit (float32)
   sklearn    MLPClassifier, same architecture, Adam lr 0.001, batch 20, 200 epochs, L2 alpha 0.001
   fit        reglab.fit, one model
+  fit_l2     reglab.fit on scikit-learn's workload (L2 on kernels only, no activity, no validation)
   fit_many   reglab.fit_many, M models (seeds) at once, M = 1, 16, 64, 256, 1024
 Each measurement runs in a fresh subprocess, so its peak RSS is its own. Validation on 75 points
 each epoch for keras/fit/fit_many (sklearn has none). Time per model and ratios to Keras and to
@@ -106,6 +107,27 @@ def run_fit(epochs, threads, device="cpu"):
     return time.perf_counter() - t, 1
 
 
+def run_fit_l2(epochs, threads, device="cpu"):
+    """reglab.fit on scikit-learn's workload: L2 on the kernels only, no activity penalty, no
+    validation (what MLPClassifier's alpha does), for a like-for-like one-model comparison."""
+    import torch
+    import reglab
+
+    torch.set_num_threads(threads)
+    _import_optim_lazies()
+    xtr, ytr, _, _ = data()
+    torch.manual_seed(0)
+    L2 = reglab.L2(0.001)
+    model = reglab.models.mlp(2, [dict(units=32, activation="relu", kernel_regularizer=L2)] * 5 +
+                              [dict(units=1, activation="sigmoid", kernel_regularizer=L2)])
+    t = time.perf_counter()
+    reglab.fit(model, xtr, ytr, loss="binary_crossentropy", optimizer="adam", epochs=epochs, batch_size=20, seed=0,
+               progress=False, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, 1
+
+
 def run_fit_many(epochs, threads, m, device="cpu"):
     import torch
     import reglab
@@ -123,12 +145,14 @@ def run_fit_many(epochs, threads, m, device="cpu"):
 
 
 def child(args):
-    fn = {"keras": run_keras, "sklearn": run_sklearn, "fit": run_fit, "fit_many": run_fit_many}[args.side]
-    extra = ([args.m] if args.side == "fit_many" else []) + ([args.device] if args.side in ("fit", "fit_many") else [])
+    fn = {"keras": run_keras, "sklearn": run_sklearn, "fit": run_fit, "fit_l2": run_fit_l2,
+          "fit_many": run_fit_many}[args.side]
+    extra = ([args.m] if args.side == "fit_many" else []) + (
+        [args.device] if args.side in ("fit", "fit_l2", "fit_many") else [])
     seconds, m = fn(args.epochs, args.threads, *extra)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mb = None
-    if args.device == "cuda" and args.side in ("fit", "fit_many"):
+    if args.device == "cuda" and args.side in ("fit", "fit_l2", "fit_many"):
         import torch
 
         gpu_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -160,7 +184,7 @@ def main():
     threads = [int(t) for t in args.threads_list.split(",")]
     rows = []
     sides = [s for s in ("keras", "sklearn") if s not in args.skip.split(",")]
-    for side in sides + ["fit"]:
+    for side in sides + ["fit", "fit_l2"]:
         best = min((measure(side, args.epochs, t, device=args.device) for t in threads), key=lambda r: r["seconds"])
         rows.append(best)
         print(f"{side:9s} M=1     {best['seconds']:8.2f} s  ({best['threads']} thread(s))", flush=True)
@@ -179,7 +203,7 @@ def main():
         per = r["seconds"] / r["m"] * scale
         vk = f"{keras_t * scale / per:.1f}x" if keras_t else "–"
         vs = f"{sk_t * scale / per:.2f}x" if sk_t else "–"
-        gf = GFLOP_PER_RUN / per if r["side"] in ("fit", "fit_many") else float("nan")
+        gf = GFLOP_PER_RUN / per if r["side"] in ("fit", "fit_l2", "fit_many") else float("nan")
         print(f"| {r['side']} | {r['m']} | {r['threads']} | {per:.4f} | {vk} | {vs} | {gf:.1f} | {r['peak_rss_mb']:.0f} | "
               f"{r['peak_gpu_mb'] if r['peak_gpu_mb'] is None else round(r['peak_gpu_mb'])} |")
     if args.json:
