@@ -90,17 +90,11 @@ class BinaryCrossentropy(Loss):
 
     native_grad = True
 
-    @staticmethod
-    def _clipped(y_pred, y_true):
-        """``(p, 1 - p, per-element loss)`` with ``p`` the clipped prediction."""
-        p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
-        q = 1.0 - p
-        return p, q, -(y_true * torch.log(p) + (1.0 - y_true) * torch.log(q))
-
     def per_example(self, y_pred, y_true):
         if self.from_logits:
             return _mean_last(F.binary_cross_entropy_with_logits(y_pred, y_true, reduction="none"))
-        return _mean_last(self._clipped(y_pred, y_true)[2])
+        p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+        return _mean_last(F.binary_cross_entropy(p, y_true, reduction="none"))
 
     def per_example_grad(self, y_pred, y_true):
         return self.per_example_and_grad(y_pred, y_true)[1]
@@ -108,9 +102,12 @@ class BinaryCrossentropy(Loss):
     def per_example_and_grad(self, y_pred, y_true):
         if self.from_logits:  # d/dz = sigmoid(z) - y
             return self.per_example(y_pred, y_true), _mean_last_grad(whole_vectors(torch.sigmoid, y_pred) - y_true)
-        # d/dp = (p - y) / (p (1 - p)), zero where the clip is active (p != y_pred)
-        p, q, v = self._clipped(y_pred, y_true)
-        return _mean_last(v), _mean_last_grad((p - y_true) / (p * q) * (p == y_pred))
+        # torch's BCE kernels on the clipped p: value -(y log p + (1-y) log(1-p)), derivative
+        # (p - y) / (p (1 - p)); the clip passes no gradient (p != y_pred there)
+        p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+        v = F.binary_cross_entropy(p, y_true, reduction="none")
+        g = torch.ops.aten.binary_cross_entropy_backward(p.new_ones(()), p, y_true, None, 0) * (p == y_pred)
+        return _mean_last(v), _mean_last_grad(g)
 
 
 class LogEpsBinaryCrossentropy(Loss):
