@@ -4,8 +4,8 @@ activation layers, trained with the backward pass written out. ``fit`` (M = 1) a
 (``SingleStack``) or ``torch.vmap`` (``VmapStack``).
 
 Why: for the small MLPs regularization is studied on, autograd's bookkeeping costs more than the
-arithmetic (a 6-layer step of the lecture's net: ~0.7 ms through autograd, ~0.1 ms of actual
-kernels). Per model m and Dense layer (torch layout ``W (out, in)``)::
+arithmetic (a step of the lecture's program 6 on a 2-core CPU: ~1.4 ms through autograd, ~0.45 ms
+here). Per model m and Dense layer (torch layout ``W (out, in)``)::
 
     forward    z = h W^T + b,        y = act(z)
     backward   dy += d activity(y) / dy
@@ -13,7 +13,10 @@ kernels). Per model m and Dense layer (torch layout ``W (out, in)``)::
 
 with the data-loss derivative from ``Loss.per_example_grad`` and penalty derivatives from
 ``Regularizer.value_and_grad`` (the same objects ``fit`` uses; each derivative is tested against
-autograd). Activity penalties are divided by the batch size, as in Keras.
+autograd). Activity penalties are divided by the batch size, as in Keras. ``nn.Dropout`` layers
+draw their masks exactly as ``nn.Dropout`` does, so ``fit`` gives the autograd path's numbers; a
+stack of M > 1 draws all its models' masks at once, so with dropout a model in ``fit_many`` does
+not get the draw it gets alone (as on the vmap path).
 
 Layout: row m of one ``(M, P)`` buffer holds all of model m's parameters (P padded to a multiple
 of 64), so the optimizer runs one fused kernel on one tensor and every element is updated by the
@@ -34,10 +37,10 @@ import torch
 from torch import nn
 
 from .. import activations as _activations
+from .. import regularizers as R
 from .._lanes import LANES, whole_vectors
 from ..attach import _activity_hook
 from ..layers import Activation, Dense
-from .. import regularizers as R
 from ..losses import Loss, RegularizedLoss
 from ..training.objective import correct_per_example
 from .penalties import PenaltyGroups, elementwise_terms
