@@ -342,15 +342,14 @@ def run(
                     frozen_any = True
                     if not active.any():
                         break
+                if frozen_any:
+                    before = [p.detach().clone() for p in stack.params]
                 if not getattr(stack, "sets_grad", False):
                     # autograd stacks differentiate the objective summed over models (frozen ones: 0)
                     if total is None:
                         total = data_mean + pens.sum(0) if pens is not None else data_mean
                     if frozen_any:
                         total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
-                if frozen_any:
-                    before = [p.detach().clone() for p in stack.params]
-                if not getattr(stack, "sets_grad", False):
                     optimizer.zero_grad(set_to_none=True)
                 stack.backward(total, active if frozen_any else None)
                 optimizer.step()
