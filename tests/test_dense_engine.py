@@ -287,3 +287,21 @@ def test_keras_adam_step_hooks_run_once_per_step():
         p.grad = torch.ones(3)
         opt.step()
     assert calls == ["pre", "post"] * 3
+
+
+def test_a_tensor_penalized_by_its_layer_and_by_a_regularized_loss():
+    """Two sources on one tensor (two channels of the grouped penalties), strengths differing per
+    tensor inside the RegularizedLoss (L1, L2, L1L2 codes): engine = autograd, both logged."""
+    data = blobs(4)
+    out = []
+    for instance in (False, True):
+        torch.manual_seed(3)
+        m = reglab.models.mlp(2, [dict(units=6, activation="relu", kernel_regularizer=reglab.L2(0.02)),
+                                  dict(units=1, activation="sigmoid", bias_regularizer=reglab.L1(0.01))]).double()
+        loss = reglab.RegularizedLoss("binary_crossentropy", m, [1, 2, 12, -1], strength=0.05)
+        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
+        out.append(reglab.fit(m, data[0], data[1], loss=loss, optimizer=opt, epochs=3, batch_size=20, seed=0,
+                              progress=False))
+    assert {"penalty/0.weight", "penalty/1.bias", "penalty/loss:penalty"} <= set(out[0].keys())
+    for k in out[0].keys():
+        np.testing.assert_allclose(out[0][k], out[1][k], rtol=1e-12, err_msg=k)
