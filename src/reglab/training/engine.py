@@ -82,9 +82,11 @@ class ArrayData:
         n = self.n
         x, y, per = self.x, self.y, self.per_model
         if perms is not None and perms.numel() * (x[0].numel() if not per else x[0, 0].numel()) <= 2**24:
-            # the epoch's order, gathered once; batches are then slices
+            # the epoch's order, gathered once; batches are then slices. A stack gets one row per
+            # model back (M, N, ...), a single model (N, ...): one axis more than shared data.
             x, y = stack.take(x, perms, per), stack.take(y, perms, per)
-            per, perms = x.dim() > self.x.dim() - (1 if self.per_model else 0), None
+            shared_dims = self.x.dim() - (1 if self.per_model else 0)
+            per, perms = x.dim() > shared_dims, None
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             if perms is None:

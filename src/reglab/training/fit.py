@@ -127,7 +127,6 @@ def fit(
     dtype, dev = p0.dtype, p0.device
     loss_fn = _losses.get(loss)
     refresh_constraints(model)
-    opt = _optimizers.get(optimizer, model.parameters())
     if validation_split:
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 < validation_split < 1:
             raise ValueError(f"validation_split must be a number in (0, 1); got validation_split={validation_split!r}")
@@ -165,11 +164,16 @@ def fit(
 
         try:
             stack = DenseStack([model], [loss_fn], with_acc, 2, train.y.dim())
-            opt = _optimizers.get(optimizer, stack.params)
         except NotTransformable:  # a custom regularizer torch.func cannot handle: autograd can
             stack = None
     if stack is None:
         stack = SingleStack(model, loss_fn, with_acc)
+    try:
+        opt = _optimizers.get(optimizer, stack.params)
+    except ValueError:
+        if hasattr(stack, "write_back"):
+            stack.write_back()  # give the model its own storage back
+        raise
     try:
         result = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=do_shuffle, seeds=[seed],
                      callbacks=others, early_stopping=stoppers[0] if stoppers else None, progress=progress,

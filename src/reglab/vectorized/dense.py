@@ -296,6 +296,7 @@ class DenseStack:
             if op.kind == "affine":
                 w = self.shapes[op.w][0]
             widths.append(w)
+        self._widest = max(self.shapes[op.w][0] for op in self.ops if op.kind == "affine")  # for eval_batches
         self.activity_at: dict[int, list[tuple[str, Any, bool]]] = {}
         self.agroups: PenaltyGroups | None = None
         grouped = {}
@@ -306,7 +307,7 @@ class DenseStack:
             terms = elementwise_terms(reg, self.hparams.get(name, {}))
             if terms is None:
                 self._one_pass = False
-                linear = isinstance(reg, (R.ElementwiseRegularizer, R.KLSparsity))  # linear in each strength
+                linear = isinstance(reg, R.KLSparsity)  # value and derivative linear in its strength
                 self.activity_at.setdefault(j, []).append((name, reg, linear))
             else:
                 grouped.setdefault(j, []).append((name, terms))
@@ -460,8 +461,7 @@ class DenseStack:
         batch, and an element-wise activity penalty over batches b sums to
         ``sum_b bs_b * R(h_b) / bs_b = R(h_all)``. A non-decomposable activity penalty (KL
         sparsity) or a large set is evaluated batch by batch."""
-        widest = max([self.views[op.w].shape[1] for op in self.ops if op.kind == "affine"])
-        if self._one_pass and data.n * self.n_models * widest <= 2**22:
+        if self._one_pass and data.n * self.n_models * self._widest <= 2**22:
             return [(data.x, data.y, data.n)]
         return data.batches(self, batch_size, None)
 

@@ -173,13 +173,11 @@ def fit_many(
             except NotTransformable:
                 if not single:  # vmap would fail on it too; one model can use autograd
                     raise
-        if stack is not None:
-            pass
-        elif single:
+        if stack is None and single:
             refresh_constraints(models[0])
             stack = SingleStack(models[0], losses[0], with_acc)
             result.engine = "single"
-        else:
+        elif stack is None:
             stack = VmapStack(models, losses, with_acc, x_dim, y_dim)
             result.engine = "vmap"
         opt = _optimizers.get(optimizer, stack.params)
