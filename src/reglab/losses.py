@@ -70,12 +70,27 @@ class Loss:
 
 
 def _mean_last(v: torch.Tensor) -> torch.Tensor:
-    return v.mean(dim=-1) if v.dim() > 1 else v
+    if v.dim() <= 1:
+        return v
+    # the mean of one number is that number (the same bits, no kernel)
+    return v.squeeze(-1) if v.shape[-1] == 1 else v.mean(dim=-1)
 
 
 def _mean_last_grad(g: torch.Tensor) -> torch.Tensor:
     """The derivative of ``_mean_last`` applied to an element-wise derivative ``g``."""
-    return g / g.shape[-1] if g.dim() > 1 else g
+    return g / g.shape[-1] if g.dim() > 1 and g.shape[-1] != 1 else g
+
+
+_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _one(like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim 1 of ``like``'s dtype and device (made once: the incoming gradient of a backward kernel)."""
+    key = (like.dtype, like.device)
+    one = _ONES.get(key)
+    if one is None:
+        one = _ONES[key] = torch.ones((), dtype=like.dtype, device=like.device)
+    return one
 
 
 class BinaryCrossentropy(Loss):
@@ -106,7 +121,7 @@ class BinaryCrossentropy(Loss):
         # (p - y) / (p (1 - p)); the clip passes no gradient (p != y_pred there)
         p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
         v = F.binary_cross_entropy(p, y_true, reduction="none")
-        g = torch.ops.aten.binary_cross_entropy_backward(p.new_ones(()), p, y_true, None, 0) * (p == y_pred)
+        g = torch.ops.aten.binary_cross_entropy_backward(_one(p), p, y_true, None, 0) * (p == y_pred)
         return _mean_last(v), _mean_last_grad(g)
 
 

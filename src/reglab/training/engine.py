@@ -13,6 +13,7 @@ the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..losses import Loss
+from ..optimizers import unhooked_step
 from .callbacks import Callback, EarlyStopping
 from .history import History
 
@@ -296,6 +298,8 @@ def run(
         cb.on_train_begin({})
     bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
     interrupted = False
+    sets_grad = getattr(stack, "sets_grad", False)
+    grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
     with _DeferredInterrupt() as intr, _FlushDenormals():
         for epoch in bar:
             for cb in callbacks:
@@ -307,65 +311,68 @@ def run(
             acc = None
             seen = 0
             names: list[str] = []
-            for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
-                data, correct, names, pens = stack.objective(xb, yb)
-                # per model, this batch: [data loss mean, accuracy?, each penalty] -- the epoch's loss
-                # and penalty totals are sums of these rows' batch-weighted means (linear)
-                data_mean = data.mean(dim=1)
-                parts = [data_mean[None]] + ([correct.mean(dim=1)[None]] if correct is not None else []) + (
-                    [pens] if pens is not None else [])
-                row = torch.cat(parts) if len(parts) > 1 else parts[0]
-                total = None
-                if not bool(torch.isfinite(row).all()):
-                    total = data_mean + pens.sum(0) if pens is not None else data_mean
-                    ok = torch.isfinite(row).all(0).cpu().numpy()
-                    newly = active & ~ok
-                else:
-                    newly = None
-                if newly is not None and newly.any():
-                    if raise_on_divergence:
-                        bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
-                        what = f"penalty source(s) {bad}" if bad else "the data loss"
-                        state = stack.snapshot()
-                        if not stack.all_finite().all():
-                            state = epoch_start
-                            stack.restore(state, np.ones(M, dtype=bool))
-                        raise TrainingDiverged(
-                            f"training diverged at epoch {epoch} (0-based), batch {b}: {what} became "
-                            f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
-                            "weights are kept on this exception (.history, .state_dict) and in the model",
-                            histories[0], stack.state_dict(state), epoch, b)
-                    for i in np.flatnonzero(newly):
-                        failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
-                    broken = newly & ~stack.all_finite()
-                    if broken.any():  # keep the epoch-start weights of models whose weights are not finite
-                        stack.restore(epoch_start, broken)
-                    active &= ok
-                    frozen_any = True
-                    if not active.any():
-                        break
-                if frozen_any:
-                    before = [p.detach().clone() for p in stack.params]
-                if not getattr(stack, "sets_grad", False):
-                    # autograd stacks differentiate the objective summed over models (frozen ones: 0)
-                    if total is None:
+            with grad_mode:  # a stack that sets its own gradients needs no autograd graph
+                for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
+                    data, correct, names, pens = stack.objective(xb, yb)
+                    # per model, this batch: [data loss mean, accuracy?, each penalty] -- the epoch's loss
+                    # and penalty totals are sums of these rows' batch-weighted means (linear)
+                    # (means as sum / n: the same bits as .mean, fewer kernels)
+                    means = (torch.stack((data, correct)) if correct is not None else data[None]).sum(2).div_(data.shape[1])
+                    data_mean = means[0]
+                    row = torch.cat((means, pens)) if pens is not None else means
+                    total = None
+                    # one reduction tells "all finite" (a finite sum that overflows only takes the exact path)
+                    if not math.isfinite(row.sum().item()):
                         total = data_mean + pens.sum(0) if pens is not None else data_mean
+                        ok = torch.isfinite(row).all(0).cpu().numpy()
+                        newly = active & ~ok
+                    else:
+                        newly = None
+                    if newly is not None and newly.any():
+                        if raise_on_divergence:
+                            bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
+                            what = f"penalty source(s) {bad}" if bad else "the data loss"
+                            state = stack.snapshot()
+                            if not stack.all_finite().all():
+                                state = epoch_start
+                                stack.restore(state, np.ones(M, dtype=bool))
+                            raise TrainingDiverged(
+                                f"training diverged at epoch {epoch} (0-based), batch {b}: {what} became "
+                                f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
+                                "weights are kept on this exception (.history, .state_dict) and in the model",
+                                histories[0], stack.state_dict(state), epoch, b)
+                        for i in np.flatnonzero(newly):
+                            failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
+                        broken = newly & ~stack.all_finite()
+                        if broken.any():  # keep the epoch-start weights of models whose weights are not finite
+                            stack.restore(epoch_start, broken)
+                        active &= ok
+                        frozen_any = True
+                        if not active.any():
+                            break
                     if frozen_any:
-                        total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
-                    optimizer.zero_grad(set_to_none=True)
-                stack.backward(total, active if frozen_any else None)
-                optimizer.step()
-                stack.after_step()
-                if frozen_any:
-                    keep = torch.as_tensor(~active, device=device)
-                    with torch.no_grad():
-                        for p, old in zip(stack.params, before):
-                            p.copy_(torch.where(keep.reshape((-1,) + (1,) * (p.dim() - 1)), old, p))
-                row = row.detach()
-                acc = row * bs if acc is None else torch.add(acc, row, alpha=bs)
-                seen += bs
-                if intr.flag:
-                    break
+                        before = [p.detach().clone() for p in stack.params]
+                    if not sets_grad:
+                        # autograd stacks differentiate the objective summed over models (frozen ones: 0)
+                        if total is None:
+                            total = data_mean + pens.sum(0) if pens is not None else data_mean
+                        if frozen_any:
+                            total = torch.where(torch.as_tensor(active, device=total.device), total, torch.zeros_like(total))
+                        optimizer.zero_grad(set_to_none=True)
+                    stack.backward(total, active if frozen_any else None)
+                    unhooked_step(optimizer)
+                    stack.after_step()
+                    if frozen_any:
+                        keep = torch.as_tensor(~active, device=device)
+                        with torch.no_grad():
+                            for p, old in zip(stack.params, before):
+                                p.copy_(torch.where(keep.reshape((-1,) + (1,) * (p.dim() - 1)), old, p))
+                    if not sets_grad:
+                        row = row.detach()
+                    acc = row * bs if acc is None else torch.add(acc, row, alpha=bs)
+                    seen += bs
+                    if intr.flag:
+                        break
             if acc is None or not active.any() and not intr.flag:
                 break
             if intr.flag and seen < train.n:

@@ -23,7 +23,9 @@ def correct_per_example(out: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch
     if task == "binary":
         thr = 0.0 if getattr(getattr(loss, "data_loss", loss), "from_logits", False) else 0.5
         hit = ((out > thr) == (y > 0.5)).to(out.dtype)
-        return hit.mean(dim=-1) if hit.dim() > 1 else hit
+        if hit.dim() > 1:  # (the mean of one number is that number: no kernel)
+            hit = hit.squeeze(-1) if hit.shape[-1] == 1 else hit.mean(dim=-1)
+        return hit
     if task == "categorical":
         return (out.argmax(-1) == y.argmax(-1)).to(out.dtype)
     if task == "sparse":

@@ -98,18 +98,22 @@ def _act_name(mod: nn.Module) -> str | None:
 # ----------------------------------------------------------------------------- products
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` for ``(M, n, k) @ (M, k, p)`` (into ``out`` if given). BLAS switches to
-    matrix-vector kernels when a dimension is 1 and those round differently for one matrix than
-    for a batch; there the product is written element-wise (exact in any layout)."""
-    n, k, p = a.shape[1], a.shape[2], b.shape[2]
+def _product(n: int, k: int, p: int):
+    """The kernel for ``(M, n, k) @ (M, k, p)`` products (``f(a, b, out=None)``). BLAS switches
+    to matrix-vector kernels when a dimension is 1 and those round differently for one matrix
+    than for a batch; there the product is written element-wise (exact in any layout)."""
     if k == 1:  # outer product
-        return torch.mul(a, b, out=out)
+        return torch.mul
     if p == 1:  # (M, n, k) . (M, 1, k) summed over k
-        return torch.sum(a * b.transpose(1, 2), 2, keepdim=True, out=out)
+        return lambda a, b, out=None: torch.sum(a * b.transpose(1, 2), 2, keepdim=True, out=out)
     if n == 1:  # (M, k, 1) . (M, k, p) summed over k
-        return torch.sum(a.transpose(1, 2) * b, 1, keepdim=True, out=out)
-    return torch.bmm(a, b, out=out)
+        return lambda a, b, out=None: torch.sum(a.transpose(1, 2) * b, 1, keepdim=True, out=out)
+    return torch.bmm
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` for ``(M, n, k) @ (M, k, p)`` (into ``out`` if given); see ``_product``."""
+    return _product(a.shape[1], a.shape[2], b.shape[2])(a, b, out=out)
 
 
 def _affine(h: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,6 +137,23 @@ def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
 
 
 # ----------------------------------------------------------------------------- the plan
+
+# forward op kinds of a frame (ints: compared on every op of every step)
+_PLAIN, _AFFINE, _ACT, _SIGMOID_PADDED, _DROPOUT, _DROPOUT_EVAL = range(6)
+
+
+@dataclass
+class _Frame:
+    """What a step of batch size B needs, made once: the activity buffer ``abuf`` (M, B, units)
+    and, per op, the forward plan ``fwd`` [(op, kind, a, b, destination view)]; in training the
+    activity-derivative buffer ``G``, the maps ``gmaps`` [(Lam, f' or None for f'(x) = x)] it is
+    computed from, and the backward plan ``bwd`` (kernels chosen for B, views made)."""
+
+    abuf: torch.Tensor | None
+    fwd: list[tuple[int, int, Any, Any, torch.Tensor | None]]
+    G: torch.Tensor | None
+    gmaps: list[tuple[torch.Tensor, Any]]
+    bwd: list[tuple]
 
 
 @dataclass
@@ -227,7 +248,9 @@ def unsupported_reason(model: nn.Module, loss: Loss) -> str | None:
 
 class DenseStack:
     """The stack protocol of ``reglab.training.engine`` for M >= 1 supported models (see the
-    module docstring); ``unsupported_reason`` says which models qualify."""
+    module docstring); ``unsupported_reason`` says which models qualify. Its buffers do not
+    require gradients, so no step builds an autograd graph (the engine also runs the steps of a
+    ``sets_grad`` stack under ``torch.no_grad``)."""
 
     def __init__(self, models: Sequence[nn.Module], losses: Sequence[Loss], with_accuracy: bool, x_dim: int, y_dim: int):
         self.models = list(models)
@@ -338,7 +361,8 @@ class DenseStack:
         self.sets_grad = True
         self.constraints = [(index[name], c) for name, c in shared_constraints(self.models)]
         self._training = True
-        self._cache: dict[str, Any] | None = None
+        self._cache: tuple | None = None
+        self._frames: dict[tuple[int, bool, int], _Frame] = {}
         self._check_regularizers(widths)
         self._aliased = M == 1
         if self._aliased:  # the model's parameters are views of the buffer while training
@@ -370,15 +394,78 @@ class DenseStack:
     def take(self, data, idx, per_model=False):
         return take_rows(data, idx, per_model)
 
-    @torch.no_grad()
+    def _frame(self, B: int) -> _Frame:
+        key = (B, self._training, torch.get_num_threads())
+        fr = self._frames.get(key)
+        if fr is None:
+            fr = self._frames[key] = self._build_frame(B)
+        return fr
+
+    def _build_frame(self, B: int) -> _Frame:
+        """The buffers, views and per-op plans of a batch of ``B`` (made once per batch size, mode
+        and thread count; the step then only calls kernels)."""
+        M, dev = self.n_models, self.flat.device
+        n_ops = len(self.ops)
+        abuf = self.flat.new_empty(M, B, self.agroups.W) if self.agroups else None
+        dest = [None if (sp := self.aspan.get(j)) is None else abuf[..., sp[0]:sp[1]] for j in range(n_ops)]
+        fwd = []
+        for j, op in enumerate(self.ops):
+            if op.kind == "affine":
+                w, b = self.wt[op.w], None if op.b is None else self.b1[op.b]
+                plain = b is not None and min(B, w.shape[1], w.shape[2]) > 1
+                out = dest[j]
+                nxt = self.ops[j + 1] if j + 1 < n_ops else None
+                if out is None and nxt is not None and nxt.kind == "act" and nxt.act == "sigmoid" and dev.type == "cpu":
+                    # sigmoid on whole SIMD vectors (reglab._lanes): the affine writes into the head
+                    # of a zero-padded buffer, the sigmoid runs over all of it
+                    n = M * B * w.shape[2]
+                    unit = LANES * max(1, torch.get_num_threads())
+                    zbuf = self.flat.new_zeros(n + (-n) % unit)
+                    ybuf = torch.empty_like(zbuf)
+                    out = zbuf[:n].view(M, B, w.shape[2])
+                    fwd.append((j, _PLAIN if plain else _AFFINE, w, b, out))
+                    fwd.append((j + 1, _SIGMOID_PADDED, zbuf, (ybuf, ybuf[:n].view(M, B, w.shape[2])), dest[j + 1]))
+                    continue
+                fwd.append((j, _PLAIN if plain else _AFFINE, w, b, out))
+            elif op.kind == "act":
+                if fwd and fwd[-1][0] == j:
+                    continue  # the padded sigmoid above
+                fwd.append((j, _ACT, op.act, None, dest[j]))
+            else:
+                fwd.append((j, _DROPOUT if self._training else _DROPOUT_EVAL, op.p, None, dest[j]))
+        G, gsl, gmaps, bwd = None, [None] * n_ops, [], []
+        if self._training and self.agroups is not None:
+            G = torch.empty_like(abuf)
+            gsl = [None if (sp := self.aspan.get(j)) is None else G[..., sp[0]:sp[1]] for j in range(n_ops)]
+            gmaps = self.agroups.grad_maps(1, 1.0 / B)
+        if self._training:
+            # the backward plan, last op first: (op, kind, derivative, W, w, b, the dW and dh
+            # kernels or None for the first layer, gradient views to write into (one model), G's view)
+            direct = M == 1
+            first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
+            for j in range(n_ops - 1, first - 1, -1):
+                op = self.ops[j]
+                if op.kind == "affine":
+                    out_, in_ = self.shapes[op.w]
+                    dh = _product(B, out_, in_) if j > first else None
+                    outs = (self.gviews[op.w], None if op.b is None else self.gviews[op.b]) if direct else (None, None)
+                    bwd.append((j, _AFFINE, self.views[op.w], op.w, op.b, _product(out_, B, in_), dh, outs, gsl[j]))
+                elif op.kind == "act":
+                    bwd.append((j, _ACT, _ACTS[op.act][1], None, -1, None, None, None, gsl[j]))
+                else:
+                    bwd.append((j, _DROPOUT, None, None, -1, None, None, None, gsl[j]))
+        return _Frame(abuf, fwd, G, gmaps, bwd)
+
     def objective(self, xb, yb):
         M = self.n_models
         h = xb.unsqueeze(0).expand((M,) + tuple(xb.shape)) if xb.dim() == self.x_dim else xb
         if yb.dim() == self.y_dim:
             yb = yb.unsqueeze(0).expand((M,) + tuple(yb.shape))
         B = h.shape[1]
-        inputs: dict[int, torch.Tensor] = {}
-        outputs: dict[int, torch.Tensor] = {}
+        fr = self._frame(B)
+        n_ops = len(self.ops)
+        inputs: list[Any] = [None] * n_ops
+        outputs: list[Any] = [None] * n_ops
         act_grads: dict[int, torch.Tensor] = {}
         grads: list[tuple[int, torch.Tensor]] = []
         blocks: list[torch.Tensor] = []  # (M, k) value columns in the order of self._perm
@@ -391,37 +478,47 @@ class DenseStack:
             grads.append((i, g))
         if singles:
             blocks.append(torch.stack(singles, dim=1))
-        abuf = h.new_empty(M, B, self.agroups.W) if self.agroups else None
         singles = []
-        for j, op in enumerate(self.ops):
-            span = self.aspan.get(j)
-            dest = abuf[..., span[0]:span[1]] if span is not None else None
-            if op.kind == "affine":
+        activity_at = self.activity_at
+        for j, kind, a, b, dest in fr.fwd:
+            if kind == _PLAIN:
                 inputs[j] = h
-                h = _affine(h, self.wt[op.w], None if op.b is None else self.b1[op.b], dest)
-            elif op.kind == "act":
-                h = _act(op.act, h, dest)
-                outputs[j] = h
-            elif self._training:  # dropout while training: torch's own recipe (same draws as nn.Dropout)
-                noise = torch.empty_like(h).bernoulli_(1.0 - op.p).div_(1.0 - op.p)
+                h = torch.baddbmm(b, h, a, out=dest)
+            elif kind == _ACT:
+                h = outputs[j] = _act(a, h, dest)
+            elif kind == _AFFINE:
+                inputs[j] = h
+                h = _affine(h, a, b, dest)
+            elif kind == _SIGMOID_PADDED:
+                torch.sigmoid(a, out=b[0])
+                h = outputs[j] = b[1] if dest is None else dest.copy_(b[1])
+            elif kind == _DROPOUT:  # torch's own recipe (same draws as nn.Dropout)
+                noise = torch.empty_like(h).bernoulli_(1.0 - a).div_(1.0 - a)
                 h = torch.mul(h, noise, out=dest)
                 outputs[j] = noise
             elif dest is not None:  # dropout in evaluation: the identity
                 h = dest.copy_(h)
-            for name, reg, linear in self.activity_at.get(j, ()):
-                # Keras divides an activity penalty by the batch size; folded into the strengths
-                if linear:
-                    v, g = reg.value_and_grad(h, self._over_batch(name, B))
-                else:
-                    v, g = reg.value_and_grad(h, self.hparams.get(name, {}))
-                    v, g = v / B, g / B
-                singles.append(v)
-                act_grads[j] = act_grads[j] + g if j in act_grads else g
-        agrad = None
-        if abuf is not None:
-            blocks.append(self.agroups.values(abuf, 1.0 / B))
-            if self._training:
-                agrad = self.agroups.grad_factors(abuf, 1.0 / B)
+            if activity_at and j in activity_at:
+                for name, reg, linear in activity_at[j]:
+                    # Keras divides an activity penalty by the batch size; folded into the strengths
+                    if linear:
+                        v, g = reg.value_and_grad(h, self._over_batch(name, B))
+                    else:
+                        v, g = reg.value_and_grad(h, self.hparams.get(name, {}))
+                        v, g = v / B, g / B
+                    singles.append(v)
+                    act_grads[j] = act_grads[j] + g if j in act_grads else g
+        if fr.abuf is not None:
+            blocks.append(self.agroups.values(fr.abuf, 1.0 / B))
+            if fr.G is not None:  # the activity penalties' derivative, for all layers at once
+                first = True
+                for lam, df in fr.gmaps:
+                    d = fr.abuf if df is None else df(fr.abuf)
+                    if first:
+                        torch.mul(lam, d, out=fr.G)
+                        first = False
+                    else:
+                        fr.G.addcmul_(lam, d)
         if self.loss_terms:
             s = self.hparams[RegularizedLoss.source_name]["strength"]
             total = None
@@ -441,8 +538,7 @@ class DenseStack:
         out = h
         if self._training:
             data, dout = self.loss.per_example_and_grad(out, yb)
-            self._cache = dict(inputs=inputs, outputs=outputs, act_grads=act_grads, grads=grads, dout=dout, B=B,
-                               agrad=agrad)
+            self._cache = (inputs, outputs, act_grads, grads, dout, B, fr)
         else:
             data = self.loss.per_example(out, yb)
         correct = correct_per_example(out, yb, self.loss) if self.with_accuracy else None
@@ -465,7 +561,6 @@ class DenseStack:
             return [(data.x, data.y, data.n)]
         return data.batches(self, batch_size, None)
 
-    @torch.no_grad()
     def backward(self, total: torch.Tensor, active: np.ndarray | None) -> None:
         """Write the gradient buffer: d (data mean + penalties) / d parameters, per model (models
         outside ``active`` get zeros, as autograd gives them through the masked objective)."""
@@ -473,36 +568,31 @@ class DenseStack:
         if c is None:
             raise RuntimeError("backward() without a training-mode objective()")
         self._cache = None
-        g = c["dout"] / c["B"]
-        agrad = c["agrad"]
-        parts: dict[int, torch.Tensor] = {}
-        first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
-        for j in range(len(self.ops) - 1, first - 1, -1):
-            if j in self.aspan and agrad is not None:
-                a, b = self.aspan[j]
-                for lam, d in agrad:
-                    g = torch.addcmul(g, d[..., a:b], lam[..., a:b])
-            if j in c["act_grads"]:
-                g = g + c["act_grads"][j]
-            op = self.ops[j]
-            if op.kind == "act":
-                g = _ACTS[op.act][1](g, c["outputs"][j])
-                continue
-            if op.kind == "dropout":
-                g = g * c["outputs"][j]
-                continue
-            # one model: straight into the (contiguous) gradient views; a stack: into new tensors,
-            # gathered by one cat below (writing into strided views makes bmm loop per model)
-            direct = self.n_models == 1
-            parts[op.w] = _bmm(g.transpose(1, 2), c["inputs"][j], out=self.gviews[op.w] if direct else None)
-            if op.b is not None:
-                parts[op.b] = torch.sum(g, 1, out=self.gviews[op.b] if direct else None)
-            if j > first:
-                g = _bmm(g, self.views[op.w])
-        if self.n_models > 1:
+        inputs, outputs, act_grads, grads, dout, B, fr = c
+        g = dout / B
+        direct = self.n_models == 1
+        parts: list[Any] = [None] * len(self.shapes)
+        for j, kind, a, w, b, dw, dh, outs, gs in fr.bwd:
+            if gs is not None:
+                g = g + gs
+            if act_grads and j in act_grads:
+                g = g + act_grads[j]
+            if kind == _ACT:
+                g = a(g, outputs[j])
+            elif kind == _DROPOUT:
+                g = g * outputs[j]
+            else:
+                # one model: straight into the (contiguous) gradient views; a stack: into new
+                # tensors, gathered by one cat below (writing into strided views makes bmm loop per model)
+                parts[w] = dw(g.transpose(1, 2), inputs[j], out=outs[0])
+                if b is not None:
+                    parts[b] = torch.sum(g, 1, out=outs[1])
+                if dh is not None:
+                    g = dh(g, a)
+        if not direct:
             M = self.n_models
-            torch.cat([parts[i].reshape(M, -1) for i in range(len(self.shapes))] + [self._pad], dim=1, out=self.gflat)
-        for i, pg in c["grads"]:
+            torch.cat([p.reshape(M, -1) for p in parts] + [self._pad], dim=1, out=self.gflat)
+        for i, pg in grads:
             self.gviews[i].add_(pg)
         if self.pgroups:
             self.pgroups.grad(self.flat, out=self.gflat)
@@ -510,7 +600,6 @@ class DenseStack:
             self.gflat.masked_fill_(~torch.as_tensor(active, device=self.gflat.device)[:, None], 0.0)
         self.flat.grad = self.gflat
 
-    @torch.no_grad()
     def after_step(self) -> None:
         for i, c in self.constraints:
             v = self.views[i]

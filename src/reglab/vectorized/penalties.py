@@ -137,12 +137,16 @@ class PenaltyGroups:
                 out = v if out is None else out + v
         return out
 
-    def grad_factors(self, x: torch.Tensor, scale: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[(Lam, f'(x))]`` per kind of term: the derivative is ``sum Lam * f'(x)`` (``Lam``
-        shaped to broadcast against ``x``)."""
-        lead = x.dim() - 2
-        return [(total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],)), x if df is None else df(x))
+    def grad_maps(self, lead: int, scale: float | None = None) -> list[tuple[torch.Tensor, Any]]:
+        """``[(Lam, f')]`` per kind of term, ``Lam`` shaped to broadcast against a buffer with
+        ``lead`` axes between models and columns; ``f'`` is None where ``f'(x) = c x`` (``c`` is
+        in ``Lam``). The derivative is ``sum Lam * f'(x)``."""
+        return [(total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],)), df)
                 for _, df, _, total in self._maps(scale)]
+
+    def grad_factors(self, x: torch.Tensor, scale: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(Lam, f'(x))]`` per kind of term (see ``grad_maps``)."""
+        return [(lam, x if df is None else df(x)) for lam, df in self.grad_maps(x.dim() - 2, scale)]
 
     def grad(self, x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """``d values.sum() / d x`` (times ``scale``), added into ``out`` when given."""
