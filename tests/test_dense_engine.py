@@ -1,5 +1,6 @@
 """The Dense-stack engine's written-out derivatives against autograd, and what it accepts."""
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -160,11 +161,20 @@ def test_keras_adam_fast_step_equals_the_regular_step(dtype):
     taken = []
     orig = fast._fast_step
     fast._fast_step = lambda: taken.append(orig()) or taken[-1]
-    for _ in range(30):
+    for k in range(30):
         grads = [torch.randn_like(t) for t in a]
         for ps in (a, b):
             for t, g in zip(ps, grads):
-                t.grad = g.clone()
+                if k % 7 == 3 and t.grad is not None:
+                    t.grad.copy_(g)  # the same gradient tensors (the cached lists stay valid)
+                else:
+                    t.grad = g.clone()  # new ones (the cache must notice)
+        if k == 10:  # state tensors replaced (by other values): the fast path must not step the old ones
+            for y in b:
+                slow.state[y]["exp_avg"].mul_(0.5)
+            fast.load_state_dict(copy.deepcopy(slow.state_dict()))
+            for x, y in zip(a, b):
+                x.copy_(y)
         fast.step()
         slow.step()
     assert taken[0] is False and all(taken[1:])  # state exists after the first step
@@ -287,6 +297,28 @@ def test_keras_adam_step_hooks_run_once_per_step():
         p.grad = torch.ones(3)
         opt.step()
     assert calls == ["pre", "post"] * 3
+
+
+def test_unhooked_step_skips_the_wrapper_only_while_no_hook_or_patch_exists():
+    from torch.optim import optimizer as topt
+
+    from reglab.optimizers import KerasAdam, unhooked_step
+
+    p = torch.zeros(3, requires_grad=True)
+    opt = KerasAdam([p])
+    calls = []
+    for k in range(4):
+        if k == 1:
+            h = opt.register_step_post_hook(lambda *a: calls.append("local"))
+        if k == 2:
+            h.remove()
+            g = topt.register_optimizer_step_pre_hook(lambda *a: calls.append("global"))
+        if k == 3:
+            g.remove()
+        p.grad = torch.ones(3)
+        unhooked_step(opt)
+    assert calls == ["local", "global"] and opt._t == 4
+    assert float(p[0]) == pytest.approx(-0.004, rel=1e-5)  # four Adam steps of lr 0.001 on a constant gradient
 
 
 def test_a_tensor_penalized_by_its_layer_and_by_a_regularized_loss():

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch.optim import optimizer as _opt
 
 from . import _checks
 
@@ -48,6 +49,8 @@ class KerasAdam(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=(beta_1, beta_2), eps=epsilon, weight_decay=wd,
                          fused=fused or None, foreach=None if fused else True)
         self._t = 0
+        #: (params, their grads, exp_avgs, exp_avg_sqs, steps) of the fused fast path, checked each step
+        self._fast_lists: tuple | None = None
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -58,6 +61,10 @@ class KerasAdam(torch.optim.AdamW):
         if closure is None and self._fast_step():
             return None
         return super().step(closure)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._fast_lists = None  # the state tensors are new
 
     def _fast_step(self) -> bool:
         """The same update as ``AdamW.step`` with ``fused=True``: torch's ``_fused_adamw_`` kernel
@@ -72,14 +79,19 @@ class KerasAdam(torch.optim.AdamW):
         if not g.get("fused") or g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or \
                 g.get("capturable") or isinstance(g["lr"], torch.Tensor):
             return False
-        params = [p for p in g["params"] if p.grad is not None]
-        if not params or any(p.grad.is_sparse or p not in self.state or "exp_avg" not in self.state[p] for p in params):
-            return False
-        states = [self.state[p] for p in params]
-        steps = [s["step"] for s in states]
+        lists = self._fast_lists
+        if lists is None or len(lists[0]) != len(g["params"]) or any(
+                p is not q or p.grad is not gr for p, q, gr in zip(g["params"], lists[0], lists[1])):
+            params = [p for p in g["params"] if p.grad is not None]
+            if len(params) != len(g["params"]) or any(
+                    p.grad.is_sparse or p not in self.state or "exp_avg" not in self.state[p] for p in params):
+                return False
+            states = [self.state[p] for p in params]
+            lists = self._fast_lists = (list(params), [p.grad for p in params], [s["exp_avg"] for s in states],
+                                        [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
+        params, grads, exp_avgs, exp_avg_sqs, steps = lists
         torch._foreach_add_(steps, 1)
-        torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                            [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=float(g["lr"]),
+        torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=float(g["lr"]),
                             beta1=float(g["betas"][0]), beta2=float(g["betas"][1]),
                             weight_decay=float(g["weight_decay"]), eps=float(g["eps"]), maximize=False,
                             grad_scale=None, found_inf=None)
@@ -91,8 +103,6 @@ def unhooked_step(optimizer: torch.optim.Optimizer) -> None:
     the hook loops, ~9 us here) when that changes nothing: no step pre/post hooks registered on
     the optimizer or globally, and ``step`` not patched on the instance (as an LR scheduler
     does). Checked on every call, so hooks registered mid-training are honoured."""
-    from torch.optim import optimizer as _opt
-
     raw = getattr(type(optimizer).step, "__wrapped__", None)
     if raw is None or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or \
             _opt._global_optimizer_pre_hooks or _opt._global_optimizer_post_hooks or "step" in vars(optimizer):

@@ -80,8 +80,10 @@ class PenaltyGroups:
         per_key: dict[Any, list] = {}
         for (ch, key), sources in self._items.items():
             lam = torch.zeros(M, W, **new)
-            A, Sw = torch.zeros(M, K, **new), torch.zeros(W, K, **new)
-            S = torch.zeros(W, K, **new)
+            # the (W, K) maps are transposes of row-major (K, W) tensors: BLAS reduces each
+            # source's contiguous row (one model's F @ Sw: 4 us instead of 10 here)
+            A, Sw = torch.zeros(M, K, **new), torch.zeros(K, W, **new).T
+            S = torch.zeros(K, W, **new).T
             factor = True  # values = (f(x) @ Sw) * A, without a pass over Lam * f(x)
             for source, items in sources.items():
                 c = col[source]
