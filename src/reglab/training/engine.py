@@ -452,22 +452,23 @@ def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) 
         data, ArrayData) else data.batches(stack, batch_size, None)
     for xb, yb, bs in batches:
         d, correct, names, pens = stack.objective(xb, yb)
-        dsum = d.sum(dim=1)
-        pen_total = pens.sum(0) if pens is not None else torch.zeros_like(dsum)
-        row = [dsum / bs + pen_total, dsum / bs, pen_total]
+        # per model: [data loss sum, correct sum?, each penalty times the batch size]
+        parts = [d.sum(dim=1)[None]]
         if correct is not None:
             has_acc = True
-            row.append(correct.mean(dim=1))
-        stats = torch.stack(row)
+            parts.append(correct.sum(dim=1)[None])
         if pens is not None:
-            stats = torch.cat([stats, pens])
-        stats = stats * bs
+            parts.append(pens * bs)
+        stats = torch.cat(parts) if len(parts) > 1 else parts[0]
         acc = stats if acc is None else acc + stats
         seen += bs
     stack.train(True)
     if acc is None:
         return {}
-    v = (acc / seen).cpu().numpy()
+    v = (acc / seen).cpu().numpy().astype(np.float64)
+    head = 2 if has_acc else 1
+    penalty = v[head:].sum(0) if len(v) > head else np.zeros(v.shape[1])
+    v = np.concatenate([(v[0] + penalty)[None], v[:1], penalty[None], v[1:]])
     keys = ["val_loss", "val_data_loss", "val_penalty"] + (["val_accuracy"] if has_acc else []) + [
         f"val_penalty/{n}" for n in names]
     return {k: v[j] for j, k in enumerate(keys)}
