@@ -111,6 +111,17 @@ def _product(n: int, k: int, p: int):
     return torch.bmm
 
 
+def _product_add(n: int, k: int, p: int):
+    """The kernel for ``c + a @ b`` with ``a @ b`` as in ``_product`` (``f(c, a, b)``): the add
+    rides on the product's own kernel where it has one (``baddbmm``, ``addcmul``)."""
+    if k == 1:
+        return torch.addcmul
+    if p == 1 or n == 1:
+        prod = _product(n, k, p)
+        return lambda c, a, b: c + prod(a, b)
+    return torch.baddbmm
+
+
 def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ b`` for ``(M, n, k) @ (M, k, p)`` (into ``out`` if given); see ``_product``."""
     return _product(a.shape[1], a.shape[2], b.shape[2])(a, b, out=out)
@@ -310,8 +321,6 @@ class DenseStack:
                                      weights={k: float(st[0]) for k, _, _, st in ts})
             else:
                 self.loss_terms = [(index[pname], reg, hp) for pname, reg, hp in fixed]
-        if self.pgroups:
-            self.pgroups.build()
 
         # activity penalties by the op whose output they see; element-wise ones on one buffer
         widths, w = [], None
@@ -344,10 +353,13 @@ class DenseStack:
             for j in sorted(grouped):
                 for name, terms in grouped[j]:
                     self.agroups.add(0, name, [self.aspan[j]], terms)
-            self.agroups.build()
-
+        # every source grouped: both groups add into one table in self.names order; otherwise
         # values come as [grouped parameter sources, other parameter sources, grouped activity,
-        # other activity, loss terms]; a permutation puts them in self.names order
+        # other activity, loss terms] and a permutation puts them in self.names order
+        self._shared_cols = not (self.param_pens or self.activity_at or self.loss_terms)
+        for groups in (self.pgroups, self.agroups):
+            if groups:
+                groups.build(self.names if self._shared_cols else None)
         order = (self.pgroups.names + [n for n, _, _ in self.param_pens] +
                  (self.agroups.names if self.agroups else []) +
                  [n for j in sorted(self.activity_at) for n, _, _ in self.activity_at[j]] +
@@ -444,17 +456,24 @@ class DenseStack:
             # kernels or None for the first layer, gradient views to write into (one model), G's view)
             direct = M == 1
             first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
+            folded = None  # an op below an affine whose activity derivative the affine's dh adds
             for j in range(n_ops - 1, first - 1, -1):
                 op = self.ops[j]
+                gs = None if j == folded else gsl[j]
                 if op.kind == "affine":
                     out_, in_ = self.shapes[op.w]
-                    dh = _product(B, out_, in_) if j > first else None
+                    dh = None
+                    if j > first and gsl[j - 1] is not None:  # dh = G's view + g W in one kernel
+                        prod, folded = _product_add(B, out_, in_), j - 1
+                        dh = (lambda c, f: lambda g, w: f(c, g, w))(gsl[j - 1], prod)
+                    elif j > first:
+                        dh = _product(B, out_, in_)
                     outs = (self.gviews[op.w], None if op.b is None else self.gviews[op.b]) if direct else (None, None)
-                    bwd.append((j, _AFFINE, self.views[op.w], op.w, op.b, _product(out_, B, in_), dh, outs, gsl[j]))
+                    bwd.append((j, _AFFINE, self.views[op.w], op.w, op.b, _product(out_, B, in_), dh, outs, gs))
                 elif op.kind == "act":
-                    bwd.append((j, _ACT, _ACTS[op.act][1], None, -1, None, None, None, gsl[j]))
+                    bwd.append((j, _ACT, _ACTS[op.act][1], None, -1, None, None, None, gs))
                 else:
-                    bwd.append((j, _DROPOUT, None, None, -1, None, None, None, gsl[j]))
+                    bwd.append((j, _DROPOUT, None, None, -1, None, None, None, gs))
         return _Frame(abuf, fwd, G, gmaps, bwd)
 
     def objective(self, xb, yb):
@@ -470,8 +489,12 @@ class DenseStack:
         act_grads: dict[int, torch.Tensor] = {}
         grads: list[tuple[int, torch.Tensor]] = []
         blocks: list[torch.Tensor] = []  # (M, k) value columns in the order of self._perm
+        vals = None  # the (M, K) table when every source is grouped (self._shared_cols)
         if self.pgroups:
-            blocks.append(self.pgroups.values(self.flat))
+            if self._shared_cols:
+                vals = self.pgroups.values(self.flat)
+            else:
+                blocks.append(self.pgroups.values(self.flat))
         singles: list[torch.Tensor] = []
         for name, i, reg in self.param_pens:
             v, g = reg.value_and_grad(self.views[i], self.hparams.get(name, {}))
@@ -510,7 +533,10 @@ class DenseStack:
                     singles.append(v)
                     act_grads[j] = act_grads[j] + g if j in act_grads else g
         if fr.abuf is not None:
-            blocks.append(self.agroups.values(fr.abuf, 1.0 / B))
+            if self._shared_cols:
+                vals = self.agroups.values(fr.abuf, 1.0 / B, acc=vals)
+            else:
+                blocks.append(self.agroups.values(fr.abuf, 1.0 / B))
             if fr.G is not None:  # the activity penalties' derivative, for all layers at once
                 first = True
                 for lam, df in fr.gmaps:
@@ -530,7 +556,7 @@ class DenseStack:
             singles.append(s * total)
         if singles:
             blocks.append(torch.stack(singles, dim=1))
-        stacked = None
+        stacked = None if vals is None else vals.T
         if blocks:
             cols = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
             if self._perm is not None:

@@ -73,9 +73,12 @@ class PenaltyGroups:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def build(self) -> None:
-        M, W, K = self.M, self.W, len(self.names)
-        col = {n: j for j, n in enumerate(self.names)}
+    def build(self, columns: list[str] | None = None) -> None:
+        """Make the maps. ``columns``: the value columns to produce (a superset of ``names`` in any
+        order; others stay 0), so that groups on different buffers add into one table."""
+        columns = self.names if columns is None else columns
+        M, W, K = self.M, self.W, len(columns)
+        col = {n: j for j, n in enumerate(columns)}
         new = {"dtype": self.dtype, "device": self.device}
         per_key: dict[Any, list] = {}
         for (ch, key), sources in self._items.items():
@@ -126,17 +129,21 @@ class PenaltyGroups:
                  total * scale) for f, df, chans, total in self.groups]
         return g
 
-    def values(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """``(M, len(names))``: each source's penalty (times ``scale``) on the buffer ``x``."""
-        out = None
+    def values(self, x: torch.Tensor, scale: float | None = None, acc: torch.Tensor | None = None) -> torch.Tensor:
+        """``(M, columns)``: each source's penalty (times ``scale``) on the buffer ``x``, added to
+        ``acc`` when given (exactly: a column not in this group gets + 0)."""
+        out = acc
         lead = tuple(range(1, x.dim() - 1))
         for f, _, chans, _ in self._maps(scale):
             F = f(x)
             if lead:
                 F = F.sum(lead)
             for lam, fa, S in chans:
-                v = (F @ fa[0]) * fa[1] if fa is not None else (F * lam) @ S
-                out = v if out is None else out + v
+                if fa is not None:
+                    out = (F @ fa[0]) * fa[1] if out is None else torch.addcmul(out, F @ fa[0], fa[1])
+                else:
+                    v = (F * lam) @ S
+                    out = v if out is None else out + v
         return out
 
     def grad_maps(self, lead: int, scale: float | None = None) -> list[tuple[torch.Tensor, Any]]:
