@@ -116,6 +116,8 @@ class PenaltyGroups:
             c = getattr(df, "linear_coefficient", None)
             if c is not None:
                 total *= c
+            if M > 1 and bool((total == total[:1]).all()):
+                total = total[:1].clone()  # the same strengths in every model: one row, broadcast (less to read)
             self.groups.append((f, df if c is None else None, chans, total))
         self._scaled: dict[float, list] = {}
 
