@@ -108,8 +108,8 @@ def fit(
 
     A plain ``nn.Sequential`` of ``Dense``/``nn.Linear``, activation and ``nn.Dropout`` layers,
     trained on arrays with an optimizer given by name or config, runs on the Dense-stack engine
-    (``reglab.vectorized.dense``: the same math with the backward pass written out, ~2.5x faster
-    than autograd here, and bit-identical to the same model inside ``fit_many``); anything else
+    (``reglab.vectorized.dense``: the same math with the backward pass written out, ~4x faster
+    than a hand-written autograd loop here (``benchmarks/bench_fit_overhead.py``), and bit-identical to the same model inside ``fit_many``); anything else
     runs through autograd. Both give the same history to ~1e-12 in float64 (tested).
 
     See ``reglab.training.history`` for what each History key means.

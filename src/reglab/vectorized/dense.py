@@ -4,8 +4,8 @@ activation layers, trained with the backward pass written out. ``fit`` (M = 1) a
 (``SingleStack``) or ``torch.vmap`` (``VmapStack``).
 
 Why: for the small MLPs regularization is studied on, autograd's bookkeeping costs more than the
-arithmetic (a step of the lecture's program 6 on a 2-core CPU: ~1.4 ms through autograd, ~0.45 ms
-here). Per model m and Dense layer (torch layout ``W (out, in)``)::
+arithmetic (a step of the lecture's program 6 on a 2-core CPU: ~1.4 ms through autograd, ~0.28 ms
+here, where every buffer, view and kernel choice of a batch size is planned once: ``_Frame``). Per model m and Dense layer (torch layout ``W (out, in)``)::
 
     forward    z = h W^T + b,        y = act(z)
     backward   dy += d activity(y) / dy
