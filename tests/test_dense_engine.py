@@ -337,3 +337,40 @@ def test_a_tensor_penalized_by_its_layer_and_by_a_regularized_loss():
     assert {"penalty/0.weight", "penalty/1.bias", "penalty/loss:penalty"} <= set(out[0].keys())
     for k in out[0].keys():
         np.testing.assert_allclose(out[0][k], out[1][k], rtol=1e-12, err_msg=k)
+
+
+def test_unit_dimensions_with_activity_penalties_match_autograd_and_fit_many():
+    """Width-1 layers (input, hidden and output) and a last batch of one example put every product
+    on its element-wise kernel, with activity derivatives folded into the next layer's dh
+    (addcmul, sum + add): engine = autograd (1e-12, float64), and a model inside fit_many = alone,
+    bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(21, 1, dtype=torch.float64)  # batches of 4: the last one holds 1 example
+    y = (x[:, :1] + 0.3 * torch.randn(21, 1, dtype=torch.float64) > 0).double()
+
+    def build():
+        L1, L2 = reglab.L1(0.01), reglab.L2(0.02)
+        return reglab.models.mlp(1, [dict(units=5, activation="tanh", activity_regularizer=L1, kernel_regularizer=L2),
+                                     dict(units=1, activation="relu", activity_regularizer=L2),
+                                     dict(units=3, activation="sigmoid", activity_regularizer=L1, bias_regularizer=L1),
+                                     dict(units=1, activation="sigmoid")]).to(torch.float64)
+    runs = []
+    for instance in (False, True):
+        torch.manual_seed(1)
+        m = build()
+        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
+        runs.append(reglab.fit(m, x, y, loss="binary_crossentropy", optimizer=opt, epochs=6, batch_size=4, seed=2,
+                               validation_data=(x[:7], y[:7]), progress=False))
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0].keys():
+        np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-12, atol=1e-15, err_msg=k)
+    res = reglab.fit_many(build, x, y, seeds=[1, 2, 3], loss="binary_crossentropy", epochs=6, batch_size=4,
+                          validation_data=(x[:7], y[:7]), progress=False)
+    assert res.engine == "dense"
+    torch.manual_seed(2)
+    m = build()
+    h = reglab.fit(m, x, y, loss="binary_crossentropy", epochs=6, batch_size=4, seed=2,
+                   validation_data=(x[:7], y[:7]), progress=False)
+    np.testing.assert_allclose(res.histories[1]["val_loss"], h["val_loss"], rtol=1e-12)
+    for p, q in zip(m.parameters(), res.models[1].parameters()):
+        assert torch.equal(p.detach(), q.detach())
