@@ -127,15 +127,6 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> t
     return _product(a.shape[1], a.shape[2], b.shape[2])(a, b, out=out)
 
 
-def _affine(h: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``h W^T + b`` per model: ``(M, B, in)``, ``W^T (M, in, out)``, ``b (M, 1, out)`` -> ``(M, B, out)``."""
-    if b is None:
-        return _bmm(h, wt, out=out)
-    if min(h.shape[1], h.shape[2], wt.shape[2]) == 1:
-        return torch.add(_bmm(h, wt), b, out=out)
-    return torch.baddbmm(b, h, wt, out=out)
-
-
 def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The activation ``name`` of ``z`` (written into ``out`` if given)."""
     if out is None:
@@ -150,7 +141,7 @@ def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
 # ----------------------------------------------------------------------------- the plan
 
 # forward op kinds of a frame (ints: compared on every op of every step)
-_PLAIN, _AFFINE, _ACT, _SIGMOID_PADDED, _DROPOUT, _DROPOUT_EVAL = range(6)
+_AFFINE, _ACT, _SIGMOID_PADDED, _DROPOUT, _DROPOUT_EVAL = range(5)
 
 
 @dataclass
@@ -158,13 +149,16 @@ class _Frame:
     """What a step of batch size B needs, made once: the activity buffer ``abuf`` (M, B, units)
     and, per op, the forward plan ``fwd`` [(op, kind, a, b, destination view)]; in training the
     activity-derivative buffer ``G``, the maps ``gmaps`` [(Lam, f' or None for f'(x) = x)] it is
-    computed from, and the backward plan ``bwd`` (kernels chosen for B, views made)."""
+    computed from, and the backward plan ``bwd`` (kernels chosen for B, views made). Layer inputs
+    that carry a ones column live in these buffers (the activity buffer's reserved columns, or their
+    own), ``xcopy`` for the first layer's."""
 
     abuf: torch.Tensor | None
     fwd: list[tuple[int, int, Any, Any, torch.Tensor | None]]
     G: torch.Tensor | None
     gmaps: list[tuple[torch.Tensor, Any]]
     bwd: list[tuple]
+    xcopy: torch.Tensor | None  # where the batch goes when the first layer takes [x, 1]
 
 
 @dataclass
@@ -276,27 +270,50 @@ class DenseStack:
         self.param_names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         sizes = [int(np.prod(s)) for s in self.shapes]
-        self.offsets = list(np.cumsum([0] + sizes[:-1]))
-        P = sum(sizes)
+        index = {n: i for i, n in enumerate(self.param_names)}
+        # layout: a Dense layer with a bias keeps W and b as one (out, in + 1) block [W | b]; its
+        # input carries a column of ones, so one product gives z = [h, 1] [W | b]^T and one gives
+        # [dW | db] = dz^T [h, 1] (no bias copy forward, no batch sum backward)
+        self._bias_of = {op.w: op.b for op in self.ops if op.kind == "affine" and op.b is not None}
+        biases = set(self._bias_of.values())
+        self._spec: list[tuple[int, tuple[int, ...], Any]] = [None] * len(self.shapes)  # type: ignore[list-item]
+        self._block_order: list[int] = []  # the flat order of blocks, by their (weight) parameter index
+        self._block_shape: dict[int, tuple[int, ...]] = {}
+        o = 0
+        for i, shape in enumerate(self.shapes):
+            if i in biases:
+                continue  # placed with its weight
+            self._block_order.append(i)
+            if i in self._bias_of:
+                out_, in_ = shape
+                blk = (out_, in_ + 1)
+                self._spec[i] = (o, blk, slice(0, in_))
+                self._spec[self._bias_of[i]] = (o, blk, in_)
+            else:
+                blk = shape
+                self._spec[i] = (o, blk, None)
+            self._block_shape[i] = blk
+            o += int(np.prod(blk))
+        P = o
         self.padded = P + (-P) % LANES
         p0 = named[0][1]
         dtype, dev = p0.dtype, p0.device
-        with torch.no_grad():
-            self.flat = torch.zeros(M, self.padded, dtype=dtype, device=dev)
-            for k, m in enumerate(self.models):
-                for (_, p), o, n in zip(m.named_parameters(), self.offsets, sizes):
-                    self.flat[k, o:o + n] = p.detach().reshape(-1)
-        # the gradient buffer (one model: bmm/sum write into its views; a stack: one cat)
+        self.flat = torch.zeros(M, self.padded, dtype=dtype, device=dev)
+        # the gradient buffer (one model: products write into its views; a stack: one cat)
         self.gflat = torch.zeros_like(self.flat)
-        self.views = [self.flat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
-        self.gviews = [self.gflat[:, o:o + n].view((M,) + s) for o, n, s in zip(self.offsets, sizes, self.shapes)]
+        self.views = [self._view(self.flat, i) for i in range(len(self.shapes))]
+        self.gviews = [self._view(self.gflat, i) for i in range(len(self.shapes))]
+        self.blocks = {i: self._block(self.flat, i) for i in self._block_order}
+        self.gblocks = {i: self._block(self.gflat, i) for i in self._block_order}
+        with torch.no_grad():
+            for k, m in enumerate(self.models):
+                for (_, p), v in zip(m.named_parameters(), self.views):
+                    v[k].copy_(p.detach())
         self._pad = self.flat.new_zeros(M, self.padded - P)
-        # views used every step, made once: W^T (M, in, out) and b (M, 1, out)
-        self.wt = {i: v.transpose(1, 2) for i, v in enumerate(self.views) if v.dim() == 3}
-        self.b1 = {i: v.unsqueeze(1) for i, v in enumerate(self.views) if v.dim() == 2}
+        # used every step, made once: [W | b]^T (M, in + 1, out), or W^T (M, in, out) without a bias
+        self.wt = {i: b.transpose(1, 2) for i, b in self.blocks.items() if b.dim() == 3}
         self.params = [self.flat]
-        index = {n: i for i, n in enumerate(self.param_names)}
-        spans = {n: (o, o + int(np.prod(sh))) for n, o, sh in zip(self.param_names, self.offsets, self.shapes)}
+        spans = {n: self._spans(index[n]) for n in self.param_names}
 
         # parameter penalties: element-wise ones together on the buffer, the others one by one
         self.pgroups = PenaltyGroups(M, self.padded, dtype, dev)
@@ -306,7 +323,7 @@ class DenseStack:
             if terms is None:
                 self.param_pens.append((name, index[name], reg))
             else:
-                self.pgroups.add(0, name, [spans[name]], terms)
+                self.pgroups.add(0, name, spans[name], terms)
         # a RegularizedLoss: its terms with fixed strengths, scaled by the stacked "strength"
         self.loss_terms = []
         if isinstance(self.loss, RegularizedLoss):
@@ -317,7 +334,7 @@ class DenseStack:
             terms = [(pname, elementwise_terms(reg, hp)) for pname, reg, hp in fixed]
             if terms and all(t is not None for _, t in terms):
                 for pname, ts in terms:  # per-model strength times the term's constant
-                    self.pgroups.add(1, src, [spans[pname]], [(k, f, df, strength) for k, f, df, _ in ts],
+                    self.pgroups.add(1, src, spans[pname], [(k, f, df, strength) for k, f, df, _ in ts],
                                      weights={k: float(st[0]) for k, _, _, st in ts})
             else:
                 self.loss_terms = [(index[pname], reg, hp) for pname, reg, hp in fixed]
@@ -344,11 +361,15 @@ class DenseStack:
             else:
                 grouped.setdefault(j, []).append((name, terms))
         self.aspan: dict[int, tuple[int, int]] = {}
+        self._ones_cols: list[int] = []  # columns of the activity buffer that hold ones (inputs of [W | b])
         if grouped:
             at = 0
             for j in sorted(grouped):
                 self.aspan[j] = (at, at + widths[j])
                 at += widths[j]
+                if self._feeds_block(j):
+                    self._ones_cols.append(at)
+                    at += 1
             self.agroups = PenaltyGroups(M, at, dtype, dev)
             for j in sorted(grouped):
                 for name, terms in grouped[j]:
@@ -380,6 +401,34 @@ class DenseStack:
         if self._aliased:  # the model's parameters are views of the buffer while training
             for (_, p), v in zip(base.named_parameters(), self.views):
                 p.data = v[0]
+
+    def _block(self, buf: torch.Tensor, i: int) -> torch.Tensor:
+        """The block of weight (or plain) parameter ``i`` in a ``(M, P)`` buffer: ``(M, out, in + 1)``
+        for a layer with a bias, the parameter's own shape otherwise."""
+        o, blk, _ = self._spec[i]
+        return buf[:, o:o + int(np.prod(blk))].view((buf.shape[0],) + tuple(blk))
+
+    def _view(self, buf: torch.Tensor, i: int) -> torch.Tensor:
+        """Parameter ``i`` of every model in a ``(M, P)`` buffer (a strided view inside its layer's
+        ``[W | b]`` block)."""
+        o, blk, col = self._spec[i]
+        view = buf[:, o:o + int(np.prod(blk))].view((buf.shape[0],) + tuple(blk))
+        return view if col is None else view[:, :, col]
+
+    def _spans(self, i: int) -> list[tuple[int, int]]:
+        """Where parameter ``i`` lies in a row of the buffer, as ``[start, stop)`` ranges."""
+        o, blk, col = self._spec[i]
+        if col is None:
+            return [(o, o + int(np.prod(blk)))]
+        rows, width = blk
+        if isinstance(col, slice):
+            return [(o + r * width + col.start, o + r * width + col.stop) for r in range(rows)]
+        return [(o + r * width + col, o + r * width + col + 1) for r in range(rows)]
+
+    def _feeds_block(self, j: int) -> bool:
+        """Whether op ``j``'s output is the input of a layer with a ``[W | b]`` block."""
+        nxt = self.ops[j + 1] if j + 1 < len(self.ops) else None
+        return nxt is not None and nxt.kind == "affine" and nxt.w in self._bias_of
 
     def _check_regularizers(self, widths: list[int]) -> None:
         """Regularizers without a hand-written derivative go through ``torch.func``: try each once
@@ -419,13 +468,35 @@ class DenseStack:
         and thread count; the step then only calls kernels)."""
         M, dev = self.n_models, self.flat.device
         n_ops = len(self.ops)
-        abuf = self.flat.new_empty(M, B, self.agroups.W) if self.agroups else None
+        abuf = None
+        if self.agroups:
+            abuf = self.flat.new_empty(M, B, self.agroups.W)
+            abuf[..., self._ones_cols] = 1.0
         dest = [None if (sp := self.aspan.get(j)) is None else abuf[..., sp[0]:sp[1]] for j in range(n_ops)]
+        # the input of each layer with a [W | b] block: its producer writes into the head of a
+        # buffer whose last column holds ones (the activity buffer's reserved column, or its own)
+        inb: dict[int, torch.Tensor] = {}
+        xcopy = None
+        for j, op in enumerate(self.ops):
+            if op.kind != "affine" or op.w not in self._bias_of:
+                continue
+            in_ = self.shapes[op.w][1]
+            if j > 0 and self.aspan.get(j - 1) is not None:
+                a, b = self.aspan[j - 1]
+                inb[j] = abuf[..., a:b + 1]
+                continue
+            buf = self.flat.new_empty(M, B, in_ + 1)
+            buf[..., in_] = 1.0
+            inb[j] = buf
+            if j == 0:
+                xcopy = buf[..., :in_]
+            else:
+                dest[j - 1] = buf[..., :in_]
         fwd = []
         for j, op in enumerate(self.ops):
             if op.kind == "affine":
-                w, b = self.wt[op.w], None if op.b is None else self.b1[op.b]
-                plain = b is not None and min(B, w.shape[1], w.shape[2]) > 1
+                w = self.wt[op.w]  # (M, in (+ 1), out)
+                plan = (_product(B, w.shape[1], w.shape[2]), inb.get(j))
                 out = dest[j]
                 nxt = self.ops[j + 1] if j + 1 < n_ops else None
                 if out is None and nxt is not None and nxt.kind == "act" and nxt.act == "sigmoid" and dev.type == "cpu":
@@ -436,10 +507,10 @@ class DenseStack:
                     zbuf = self.flat.new_zeros(n + (-n) % unit)
                     ybuf = torch.empty_like(zbuf)
                     out = zbuf[:n].view(M, B, w.shape[2])
-                    fwd.append((j, _PLAIN if plain else _AFFINE, w, b, out))
+                    fwd.append((j, _AFFINE, w, plan, out))
                     fwd.append((j + 1, _SIGMOID_PADDED, zbuf, (ybuf, ybuf[:n].view(M, B, w.shape[2])), dest[j + 1]))
                     continue
-                fwd.append((j, _PLAIN if plain else _AFFINE, w, b, out))
+                fwd.append((j, _AFFINE, w, plan, out))
             elif op.kind == "act":
                 if fwd and fwd[-1][0] == j:
                     continue  # the padded sigmoid above
@@ -452,8 +523,8 @@ class DenseStack:
             gsl = [None if (sp := self.aspan.get(j)) is None else G[..., sp[0]:sp[1]] for j in range(n_ops)]
             gmaps = self.agroups.grad_maps(1, 1.0 / B)
         if self._training:
-            # the backward plan, last op first: (op, kind, derivative, W, w, b, the dW and dh
-            # kernels or None for the first layer, gradient views to write into (one model), G's view)
+            # the backward plan, last op first: (op, kind, derivative or W, block index, the dW and
+            # dh kernels (dh None for the first layer), gradient block to write into (one model), G's view)
             direct = M == 1
             first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
             folded = None  # an op below an affine whose activity derivative the affine's dh adds
@@ -462,19 +533,20 @@ class DenseStack:
                 gs = None if j == folded else gsl[j]
                 if op.kind == "affine":
                     out_, in_ = self.shapes[op.w]
+                    k = in_ + 1 if op.w in self._bias_of else in_
                     dh = None
                     if j > first and gsl[j - 1] is not None:  # dh = G's view + g W in one kernel
                         prod, folded = _product_add(B, out_, in_), j - 1
                         dh = (lambda c, f: lambda g, w: f(c, g, w))(gsl[j - 1], prod)
                     elif j > first:
                         dh = _product(B, out_, in_)
-                    outs = (self.gviews[op.w], None if op.b is None else self.gviews[op.b]) if direct else (None, None)
-                    bwd.append((j, _AFFINE, self.views[op.w], op.w, op.b, _product(out_, B, in_), dh, outs, gs))
+                    bwd.append((j, _AFFINE, self.views[op.w], op.w, _product(out_, B, k), dh,
+                                self.gblocks[op.w] if direct else None, gs))
                 elif op.kind == "act":
-                    bwd.append((j, _ACT, _ACTS[op.act][1], None, -1, None, None, None, gs))
+                    bwd.append((j, _ACT, _ACTS[op.act][1], -1, None, None, None, gs))
                 else:
-                    bwd.append((j, _DROPOUT, None, None, -1, None, None, None, gs))
-        return _Frame(abuf, fwd, G, gmaps, bwd)
+                    bwd.append((j, _DROPOUT, None, -1, None, None, None, gs))
+        return _Frame(abuf, fwd, G, gmaps, bwd, xcopy)
 
     def objective(self, xb, yb):
         M = self.n_models
@@ -504,15 +576,17 @@ class DenseStack:
             blocks.append(torch.stack(singles, dim=1))
         singles = []
         activity_at = self.activity_at
+        if fr.xcopy is not None:
+            fr.xcopy.copy_(h)
         for j, kind, a, b, dest in fr.fwd:
-            if kind == _PLAIN:
+            if kind == _AFFINE:
+                prod, block_in = b
+                if block_in is not None:  # [h, 1]: the producer wrote h into its head
+                    h = block_in
                 inputs[j] = h
-                h = torch.baddbmm(b, h, a, out=dest)
+                h = prod(h, a, out=dest)
             elif kind == _ACT:
                 h = outputs[j] = _act(a, h, dest)
-            elif kind == _AFFINE:
-                inputs[j] = h
-                h = _affine(h, a, b, dest)
             elif kind == _SIGMOID_PADDED:
                 torch.sigmoid(a, out=b[0])
                 h = outputs[j] = b[1] if dest is None else dest.copy_(b[1])
@@ -598,8 +672,8 @@ class DenseStack:
         inputs, outputs, act_grads, grads, dout, B, fr = c
         g = dout / B
         direct = self.n_models == 1
-        parts: list[Any] = [None] * len(self.shapes)
-        for j, kind, a, w, b, dw, dh, outs, gs in fr.bwd:
+        parts: dict[int, torch.Tensor] = {}
+        for j, kind, a, w, dw, dh, gout, gs in fr.bwd:
             if gs is not None:
                 g = g + gs
             if act_grads and j in act_grads:
@@ -609,16 +683,15 @@ class DenseStack:
             elif kind == _DROPOUT:
                 g = g * outputs[j]
             else:
-                # one model: straight into the (contiguous) gradient views; a stack: into new
-                # tensors, gathered by one cat below (writing into strided views makes bmm loop per model)
-                parts[w] = dw(g.transpose(1, 2), inputs[j], out=outs[0])
-                if b is not None:
-                    parts[b] = torch.sum(g, 1, out=outs[1])
+                # [dW | db] = dz^T [h, 1] in one product. One model: straight into its (contiguous)
+                # gradient block; a stack: into new tensors, gathered by one cat below (writing into
+                # strided views makes bmm loop per model)
+                parts[w] = dw(g.transpose(1, 2), inputs[j], out=gout)
                 if dh is not None:
                     g = dh(g, a)
         if not direct:
             M = self.n_models
-            torch.cat([p.reshape(M, -1) for p in parts] + [self._pad], dim=1, out=self.gflat)
+            torch.cat([parts[i].reshape(M, -1) for i in self._block_order] + [self._pad], dim=1, out=self.gflat)
         for i, pg in grads:
             self.gviews[i].add_(pg)
         if self.pgroups:
@@ -637,8 +710,7 @@ class DenseStack:
 
     def state_dict(self, snap) -> dict[str, torch.Tensor]:
         """Model 0's weights in ``snap`` as a state dict."""
-        return {n: snap[0, o:o + int(np.prod(s))].view(s).clone()
-                for n, o, s in zip(self.param_names, self.offsets, self.shapes)}
+        return {n: self._view(snap[:1], i)[0].clone() for i, n in enumerate(self.param_names)}
 
     @torch.no_grad()
     def restore(self, snap, mask) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import regularizers as R
@@ -47,6 +48,11 @@ def elementwise_terms(reg: Any, hp: dict[str, torch.Tensor]) -> list[tuple[Any, 
             out.extend(part)
         return out
     return None
+
+
+def _index(spans: list[tuple[int, int]], device: Any) -> torch.Tensor:
+    """The columns covered by ``[start, stop)`` ranges (distinct), as one index tensor."""
+    return torch.as_tensor(np.concatenate([np.arange(a, b) for a, b in spans]), device=device)
 
 
 class PenaltyGroups:
@@ -91,18 +97,16 @@ class PenaltyGroups:
             for source, items in sources.items():
                 c = col[source]
                 for spans, st, w in items:
-                    for a, b in spans:
-                        lam[:, a:b] += (st.to(self.dtype) * w)[:, None]
-                        S[a:b, c] = 1.0
+                    idx = _index(spans, self.device)
+                    lam[:, idx] += (st.to(self.dtype) * w)[:, None]
+                    S[idx, c] = 1.0
                 if all(st is items[0][1] for _, st, _ in items):
                     A[:, c] = items[0][1]
                     for spans, _, w in items:
-                        for a, b in spans:
-                            Sw[a:b, c] += w
+                        Sw[_index(spans, self.device), c] += w
                 elif all(sp == items[0][0] for sp, _, _ in items):
                     A[:, c] = sum(st.to(self.dtype) * w for _, st, w in items)
-                    for a, b in items[0][0]:
-                        Sw[a:b, c] = 1.0
+                    Sw[_index(items[0][0], self.device), c] = 1.0
                 else:
                     factor = False
             per_key.setdefault(key, []).append((lam, (Sw, A) if factor else None, S))
