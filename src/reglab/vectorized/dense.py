@@ -4,12 +4,14 @@ activation layers, trained with the backward pass written out. ``fit`` (M = 1) a
 (``SingleStack``) or ``torch.vmap`` (``VmapStack``).
 
 Why: for the small MLPs regularization is studied on, autograd's bookkeeping costs more than the
-arithmetic (a step of the lecture's program 6 on a 2-core CPU: ~1.4 ms through autograd, ~0.28 ms
-here, where every buffer, view and kernel choice of a batch size is planned once: ``_Frame``). Per model m and Dense layer (torch layout ``W (out, in)``)::
+arithmetic (a step of the lecture's program 6 on a 2-core CPU: ~1.4 ms through autograd, ~0.25 ms
+here, where every buffer, view and kernel choice of a batch size is planned once: ``_Frame``).
+Per model m and Dense layer (torch layout ``W (out, in)``), with ``[h, 1]`` the layer's input and a
+column of ones and ``[W | b]`` its weights and bias side by side::
 
-    forward    z = h W^T + b,        y = act(z)
+    forward    z = [h, 1] [W | b]^T,        y = act(z)
     backward   dy += d activity(y) / dy
-               dz = act'(z) * dy,    dW = dz^T h,    db = sum over the batch of dz,    dh = dz W
+               dz = act'(z) * dy,    [dW | db] = dz^T [h, 1],    dh = dz W
 
 with the data-loss derivative from ``Loss.per_example_grad`` and penalty derivatives from
 ``Regularizer.value_and_grad`` (the same objects ``fit`` uses; each derivative is tested against
@@ -19,11 +21,12 @@ stack of M > 1 draws all its models' masks at once, so with dropout a model in `
 not get the draw it gets alone (as on the vmap path).
 
 Layout: row m of one ``(M, P)`` buffer holds all of model m's parameters (P padded to a multiple
-of 64), so the optimizer runs one fused kernel on one tensor and every element is updated by the
-same SIMD code. Together with ``reglab._lanes`` and ``_bmm`` below this makes a model's numbers
-bit-identical whether it is trained alone (``fit``) or in a stack of any size (``fit_many``).
-With M = 1 the model's own parameters become views of that buffer while training, so callbacks
-see the current weights.
+of 64), each biased layer as one ``(out, in + 1)`` block ``[W | b]`` (its weight and bias are
+strided views of the block), so the optimizer runs one fused kernel on one tensor and every
+element is updated by the same SIMD code. Together with ``reglab._lanes`` and ``_product`` below
+this makes a model's numbers bit-identical whether it is trained alone (``fit``) or in a stack of
+any size (``fit_many``). With M = 1 the model's own parameters become views of that buffer while
+training, so callbacks see the current weights.
 """
 
 from __future__ import annotations
@@ -120,11 +123,6 @@ def _product_add(n: int, k: int, p: int):
         prod = _product(n, k, p)
         return lambda c, a, b: c + prod(a, b)
     return torch.baddbmm
-
-
-def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` for ``(M, n, k) @ (M, k, p)`` (into ``out`` if given); see ``_product``."""
-    return _product(a.shape[1], a.shape[2], b.shape[2])(a, b, out=out)
 
 
 def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
