@@ -82,6 +82,7 @@ def _mean_last_grad(g: torch.Tensor) -> torch.Tensor:
 
 
 _ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_BCE_BWD = torch.ops.aten.binary_cross_entropy_backward.default  # torch's BCE derivative kernel
 
 
 def _one(like: torch.Tensor) -> torch.Tensor:
@@ -121,7 +122,7 @@ class BinaryCrossentropy(Loss):
         # (p - y) / (p (1 - p)); the clip passes no gradient (p != y_pred there)
         p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
         v = F.binary_cross_entropy(p, y_true, reduction="none")
-        g = torch.ops.aten.binary_cross_entropy_backward(_one(p), p, y_true, None, 0) * (p == y_pred)
+        g = _BCE_BWD(_one(p), p, y_true, None, 0) * (p == y_pred)
         return _mean_last(v), _mean_last_grad(g)
 
 

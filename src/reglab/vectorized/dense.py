@@ -55,8 +55,15 @@ __all__ = ["DenseStack", "NotTransformable", "unsupported_reason"]
 # ----------------------------------------------------------------------------- activations
 
 
+# autograd's own derivative kernels, bound to their overloads once (a packet lookup per call costs
+# about as much as the kernel on these shapes)
+_THRESHOLD_BWD = torch.ops.aten.threshold_backward.default
+_SIGMOID_BWD = torch.ops.aten.sigmoid_backward.default
+_TANH_BWD = torch.ops.aten.tanh_backward.default
+
+
 def _relu_bwd(g, y):
-    return torch.ops.aten.threshold_backward(g, y, 0)
+    return _THRESHOLD_BWD(g, y, 0)
 
 
 def _sigmoid(z):
@@ -64,11 +71,11 @@ def _sigmoid(z):
 
 
 def _sigmoid_bwd(g, y):
-    return torch.ops.aten.sigmoid_backward(g, y)
+    return _SIGMOID_BWD(g, y)
 
 
 def _tanh_bwd(g, y):
-    return torch.ops.aten.tanh_backward(g, y)
+    return _TANH_BWD(g, y)
 
 
 def _softmax(z):
