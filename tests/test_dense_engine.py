@@ -15,6 +15,31 @@ from reglab.vectorized.dense import DenseStack, unsupported_reason
 
 from .lecture import blobs, reglab_program
 
+
+def _engine_and_autograd(build, x, y, **fit_kw):
+    """Histories of ``fit`` on the engine (optimizer by name) and on autograd (an optimizer
+    instance), each model from ``torch.manual_seed(1); build()``, trained with seed 2."""
+    runs = []
+    for instance in (False, True):
+        torch.manual_seed(1)
+        m = build()
+        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
+        runs.append(reglab.fit(m, x, y, optimizer=opt, seed=2, progress=False, **fit_kw))
+    return runs
+
+
+def _second_of_three_equals_alone(build, x, y, key, **fit_kw):
+    """Model 1 of ``fit_many`` over seeds 1, 2, 3 = ``fit`` of the same model alone: history
+    ``key`` within 1e-12, weights bit for bit."""
+    res = reglab.fit_many(build, x, y, seeds=[1, 2, 3], progress=False, **fit_kw)
+    assert res.engine == "dense"
+    torch.manual_seed(2)
+    m = build()
+    h = reglab.fit(m, x, y, seed=2, progress=False, **fit_kw)
+    np.testing.assert_allclose(res.histories[1][key], h[key], rtol=1e-12)
+    for p, q in zip(m.parameters(), res.models[1].parameters()):
+        assert torch.equal(p.detach(), q.detach())
+
 REGULARIZERS = [
     R.L1(0.01), R.L2(0.02), R.L1L2(0.01, 0.03), R.Lp(3, 0.01), R.Lp(2.5, 0.2), R.KLSparsity(0.1, 0.5),
     R.L1(0.01) + R.L2(0.5), 0.5 * R.L1L2(0.2, 0.1), R.OrthogonalRegularizer(0.1),
@@ -193,24 +218,11 @@ def test_multiclass_softmax_net_on_the_engine_equals_autograd_and_fit_many():
     def build():
         return reglab.models.mlp(4, [dict(units=8, activation="tanh", kernel_regularizer=reglab.L2(0.01)),
                                      dict(units=3, activation="softmax")]).to(torch.float64)
-    runs = []
-    for instance in (False, True):
-        torch.manual_seed(1)
-        m = build()
-        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
-        runs.append(reglab.fit(m, x, y, loss="sparse_categorical_crossentropy", optimizer=opt, epochs=5,
-                               batch_size=16, seed=2, progress=False))
+    runs = _engine_and_autograd(build, x, y, loss="sparse_categorical_crossentropy", epochs=5, batch_size=16)
     for k in runs[0].keys():
         np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-12, err_msg=k)
-    res = reglab.fit_many(build, x, y, seeds=[1, 2, 3], loss="sparse_categorical_crossentropy", epochs=20,
-                          batch_size=16, progress=False)
-    assert res.engine == "dense"
-    torch.manual_seed(2)
-    m = build()
-    h = reglab.fit(m, x, y, loss="sparse_categorical_crossentropy", epochs=20, batch_size=16, seed=2, progress=False)
-    np.testing.assert_allclose(res.histories[1]["loss"], h["loss"], rtol=1e-12)
-    for p, q in zip(m.parameters(), res.models[1].parameters()):
-        assert torch.equal(p.detach(), q.detach())
+    _second_of_three_equals_alone(build, x, y, "loss", loss="sparse_categorical_crossentropy", epochs=20,
+                                  batch_size=16)
 
 
 def test_a_regularizer_torch_func_cannot_transform_falls_back_in_fit_and_is_named_in_fit_many():
@@ -354,23 +366,9 @@ def test_unit_dimensions_with_activity_penalties_match_autograd_and_fit_many():
                                      dict(units=1, activation="relu", activity_regularizer=L2),
                                      dict(units=3, activation="sigmoid", activity_regularizer=L1, bias_regularizer=L1),
                                      dict(units=1, activation="sigmoid")]).to(torch.float64)
-    runs = []
-    for instance in (False, True):
-        torch.manual_seed(1)
-        m = build()
-        opt = reglab.optimizers.get("adam", m.parameters()) if instance else "adam"
-        runs.append(reglab.fit(m, x, y, loss="binary_crossentropy", optimizer=opt, epochs=6, batch_size=4, seed=2,
-                               validation_data=(x[:7], y[:7]), progress=False))
+    kw = dict(loss="binary_crossentropy", epochs=6, batch_size=4, validation_data=(x[:7], y[:7]))
+    runs = _engine_and_autograd(build, x, y, **kw)
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0].keys():
         np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-12, atol=1e-15, err_msg=k)
-    res = reglab.fit_many(build, x, y, seeds=[1, 2, 3], loss="binary_crossentropy", epochs=6, batch_size=4,
-                          validation_data=(x[:7], y[:7]), progress=False)
-    assert res.engine == "dense"
-    torch.manual_seed(2)
-    m = build()
-    h = reglab.fit(m, x, y, loss="binary_crossentropy", epochs=6, batch_size=4, seed=2,
-                   validation_data=(x[:7], y[:7]), progress=False)
-    np.testing.assert_allclose(res.histories[1]["val_loss"], h["val_loss"], rtol=1e-12)
-    for p, q in zip(m.parameters(), res.models[1].parameters()):
-        assert torch.equal(p.detach(), q.detach())
+    _second_of_three_equals_alone(build, x, y, "val_loss", **kw)

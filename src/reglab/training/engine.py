@@ -379,10 +379,7 @@ def run(
                 interrupted = True
                 break
             tr = (acc / seen).cpu().numpy().astype(np.float64)
-            n_acc = 1 if correct is not None else 0
-            pen_rows = tr[1 + n_acc:]
-            penalty = pen_rows.sum(0) if len(pen_rows) else np.zeros(M)
-            tr = np.concatenate([(tr[0] + penalty)[None], tr[:1], penalty[None], tr[1:]])
+            tr = _with_totals(tr, correct is not None)
             logs = [dict() for _ in range(M)]
             keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if correct is not None else []) + [
                 f"penalty/{n}" for n in names]
@@ -431,6 +428,14 @@ def run(
     return LoopResult(histories, failed, interrupted)
 
 
+def _with_totals(rows: np.ndarray, with_accuracy: bool) -> np.ndarray:
+    """``[data loss, accuracy?, each penalty]`` rows (per model) -> ``[loss, data loss, penalty,
+    accuracy?, each penalty]``: the totals the history logs, summed in float64."""
+    head = 2 if with_accuracy else 1
+    penalty = rows[head:].sum(0) if len(rows) > head else np.zeros(rows.shape[1])
+    return np.concatenate([(rows[0] + penalty)[None], rows[:1], penalty[None], rows[1:]])
+
+
 def _merge(stack: Stack, best: Any, mask: np.ndarray) -> Any:
     """Take the current weights of the models in ``mask`` into the snapshot ``best``."""
     if stack.n_models == 1:
@@ -466,9 +471,7 @@ def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) 
     if acc is None:
         return {}
     v = (acc / seen).cpu().numpy().astype(np.float64)
-    head = 2 if has_acc else 1
-    penalty = v[head:].sum(0) if len(v) > head else np.zeros(v.shape[1])
-    v = np.concatenate([(v[0] + penalty)[None], v[:1], penalty[None], v[1:]])
+    v = _with_totals(v, has_acc)
     keys = ["val_loss", "val_data_loss", "val_penalty"] + (["val_accuracy"] if has_acc else []) + [
         f"val_penalty/{n}" for n in names]
     return {k: v[j] for j, k in enumerate(keys)}

@@ -274,7 +274,6 @@ class DenseStack:
         named = list(base.named_parameters())
         self.param_names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
-        sizes = [int(np.prod(s)) for s in self.shapes]
         index = {n: i for i, n in enumerate(self.param_names)}
         # layout: a Dense layer with a bias keeps W and b as one (out, in + 1) block [W | b]; its
         # input carries a column of ones, so one product gives z = [h, 1] [W | b]^T and one gives
@@ -408,17 +407,17 @@ class DenseStack:
                 p.data = v[0]
 
     def _block(self, buf: torch.Tensor, i: int) -> torch.Tensor:
-        """The block of weight (or plain) parameter ``i`` in a ``(M, P)`` buffer: ``(M, out, in + 1)``
-        for a layer with a bias, the parameter's own shape otherwise."""
+        """The block parameter ``i`` lies in, in a ``(M, P)`` buffer: ``(M, out, in + 1)`` for a
+        layer with a bias (its weight's and its bias's), the parameter's own shape otherwise."""
         o, blk, _ = self._spec[i]
         return buf[:, o:o + int(np.prod(blk))].view((buf.shape[0],) + tuple(blk))
 
     def _view(self, buf: torch.Tensor, i: int) -> torch.Tensor:
         """Parameter ``i`` of every model in a ``(M, P)`` buffer (a strided view inside its layer's
         ``[W | b]`` block)."""
-        o, blk, col = self._spec[i]
-        view = buf[:, o:o + int(np.prod(blk))].view((buf.shape[0],) + tuple(blk))
-        return view if col is None else view[:, :, col]
+        col = self._spec[i][2]
+        block = self._block(buf, i)
+        return block if col is None else block[:, :, col]
 
     def _spans(self, i: int) -> list[tuple[int, int]]:
         """Where parameter ``i`` lies in a row of the buffer, as ``[start, stop)`` ranges."""
@@ -539,12 +538,11 @@ class DenseStack:
                 if op.kind == "affine":
                     out_, in_ = self.shapes[op.w]
                     k = in_ + 1 if op.w in self._bias_of else in_
-                    dh = None
+                    dh = None  # (kernel, G's view it adds or None)
                     if j > first and gsl[j - 1] is not None:  # dh = G's view + g W in one kernel
-                        prod, folded = _product_add(B, out_, in_), j - 1
-                        dh = (lambda c, f: lambda g, w: f(c, g, w))(gsl[j - 1], prod)
+                        dh, folded = (_product_add(B, out_, in_), gsl[j - 1]), j - 1
                     elif j > first:
-                        dh = _product(B, out_, in_)
+                        dh = (_product(B, out_, in_), None)
                     bwd.append((j, _AFFINE, self.views[op.w], op.w, _product(out_, B, k), dh,
                                 self.gblocks[op.w] if direct else None, gs))
                 elif op.kind == "act":
@@ -693,7 +691,7 @@ class DenseStack:
                 # strided views makes bmm loop per model)
                 parts[w] = dw(g.transpose(1, 2), inputs[j], out=gout)
                 if dh is not None:
-                    g = dh(g, a)
+                    g = dh[0](g, a) if dh[1] is None else dh[0](dh[1], g, a)
         if not direct:
             M = self.n_models
             torch.cat([parts[i].reshape(M, -1) for i in self._block_order] + [self._pad], dim=1, out=self.gflat)
