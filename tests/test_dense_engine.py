@@ -372,3 +372,73 @@ def test_unit_dimensions_with_activity_penalties_match_autograd_and_fit_many():
     for k in runs[0].keys():
         np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-12, atol=1e-15, err_msg=k)
     _second_of_three_equals_alone(build, x, y, "val_loss", **kw)
+
+
+def test_penalty_sums_over_steps_equal_the_sum_of_each_steps_values():
+    """PenaltyGroups.totals after accumulate(x_t, w_t) = sum_t w_t * values(x_t), per model and
+    source, with strengths differing by model; the sums start again from 0 after totals."""
+    from reglab.vectorized.penalties import PenaltyGroups, elementwise_terms
+
+    g = torch.Generator().manual_seed(0)
+    M, B, W = 3, 4, 10
+    strengths = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+
+    def groups(nonnegative):
+        pg = PenaltyGroups(M, W, torch.float64, "cpu")
+        for name, reg, spans in (("a", R.L1L2(1.0, 2.0), [(0, 3), (5, 6)]), ("b", R.L2(1.0), [(3, 5)]),
+                                 ("c", 0.5 * R.L1(1.0), [(6, 10)])):
+            hp = {k: strengths * v for k, v in reg.hparams().items()} if not isinstance(reg, R.Scaled) else \
+                {"factor": torch.full((M,), 0.5, dtype=torch.float64), "inner/l1": strengths}
+            pg.add(0, name, spans, elementwise_terms(reg, hp), nonnegative=nonnegative)
+        pg.build()
+        return pg
+
+    for shape, nonneg in (((M, W), False), ((M, B, W), False), ((M, B, W), True)):
+        pg = groups(nonneg)
+        xs = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
+        if nonneg:
+            xs = [x.clamp_min(0) for x in xs]
+        weights = [20.0, 20.0, 5.0]
+        expected = sum(w * pg.values(x) for w, x in zip(weights, xs))
+        for w, x in zip(weights, xs):
+            pg.accumulate(x, w)
+        got = pg.totals()
+        assert got.shape == (M, 3)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12)
+        # each source by hand for model 2 and the first buffer (|x| = x on nonnegative values)
+        x = xs[0][2].reshape(-1, W) if len(shape) == 3 else xs[0][2][None]
+        by_hand = [0.3 * x[:, [0, 1, 2, 5]].abs().sum() + 0.6 * (x[:, [0, 1, 2, 5]] ** 2).sum(),
+                   0.3 * (x[:, 3:5] ** 2).sum(), 0.5 * 0.3 * x[:, 6:].abs().sum()]
+        np.testing.assert_allclose(pg.values(xs[0])[2].numpy(), torch.stack(by_hand).numpy(), rtol=1e-12)
+        assert torch.equal(pg.totals(), torch.zeros(M, 3, dtype=torch.float64))  # started again
+
+
+def test_a_penalty_alone_turning_infinite_fails_its_model_at_the_end_of_the_epoch():
+    """The engine sums penalty values over an epoch's steps; a model whose penalty alone becomes
+    inf (a huge bias: the clipped cross-entropy stays finite) is failed at that epoch, the
+    others train as alone; fit raises naming the source."""
+    x, y, _, _ = blobs(0)
+
+    def build():
+        m = reglab.models.mlp(2, [dict(units=4, activation="relu"),
+                                  dict(units=1, activation="sigmoid", bias_regularizer=R.L2(0.01))])
+        if torch.initial_seed() == 1:
+            with torch.no_grad():
+                m[-1].bias.fill_(1e30)  # 0.01 * 1e60 overflows float32
+        return m
+
+    kw = dict(loss="binary_crossentropy", epochs=3, batch_size=50, progress=False)
+    res = reglab.fit_many(build, x, y, seeds=[0, 1, 2], **kw)
+    assert res.engine == "dense"
+    assert set(res.failed) == {1}
+    assert res.failed[1]["epoch"] == 0 and res.failed[1]["batch"] == 4  # the epoch's last batch (225 / 50)
+    assert res.failed[1]["value"] == float("inf")
+    assert len(res.histories[1]) == 0 and len(res.histories[0]) == 3
+    for i in (0, 2):
+        torch.manual_seed(i)
+        h = reglab.fit(build(), x, y, seed=i, **kw)
+        np.testing.assert_allclose(res.histories[i]["loss"], h["loss"], rtol=1e-6)
+    torch.manual_seed(1)
+    with pytest.raises(reglab.TrainingDiverged, match=r"diverged in epoch 0 \(0-based; penalties summed over its batches 0-4\): "
+                       r"penalty source\(s\) \['1.bias'\] became inf"):
+        reglab.fit(build(), x, y, seed=1, **kw)

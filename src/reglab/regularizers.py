@@ -196,6 +196,12 @@ def _square(x):
     return torch.mul(x, x)  # the bits of x.square() (pow by 2 is x * x in ATen), without pow's dispatch
 
 
+# What engines may use without calling these functions (``reglab.vectorized.penalties``):
+_abs.identity_on_nonnegative = True  # |x| = x where x >= 0 (a relu's or sigmoid's output)
+_sign.constant_on_positive = 1.0  # sign(x) = 1 where x > 0
+_square.is_square = True  # f(x) = x * x: an accumulation may be one addcmul
+
+
 def _twice(x):
     return 2.0 * x
 

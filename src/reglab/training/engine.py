@@ -33,7 +33,8 @@ from .history import History
 
 class TrainingDiverged(RuntimeError):
     """The loss or a penalty became NaN/inf. ``history`` holds the completed epochs; ``state_dict``
-    the last finite weights (also loaded into the model); ``epoch``/``batch`` say where (0-based)."""
+    the last finite weights (also loaded into the model); ``epoch``/``batch`` say where (0-based;
+    for a penalty of a stack that sums its penalties over the epoch, the epoch's last batch)."""
 
     def __init__(self, message: str, history: History, state_dict: dict[str, torch.Tensor], epoch: int, batch: int):
         super().__init__(message)
@@ -45,8 +46,11 @@ class TrainingDiverged(RuntimeError):
 
 class Stack(Protocol):
     """What the loop needs from M models. Optional: ``sets_grad = True`` (``backward`` replaces
-    the gradient, so the loop skips ``optimizer.zero_grad``), ``eval_batches(data, batch_size)``
-    (how to split validation data), ``state_dict(snap)``, ``merge_snapshot``, ``write_back()``."""
+    the gradient, so the loop skips ``optimizer.zero_grad``), ``defers_penalties = True`` (in
+    training, ``objective`` returns no penalty values; ``penalty_totals()`` gives, at the epoch's
+    end, each source's values summed over its steps times their batch sizes, ``(K, M)``),
+    ``eval_batches(data, batch_size)`` (how to split validation data), ``state_dict(snap)``,
+    ``merge_snapshot``, ``write_back()``."""
 
     n_models: int
     params: list[torch.Tensor]
@@ -299,7 +303,34 @@ def run(
     bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
     interrupted = False
     sets_grad = getattr(stack, "sets_grad", False)
+    defers = getattr(stack, "defers_penalties", False)
     grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
+
+    def diverged(newly: np.ndarray, ok: np.ndarray, epoch: int, b: int, total: torch.Tensor, pens, epoch_start,
+                 where: str | None = None) -> None:
+        """Models in ``newly`` became non-finite at batch ``b`` (or, ``where`` says, by then):
+        raise (``raise_on_divergence``) or mark them failed, with their epoch-start weights where
+        their own are not finite."""
+        nonlocal active, frozen_any
+        if raise_on_divergence:
+            bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
+            what = f"penalty source(s) {bad}" if bad else "the data loss"
+            state = stack.snapshot()
+            if not stack.all_finite().all():
+                state = epoch_start
+                stack.restore(state, np.ones(M, dtype=bool))
+            raise TrainingDiverged(
+                f"training diverged {where or f'at epoch {epoch} (0-based), batch {b}'}: {what} became "
+                f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
+                "weights are kept on this exception (.history, .state_dict) and in the model",
+                histories[0], stack.state_dict(state), epoch, b)
+        for i in np.flatnonzero(newly):
+            failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
+        broken = newly & ~stack.all_finite()
+        if broken.any():  # keep the epoch-start weights of models whose weights are not finite
+            stack.restore(epoch_start, broken)
+        active &= ok
+        frozen_any = True
     with _DeferredInterrupt() as intr, _FlushDenormals():
         for epoch in bar:
             for cb in callbacks:
@@ -329,25 +360,7 @@ def run(
                     else:
                         newly = None
                     if newly is not None and newly.any():
-                        if raise_on_divergence:
-                            bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
-                            what = f"penalty source(s) {bad}" if bad else "the data loss"
-                            state = stack.snapshot()
-                            if not stack.all_finite().all():
-                                state = epoch_start
-                                stack.restore(state, np.ones(M, dtype=bool))
-                            raise TrainingDiverged(
-                                f"training diverged at epoch {epoch} (0-based), batch {b}: {what} became "
-                                f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
-                                "weights are kept on this exception (.history, .state_dict) and in the model",
-                                histories[0], stack.state_dict(state), epoch, b)
-                        for i in np.flatnonzero(newly):
-                            failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
-                        broken = newly & ~stack.all_finite()
-                        if broken.any():  # keep the epoch-start weights of models whose weights are not finite
-                            stack.restore(epoch_start, broken)
-                        active &= ok
-                        frozen_any = True
+                        diverged(newly, ok, epoch, b, total, pens, epoch_start)
                         if not active.any():
                             break
                     if frozen_any:
@@ -373,6 +386,17 @@ def run(
                     seen += bs
                     if intr.flag:
                         break
+            if defers:
+                # the stack summed its penalty values (times the batch size) over the epoch's steps;
+                # a penalty that alone became non-finite is caught here, at the epoch's end
+                pt = stack.penalty_totals()
+                if pt is not None and acc is not None:
+                    acc = torch.cat((acc, pt))
+                    ok = torch.isfinite(pt).all(0).cpu().numpy()
+                    newly = active & ~ok
+                    if newly.any():
+                        diverged(newly, ok, epoch, b, (acc[0] + pt.sum(0)) / seen, pt, epoch_start,
+                                 f"in epoch {epoch} (0-based; penalties summed over its batches 0-{b})")
             if acc is None or not active.any() and not intr.flag:
                 break
             if intr.flag and seen < train.n:

@@ -153,8 +153,9 @@ _AFFINE, _ACT, _SIGMOID_PADDED, _DROPOUT, _DROPOUT_EVAL = range(5)
 class _Frame:
     """What a step of batch size B needs, made once: the activity buffer ``abuf`` (M, B, units)
     and, per op, the forward plan ``fwd`` [(op, kind, a, b, destination view)]; in training the
-    activity-derivative buffer ``G``, the maps ``gmaps`` [(Lam, f' or None for f'(x) = x)] it is
-    computed from, and the backward plan ``bwd`` (kernels chosen for B, views made). Layer inputs
+    activity-derivative ``G`` = ``gconst + sum Lam * f'(abuf)`` over the maps ``gmaps``
+    [(Lam, f' or None for f'(x) = x)] (without maps ``G`` is ``gconst`` itself, made once, one
+    row broadcast over the batch), and the backward plan ``bwd`` (kernels chosen for B, views made). Layer inputs
     that carry a ones column live in these buffers (the activity buffer's reserved columns, or their
     own), ``xcopy`` for the first layer's."""
 
@@ -162,6 +163,7 @@ class _Frame:
     fwd: list[tuple[int, int, Any, Any, torch.Tensor | None]]
     G: torch.Tensor | None
     gmaps: list[tuple[torch.Tensor, Any]]
+    gconst: torch.Tensor | None
     bwd: list[tuple]
     xcopy: torch.Tensor | None  # where the batch goes when the first layer takes [x, 1]
 
@@ -376,17 +378,19 @@ class DenseStack:
                     at += 1
             self.agroups = PenaltyGroups(M, at, dtype, dev)
             for j in sorted(grouped):
+                # a relu's or sigmoid's output: |y| = y, and sign(y) = 1 wherever the activation's
+                # derivative is not 0 (where y = 0 the backward pass zeroes what G adds)
+                nonneg = self.ops[j].kind == "act" and self.ops[j].act in ("relu", "sigmoid")
                 for name, terms in grouped[j]:
-                    self.agroups.add(0, name, [self.aspan[j]], terms)
-        # every source grouped: both groups add into one table in self.names order; otherwise
-        # values come as [grouped parameter sources, other parameter sources, grouped activity,
-        # other activity, loss terms] and a permutation puts them in self.names order
-        self._shared_cols = not (self.param_pens or self.activity_at or self.loss_terms)
+                    self.agroups.add(0, name, [self.aspan[j]], terms, nonnegative=nonneg)
         for groups in (self.pgroups, self.agroups):
             if groups:
-                groups.build(self.names if self._shared_cols else None)
-        order = (self.pgroups.names + [n for n, _, _ in self.param_pens] +
-                 (self.agroups.names if self.agroups else []) +
+                groups.build()
+        # penalty values come as [grouped parameter sources, grouped activity sources, other
+        # parameter sources, other activity sources, loss terms]; a permutation puts them in
+        # self.names order
+        order = (self.pgroups.names + (self.agroups.names if self.agroups else []) +
+                 [n for n, _, _ in self.param_pens] +
                  [n for j in sorted(self.activity_at) for n, _, _ in self.activity_at[j]] +
                  ([RegularizedLoss.source_name] if self.loss_terms else []))
         if sorted(order) != sorted(self.names):
@@ -396,6 +400,9 @@ class DenseStack:
         self._hp_cache: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         #: the loop may skip optimizer.zero_grad: backward() writes the whole gradient
         self.sets_grad = True
+        #: training steps add their penalty values up here (``penalty_totals``)
+        self.defers_penalties = True
+        self._other_sums: torch.Tensor | None = None  # (M, k): batch size x value of the ungrouped sources
         self.constraints = [(index[name], c) for name, c in shared_constraints(self.models)]
         self._training = self.base.training
         self._cache: tuple | None = None
@@ -521,11 +528,15 @@ class DenseStack:
                 fwd.append((j, _ACT, op.act, None, dest[j]))
             else:
                 fwd.append((j, _DROPOUT if self._training else _DROPOUT_EVAL, op.p, None, dest[j]))
-        G, gsl, gmaps, bwd = None, [None] * n_ops, [], []
+        G, gsl, gconst, gmaps, bwd = None, [None] * n_ops, None, [], []
         if self._training and self.agroups is not None:
-            G = torch.empty_like(abuf)
+            gconst, gmaps = self.agroups.grad_maps(1, 1.0 / B)
+            if gmaps:
+                G = torch.empty_like(abuf)
+            else:  # constant: one model reads it whole (fewer dispatches), a stack one broadcast row
+                G = gconst.expand(M, B if M == 1 else 1, abuf.shape[2])
+                G = G.contiguous() if M == 1 else G
             gsl = [None if (sp := self.aspan.get(j)) is None else G[..., sp[0]:sp[1]] for j in range(n_ops)]
-            gmaps = self.agroups.grad_maps(1, 1.0 / B)
         if self._training:
             # the backward plan, last op first: (op, kind, derivative or W, block index, the dW and
             # dh kernels (dh None for the first layer), gradient block to write into (one model), G's view)
@@ -549,7 +560,7 @@ class DenseStack:
                     bwd.append((j, _ACT, _ACTS[op.act][1], -1, None, None, None, gs))
                 else:
                     bwd.append((j, _DROPOUT, None, -1, None, None, None, gs))
-        return _Frame(abuf, fwd, G, gmaps, bwd, xcopy)
+        return _Frame(abuf, fwd, G, gmaps, gconst, bwd, xcopy)
 
     def objective(self, xb, yb):
         M = self.n_models
@@ -563,21 +574,20 @@ class DenseStack:
         outputs: list[Any] = [None] * n_ops
         act_grads: dict[int, torch.Tensor] = {}
         grads: list[tuple[int, torch.Tensor]] = []
-        blocks: list[torch.Tensor] = []  # (M, k) value columns in the order of self._perm
-        vals = None  # the (M, K) table when every source is grouped (self._shared_cols)
+        training = self._training
+        # penalty values, (M, k) blocks in the order of self._perm; a training step adds them up
+        # for penalty_totals instead (the element-wise groups: their f(x) only)
+        blocks: list[torch.Tensor] = []
         if self.pgroups:
-            if self._shared_cols:
-                vals = self.pgroups.values(self.flat)
+            if training:
+                self.pgroups.accumulate(self.flat, B)
             else:
                 blocks.append(self.pgroups.values(self.flat))
-        singles: list[torch.Tensor] = []
+        singles: list[torch.Tensor] = []  # values of the other sources
         for name, i, reg in self.param_pens:
             v, g = reg.value_and_grad(self.views[i], self.hparams.get(name, {}))
             singles.append(v)
             grads.append((i, g))
-        if singles:
-            blocks.append(torch.stack(singles, dim=1))
-        singles = []
         activity_at = self.activity_at
         if fr.xcopy is not None:
             fr.xcopy.copy_(h)
@@ -610,19 +620,19 @@ class DenseStack:
                     singles.append(v)
                     act_grads[j] = act_grads[j] + g if j in act_grads else g
         if fr.abuf is not None:
-            if self._shared_cols:
-                vals = self.agroups.values(fr.abuf, 1.0 / B, acc=vals)
+            if training:  # batch size x the batch-mean penalty: the sum over the batch
+                self.agroups.accumulate(fr.abuf)
             else:
                 blocks.append(self.agroups.values(fr.abuf, 1.0 / B))
-            if fr.G is not None:  # the activity penalties' derivative, for all layers at once
-                first = True
+            if fr.gmaps:  # the activity penalties' derivative, for all layers at once
+                base = fr.gconst
                 for lam, df in fr.gmaps:
                     d = fr.abuf if df is None else df(fr.abuf)
-                    if first:
+                    if base is None:
                         torch.mul(lam, d, out=fr.G)
-                        first = False
                     else:
-                        fr.G.addcmul_(lam, d)
+                        torch.addcmul(base, lam, d, out=fr.G)
+                    base = fr.G
         if self.loss_terms:
             s = self.hparams[RegularizedLoss.source_name]["strength"]
             total = None
@@ -631,22 +641,41 @@ class DenseStack:
                 total = v if total is None else total + v
                 grads.append((i, s.reshape((-1,) + (1,) * (g.dim() - 1)) * g))
             singles.append(s * total)
+        stacked = None
         if singles:
-            blocks.append(torch.stack(singles, dim=1))
-        stacked = None if vals is None else vals.T
+            singles = torch.stack(singles, dim=1)
+            if training:
+                o = self._other_sums
+                self._other_sums = singles * B if o is None else o.add_(singles, alpha=B)
+            else:
+                blocks.append(singles)
         if blocks:
-            cols = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
-            if self._perm is not None:
-                cols = cols.index_select(1, self._perm)
-            stacked = cols.T
+            stacked = self._table(blocks)
         out = h
-        if self._training:
+        if training:
             data, dout = self.loss.per_example_and_grad(out, yb)
             self._cache = (inputs, outputs, act_grads, grads, dout, B, fr)
         else:
             data = self.loss.per_example(out, yb)
         correct = correct_per_example(out, yb, self.loss) if self.with_accuracy else None
         return data, correct, self.names, stacked
+
+    def _table(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """``(K, M)`` penalty values in ``self.names`` order from the ``(M, k)`` blocks."""
+        cols = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        if self._perm is not None:
+            cols = cols.index_select(1, self._perm)
+        return cols.T
+
+    def penalty_totals(self) -> torch.Tensor | None:
+        """``(K, M)``: each penalty source's value summed over the training steps since the last
+        call, each step's value times its batch size (what the loop sums for a stack that returns
+        its values every step); the sums start again from 0."""
+        blocks = [g.totals() for g in (self.pgroups, self.agroups) if g]
+        if self._other_sums is not None:
+            blocks.append(self._other_sums)
+            self._other_sums = None
+        return self._table(blocks) if blocks else None
 
     def _over_batch(self, name: str, B: int) -> dict[str, torch.Tensor]:
         key = (name, B)

@@ -56,7 +56,12 @@ def _index(spans: list[tuple[int, int]], device: Any) -> torch.Tensor:
 
 
 class PenaltyGroups:
-    """The element-wise penalty sources on the spans of one buffer (see the module docstring)."""
+    """The element-wise penalty sources on the spans of one buffer (see the module docstring).
+
+    ``values(x)`` gives each source's penalty on ``x`` now; ``accumulate(x, weight)`` adds
+    ``weight * f(x)`` (summed over the lead axes) into per-kind sums and ``totals()`` turns
+    those into ``sum_t weight_t * values(x_t)`` -- the values are linear in ``f(x)``, so a
+    training epoch maps its sums to per-source values once instead of every step."""
 
     def __init__(self, n_models: int, width: int, dtype: torch.dtype, device: Any):
         self.M, self.W, self.dtype, self.device = n_models, width, dtype, device
@@ -66,10 +71,15 @@ class PenaltyGroups:
         self.names: list[str] = []
 
     def add(self, channel: int, source: str, spans: list[tuple[int, int]], terms: list,
-            weights: dict[Any, float] | None = None) -> None:
+            weights: dict[Any, float] | None = None, nonnegative: bool = False) -> None:
         """``terms``: ``[(key, f, f', strength (M,))]`` on ``spans``, each times ``weights[key]``
-        (a constant, default 1)."""
+        (a constant, default 1). ``nonnegative``: the spans hold values ``>= 0`` whose
+        derivative the caller zeroes where they are 0 (a relu's or sigmoid's output); there a
+        term with ``|x|``, ``sign(x)`` is computed as ``x`` with the constant derivative 1."""
         for key, f, df, st in terms:
+            if nonnegative and getattr(f, "identity_on_nonnegative", False) and \
+                    getattr(df, "constant_on_positive", None) is not None:
+                key, f = ("on nonnegative values", key), None
             self._fns.setdefault(key, (f, df))
             w = 1.0 if weights is None else float(weights.get(key, 1.0))
             self._items.setdefault((channel, key), {}).setdefault(source, []).append((spans, st, w))
@@ -79,12 +89,10 @@ class PenaltyGroups:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def build(self, columns: list[str] | None = None) -> None:
-        """Make the maps. ``columns``: the value columns to produce (a superset of ``names`` in any
-        order; others stay 0), so that groups on different buffers add into one table."""
-        columns = self.names if columns is None else columns
-        M, W, K = self.M, self.W, len(columns)
-        col = {n: j for j, n in enumerate(columns)}
+    def build(self) -> None:
+        """Make the maps (after the last ``add``)."""
+        M, W, K = self.M, self.W, len(self.names)
+        col = {n: j for j, n in enumerate(self.names)}
         new = {"dtype": self.dtype, "device": self.device}
         per_key: dict[Any, list] = {}
         for (ch, key), sources in self._items.items():
@@ -110,20 +118,24 @@ class PenaltyGroups:
                 else:
                     factor = False
             per_key.setdefault(key, []).append((lam, (Sw, A) if factor else None, S))
-        # per key: f, f' (or its constant c where f'(x) = c x), value maps per channel, Lam over channels
+        # per key: f (None: the identity, with f' constant), f' (None where f'(x) = c x or f' is
+        # constant: c is in Lam), value maps per channel, Lam over channels
         self.groups = []
         for key, chans in per_key.items():
             f, df = self._fns[key]
             total = chans[0][0].clone()
             for lam, _, _ in chans[1:]:
                 total += lam
-            c = getattr(df, "linear_coefficient", None)
+            c = df.constant_on_positive if f is None else getattr(df, "linear_coefficient", None)
             if c is not None:
                 total *= c
             if M > 1 and bool((total == total[:1]).all()):
                 total = total[:1].clone()  # the same strengths in every model: one row, broadcast (less to read)
             self.groups.append((f, df if c is None else None, chans, total))
         self._scaled: dict[float, list] = {}
+        self._grad_maps: dict[tuple[int, float | None], tuple] = {}
+        # accumulate()'s f(x) sums, with f and whether f(x) = x * x
+        self._sums = [(torch.zeros(M, W, **new), f, getattr(f, "is_square", False)) for f, _, _, _ in self.groups]
 
     def _maps(self, scale: float | None) -> list:
         if scale is None:
@@ -135,36 +147,73 @@ class PenaltyGroups:
                  total * scale) for f, df, chans, total in self.groups]
         return g
 
-    def values(self, x: torch.Tensor, scale: float | None = None, acc: torch.Tensor | None = None) -> torch.Tensor:
-        """``(M, columns)``: each source's penalty (times ``scale``) on the buffer ``x``, added to
-        ``acc`` when given (exactly: a column not in this group gets + 0)."""
-        out = acc
-        lead = tuple(range(1, x.dim() - 1))
-        for f, _, chans, _ in self._maps(scale):
-            F = f(x)
-            if lead:
-                F = F.sum(lead)
-            for lam, fa, S in chans:
-                if fa is not None:
-                    out = (F @ fa[0]) * fa[1] if out is None else torch.addcmul(out, F @ fa[0], fa[1])
-                else:
-                    v = (F * lam) @ S
-                    out = v if out is None else out + v
+    @staticmethod
+    def _features(f: Any, x: torch.Tensor) -> torch.Tensor:
+        """``f(x)`` summed over the lead axes (between models and columns)."""
+        F = x if f is None else f(x)
+        return F.sum(tuple(range(1, x.dim() - 1))) if x.dim() > 2 else F
+
+    @staticmethod
+    def _map(F: torch.Tensor, chans: list, out: torch.Tensor | None) -> torch.Tensor:
+        """Per-source values ``(M, K)`` of one kind's features ``F`` (added to ``out``)."""
+        for lam, fa, S in chans:
+            if fa is not None:
+                out = (F @ fa[0]) * fa[1] if out is None else torch.addcmul(out, F @ fa[0], fa[1])
+            else:
+                v = (F * lam) @ S
+                out = v if out is None else out + v
         return out
 
-    def grad_maps(self, lead: int, scale: float | None = None) -> list[tuple[torch.Tensor, Any]]:
-        """``[(Lam, f')]`` per kind of term, ``Lam`` shaped to broadcast against a buffer with
-        ``lead`` axes between models and columns; ``f'`` is None where ``f'(x) = c x`` (``c`` is
-        in ``Lam``). The derivative is ``sum Lam * f'(x)``."""
-        return [(total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],)), df)
-                for _, df, _, total in self._maps(scale)]
+    def values(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """``(M, K)``: each source's penalty (times ``scale``) on the buffer ``x`` (``K`` = ``names``)."""
+        out = None
+        for f, _, chans, _ in self._maps(scale):
+            out = self._map(self._features(f, x), chans, out)
+        return out
 
-    def grad_factors(self, x: torch.Tensor, scale: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[(Lam, f'(x))]`` per kind of term (see ``grad_maps``)."""
-        return [(lam, x if df is None else df(x)) for lam, df in self.grad_maps(x.dim() - 2, scale)]
+    def accumulate(self, x: torch.Tensor, weight: float = 1.0) -> None:
+        """Add ``weight * f(x)`` (summed over the lead axes) to each kind's running sum."""
+        for acc, f, square in self._sums:
+            if square and x.dim() == 2:
+                acc.addcmul_(x, x, value=weight)  # one pass
+            else:
+                acc.add_(self._features(f, x), alpha=weight)
+
+    def totals(self, scale: float | None = None) -> torch.Tensor:
+        """``(M, K)``: the values of the accumulated sums (``sum_t weight_t * values(x_t)``,
+        times ``scale``); the sums start again from 0."""
+        out = None
+        for (_, _, chans, _), (acc, _, _) in zip(self._maps(scale), self._sums):
+            out = self._map(acc, chans, out)
+            acc.zero_()
+        return out
+
+    def grad_maps(self, lead: int, scale: float | None = None) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, Any]]]:
+        """``(C, [(Lam, f')])``: the derivative is ``C + sum Lam * f'(x)``. Maps are shaped to
+        broadcast against a buffer with ``lead`` axes between models and columns (of size 1:
+        ``C``, the kinds with a constant derivative, is the same for every element of a column);
+        ``f'`` is None where ``f'(x) = c x`` (``c`` is in ``Lam``). ``C`` is None without such kinds."""
+        key = (lead, scale)
+        if key not in self._grad_maps:
+            self._grad_maps[key] = self._make_grad_maps(lead, scale)
+        return self._grad_maps[key]
+
+    def _make_grad_maps(self, lead: int, scale: float | None) -> tuple[torch.Tensor | None, list]:
+        const, maps = None, []
+        for f, df, _, total in self._maps(scale):
+            lam = total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],))
+            if f is None:
+                const = lam if const is None else const + lam
+            else:
+                maps.append((lam, df))
+        return const, maps
 
     def grad(self, x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """``d values.sum() / d x`` (times ``scale``), added into ``out`` when given."""
-        for lam, d in self.grad_factors(x, scale):
+        const, maps = self.grad_maps(x.dim() - 2, scale)
+        if const is not None:
+            out = const.expand_as(x).clone() if out is None else out.add_(const)
+        for lam, df in maps:
+            d = x if df is None else df(x)
             out = lam * d if out is None else out.addcmul_(lam, d)
         return out
