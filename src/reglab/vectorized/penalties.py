@@ -173,9 +173,12 @@ class PenaltyGroups:
 
     def accumulate(self, x: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``weight * f(x)`` (summed over the lead axes) to each kind's running sum."""
-        for acc, f, square in self._sums:
-            if square and x.dim() == 2:
+        flat = x.dim() == 2
+        for acc, f, square in self._sums:  # (every step: written for few Python calls)
+            if square and flat:
                 acc.addcmul_(x, x, value=weight)  # one pass
+            elif flat and f is None:
+                acc.add_(x, alpha=weight)
             else:
                 acc.add_(self._features(f, x), alpha=weight)
 
@@ -193,10 +196,10 @@ class PenaltyGroups:
         broadcast against a buffer with ``lead`` axes between models and columns (of size 1:
         ``C``, the kinds with a constant derivative, is the same for every element of a column);
         ``f'`` is None where ``f'(x) = c x`` (``c`` is in ``Lam``). ``C`` is None without such kinds."""
-        key = (lead, scale)
-        if key not in self._grad_maps:
-            self._grad_maps[key] = self._make_grad_maps(lead, scale)
-        return self._grad_maps[key]
+        maps = self._grad_maps.get((lead, scale))
+        if maps is None:
+            maps = self._grad_maps[(lead, scale)] = self._make_grad_maps(lead, scale)
+        return maps
 
     def _make_grad_maps(self, lead: int, scale: float | None) -> tuple[torch.Tensor | None, list]:
         const, maps = None, []
