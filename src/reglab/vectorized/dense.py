@@ -15,7 +15,9 @@ column of ones and ``[W | b]`` its weights and bias side by side::
 
 with the data-loss derivative from ``Loss.per_example_grad`` and penalty derivatives from
 ``Regularizer.value_and_grad`` (the same objects ``fit`` uses; each derivative is tested against
-autograd). Activity penalties are divided by the batch size, as in Keras. ``nn.Dropout`` layers
+autograd). Activity penalties are divided by the batch size, as in Keras. In training, penalty
+values (only logged) are summed over an epoch's steps and mapped to their sources at its end
+(``penalty_totals``; the loop's ``defers_penalties`` protocol). ``nn.Dropout`` layers
 draw their masks exactly as ``nn.Dropout`` does, so ``fit`` gives the autograd path's numbers; a
 stack of M > 1 draws all its models' masks at once, so with dropout a model in ``fit_many`` does
 not get the draw it gets alone (as on the vmap path).

@@ -14,6 +14,12 @@ a handful of operations for any number of sources and models. Two sources coveri
 elements (a layer's regularizer and a ``RegularizedLoss`` term on one tensor) go into separate
 *channels*, each with its own maps. ``f`` and ``f'`` are the regularizer's own
 (``ElementwiseRegularizer.elementwise_terms``): the math is not repeated here.
+
+The values are linear in ``sum_lead f(X)``, so a training loop that logs each source's mean over
+an epoch's steps only adds ``f(X_t)`` up (one pass per kind, ``accumulate``) and maps the sum to
+sources once (``totals``). On the output of a relu or sigmoid (``X >= 0``, and the activation's
+derivative is 0 where ``X = 0``), ``|x|`` is ``x`` and its derivative ``sign(x)`` may be taken
+as 1 everywhere: the activity derivative of ``L1`` there is a constant map, made once.
 """
 
 from __future__ import annotations
