@@ -117,9 +117,9 @@ def _product(n: int, k: int, p: int):
     if k == 1:  # outer product
         return torch.mul
     if p == 1:  # (M, n, k) . (M, 1, k) summed over k
-        return lambda a, b, out=None: torch.sum(a * b.transpose(1, 2), 2, keepdim=True, out=out)
+        return lambda a, b, out=None: torch.sum(a * b.mT, 2, keepdim=True, out=out)
     if n == 1:  # (M, k, 1) . (M, k, p) summed over k
-        return lambda a, b, out=None: torch.sum(a.transpose(1, 2) * b, 1, keepdim=True, out=out)
+        return lambda a, b, out=None: torch.sum(a.mT * b, 1, keepdim=True, out=out)
     return torch.bmm
 
 
@@ -720,7 +720,7 @@ class DenseStack:
                 # [dW | db] = dz^T [h, 1] in one product. One model: straight into its (contiguous)
                 # gradient block; a stack: into new tensors, gathered by one cat below (writing into
                 # strided views makes bmm loop per model)
-                parts[w] = dw(g.transpose(1, 2), inputs[j], out=gout)
+                parts[w] = dw(g.mT, inputs[j], out=gout)
                 if dh is not None:
                     g = dh[0](g, a) if dh[1] is None else dh[0](dh[1], g, a)
         if not direct:
