@@ -439,6 +439,7 @@ def test_a_penalty_alone_turning_infinite_fails_its_model_at_the_end_of_the_epoc
         h = reglab.fit(build(), x, y, seed=i, **kw)
         np.testing.assert_allclose(res.histories[i]["loss"], h["loss"], rtol=1e-6)
     torch.manual_seed(1)
-    with pytest.raises(reglab.TrainingDiverged, match=r"diverged in epoch 0 \(0-based; penalties summed over its batches 0-4\): "
-                       r"penalty source\(s\) \['1.bias'\] became inf"):
+    with pytest.raises(reglab.TrainingDiverged,
+                       match=r"diverged in epoch 0 \(0-based; penalties summed over its batches 0-4\): "
+                             r"penalty source\(s\) \['1.bias'\] became inf"):
         reglab.fit(build(), x, y, seed=1, **kw)

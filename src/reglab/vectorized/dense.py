@@ -155,11 +155,11 @@ _AFFINE, _ACT, _SIGMOID_PADDED, _DROPOUT, _DROPOUT_EVAL = range(5)
 class _Frame:
     """What a step of batch size B needs, made once: the activity buffer ``abuf`` (M, B, units)
     and, per op, the forward plan ``fwd`` [(op, kind, a, b, destination view)]; in training the
-    activity-derivative ``G`` = ``gconst + sum Lam * f'(abuf)`` over the maps ``gmaps``
-    [(Lam, f' or None for f'(x) = x)] (without maps ``G`` is ``gconst`` itself, made once, one
-    row broadcast over the batch), and the backward plan ``bwd`` (kernels chosen for B, views made). Layer inputs
-    that carry a ones column live in these buffers (the activity buffer's reserved columns, or their
-    own), ``xcopy`` for the first layer's."""
+    activity derivative ``G = gconst + sum Lam * f'(abuf)`` over the maps ``gmaps``
+    [(Lam, f' or None for f'(x) = x)] (without maps, ``G`` is ``gconst`` itself, made once) and
+    the backward plan ``bwd`` (kernels chosen for B, views made). Layer inputs that carry a ones
+    column live in these buffers (the activity buffer's reserved columns, or their own),
+    ``xcopy`` for the first layer's."""
 
     abuf: torch.Tensor | None
     fwd: list[tuple[int, int, Any, Any, torch.Tensor | None]]

@@ -197,7 +197,7 @@ class PenaltyGroups:
             acc.zero_()
         return out
 
-    def grad_maps(self, lead: int, scale: float | None = None) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, Any]]]:
+    def grad_maps(self, lead: int, scale: float | None = None) -> tuple[torch.Tensor | None, list]:
         """``(C, [(Lam, f')])``: the derivative is ``C + sum Lam * f'(x)``. Maps are shaped to
         broadcast against a buffer with ``lead`` axes between models and columns (of size 1:
         ``C``, the kinds with a constant derivative, is the same for every element of a column);
