@@ -376,15 +376,16 @@ def test_unit_dimensions_with_activity_penalties_match_autograd_and_fit_many():
 
 def test_penalty_sums_over_steps_equal_the_sum_of_each_steps_values():
     """PenaltyGroups.totals after accumulate(x_t, w_t) = sum_t w_t * values(x_t), per model and
-    source, with strengths differing by model; the sums start again from 0 after totals."""
+    source, with strengths differing by model, on (M, W), (M, B, W) and layered (L, M, B, W / L)
+    buffers; the sums start again from 0 after totals."""
     from reglab.vectorized.penalties import PenaltyGroups, elementwise_terms
 
     g = torch.Generator().manual_seed(0)
     M, B, W = 3, 4, 10
     strengths = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
 
-    def groups(nonnegative):
-        pg = PenaltyGroups(M, W, torch.float64, "cpu")
+    def groups(nonnegative, layers):
+        pg = PenaltyGroups(M, W, torch.float64, "cpu", layers=layers)
         for name, reg, spans in (("a", R.L1L2(1.0, 2.0), [(0, 3), (5, 6)]), ("b", R.L2(1.0), [(3, 5)]),
                                  ("c", 0.5 * R.L1(1.0), [(6, 10)])):
             hp = {k: strengths * v for k, v in reg.hparams().items()} if not isinstance(reg, R.Scaled) else \
@@ -393,14 +394,17 @@ def test_penalty_sums_over_steps_equal_the_sum_of_each_steps_values():
         pg.build()
         return pg
 
-    for shape, nonneg in (((M, W), False), ((M, B, W), False), ((M, B, W), True)):
-        pg = groups(nonneg)
+    for shape, nonneg, layers in (((M, W), False, 0), ((M, B, W), False, 0), ((M, B, W), True, 0),
+                                  ((M, B, W), False, 2)):
+        pg = groups(nonneg, layers)
         xs = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
         if nonneg:
             xs = [x.clamp_min(0) for x in xs]
+        # the buffers as the group takes them: layered (L, M, B, W / L) holds the same columns
+        feed = [x.reshape(M, B, layers, W // layers).permute(2, 0, 1, 3).contiguous() for x in xs] if layers else xs
         weights = [20.0, 20.0, 5.0]
-        expected = sum(w * pg.values(x) for w, x in zip(weights, xs))
-        for w, x in zip(weights, xs):
+        expected = sum(w * pg.values(x) for w, x in zip(weights, feed))
+        for w, x in zip(weights, feed):
             pg.accumulate(x, w)
         got = pg.totals()
         assert got.shape == (M, 3)
@@ -409,8 +413,14 @@ def test_penalty_sums_over_steps_equal_the_sum_of_each_steps_values():
         x = xs[0][2].reshape(-1, W) if len(shape) == 3 else xs[0][2][None]
         by_hand = [0.3 * x[:, [0, 1, 2, 5]].abs().sum() + 0.6 * (x[:, [0, 1, 2, 5]] ** 2).sum(),
                    0.3 * (x[:, 3:5] ** 2).sum(), 0.5 * 0.3 * x[:, 6:].abs().sum()]
-        np.testing.assert_allclose(pg.values(xs[0])[2].numpy(), torch.stack(by_hand).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(pg.values(feed[0])[2].numpy(), torch.stack(by_hand).numpy(), rtol=1e-12)
         assert torch.equal(pg.totals(), torch.zeros(M, 3, dtype=torch.float64))  # started again
+        # the derivative maps in the buffer's layout: d sum(values) / dx = autograd's
+        x = feed[1].clone().requires_grad_(True)
+        pg.values(x).sum().backward()
+        const, maps = pg.grad_maps(x.dim() - (3 if layers else 2))
+        d = sum(lam * (x if df is None else df(x)) for lam, df in maps) + (0 if const is None else const)
+        np.testing.assert_allclose(d.detach().numpy(), x.grad.numpy(), rtol=1e-12, atol=1e-15)
 
 
 def test_a_penalty_alone_turning_infinite_fails_its_model_at_the_end_of_the_epoch():

@@ -153,7 +153,7 @@ _AFFINE, _ACT, _SIGMOID_PADDED, _DROPOUT, _DROPOUT_EVAL = range(5)
 
 @dataclass
 class _Frame:
-    """What a step of batch size B needs, made once: the activity buffer ``abuf`` (M, B, units)
+    """What a step of batch size B needs, made once: the activity buffer ``abuf`` (L, M, B, units + 1)
     and, per op, the forward plan ``fwd`` [(op, kind, a, b, destination view)]; in training the
     activity derivative ``G = gconst + sum Lam * f'(abuf)`` over the maps ``gmaps``
     [(Lam, f' or None for f'(x) = x)] (without maps, ``G`` is ``gconst`` itself, made once) and
@@ -368,23 +368,26 @@ class DenseStack:
                 self.activity_at.setdefault(j, []).append((name, reg, linear))
             else:
                 grouped.setdefault(j, []).append((name, terms))
-        self.aspan: dict[int, tuple[int, int]] = {}
-        self._ones_cols: list[int] = []  # columns of the activity buffer that hold ones (inputs of [W | b])
+        # the activity buffer (L, M, B, width + 1): one slice per layer output with element-wise
+        # activity penalties, each (M, B, units) block nearly contiguous (a view striding over the
+        # other layers' outputs costs up to 4x per pass once M is large); the column after a
+        # layer's units holds ones where its output is the input of a [W | b] block
+        self.aspan: dict[int, tuple[int, int]] = {}  # op -> (slice, units)
+        self._ones_at: list[tuple[int, int]] = []  # (slice, column) holding ones
         if grouped:
-            at = 0
-            for j in sorted(grouped):
-                self.aspan[j] = (at, at + widths[j])
-                at += widths[j]
+            slots = sorted(grouped)
+            width = max(widths[j] for j in slots) + 1
+            for k, j in enumerate(slots):
+                self.aspan[j] = (k, widths[j])
                 if self._feeds_block(j):
-                    self._ones_cols.append(at)
-                    at += 1
-            self.agroups = PenaltyGroups(M, at, dtype, dev)
-            for j in sorted(grouped):
+                    self._ones_at.append((k, widths[j]))
+            self.agroups = PenaltyGroups(M, len(slots) * width, dtype, dev, layers=len(slots))
+            for k, j in enumerate(slots):
                 # a relu's or sigmoid's output: |y| = y, and sign(y) = 1 wherever the activation's
                 # derivative is not 0 (where y = 0 the backward pass zeroes what G adds)
                 nonneg = self.ops[j].kind == "act" and self.ops[j].act in ("relu", "sigmoid")
                 for name, terms in grouped[j]:
-                    self.agroups.add(0, name, [self.aspan[j]], terms, nonnegative=nonneg)
+                    self.agroups.add(0, name, [(k * width, k * width + widths[j])], terms, nonnegative=nonneg)
         for groups in (self.pgroups, self.agroups):
             if groups:
                 groups.build()
@@ -483,9 +486,11 @@ class DenseStack:
         n_ops = len(self.ops)
         abuf = None
         if self.agroups:
-            abuf = self.flat.new_empty(M, B, self.agroups.W)
-            abuf[..., self._ones_cols] = 1.0
-        dest = [None if (sp := self.aspan.get(j)) is None else abuf[..., sp[0]:sp[1]] for j in range(n_ops)]
+            L = self.agroups.layers
+            abuf = self.flat.new_zeros(L, M, B, self.agroups.W // L)  # zeros: columns no layer writes
+            for k, c in self._ones_at:
+                abuf[k, :, :, c] = 1.0
+        dest = [None if (sp := self.aspan.get(j)) is None else abuf[sp[0], :, :, :sp[1]] for j in range(n_ops)]
         # the input of each layer with a [W | b] block: its producer writes into the head of a
         # buffer whose last column holds ones (the activity buffer's reserved column, or its own)
         inb: dict[int, torch.Tensor] = {}
@@ -495,8 +500,8 @@ class DenseStack:
                 continue
             in_ = self.shapes[op.w][1]
             if j > 0 and self.aspan.get(j - 1) is not None:
-                a, b = self.aspan[j - 1]
-                inb[j] = abuf[..., a:b + 1]
+                k, units = self.aspan[j - 1]
+                inb[j] = abuf[k, :, :, :units + 1]
                 continue
             buf = self.flat.new_empty(M, B, in_ + 1)
             buf[..., in_] = 1.0
@@ -536,9 +541,9 @@ class DenseStack:
             if gmaps:
                 G = torch.empty_like(abuf)
             else:  # constant: one model reads it whole (fewer dispatches), a stack one broadcast row
-                G = gconst.expand(M, B if M == 1 else 1, abuf.shape[2])
+                G = gconst.expand(abuf.shape[0], M, B if M == 1 else 1, abuf.shape[3])
                 G = G.contiguous() if M == 1 else G
-            gsl = [None if (sp := self.aspan.get(j)) is None else G[..., sp[0]:sp[1]] for j in range(n_ops)]
+            gsl = [None if (sp := self.aspan.get(j)) is None else G[sp[0], :, :, :sp[1]] for j in range(n_ops)]
         if self._training:
             # the backward plan, last op first: (op, kind, derivative or W, block index, the dW and
             # dh kernels (dh None for the first layer), gradient block to write into (one model), G's view)

@@ -69,8 +69,12 @@ class PenaltyGroups:
     those into ``sum_t weight_t * values(x_t)`` -- the values are linear in ``f(x)``, so a
     training epoch maps its sums to per-source values once instead of every step."""
 
-    def __init__(self, n_models: int, width: int, dtype: torch.dtype, device: Any):
-        self.M, self.W, self.dtype, self.device = n_models, width, dtype, device
+    def __init__(self, n_models: int, width: int, dtype: torch.dtype, device: Any, layers: int = 0):
+        """``layers = L > 0``: the buffers are ``(L, M, *lead, W / L)`` (column ``c`` of slice
+        ``l`` is column ``l * W / L + c``), else ``(M, *lead, W)``."""
+        if layers and width % layers:
+            raise ValueError(f"width {width} is not a multiple of layers {layers}")
+        self.M, self.W, self.dtype, self.device, self.layers = n_models, width, dtype, device, layers
         # (channel, key) -> source -> [(spans, strength (M,), weight)]
         self._items: dict[tuple[int, Any], dict[str, list]] = {}
         self._fns: dict[Any, tuple[Any, Any]] = {}
@@ -140,8 +144,9 @@ class PenaltyGroups:
             self.groups.append((f, df if c is None else None, chans, total))
         self._scaled: dict[float, list] = {}
         self._grad_maps: dict[tuple[int, float | None], tuple] = {}
-        # accumulate()'s f(x) sums, with f and whether f(x) = x * x
-        self._sums = [(torch.zeros(M, W, **new), f, getattr(f, "is_square", False)) for f, _, _, _ in self.groups]
+        # accumulate()'s f(x) sums (in the buffer's layout), with f and whether f(x) = x * x
+        shape = (self.layers, M, W // self.layers) if self.layers else (M, W)
+        self._sums = [(torch.zeros(shape, **new), f, getattr(f, "is_square", False)) for f, _, _, _ in self.groups]
 
     def _maps(self, scale: float | None) -> list:
         if scale is None:
@@ -153,11 +158,15 @@ class PenaltyGroups:
                  total * scale) for f, df, chans, total in self.groups]
         return g
 
-    @staticmethod
-    def _features(f: Any, x: torch.Tensor) -> torch.Tensor:
-        """``f(x)`` summed over the lead axes (between models and columns)."""
+    def _features(self, f: Any, x: torch.Tensor) -> torch.Tensor:
+        """``f(x)`` summed over the lead axes (between models and columns), in ``x``'s layout."""
         F = x if f is None else f(x)
-        return F.sum(tuple(range(1, x.dim() - 1))) if x.dim() > 2 else F
+        first = 2 if self.layers else 1
+        return F.sum(tuple(range(first, x.dim() - 1))) if x.dim() > first + 1 else F
+
+    def _columns(self, F: torch.Tensor) -> torch.Tensor:
+        """Features ``(M, W)`` from the buffer's layout (``(L, M, W / L)`` with layers)."""
+        return F.transpose(0, 1).reshape(self.M, self.W) if self.layers else F
 
     @staticmethod
     def _map(F: torch.Tensor, chans: list, out: torch.Tensor | None) -> torch.Tensor:
@@ -174,12 +183,12 @@ class PenaltyGroups:
         """``(M, K)``: each source's penalty (times ``scale``) on the buffer ``x`` (``K`` = ``names``)."""
         out = None
         for f, _, chans, _ in self._maps(scale):
-            out = self._map(self._features(f, x), chans, out)
+            out = self._map(self._columns(self._features(f, x)), chans, out)
         return out
 
     def accumulate(self, x: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``weight * f(x)`` (summed over the lead axes) to each kind's running sum."""
-        flat = x.dim() == 2
+        flat = x.dim() == 2 and not self.layers
         for acc, f, square in self._sums:  # (every step: written for few Python calls)
             if square and flat:
                 acc.addcmul_(x, x, value=weight)  # one pass
@@ -193,7 +202,7 @@ class PenaltyGroups:
         times ``scale``); the sums start again from 0."""
         out = None
         for (_, _, chans, _), (acc, _, _) in zip(self._maps(scale), self._sums):
-            out = self._map(acc, chans, out)
+            out = self._map(self._columns(acc), chans, out)
             acc.zero_()
         return out
 
@@ -210,7 +219,12 @@ class PenaltyGroups:
     def _make_grad_maps(self, lead: int, scale: float | None) -> tuple[torch.Tensor | None, list]:
         const, maps = None, []
         for f, df, _, total in self._maps(scale):
-            lam = total.reshape((total.shape[0],) + (1,) * lead + (total.shape[1],))
+            m = total.shape[0]
+            if self.layers:
+                L = self.layers
+                lam = total.reshape(m, L, -1).transpose(0, 1).reshape((L, m) + (1,) * lead + (-1,))
+            else:
+                lam = total.reshape((m,) + (1,) * lead + (total.shape[1],))
             if f is None:
                 const = lam if const is None else const + lam
             else:
@@ -219,7 +233,7 @@ class PenaltyGroups:
 
     def grad(self, x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """``d values.sum() / d x`` (times ``scale``), added into ``out`` when given."""
-        const, maps = self.grad_maps(x.dim() - 2, scale)
+        const, maps = self.grad_maps(x.dim() - (3 if self.layers else 2), scale)
         if const is not None:
             out = const.expand_as(x).clone() if out is None else out.add_(const)
         for lam, df in maps:
