@@ -451,5 +451,7 @@ def test_a_penalty_alone_turning_infinite_fails_its_model_at_the_end_of_the_epoc
     torch.manual_seed(1)
     with pytest.raises(reglab.TrainingDiverged,
                        match=r"diverged in epoch 0 \(0-based; penalties summed over its batches 0-4\): "
-                             r"penalty source\(s\) \['1.bias'\] became inf"):
+                             r"penalty source\(s\) \['1.bias'\] became inf") as err:
         reglab.fit(build(), x, y, seed=1, **kw)
+    assert (err.value.epoch, err.value.batch, len(err.value.history)) == (0, 4, 0)
+    assert all(torch.isfinite(v).all() for v in err.value.state_dict.values())  # the weights themselves are finite
