@@ -376,6 +376,25 @@ def test_unit_dimensions_with_activity_penalties_match_autograd_and_fit_many():
     _second_of_three_equals_alone(build, x, y, "val_loss", **kw)
 
 
+def _assert_sums_equal_values(pg, feed, weights, rtol, atol=1e-12):
+    """``pg.totals()`` after ``accumulate(x, w)`` over ``feed`` = ``sum w * values(x)``; returns it."""
+    expected = sum(w * pg.values(x) for w, x in zip(weights, feed))
+    for w, x in zip(weights, feed):
+        pg.accumulate(x, w)
+    got = pg.totals()
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=rtol, atol=atol)
+    return got
+
+
+def _assert_grad_maps_equal_autograd(pg, x, layers, rtol, atol=1e-12):
+    """``C + sum Lam * f'(x)`` from ``pg.grad_maps`` (in ``x``'s layout) = autograd of ``values(x).sum()``."""
+    x = x.clone().requires_grad_(True)
+    pg.values(x).sum().backward()
+    const, maps = pg.grad_maps(x.dim() - (3 if layers else 2))
+    d = sum(lam * (x if df is None else df(x)) for lam, df in maps) + (0 if const is None else const)
+    np.testing.assert_allclose(d.detach().numpy(), x.grad.numpy(), rtol=rtol, atol=atol)
+
+
 def test_penalty_sums_over_steps_equal_the_sum_of_each_steps_values():
     """PenaltyGroups.totals after accumulate(x_t, w_t) = sum_t w_t * values(x_t), per model and
     source, with strengths differing by model, on (M, W), (M, B, W) and layered (L, M, B, W / L)
@@ -404,25 +423,15 @@ def test_penalty_sums_over_steps_equal_the_sum_of_each_steps_values():
             xs = [x.clamp_min(0) for x in xs]
         # the buffers as the group takes them: layered (L, M, B, W / L) holds the same columns
         feed = [x.reshape(M, B, layers, W // layers).permute(2, 0, 1, 3).contiguous() for x in xs] if layers else xs
-        weights = [20.0, 20.0, 5.0]
-        expected = sum(w * pg.values(x) for w, x in zip(weights, feed))
-        for w, x in zip(weights, feed):
-            pg.accumulate(x, w)
-        got = pg.totals()
+        got = _assert_sums_equal_values(pg, feed, [20.0, 20.0, 5.0], 1e-12, atol=0)
         assert got.shape == (M, 3)
-        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12)
         # each source by hand for model 2 and the first buffer (|x| = x on nonnegative values)
         x = xs[0][2].reshape(-1, W) if len(shape) == 3 else xs[0][2][None]
         by_hand = [0.3 * x[:, [0, 1, 2, 5]].abs().sum() + 0.6 * (x[:, [0, 1, 2, 5]] ** 2).sum(),
                    0.3 * (x[:, 3:5] ** 2).sum(), 0.5 * 0.3 * x[:, 6:].abs().sum()]
         np.testing.assert_allclose(pg.values(feed[0])[2].numpy(), torch.stack(by_hand).numpy(), rtol=1e-12)
         assert torch.equal(pg.totals(), torch.zeros(M, 3, dtype=torch.float64))  # started again
-        # the derivative maps in the buffer's layout: d sum(values) / dx = autograd's
-        x = feed[1].clone().requires_grad_(True)
-        pg.values(x).sum().backward()
-        const, maps = pg.grad_maps(x.dim() - (3 if layers else 2))
-        d = sum(lam * (x if df is None else df(x)) for lam, df in maps) + (0 if const is None else const)
-        np.testing.assert_allclose(d.detach().numpy(), x.grad.numpy(), rtol=1e-12, atol=1e-15)
+        _assert_grad_maps_equal_autograd(pg, feed[1], layers, 1e-12, atol=1e-15)
 
 
 def test_a_penalty_alone_turning_infinite_fails_its_model_at_the_end_of_the_epoch():
@@ -489,20 +498,12 @@ def test_penalty_groups_property_sums_and_derivatives(data):
     pg.build()
     shape = (layers, M, B, width // layers) if layers else (M, B, width)
     xs = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(2)]
-    weights = [float(data.draw(st.integers(1, 20))) for _ in xs]
-    for w, x in zip(weights, xs):
-        pg.accumulate(x, w)
-    expected = sum(w * pg.values(x) for w, x in zip(weights, xs))
-    np.testing.assert_allclose(pg.totals().numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+    _assert_sums_equal_values(pg, xs, [float(data.draw(st.integers(1, 20))) for _ in xs], 1e-10)
     cols = xs[0].permute(1, 2, 0, 3).reshape(M, B, width) if layers else xs[0]  # (M, B, width)
     vals = pg.values(xs[0])
     for n, (reg, hp, a, b) in enumerate(sources):
         for m in range(M):
             own = reg.compute(cols[m, :, a:b], **{k: v[m] for k, v in hp.items()})
             np.testing.assert_allclose(float(vals[m, n]), float(own), rtol=1e-10, atol=1e-12)
-    x = xs[1].clone().requires_grad_(True)
-    pg.values(x).sum().backward()
-    const, maps = pg.grad_maps(x.dim() - (3 if layers else 2))
-    d = sum(lam * (x if df is None else df(x)) for lam, df in maps) + (0 if const is None else const)
-    np.testing.assert_allclose(d.detach().numpy(), x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    _assert_grad_maps_equal_autograd(pg, xs[1], layers, 1e-10)
 

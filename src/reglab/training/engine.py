@@ -306,12 +306,17 @@ def run(
     defers = getattr(stack, "defers_penalties", False)
     grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
 
-    def diverged(newly: np.ndarray, ok: np.ndarray, epoch: int, b: int, total: torch.Tensor, pens, epoch_start,
-                 where: str | None = None) -> None:
-        """Models in ``newly`` became non-finite at batch ``b`` (or, ``where`` says, by then):
-        raise (``raise_on_divergence``) or mark them failed, with their epoch-start weights where
-        their own are not finite."""
+    def check_finite(table: torch.Tensor, epoch: int, b: int, total: torch.Tensor, pens,
+                     where: str | None = None) -> None:
+        """Active models with a non-finite entry in ``table`` (rows of statistics, a column per
+        model) diverged at batch ``b`` (or, ``where`` says, by then): raise
+        (``raise_on_divergence``) or mark them failed, with their epoch-start weights where their
+        own are not finite (``names``, ``epoch_start``: the loop's current ones)."""
         nonlocal active, frozen_any
+        ok = torch.isfinite(table).all(0).cpu().numpy()
+        newly = active & ~ok
+        if not newly.any():
+            return
         if raise_on_divergence:
             bad = [n for n, v in zip(names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
             what = f"penalty source(s) {bad}" if bad else "the data loss"
@@ -355,12 +360,7 @@ def run(
                     # one reduction tells "all finite" (a finite sum that overflows only takes the exact path)
                     if not math.isfinite(row.sum().item()):
                         total = data_mean + pens.sum(0) if pens is not None else data_mean
-                        ok = torch.isfinite(row).all(0).cpu().numpy()
-                        newly = active & ~ok
-                    else:
-                        newly = None
-                    if newly is not None and newly.any():
-                        diverged(newly, ok, epoch, b, total, pens, epoch_start)
+                        check_finite(row, epoch, b, total, pens)
                         if not active.any():
                             break
                     if frozen_any:
@@ -392,10 +392,7 @@ def run(
                 pt = stack.penalty_totals()
                 if pt is not None and acc is not None:
                     acc = torch.cat((acc, pt))
-                    ok = torch.isfinite(pt).all(0).cpu().numpy()
-                    newly = active & ~ok
-                    if newly.any():
-                        diverged(newly, ok, epoch, b, (acc[0] + pt.sum(0)) / seen, pt, epoch_start,
+                    check_finite(pt, epoch, b, (acc[0] + pt.sum(0)) / seen, pt,
                                  f"in epoch {epoch} (0-based; penalties summed over its batches 0-{b})")
             if acc is None or not active.any() and not intr.flag:
                 break

@@ -95,6 +95,9 @@ _ACTS = {
     "tanh": (torch.tanh, _tanh_bwd),
     "softmax": (_softmax, _softmax_bwd),
 }
+#: activations whose output is >= 0 and whose derivative is 0 wherever the output is 0: there an
+#: activity penalty's |y| is y and sign(y) may be taken as 1 (``PenaltyGroups.add(nonnegative=)``)
+_NONNEGATIVE = frozenset({"relu", "sigmoid"})
 _BY_FN = {id(fn): name for name, fn in _activations._ACTIVATIONS.items()}
 _MODULE_ACTS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "linear"}
 
@@ -383,9 +386,7 @@ class DenseStack:
                     self._ones_at.append((k, widths[j]))
             self.agroups = PenaltyGroups(M, len(slots) * width, dtype, dev, layers=len(slots))
             for k, j in enumerate(slots):
-                # a relu's or sigmoid's output: |y| = y, and sign(y) = 1 wherever the activation's
-                # derivative is not 0 (where y = 0 the backward pass zeroes what G adds)
-                nonneg = self.ops[j].kind == "act" and self.ops[j].act in ("relu", "sigmoid")
+                nonneg = self.ops[j].kind == "act" and self.ops[j].act in _NONNEGATIVE
                 for name, terms in grouped[j]:
                     self.agroups.add(0, name, [(k * width, k * width + widths[j])], terms, nonnegative=nonneg)
         for groups in (self.pgroups, self.agroups):

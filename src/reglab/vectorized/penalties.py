@@ -189,11 +189,9 @@ class PenaltyGroups:
     def accumulate(self, x: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``weight * f(x)`` (summed over the lead axes) to each kind's running sum."""
         flat = x.dim() == 2 and not self.layers
-        for acc, f, square in self._sums:  # (every step: written for few Python calls)
+        for acc, f, square in self._sums:
             if square and flat:
-                acc.addcmul_(x, x, value=weight)  # one pass
-            elif flat and f is None:
-                acc.add_(x, alpha=weight)
+                acc.addcmul_(x, x, value=weight)  # f(x) and the sum in one pass
             else:
                 acc.add_(self._features(f, x), alpha=weight)
 
