@@ -19,10 +19,13 @@ from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from .layers import Activation, Dense
 from .losses import RegularizedLoss
 from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, Regularizer
+from . import selectors
+from .selectors import BIASES, KERNELS, select
 from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
 from . import datasets, diagnostics, models, training, vectorized
 from .vectorized import ManyResult, fit_many
 from .experiments.path import regularization_path
+from .experiments.results import load_results
 
 
 __all__ = [
@@ -30,8 +33,9 @@ __all__ = [
     "activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
     "Handle", "regularize", "constrain", "penalty", "penalties", "apply_constraints", "clear_activity",
     "regularization_spec", "apply_spec", "refresh_constraints",
+    "selectors", "select", "KERNELS", "BIASES",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
     "Dense", "Activation", "RegularizedLoss",
-    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult", "regularization_path",
+    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult", "regularization_path", "load_results",
     "Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity",
 ]

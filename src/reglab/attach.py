@@ -40,6 +40,7 @@ from torch import nn
 
 from . import constraints as _constraints
 from . import regularizers as _regularizers
+from . import selectors as _selectors
 
 __all__ = [
     "Handle",
@@ -90,16 +91,31 @@ class Handle:
 # ----------------------------------------------------------------------------- matching
 
 
-def _match(names: list[str], patterns: Mapping[str, Any], what: str) -> dict[str, tuple[str, Any]]:
-    """name -> (pattern, value); every pattern must match, no name may match two patterns."""
+def _match(names: list[str], patterns: Mapping[str, Any], what: str,
+           model: nn.Module | None = None) -> dict[str, tuple[str, Any]]:
+    """name -> (pattern, value); every pattern must match, no name may match two patterns.
+
+    ``names`` are ``model``'s parameter names (``what="parameter"``) or module names
+    (``what="module"``). A pattern is a name glob or a type selector (``"@kernels"``,
+    ``"@Conv*.weight"``, ``"@ReLU"``; see ``reglab.selectors``); a selector needs ``model``.
+    """
     chosen: dict[str, tuple[str, Any]] = {}
     for pattern, value in patterns.items():
         if not isinstance(pattern, str):
             raise ValueError(f"{what} patterns must be strings; got {pattern!r}")
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        selector = _selectors.is_selector(pattern)
+        if selector:
+            if model is None:
+                raise ValueError(f"{what} pattern {pattern!r} is a type selector; it needs the model "
+                                 "(_match(..., model=model)); name globs do not")
+            selected = set(_selectors.select(model, pattern, what))
+            hits = [n for n in names if n in selected]
+        else:
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             shown = ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
-            raise ValueError(f"{what} pattern {pattern!r} matches no {what} name; the names are: {shown}")
+            types = f"; {_selectors.describe_types(model, what)}" if selector else ""
+            raise ValueError(f"{what} pattern {pattern!r} matches no {what} name; the names are: {shown}{types}")
         for n in hits:
             if n in chosen:
                 raise ValueError(
@@ -190,10 +206,17 @@ def regularize(
 ) -> Handle:
     """Attach regularizers to parameters and module outputs of ``model``.
 
-    ``params`` maps parameter-name globs (``fnmatch``: ``"*.weight"``, ``"layers.0.bias"``) to
-    regularizers; ``activity`` maps module-name globs (``"0"``, ``"encoder.*"``; ``""`` is
-    ``model`` itself) to activity regularizers. Regularizers may be given as anything
-    ``reglab.regularizers.get`` accepts (``"l2"``, a config dict, an instance).
+    ``params`` maps parameter patterns to regularizers: name globs (``fnmatch``: ``"*.weight"``,
+    ``"layers.0.bias"``) or type selectors -- ``"@kernels"`` (``reglab.KERNELS``: the weights of
+    Linear/Bilinear/Conv*/ConvTranspose* layers and their subclasses, and MultiheadAttention's
+    input projections; not biases, normalization layers or embeddings), ``"@biases"``
+    (``reglab.BIASES``: those layers' biases), ``"@<TypeGlob>.<param glob>"`` (``"@Conv*.weight"``,
+    ``"@BatchNorm*.*"``: parameters directly owned by modules whose class or a base class name
+    matches). ``activity`` maps module patterns to activity regularizers: name globs (``"0"``,
+    ``"encoder.*"``; ``""`` is ``model`` itself) or ``"@<TypeGlob>"`` (``"@ReLU"``). The full rule
+    is in ``reglab.selectors``; ``reglab.select(model, pattern)`` shows what a pattern selects.
+    Every pattern must match something and no name may match two patterns. Regularizers may be
+    given as anything ``reglab.regularizers.get`` accepts (``"l2"``, a config dict, an instance).
 
     Keras equivalent: ``kernel_regularizer``/``bias_regularizer``/``activity_regularizer`` on a layer.
     """
@@ -206,8 +229,8 @@ def regularize(
     resolved_a = {k: _resolve(v, f"activity[{k!r}]", _regularizers.get, "regularizer") for k, v in activity.items()}
     p_names = [n for n, _ in model.named_parameters()]
     m_names = [n for n, _ in model.named_modules()]
-    p_hits = _match(p_names, resolved_p, "parameter")
-    a_hits = _match(m_names, resolved_a, "module")
+    p_hits = _match(p_names, resolved_p, "parameter", model)
+    a_hits = _match(m_names, resolved_a, "module", model)
     # check everything before changing anything
     for name in p_hits:
         owner, attr = _owner(model, name)
@@ -271,7 +294,11 @@ def _step_post_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) ->
 
 
 def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
-    """Apply constraints to parameters (by name glob) after every ``optimizer.step()``.
+    """Apply constraints to parameters after every ``optimizer.step()``.
+
+    ``constraints`` maps parameter patterns -- name globs or type selectors, as ``params`` in
+    ``regularize`` (``{"@kernels": MaxNorm(3)}``: the weights of Linear/Conv layers only) -- to
+    constraints.
 
     Keras equivalent: ``kernel_constraint``/``bias_constraint`` (applied after each update).
     Hand-written loops with a non-torch update can call ``apply_constraints(model)``.
@@ -282,7 +309,7 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
     resolved = {k: _resolve(v, f"constraints[{k!r}]", _constraints.get, "constraint")
                 for k, v in dict(constraints).items()}
     named = dict(model.named_parameters())
-    hits = _match(list(named), resolved, "parameter")
+    hits = _match(list(named), resolved, "parameter", model)
     for name in hits:
         owner, attr = _owner(model, name)
         if attr in getattr(owner, _CONSTRAINTS, {}):
@@ -466,4 +493,5 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Handle:
 
 
 def _escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+    """A glob matching exactly ``name``: glob characters, and a leading ``@`` (a type selector), bracketed."""
+    return "".join(f"[{c}]" if c in "*?[" or (i == 0 and c == "@") else c for i, c in enumerate(name))

@@ -35,23 +35,28 @@ def _environment() -> dict[str, str]:
             "platform": platform.platform()}
 
 
-def _files(paths: tuple[str, ...]) -> list[str]:
-    files: list[str] = []
-    for p in paths or ("experiments",):
-        if os.path.isdir(p):
-            files.extend(sorted(glob.glob(os.path.join(p, "*.toml"))))
-        else:
-            files.append(p)
-    if not files:
-        raise click.UsageError(f"no experiment files found in {list(paths) or ['experiments']}")
-    return files
-
-
 def _load(paths):
     from .experiments.schema import ConfigError, load_experiments
+    from .experiments.study import experiment_files
 
     try:
-        return load_experiments(_files(paths))
+        files = experiment_files(paths)
+        if not files:
+            raise click.UsageError(f"no experiment files found in {list(paths)}")
+        specs = load_experiments(files)
+        return specs
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _prepare(specs, baselines: bool = True):
+    """Everything that can fail before training (data, builders, patterns, shapes), for the
+    experiments and their baselines."""
+    from .experiments.runner import prepare
+    from .experiments.schema import ConfigError
+
+    try:
+        prepare(list(specs) + ([s.baseline() for s in specs] if baselines else []))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -60,7 +65,11 @@ def _meta_update(out: Path, **kw) -> dict:
     from .experiments.runner import write_json
 
     p = out / "study.json"
-    meta = json.loads(p.read_text()) if p.is_file() else {}
+    try:
+        meta = json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError):
+        meta = {}  # a damaged study.json is rewritten
+    meta = meta if isinstance(meta, dict) else {}
     meta.update(kw)
     meta["environment"] = _environment()
     write_json(p, meta)
@@ -82,60 +91,72 @@ def main(threads: int | None) -> None:
 
 
 @main.command("list")
-@click.argument("paths", nargs=-1)
+@click.argument("paths", nargs=-1, required=True)
 def list_cmd(paths: tuple[str, ...]) -> None:
-    """List experiment files (default: experiments/) and what they contain."""
+    """List experiment files (files, folders or study folders) and what they contain."""
     for s in _load(paths):
-        sch = s.schedule
-        regs = sorted({f"{k.split('_')[0]}:{v['class_name']}" for layer in s.config["model"]["layers"]
-                       for k, v in layer.items() if k.endswith(("regularizer", "constraint"))})
-        extra = [f"dropout {layer['dropout']}" for layer in s.config["model"]["layers"] if layer.get("dropout")][:1]
-        if isinstance(s.config["train"]["loss"], dict):
-            extra.append(f"regularized loss R={s.config['train']['loss']['strength']}")
-        if "early_stopping" in s.config["train"]:
-            extra.append("early stopping")
-        if s.config["train"]["optimizer"].get("weight_decay"):
-            extra.append(f"{s.config['train']['optimizer']['name']} weight_decay {s.config['train']['optimizer']['weight_decay']}")
-        arch = "-".join(str(layer["units"]) for layer in s.config["model"]["layers"])
-        prog = f"program {s.program}" if s.program else "extra"
-        click.echo(f"{s.name:24s} {prog:10s} {s.config['data']['name']}, {arch}, {sch['optimizer']} lr {sch['learning_rate']:g}, "
-                   f"{sch['epochs']} epochs, batch {sch['batch_size']}, {s.seeds} seeds")
+        tr = s.config["train"]
+        opt = tr["optimizer"]
+        model = s.config["model"]
+        arch = ("MLP " + "-".join(str(layer["units"]) for layer in model["layers"]) if "layers" in model
+                else f"builder {model['builder']}")
+        data = s.config["data"]
+        src = data.get("name") or data.get("file") or data.get("loader") or "files"
+        point = ", ".join(f"{k} = {v}" for k, v in s.sweep_point.items())
+        click.echo(f"{s.name:24s} {src}, {arch}, {opt['name']} lr {opt.get('learning_rate', 0.001):g}, "
+                   f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds" + (f"  [{point}]" if point else ""))
         click.echo(f"{'':24s} {s.title}")
-        click.echo(f"{'':24s} {', '.join(regs + extra) or 'no regularization'}")
 
 
 @main.command()
-@click.argument("paths", nargs=-1)
-@click.option("--seeds", type=int, default=None, help="Seeds per experiment (default: each file's `seeds`).")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--seeds", type=click.IntRange(1, 10_000), default=None,
+              help="Seeds per experiment (default: each file's `seeds`).")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
-              help="Also train the unregularized baseline of each schedule.")
-@click.option("--workers", type=int, default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Also train each experiment's unregularized baseline.")
+@click.option("--workers", type=click.IntRange(1, 64), default=min(2, os.cpu_count() or 1), show_default=True,
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 def run(paths, seeds, out, baselines, workers, progress) -> None:
-    """Train experiment files over seeds; resumes, skipping finished runs."""
+    """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
+    skipping finished runs; writes OUT/results.csv."""
+    from .experiments.results import write_results_csv
     from .experiments.runner import execute, plan_units
 
-    if seeds is not None and seeds <= 0:
-        raise click.BadParameter(f"must be positive; got {seeds}", param_hint="--seeds")
     specs = _load(paths)
+    _prepare(specs, baselines)
     units = plan_units(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
     info = execute(units, out_p, progress=progress, workers=workers)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
-    click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); results in {out_p}/runs")
+    csv = write_results_csv(out_p)
+    click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
+               f"results in {out_p}/runs and {csv}")
 
 
 @main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False), default="results")
-def report(out) -> None:
-    """Write report.html and report.md from finished runs in OUT."""
+@click.option("--study", "study_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The study folder whose title, intro and sections the report carries (never read from OUT).")
+def report(out, study_dir) -> None:
+    """Write report.html and report.md (and results.csv) from finished runs in OUT."""
+    from .experiments.results import write_results_csv
+    from .experiments.schema import ConfigError
+    from .experiments.study import load_study
     from .report.render import write_report
 
+    kw = {}
+    if study_dir is not None:
+        try:
+            st = load_study(study_dir)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+        kw = {"title": st.title, "intro": st.intro, "sections": st.sections}
     try:
-        paths = write_report(out)
+        paths = write_report(out, **kw)
+        write_results_csv(out)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {paths['html']}  (and {paths['markdown']})")
@@ -152,53 +173,68 @@ def _strength_list(text: str) -> list[float]:
 
 
 @main.command()
-@click.argument("path", type=click.Path())
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--strengths", default="0,1e-5,1e-4,3e-4,1e-3,3e-3,1e-2,1e-1", show_default=True)
-@click.option("--seeds", type=int, default=10, show_default=True)
+@click.option("--seeds", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 def path(path, strengths, seeds, out) -> None:
-    """Regularization path of one experiment: every strength replaced by each value of --strengths."""
+    """Regularization path of one experiment: every strength (found through each regularizer's
+    hparams()) replaced by each value of --strengths; lambda chosen on the validation split."""
     from .experiments.path import regularization_path
 
-    spec = _load((path,))[0]
+    specs = _load((path,))
+    if len(specs) != 1:
+        raise click.ClickException(f"{path}: a path needs an experiment without [[sweep]] ({len(specs)} grid points)")
+    _prepare(specs, baselines=False)
     try:
-        doc = regularization_path(spec, _strength_list(strengths), range(seeds), out=out)
+        doc = regularization_path(specs[0], _strength_list(strengths), range(seeds), out=out)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(doc["verdict"])
 
 
 @main.command()
-@click.option("--experiments", "exp_dir", default="experiments", show_default=True)
-@click.option("--seeds", type=int, default=20, show_default=True)
+@click.argument("study_dir", type=click.Path(file_okay=False), default="studies/lecture")
+@click.option("--seeds", type=click.IntRange(1, 10_000), default=None,
+              help="Seeds per experiment (default: study.toml's, else each file's).")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
-@click.option("--path-seeds", type=int, default=10, show_default=True)
-@click.option("--workers", type=int, default=min(2, os.cpu_count() or 1), show_default=True,
+@click.option("--workers", type=click.IntRange(1, 64), default=min(2, os.cpu_count() or 1), show_default=True,
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
-def study(exp_dir, seeds, out, path_seeds, workers, progress) -> None:
-    """The main job: every experiment x seeds, the autoencoder, the regularization path, the report."""
-    from .experiments.autoencoder import run_autoencoder
+def study(study_dir, seeds, out, workers, progress) -> None:
+    """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report."""
     from .experiments.path import regularization_path
+    from .experiments.results import write_results_csv
     from .experiments.runner import execute, plan_units
+    from .experiments.schema import ConfigError
+    from .experiments.study import load_study, run_analysis
     from .report.render import write_report
 
     t0 = time.perf_counter()
-    specs = _load((exp_dir,))
-    out_p = Path(out)
+    try:
+        st = load_study(study_dir)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    specs = _load((str(study_dir),))
+    _prepare(specs)
     by_name = {s.name: s for s in specs}
+    out_p = Path(out)
     side = []
-    if not (out_p / "path.json").is_file() and "p6_all_together" in by_name:
-        side.append((regularization_path, (by_name["p6_all_together"], [0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-                                           list(range(path_seeds)), out_p)))
-    if not (out_p / "autoencoder.json").is_file():
-        side.append((run_autoencoder, (out_p,)))
-    info = execute(plan_units(specs, seeds), out_p, progress=progress, workers=workers, side_tasks=side)
+    for p in st.paths:
+        if p["experiment"] not in by_name:
+            raise click.ClickException(f"{study_dir}/study.toml: path: no experiment named {p['experiment']!r}")
+        if not (out_p / "path.json").is_file():
+            side.append((regularization_path, (by_name[p["experiment"]], p["strengths"], list(range(p["seeds"])), out_p)))
+    for name, ref, args in st.analyses:
+        if not (out_p / "analyses" / f"{name}.json").is_file():
+            side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
+    info = execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side)
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
-               f"{len(side)} side task(s) (regularization path, autoencoder); {info['seconds']:.1f} s")
+               f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
-                 seeds=seeds)
-    paths = write_report(out_p)
+                 seeds=seeds or st.seeds, study=str(st.folder))
+    write_results_csv(out_p)
+    paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections)
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")
     click.echo(f"        {Path(paths['markdown']).resolve()}")

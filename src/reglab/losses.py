@@ -297,7 +297,7 @@ def get(identifier: Any) -> Loss:
 
 
 #: The lecture's ``r_list`` codes: 1 = L1, 2 = L2, 12 = L1 and L2 (unit strength), -1/0 = none.
-LECTURE_CODES = {1: lambda: _regularizers.L1(1.0), 2: lambda: _regularizers.L2(1.0),
+R_LIST_CODES = {1: lambda: _regularizers.L1(1.0), 2: lambda: _regularizers.L2(1.0),
                  12: lambda: _regularizers.L1L2(1.0, 1.0), -1: lambda: None, 0: lambda: None}
 
 
@@ -325,7 +325,7 @@ class RegularizedLoss(Loss):
         self.strength = float(strength)
         names = [n for n, _ in model.named_parameters()]
         if isinstance(regularizers, Mapping):
-            hits = _match(names, {k: _regularizers.get(v) for k, v in regularizers.items()}, "parameter")
+            hits = _match(names, {k: _regularizers.get(v) for k, v in regularizers.items()}, "parameter", model)
             self.terms = [(n, hits[n][1]) for n in names if n in hits]
         else:
             regs = list(regularizers)
@@ -338,9 +338,9 @@ class RegularizedLoss(Loss):
             terms = []
             for n, r in zip(names, regs):
                 if isinstance(r, int) and not isinstance(r, bool):
-                    if r not in LECTURE_CODES:
-                        raise ValueError(f"regularizer code {r!r} for {n!r} is not one of {sorted(LECTURE_CODES)}")
-                    r = LECTURE_CODES[r]()
+                    if r not in R_LIST_CODES:
+                        raise ValueError(f"regularizer code {r!r} for {n!r} is not one of {sorted(R_LIST_CODES)}")
+                    r = R_LIST_CODES[r]()
                 else:
                     r = _regularizers.get(r)
                 if r is not None:

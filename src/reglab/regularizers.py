@@ -83,6 +83,15 @@ class Regularizer:
         """The numeric strengths that ``compute`` takes, by name (empty for custom ones)."""
         return {}
 
+    def with_hparams(self, **values: float) -> Regularizer:
+        """A copy with some strengths (keys of ``hparams()``) replaced -- how a sweep or a
+        regularization path sets a strength, whatever the regularizer calls it."""
+        bad = set(values) - set(self.hparams())
+        if bad:
+            raise ValueError(f"{type(self).__name__} has no strength(s) {sorted(bad)}; its strengths are "
+                             f"{sorted(self.hparams())}")
+        return type(self).from_config({**self.get_config(), **{k: float(v) for k, v in values.items()}})
+
     #: True where ``value_and_grad`` is written by hand (no ``torch.func`` needed)
     native_grad = False
 
@@ -418,6 +427,9 @@ class Sum(Regularizer):
             grad = g if grad is None else grad + g
         return value, grad
 
+    def with_hparams(self, **values):
+        return Sum(*[t.with_hparams(**_split(values, f"{i}/")) for i, t in enumerate(self.terms)])
+
     def get_config(self):
         return {"terms": [serialize(t) for t in self.terms]}
 
@@ -450,6 +462,10 @@ class Scaled(Regularizer):
         f = hparams["factor"]
         v, g = self.regularizer.value_and_grad(x, _split(hparams, "inner/"))
         return f * v, _per_model(f, g) * g
+
+    def with_hparams(self, **values):
+        inner = self.regularizer.with_hparams(**_split(values, "inner/"))
+        return Scaled(float(values.get("factor", self.factor)), inner)
 
     def get_config(self):
         return {"factor": self.factor, "regularizer": serialize(self.regularizer)}

@@ -1,40 +1,51 @@
-"""``RegularizedMLPClassifier``: a scikit-learn estimator around ``reglab.fit``."""
+"""scikit-learn estimators around ``reglab.fit``: ``RegularizedMLPClassifier`` and
+``RegularizedMLPRegressor`` (one shared base class, ``_RegularizedMLP``)."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from torch.func import functional_call
 
-from .diagnostics.evaluate import predict
+from . import _checks
+from .attach import PenaltyPlan
 from .models import mlp
+from .regularizers import L2
 from .training.fit import fit
 
-__all__ = ["RegularizedMLPClassifier"]
+__all__ = ["RegularizedMLPClassifier", "RegularizedMLPRegressor"]
 
 
-class RegularizedMLPClassifier(ClassifierMixin, BaseEstimator):
-    """A Dense MLP classifier with Keras-style regularizers, trained with ``reglab.fit``.
+_ALPHA_DOC = """``alpha`` (default 0: no penalty) is Keras ``L2(alpha)`` on every layer's kernel (the
+    ``Linear`` weights), never on the biases: ``alpha * sum(W**2)`` over all kernels is added to
+    each batch's mean {loss}. It is a shortcut for ``kernel_regularizer=L2(alpha)`` (the same
+    trained weights), so giving both a non-zero ``alpha`` and a ``kernel_regularizer`` is a
+    ``ValueError`` (raised by ``fit``)."""
 
-    Binary targets use one sigmoid unit and binary cross-entropy; more classes use softmax and
-    (sparse) categorical cross-entropy. Labels of any type are encoded internally (``classes_``).
-    Regularizers are anything ``reglab.regularizers.get`` accepts (``"l2"``, ``L2(1e-3)``, a config
-    dict) and apply to every hidden and output layer (activity: hidden layers only).
+_REGULARIZERS_DOC = """Other regularizers are anything ``reglab.regularizers.get`` accepts (``"l2"``, ``L2(1e-3)``, a
+    config dict) and apply to every hidden and output layer (activity: hidden layers only).
 
-    After ``fit``: ``model_`` (the torch module), ``history_`` (``reglab.History``), ``classes_``,
-    ``n_features_in_``.
-    """
+    After ``fit``: ``model_`` (the torch module), ``history_`` (``reglab.History``), ``n_iter_``
+    (epochs run), ``n_features_in_``"""
 
-    def __init__(self, hidden_layer_sizes: tuple[int, ...] = (32, 32), activation: str = "relu",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, activity_regularizer: Any = None,
-                 optimizer: str = "adam", learning_rate: float = 0.001, epochs: int = 200, batch_size: int = 32,
-                 shuffle: bool = True, random_state: int | None = None):
+
+class _RegularizedMLP(BaseEstimator):
+    """What the classifier and the regressor share: the parameters, their checks (in ``fit``, as
+    scikit-learn does), building the Dense stack and training it with ``reglab.fit``."""
+
+    def __init__(self, hidden_layer_sizes: tuple[int, ...] = (32, 32), activation: str = "relu", *,
+                 alpha: float = 0.0, kernel_regularizer: Any = None, bias_regularizer: Any = None,
+                 activity_regularizer: Any = None, optimizer: str = "adam", learning_rate: float = 0.001,
+                 epochs: int = 200, batch_size: int = 32, shuffle: bool = True, random_state: int | None = None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
+        self.alpha = alpha
         self.kernel_regularizer = kernel_regularizer
         self.bias_regularizer = bias_regularizer
         self.activity_regularizer = activity_regularizer
@@ -45,41 +56,101 @@ class RegularizedMLPClassifier(ClassifierMixin, BaseEstimator):
         self.shuffle = shuffle
         self.random_state = random_state
 
-    def _layers(self, n_out: int, out_act: str) -> list[dict[str, Any]]:
+    def _kernel_regularizer(self) -> Any:
+        """``L2(alpha)`` for a non-zero ``alpha``, else ``kernel_regularizer``; both is an error."""
+        alpha = self.alpha
+        if alpha is None:
+            alpha = 0.0
+        elif isinstance(alpha, numbers.Real) and not isinstance(alpha, (bool, np.bool_)):
+            alpha = float(alpha)  # numpy scalars (e.g. from scipy.stats.loguniform) included
+        alpha = _checks.non_negative_float(alpha, "alpha")
+        if alpha == 0.0:
+            return self.kernel_regularizer
+        if self.kernel_regularizer is not None:
+            raise ValueError(f"give alpha or kernel_regularizer, not both (alpha={self.alpha!r} means "
+                             f"kernel_regularizer=L2({alpha!r})); got alpha={self.alpha!r} and "
+                             f"kernel_regularizer={self.kernel_regularizer!r}")
+        return L2(alpha)
+
+    def _layer_specs(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The hidden layers' specs and the regularizers the output layer shares with them."""
         sizes = tuple(self.hidden_layer_sizes)
         if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers; got {self.hidden_layer_sizes!r}")
-        common = dict(kernel_regularizer=self.kernel_regularizer, bias_regularizer=self.bias_regularizer)
+        common = dict(kernel_regularizer=self._kernel_regularizer(), bias_regularizer=self.bias_regularizer)
         hidden = [dict(units=int(s), activation=self.activation, activity_regularizer=self.activity_regularizer, **common)
                   for s in sizes]
-        return hidden + [dict(units=n_out, activation=out_act, **common)]
+        return hidden, common
+
+    def _train(self, hidden: list[dict[str, Any]], common: dict[str, Any], X: np.ndarray, y: np.ndarray,
+               n_out: int, out_activation: str | None, loss: str) -> None:
+        """Build the MLP (seeded by ``random_state``) and train it; sets ``model_``, ``history_``,
+        ``n_iter_``."""
+        seed = self.random_state if self.random_state is not None else int(np.random.randint(0, 2**31 - 1))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.model_ = mlp(X.shape[1], hidden + [dict(units=n_out, activation=out_activation, **common)])
+        self.history_ = fit(self.model_, X, y, loss=loss,
+                            optimizer={"name": self.optimizer, "learning_rate": self.learning_rate}, epochs=self.epochs,
+                            batch_size=self.batch_size, shuffle=self.shuffle, seed=int(seed), progress=False)
+        self.n_iter_ = len(self.history_)
+
+    def _outputs(self, X: Any) -> np.ndarray:
+        """The trained model's outputs on ``X``, shape ``(n, n_out)``, computed in float64 from the
+        (float32) trained weights: a row's output then does not depend on which other rows share its
+        batch (float32 matmul kernels round differently for different row counts, beyond the 1e-7
+        that ``check_methods_subset_invariance`` allows)."""
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        model = self.model_
+        state = {k: v.detach().to(torch.float64) for k, v in [*model.named_parameters(), *model.named_buffers()]}
+        xt = torch.as_tensor(X, dtype=torch.float64)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), PenaltyPlan(model).collect():  # no activity penalty recorded
+                out = [functional_call(model, state, (xt[i:i + 4096],)) for i in range(0, len(xt), 4096)]
+        finally:
+            model.train(was)
+        return torch.cat(out).numpy()
+
+
+class RegularizedMLPClassifier(ClassifierMixin, _RegularizedMLP):
+    __doc__ = f"""A Dense MLP classifier with Keras-style regularizers, trained with ``reglab.fit``.
+
+    Binary targets use one sigmoid unit and binary cross-entropy; more classes use softmax and
+    (sparse) categorical cross-entropy. Labels of any type are encoded internally (``classes_``).
+
+    {_ALPHA_DOC.format(loss="cross-entropy")} scikit-learn's ``MLPClassifier(alpha=a)`` instead adds
+    ``0.5 * a * sum(W**2) / n`` to each batch's mean log-loss, ``n`` the number of samples in that
+    batch (``_backprop`` in ``sklearn/neural_network/_multilayer_perceptron.py``), so ``alpha =
+    a / (2 * batch_size)`` here is exactly sklearn's objective on every full batch (sklearn's
+    smaller last batch gets a larger penalty; with ``solver="lbfgs"``, ``n`` is the whole training
+    set).
+
+    {_REGULARIZERS_DOC}, ``classes_``.
+    """
 
     def fit(self, X: Any, y: Any) -> RegularizedMLPClassifier:
+        hidden, common = self._layer_specs()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         k = len(self.classes_)
-        seed = self.random_state if self.random_state is not None else int(np.random.randint(0, 2**31 - 1))
         if k == 1:  # one class seen: nothing to learn, predict it
-            self.model_, self.history_ = None, None
+            self.model_, self.history_, self.n_iter_ = None, None, 0
             return self
         binary = k == 2
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            self.model_ = mlp(X.shape[1], self._layers(1 if binary else k, "sigmoid" if binary else "softmax"))
         yt = y_enc.reshape(-1, 1).astype(np.float32) if binary else y_enc.astype(np.int64)
-        self.history_ = fit(self.model_, X, yt, loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                            optimizer={"name": self.optimizer, "learning_rate": self.learning_rate}, epochs=self.epochs,
-                            batch_size=self.batch_size, shuffle=self.shuffle, seed=int(seed), progress=False)
-        self.n_iter_ = len(self.history_)
+        self._train(hidden, common, X, yt, 1 if binary else k, "sigmoid" if binary else "softmax",
+                    "binary_crossentropy" if binary else "sparse_categorical_crossentropy")
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "classes_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
         if self.model_ is None:
+            X = validate_data(self, X, reset=False, dtype=np.float64)
             return np.ones((X.shape[0], 1))
-        p = predict(self.model_, X).astype(np.float64)
+        p = self._outputs(X)
         if len(self.classes_) == 2:
             p = p.reshape(-1)
             return np.column_stack([1.0 - p, p])
@@ -88,3 +159,41 @@ class RegularizedMLPClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         proba = self.predict_proba(X)  # checks fitted-ness before classes_ is touched
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+class RegularizedMLPRegressor(RegressorMixin, _RegularizedMLP):
+    __doc__ = f"""A Dense MLP regressor with Keras-style regularizers, trained with ``reglab.fit``.
+
+    Linear output units (one per target) and mean squared error (Keras ``"mse"``); ``y`` may be 1-D
+    (``predict`` returns shape ``(n,)``) or 2-D (``(n, k)``); ``score`` is R² (``RegressorMixin``).
+    Targets are not rescaled: standardize a large-valued ``y`` first (e.g. with
+    ``sklearn.compose.TransformedTargetRegressor``).
+
+    {_ALPHA_DOC.format(loss="squared error")} scikit-learn's ``MLPRegressor(alpha=a)`` minimizes
+    ``0.5 * mean((y - p)**2) + 0.5 * a * sum(W**2) / n`` on each batch of ``n`` samples
+    (``_backprop`` in ``sklearn/neural_network/_multilayer_perceptron.py``), exactly half of this
+    estimator's objective with ``alpha = a / batch_size``: the same minimizer, and for 1-D ``y``
+    the same SGD steps at half sklearn's learning rate (Adam, nearly scale-invariant, takes about
+    the same steps at the same learning rate).
+
+    {_REGULARIZERS_DOC}, ``n_outputs_``.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> RegularizedMLPRegressor:
+        hidden, common = self._layer_specs()
+        X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        self._y_1d = y.ndim == 1
+        y2 = y.reshape(-1, 1) if self._y_1d else y
+        self.n_outputs_ = y2.shape[1]
+        self._train(hidden, common, X, y2, self.n_outputs_, None, "mse")
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        out = self._outputs(X)
+        return out.reshape(-1) if self._y_1d else out

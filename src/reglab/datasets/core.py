@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from .distributions import Circles, Distribution, Moons, TwoGaussians
 
-__all__ = ["Dataset", "blobs", "moons", "circles", "digits", "load", "get", "DATASETS"]
+__all__ = ["Dataset", "blobs", "moons", "circles", "digits", "load", "get", "DATASETS", "sample", "names", "SKLEARN"]
 
 
 @dataclass
@@ -87,6 +87,50 @@ def digits(random_state: int | None = 0, test_size: float = 0.25) -> Dataset:
 
 
 DATASETS = {"blobs": blobs, "moons": moons, "circles": circles, "digits": digits}
+
+#: synthetic sets: name -> (distribution factory from keyword arguments, default n_samples)
+_SYNTHETIC = {"blobs": (lambda: TwoGaussians(), 300), "moons": (lambda noise=0.2: Moons(noise), 300),
+              "circles": (lambda noise=0.1, factor=0.5: Circles(noise, factor), 300)}
+
+#: scikit-learn's bundled sets (no download): name -> (loader, task)
+SKLEARN = {"digits": ("load_digits", "multiclass"), "breast_cancer": ("load_breast_cancer", "binary"),
+           "wine": ("load_wine", "multiclass"), "iris": ("load_iris", "multiclass"),
+           "diabetes": ("load_diabetes", "regression")}
+
+
+def sample(name: str, random_state: int = 0, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, Distribution | None, str]:
+    """All examples of a built-in set before any split: ``(x, y, distribution, task)``.
+
+    ``name`` is ``"blobs"``, ``"moons"``, ``"circles"`` (a draw of ``n_samples`` points from the
+    known distribution, seeded by ``random_state``; other keyword arguments are the
+    distribution's), ``"digits"`` (pixels scaled to [0, 1]) or ``"sklearn.<set>"`` for
+    scikit-learn's bundled ``digits, breast_cancer, wine, iris, diabetes`` (as loaded; fixed
+    arrays, ``random_state`` unused). ``y`` is 1-D: 0/1 or class indices, floats for regression.
+    """
+    import sklearn.datasets as skd
+
+    if name in _SYNTHETIC:
+        factory, n_default = _SYNTHETIC[name]
+        n = int(kwargs.pop("n_samples", n_default))
+        dist = factory(**kwargs)
+        x, y = dist.sample(n, random_state)
+        return x.astype(np.float64), y.astype(np.int64), dist, "binary"
+    if kwargs:
+        raise TypeError(f"dataset {name!r} takes no arguments; got {sorted(kwargs)}")
+    if name == "digits":
+        d = load_digits()
+        return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64), None, "multiclass"
+    short = name.removeprefix("sklearn.")
+    if name.startswith("sklearn.") and short in SKLEARN:
+        loader, task = SKLEARN[short]
+        x, y = getattr(skd, loader)(return_X_y=True)
+        return x.astype(np.float32), (y.astype(np.float32) if task == "regression" else y.astype(np.int64)), None, task
+    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(names())}")
+
+
+def names() -> list[str]:
+    """Every name ``sample`` accepts."""
+    return sorted(_SYNTHETIC) + ["digits"] + [f"sklearn.{k}" for k in SKLEARN]
 
 
 def get(name: str, **kwargs: Any) -> Dataset:

@@ -1,23 +1,27 @@
-"""From a validated experiment to the objects training needs: model builder, loss, optimizer."""
+"""From a validated experiment to what training needs: the model builder (with its regularizers
+and constraints attached), the loss for the task, early stopping."""
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 from torch import nn
 
 from .. import constraints as _constraints
 from .. import losses as _losses
 from .. import regularizers as _regularizers
+from ..attach import constrain, regularize
 from ..models import mlp
 from ..training.callbacks import EarlyStopping
+from .code import resolve
 from .schema import ExperimentSpec
 
-__all__ = ["builder", "early_stopping", "n_outputs"]
+__all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "DEFAULT_LOSS"]
 
-
-def n_outputs(spec: ExperimentSpec) -> int:
-    return spec.config["model"]["layers"][-1]["units"]
+#: the loss an experiment trains with when ``train.loss`` is absent
+DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
+                "regression": "mean_squared_error"}
 
 
 def _layers(spec: ExperimentSpec) -> list[dict[str, Any]]:
@@ -34,13 +38,50 @@ def _layers(spec: ExperimentSpec) -> list[dict[str, Any]]:
     return out
 
 
-def builder(spec: ExperimentSpec, n_inputs: int):
-    """``build() -> model`` or ``(model, RegularizedLoss)`` for ``fit``/``fit_many``."""
-    loss_cfg = spec.config["train"]["loss"]
+def _call_builder(fn: Callable[..., Any], args: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int,
+                  where: str) -> nn.Module:
+    params = inspect.signature(fn).parameters
+    kw = dict(args)
+    varkw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    for k, v in (("input_shape", tuple(input_shape)), ("n_outputs", n_outputs)):
+        if k in params or varkw:
+            kw.setdefault(k, v)
+    try:
+        model = fn(**kw)
+    except TypeError as e:
+        raise ValueError(f"{where}: calling the builder with {sorted(kw)} failed: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{where}: the builder must return a torch.nn.Module; got {type(model).__name__}")
+    return model
+
+
+def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) -> Callable[[], Any]:
+    """``build() -> model`` or ``(model, RegularizedLoss)`` for ``fit``/``fit_many``. Errors
+    (a builder failing, a ``[regularize]`` pattern matching nothing) name the file and key."""
+    cfg = spec.config
+    loss_cfg = cfg["train"].get("loss")
+    file = spec.path
 
     def build() -> nn.Module | tuple[nn.Module, _losses.Loss]:
-        model = mlp(n_inputs, _layers(spec))
-        if isinstance(loss_cfg, dict):
+        if "layers" in cfg["model"]:
+            model = mlp(int(_flat(input_shape)), _layers(spec))
+        else:
+            fn, _, _ = resolve(cfg["model"]["builder"], spec.base, f"{file}: model.builder")
+            model = _call_builder(fn, cfg["model"].get("args", {}), input_shape, n_outputs, f"{file}: model.builder")
+        reg = cfg.get("regularize", {})
+        for key, attach in (("params", None), ("activity", None), ("constraints", None)):
+            if key not in reg:
+                continue
+            objs = {p: (_constraints if key == "constraints" else _regularizers).deserialize(v)
+                    for p, v in reg[key].items()}
+            try:
+                if key == "constraints":
+                    constrain(model, objs)
+                else:
+                    regularize(model, **{key: objs})
+            except ValueError as e:
+                raise ValueError(f"{file}: regularize.{key}: {e}") from None
+        if isinstance(loss_cfg, dict) and loss_cfg.get("name") == "regularized":
             loss = _losses.RegularizedLoss(loss_cfg.get("data_loss", "binary_crossentropy"), model, loss_cfg["codes"],
                                            strength=loss_cfg["strength"])
             return model, loss
@@ -49,9 +90,39 @@ def builder(spec: ExperimentSpec, n_inputs: int):
     return build
 
 
-def loss_of(spec: ExperimentSpec) -> Any:
-    loss_cfg = spec.config["train"]["loss"]
-    return None if isinstance(loss_cfg, dict) else loss_cfg
+def _flat(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def loss_config(spec: ExperimentSpec, task: str) -> Any:
+    """The training loss as written, or the task's default."""
+    lo = spec.config["train"].get("loss")
+    return DEFAULT_LOSS[task] if lo is None else lo
+
+
+def loss_of(spec: ExperimentSpec, task: str) -> Any:
+    """What ``fit_many(loss=...)`` takes (``None`` where the builder returns the loss)."""
+    lo = loss_config(spec, task)
+    if isinstance(lo, dict):
+        if lo.get("name") == "regularized":
+            return None
+        cls = type(_losses.get(lo["name"]))
+        return cls(from_logits=bool(lo.get("from_logits", False)))
+    return lo
+
+
+def loss_name(spec: ExperimentSpec, task: str) -> str:
+    """The training loss's Keras name, or ``"regularized"``."""
+    lo = loss_config(spec, task)
+    return lo["name"] if isinstance(lo, dict) else lo
+
+
+def from_logits(spec: ExperimentSpec, task: str) -> bool:
+    lo = loss_config(spec, task)
+    return bool(lo.get("from_logits", False)) if isinstance(lo, dict) else False
 
 
 def early_stopping(spec: ExperimentSpec) -> list[EarlyStopping]:

@@ -1,13 +1,16 @@
-"""Run experiments as independent, resumable units (experiment x seed).
+"""Run experiments as independent, resumable units (experiment grid point x seed).
 
-A *unit* is one model: an experiment's validated config trained from one seed. The seed sets the
-data draw and train/test split, the initialization and the shuffling. Its ``run_id`` hashes the
-validated config, the seed and the reglab version, so an edited config reruns and an unchanged
-one is never recomputed. Each finished unit is written atomically to
-``<out>/runs/<experiment>/<run_id>.json`` (+ ``.npz`` arrays); a missing or truncated file means
-"not done". ``execute`` groups pending units of one experiment into one vectorized ``fit_many``
-run; ``run_unit`` runs a single unit the same way -- the entry point for an external scheduler
-(e.g. one Ray task per unit).
+A *unit* is one model: a validated experiment (one point of its sweep) trained from one seed.
+The seed sets the data draw and split (``[split] resample = true``), the initialization and the
+shuffling. Its ``run_id`` hashes the experiment's digest (validated config and the hashes of its
+builder's source and data files), the seed and the reglab version, so an edited file reruns and
+an unchanged one is never recomputed. Each finished unit is written to
+``<out>/runs/<experiment>/<run_id>.json`` (+ ``.pt`` weights, ``.npz`` arrays), every file
+atomically; the JSON, written last, records each file's sha256, and a unit counts as done only
+when they match. ``execute`` trains the pending units of one grid point in one vectorized
+``fit_many`` group. Training decisions (early stopping, best weights) see only the validation
+split; the reported scores come from the test split (and a fresh sample where the distribution
+is known).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,15 +30,18 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .. import datasets as _datasets
-from ..diagnostics.evaluate import accuracy, log_loss, predict
+from ..diagnostics.evaluate import predict
+from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
 from ..vectorized.fit_many import fit_many
-from .build import builder, early_stopping, loss_of
-from .schema import ExperimentSpec
+from .build import builder, early_stopping, from_logits, loss_name, loss_of
+from .code import file_sha256
+from .data import DataError, Splits, load_splits
+from .schema import ConfigError, ExperimentSpec
 
-__all__ = ["Unit", "plan_units", "execute", "run_unit", "load_results", "load_model", "FRESH_SAMPLES", "write_json"]
+__all__ = ["Unit", "plan_units", "prepare", "execute", "run_unit", "load_runs", "load_model", "FRESH_SAMPLES",
+           "write_json", "evaluate_run", "splits_of"]
 
 FRESH_SAMPLES = 100_000
 FRESH_SEED = 1_000_003
@@ -47,30 +55,48 @@ class Unit:
 
     @property
     def run_id(self) -> str:
-        key = json.dumps({"config": self.spec.digest(), "seed": self.seed, "version": __version__}, sort_keys=True)
+        key = json.dumps({"experiment": self.spec.digest(), "seed": self.seed, "version": __version__}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def path(self, out: Path) -> Path:
         return Path(out) / "runs" / self.spec.name / f"{self.run_id}.json"
 
     def done(self, out: Path) -> bool:
-        p = self.path(out)
-        if not p.is_file():
-            return False
+        return _verified(self.path(out)) is not None
+
+
+def _verified(p: Path) -> dict | None:
+    """The run's JSON if it and every file it lists are intact and finished; else ``None``."""
+    try:
+        row = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("metrics"), dict) or row.get("interrupted"):
+        return None
+    files = row.get("files", {})
+    if not isinstance(files, dict):
+        return None
+    for suffix, digest in files.items():
+        if suffix not in (".pt", ".npz"):
+            return None  # never follow a name read from a results file
+        f = p.with_suffix(suffix)
         try:
-            return "metrics" in json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return False  # truncated or corrupt: redo
+            if file_sha256(f) != digest:
+                return None
+        except OSError:
+            return None
+    return row
 
 
 def plan_units(specs: Sequence[ExperimentSpec], seeds: int | None = None, baselines: bool = True) -> list[Unit]:
-    """Every experiment x seed, plus one unregularized baseline per distinct schedule (and data)."""
+    """Every experiment x seed, plus each experiment's unregularized baseline (experiments whose
+    baselines are identical share one)."""
     all_specs: list[ExperimentSpec] = []
     seen: set[str] = set()
     for s in specs:
         if baselines and not s.is_baseline:
             b = s.baseline()
-            if b.name not in seen and b.name not in {x.name for x in specs}:
+            if b.name not in seen:
                 seen.add(b.name)
                 all_specs.append(b)
         all_specs.append(s)
@@ -81,26 +107,87 @@ def plan_units(specs: Sequence[ExperimentSpec], seeds: int | None = None, baseli
     return units
 
 
+def splits_of(spec: ExperimentSpec, seed: int) -> Splits:
+    return load_splits(spec.config["data"], spec.config["split"], spec.base, spec.path, seed)
+
+
+def prepare(specs: Iterable[ExperimentSpec]) -> None:
+    """Everything that can fail before training, for every experiment: the data (files, shapes,
+    NaN, labels), the builder, the ``[regularize]`` patterns, the model output against the loss,
+    the analysis layers. Raises ``ConfigError`` naming file and key."""
+    import torch as _t
+
+    from .. import losses as _losses
+
+    done: set[str] = set()
+    for spec in specs:
+        if spec.digest() in done:
+            continue
+        done.add(spec.digest())
+        try:
+            sp = splits_of(spec, 0)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        try:
+            _t.manual_seed(0)
+            out = builder(spec, sp.input_shape, sp.n_outputs)()
+        except ValueError as e:
+            raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: model: {e}") from None
+        model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
+        loss = _losses.get(lo)
+        if sp.task in ("binary", "multiclass") and loss.task is None:
+            raise ConfigError(f"{spec.path}: train.loss: {loss.name} does not fit the {sp.task} task of the data")
+        if sp.task == "regression" and loss.task is not None:
+            raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
+                              "regression (set data.task, or a regression loss such as \"mse\")")
+        p0 = next(model.parameters(), None)
+        if p0 is None:
+            raise ConfigError(f"{spec.path}: model: the model has no parameters")
+        xb = _t.as_tensor(np.asarray(sp.x_train[:2])).to(p0.dtype)
+        try:
+            with _t.no_grad():
+                model.eval()
+                pred = model(xb)
+        except Exception as e:  # any error of the user's forward
+            raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
+                              f"{type(e).__name__}: {e}") from None
+        yb = _t.as_tensor(np.asarray(sp.y_train[:2]))
+        try:
+            loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
+        except ValueError as e:
+            raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for 2 examples does not fit the "
+                              f"{sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
+        names = {n for n, _ in model.named_modules()}
+        for layer in spec.config.get("analysis", {}).get("sparsity_layers", []):
+            if layer not in names:
+                raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
+                                  f"{sorted(n for n in names if n)[:20]}")
+
+
 def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a unique temporary file in the same folder, then a rename)."""
+    _atomic(path, lambda f: f.write(json.dumps(obj).encode()))
+
+
+def _atomic(path: Path, write: Callable[[Any], None]) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 _FRESH: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _fresh(ds: _datasets.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    dist = ds.distribution
-    if dist is None:
-        return None
+def _fresh(dist: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     key = repr(dist)
     if key not in _FRESH:
         x, y = dist.sample(FRESH_SAMPLES, FRESH_SEED)
@@ -108,51 +195,54 @@ def _fresh(ds: _datasets.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return _FRESH[key]
 
 
-def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dataset, history,
+def _scores(sp: Splits, fl: bool, model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    out = predict(model, x).astype(np.float64)
+    if sp.task == "regression":
+        if sp.y_transform is not None:  # scores in the target's own units
+            out = out * sp.y_transform.std + sp.y_transform.mean
+            y = y * sp.y_transform.std + sp.y_transform.mean
+        return score("regression", y, out)
+    return score(sp.task, y, to_probabilities(out, sp.task, fl))
+
+
+def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, history,
                  arrays_for_report: bool = True) -> tuple[dict, dict]:
-    """Metrics of one trained model (test split, fresh sample, Bayes) and, if asked, the arrays the
-    report draws (decision-boundary grid, training data)."""
+    """Metrics of one trained model -- ``val_<m>`` (validation split), ``test_<m>`` (test split),
+    and where the distribution is known ``fresh_<m>`` (a fresh sample), ``bayes_<m>`` (the
+    Bayes-optimal prediction on it) and ``excess_<m>`` (fresh minus Bayes) -- and, if asked,
+    the arrays the report draws (a decision boundary for 2-D binary inputs)."""
+    fl = from_logits(spec, sp.task)
     metrics: dict[str, Any] = {}
+    for prefix, x, y in (("val", sp.x_val, sp.y_val), ("test", sp.x_test, sp.y_test)):
+        for k, v in _scores(sp, fl, model, x, y).items():
+            metrics[f"{prefix}_{k}"] = v
+    metrics["n_train"], metrics["n_val"], metrics["n_test"] = (int(sp.x_train.shape[0]), int(sp.x_val.shape[0]),
+                                                               int(sp.x_test.shape[0]))
     arrays: dict[str, np.ndarray] = {}
-    last = {k: float(v[-1]) for k, v in history.history.items()} if len(history) else {}
-    p_test = predict(model, ds.x_test).astype(np.float64)
-    binary = p_test.ndim == 2 and p_test.shape[1] == 1
-    if binary:
-        y = ds.y_test.reshape(-1).astype(np.float64)
-        p = p_test.reshape(-1)
-        metrics["test_log_loss"] = log_loss(y, p)
-        metrics["test_accuracy"] = accuracy(y, p)
-        metrics["test_correct"] = int(round(metrics["test_accuracy"] * y.size))
-        metrics["n_test"] = int(y.size)
-        dist = ds.distribution
-        if dist is not None:
-            q = dist.posterior(ds.x_test)
-            metrics["bayes_test_log_loss"] = log_loss(y, q)
-            metrics["bayes_test_accuracy"] = accuracy(y, q)
-            metrics["excess_log_loss_test"] = metrics["test_log_loss"] - metrics["bayes_test_log_loss"]
-            fx, fy, fq = _fresh(ds)
-            fp = predict(model, fx).astype(np.float64).reshape(-1)
-            metrics["fresh_log_loss"] = log_loss(fy, fp)
-            metrics["fresh_accuracy"] = accuracy(fy, fp)
-            metrics["fresh_bayes_log_loss"] = log_loss(fy, fq)
-            metrics["fresh_bayes_accuracy"] = accuracy(fy, fq)
-            metrics["excess_log_loss"] = metrics["fresh_log_loss"] - metrics["fresh_bayes_log_loss"]
-            metrics["excess_accuracy"] = metrics["fresh_accuracy"] - metrics["fresh_bayes_accuracy"]
-    if binary and arrays_for_report:
-        # decision boundary on a grid around the data
-        lo = np.minimum(ds.x_train.min(0), ds.x_test.min(0)) - 0.3
-        hi = np.maximum(ds.x_train.max(0), ds.x_test.max(0)) + 0.3
+    dist = sp.distribution
+    if dist is not None and sp.task == "binary":
+        fx, fy, fq = _fresh(dist)
+        fresh = _scores(sp, fl, model, sp.transform(fx), fy)
+        bayes = score("binary", fy, fq)
+        for k in METRICS["binary"]:
+            metrics[f"fresh_{k}"], metrics[f"bayes_{k}"] = fresh[k], bayes[k]
+            metrics[f"excess_{k}"] = fresh[k] - bayes[k]
+    if arrays_for_report and sp.task == "binary" and sp.input_shape == (2,):
+        raw_tr = sp.x_train if dist is None else None
+        lo = np.minimum(sp.x_train.min(0), sp.x_test.min(0)) - 0.3
+        hi = np.maximum(sp.x_train.max(0), sp.x_test.max(0)) + 0.3
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
         grid = np.column_stack([gx.ravel(), gy.ravel()])
         arrays["grid_x"], arrays["grid_y"] = gx, gy
-        arrays["grid_p"] = predict(model, grid).reshape(GRID, GRID).astype(np.float32)
-        if ds.distribution is not None:
-            arrays["grid_bayes"] = ds.distribution.posterior(grid).reshape(GRID, GRID).astype(np.float32)
-        arrays["x_train"], arrays["y_train"] = ds.x_train, ds.y_train
-    metrics["val_data_loss"] = last.get("val_data_loss", float("nan"))
-    metrics["val_accuracy"] = last.get("val_accuracy", float("nan"))
-    metrics["val_loss"] = last.get("val_loss", float("nan"))
-    metrics["train_data_loss"] = last.get("data_loss", float("nan"))
+        arrays["grid_p"] = to_probabilities(predict(model, grid), "binary", fl).reshape(GRID, GRID).astype(np.float32)
+        if dist is not None and sp.transform(np.zeros((1, 2))).tolist() == [[0.0, 0.0]]:
+            arrays["grid_bayes"] = dist.posterior(grid).reshape(GRID, GRID).astype(np.float32)
+        arrays["x_train"], arrays["y_train"] = sp.x_train, sp.y_train
+        del raw_tr
+    last = {k: float(v[-1]) for k, v in history.history.items()} if len(history) else {}
+    for k in ("val_loss", "val_data_loss", "loss", "data_loss"):
+        if k in last:
+            metrics[f"history_{k}"] = last[k]
     metrics["epochs_run"] = len(history)
     analysis = spec.config.get("analysis", {})
     extra: dict[str, Any] = {}
@@ -160,40 +250,64 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, ds: _datasets.Dat
         extra["overfitting"] = overfitting(history).to_dict()
     layers = analysis.get("sparsity_layers")
     if layers:
-        extra["sparsity"] = sparsity(model, ds.x_test, layers)
+        extra["sparsity"] = sparsity(model, sp.x_test, layers)
     if analysis.get("weight_histograms"):
         extra["weights"] = {n: np.abs(p.detach().cpu().numpy()).ravel().tolist()
                             for n, p in model.named_parameters() if n.endswith("weight")}
     return {"metrics": metrics, **extra}, arrays
 
 
-def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress: bool = False) -> list[dict]:
-    """Train the units (spec, seed) for ``seeds`` together and write their results."""
+def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress: bool = False,
+                threads: int | None = None) -> list[dict]:
+    """Train the units (spec, seed) for ``seeds`` together in one ``fit_many`` group and write
+    their results. An interrupted group writes nothing and raises ``KeyboardInterrupt``."""
     t0 = time.perf_counter()
-    data = [_datasets.get(spec.config["data"]["name"], random_state=s,
-                          **{k: v for k, v in spec.config["data"].items() if k != "name"}) for s in seeds]
+    resample = spec.config["split"].get("resample", True)
+    data = [splits_of(spec, s) for s in seeds] if resample else [splits_of(spec, 0)] * len(seeds)
+    sp0 = data[0]
     tr = spec.config["train"]
-    res = fit_many(builder(spec, data[0].x_train.shape[1]), [d.x_train for d in data], [d.y_train for d in data],
-                   seeds=list(seeds), loss=loss_of(spec), optimizer=tr["optimizer"], epochs=tr["epochs"],
-                   batch_size=tr["batch_size"], validation_data=([d.x_test for d in data], [d.y_test for d in data]),
-                   callbacks=early_stopping(spec), progress=progress)
+
+    def per_model(attr: str) -> Any:
+        return [getattr(d, attr) for d in data] if resample and len(seeds) > 1 else getattr(sp0, attr)
+
+    res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), per_model("x_train"), per_model("y_train"),
+                   seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr["optimizer"], epochs=tr["epochs"],
+                   batch_size=tr["batch_size"], validation_data=(per_model("x_val"), per_model("y_val")),
+                   callbacks=early_stopping(spec), progress=progress,
+                   metrics=("accuracy",) if sp0.task != "regression" else ())
+    if res.interrupted:
+        raise KeyboardInterrupt(f"{spec.name}: interrupted; its {len(seeds)} unfinished run(s) were not written")
     wall = time.perf_counter() - t0
     out_rows = []
+    base = None if spec.is_baseline else spec.baseline().name
     for i, seed in enumerate(seeds):
         unit = Unit(spec, seed)
-        # the report draws seed 0's decision boundary only
-        result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i], arrays_for_report=seed == 0)
-        row = {"run_id": unit.run_id, "experiment": spec.name, "seed": seed, "version": __version__,
-               "config": spec.config, "digest": spec.digest(), "history": res.histories[i].to_dict(),
-               "failed": res.failed.get(i), "group_wall_time": wall, "group_size": len(seeds), **result}
+        failed = res.failed.get(i)
+        result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i], arrays_for_report=i == 0)
+        row = {"run_id": unit.run_id, "experiment": spec.name, "title": spec.title, "seed": seed,
+               "version": __version__, "config": spec.config, "digest": spec.digest(), "inputs": spec.inputs,
+               "task": sp0.task, "loss_name": loss_name(spec, sp0.task), "is_baseline": spec.is_baseline,
+               "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,
+               "history": res.histories[i].to_dict(), "failed": _jsonable(failed), "group_wall_time": wall,
+               "group_size": len(seeds), "engine": res.engine, **result}
         path = unit.path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files = {}
         if arrays:
-            _write_npz(path.with_suffix(".npz"), **arrays)
-        torch.save(res.models[i].state_dict(), path.with_suffix(".pt"))
-        write_json(path, row)  # last: its presence marks the unit done
+            _atomic(path.with_suffix(".npz"), lambda f: np.savez_compressed(f, **arrays))
+            files[".npz"] = file_sha256(path.with_suffix(".npz"))
+        state = {k: v.detach().cpu() for k, v in res.models[i].state_dict().items()}
+        _atomic(path.with_suffix(".pt"), lambda f: torch.save(state, f))
+        files[".pt"] = file_sha256(path.with_suffix(".pt"))
+        row["files"] = files
+        write_json(path, row)  # last: a verified JSON marks the unit done
         out_rows.append(row)
     return out_rows
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None:
+        return None
+    return json.loads(json.dumps(v, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _group_cost(spec: ExperimentSpec, n: int) -> float:
@@ -201,20 +315,21 @@ def _group_cost(spec: ExperimentSpec, n: int) -> float:
     return t["epochs"] * (1.0 + 300 / t["batch_size"]) * (1 + n / 100)  # steps dominate; M adds little
 
 
-def _train_group_task(config: dict, path: str, seeds: list[int], out: str, threads: int) -> int:
+def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, threads: int) -> int:
     """Process-pool entry point (picklable arguments only)."""
     from ..training.engine import keep_flushing_denormals
 
     keep_flushing_denormals()
     torch.set_num_threads(threads)
-    train_group(ExperimentSpec(config, path), seeds, Path(out))
+    train_group(ExperimentSpec(config, path, inputs), seeds, Path(out))
     return len(seeds)
 
 
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
             workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = ()) -> dict[str, Any]:
-    """Run the pending units, grouped per experiment; finished units are skipped (resume).
+    """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
+    are skipped (resume).
 
     With ``workers > 1`` groups run in that many processes at once (each single-threaded): a
     group of small models is bound by per-step overhead, not arithmetic, so two cores train two
@@ -229,9 +344,8 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         if u.done(out):
             skipped += 1
         else:
-            pending.setdefault(u.spec.name, []).append(u)
+            pending.setdefault(u.spec.digest() + u.spec.name, []).append(u)
     from tqdm.auto import tqdm
-    import sys
 
     bar = tqdm(total=sum(len(v) for v in pending.values()), desc="study", unit="run",
                disable=not progress or not sys.stderr.isatty())
@@ -245,8 +359,8 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             side_futs = [pool.submit(_side_task, fn, args) for fn, args in side_tasks]
-            futs = {pool.submit(_train_group_task, us[0].spec.config, us[0].spec.path, [u.seed for u in us], str(out),
-                                1): us for us in groups}
+            futs = {pool.submit(_train_group_task, us[0].spec.config, us[0].spec.path, us[0].spec.inputs,
+                                [u.seed for u in us], str(out), 1): us for us in groups}
             for fut in cf.as_completed(futs):
                 us = futs[fut]
                 trained += fut.result()  # re-raises a worker's error; finished groups stay written
@@ -279,34 +393,42 @@ def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
 def run_unit(unit: Unit, out: str | Path) -> dict:
     """Run one unit on its own (what a distributed executor would call per task)."""
     out = Path(out)
-    if unit.done(out):
-        return json.loads(unit.path(out).read_text())
+    row = _verified(unit.path(out))
+    if row is not None:
+        return row
     return train_group(unit.spec, [unit.seed], out)[0]
 
 
-def load_results(out: str | Path) -> list[dict]:
-    """Every finished run under ``out/runs`` (corrupt files are skipped, never half-read)."""
+def load_runs(out: str | Path) -> list[dict]:
+    """Every finished, verified run under ``out/runs`` as a dict (anything else is skipped)."""
     rows = []
-    for p in sorted(Path(out).glob("runs/*/*.json")):
-        try:
-            row = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+    root = Path(out).resolve() / "runs"
+    for p in sorted(root.glob("*/*.json")):
+        if not p.is_file() or p.resolve().parent.parent != root:
             continue
-        if "metrics" in row:
-            row["_path"] = str(p)
-            rows.append(row)
+        row = _verified(p)
+        if row is None or not isinstance(row.get("experiment"), str) or row["experiment"] != p.parent.name:
+            continue
+        row["_path"] = str(p)
+        rows.append(row)
     return rows
 
 
-def load_model(run: str | Path | dict) -> torch.nn.Module:
-    """Rebuild the trained model of a finished run from its JSON (config) and ``.pt`` (state_dict),
-    loaded with ``weights_only=True`` -- nothing is unpickled."""
-    path = Path(run["_path"]) if isinstance(run, dict) else Path(run)
-    row = run if isinstance(run, dict) else json.loads(path.read_text())
-    spec = ExperimentSpec(row["config"], str(path))
-    n_in = int(np.asarray(_datasets.get(spec.config["data"]["name"], random_state=0,
-                                        **{k: v for k, v in spec.config["data"].items() if k != "name"}).x_train).shape[1])
-    out = builder(spec, n_in)()
+def load_model(run: dict, experiment_file: str | Path) -> torch.nn.Module:
+    """Rebuild the trained model of a finished run (a row of ``load_runs``) from the experiment
+    file it came from -- given by the caller; no code or path named by a results file is used
+    -- and its ``.pt`` weights, loaded with ``weights_only=True``."""
+    from .schema import load_experiment
+
+    specs = load_experiment(experiment_file)
+    cands = {s.digest(): s for s in specs} | {s.baseline().digest(): s.baseline() for s in specs}
+    spec = cands.get(run.get("digest"))
+    if spec is None:
+        raise ValueError(f"{experiment_file}: none of its grid points (or their baselines) produced run "
+                         f"{run.get('run_id')!r}; the file, its builder or its data changed since")
+    sp = splits_of(spec, int(run["seed"]))
+    out = builder(spec, sp.input_shape, sp.n_outputs)()
     model = out[0] if isinstance(out, tuple) else out
-    model.load_state_dict(torch.load(path.with_suffix(".pt"), weights_only=True))
+    path = Unit(spec, int(run["seed"])).path(Path(run["_path"]).parents[2]).with_suffix(".pt")
+    model.load_state_dict(torch.load(path, weights_only=True))
     return model

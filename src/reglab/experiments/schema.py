@@ -1,80 +1,92 @@
-"""Experiment files (TOML): schema and validation.
+"""Experiment files (TOML): schema and validation. ``docs/experiment-files.md`` documents every key.
 
 An experiment file describes one model family trained over many seeds::
 
-    name = "p2_layer_regularizers"      # unique id, letters/digits/_/-
-    program = 2                          # the lecture program it reproduces (optional)
+    name = "l2_kernels"                  # unique id: letters, digits, _ and -
     title = "..."                        # one line for the report
-    description = "..."                  # optional
     seeds = 20                           # default number of seeds (CLI --seeds overrides)
 
-    [data]                               # reglab.datasets name and its arguments
-    name = "blobs"
+    [data]                               # a built-in set, sklearn.<set>, a file, split files or a loader
+    name = "sklearn.digits"
+    [split]                              # fractions of all examples; stratified for classification
+    validation = 0.2
+    test = 0.2
+
+    [model]                              # any nn.Module from a builder ...
+    builder = "models.py:build"
+    args = {channels = 8}
+    [baseline]                           # ... whose unregularized baseline may change builder arguments
+    args = {dropout = 0.0}
+    [regularize]                         # the same rules as reglab.regularize / reglab.constrain
+    params = {"@kernels" = {name = "L2", l2 = 1e-4}}
 
     [train]
-    loss = "binary_crossentropy"         # or {name = "regularized", data_loss = ..., codes = [...], strength = ...}
+    loss = "sparse_categorical_crossentropy"   # default by task; or {name = ..., from_logits = true}
     optimizer = {name = "adam", learning_rate = 0.005}
-    epochs = 200
-    batch_size = 20
-    early_stopping = {patience = 20, restore_best_weights = true}   # optional
+    epochs = 30
+    batch_size = 32
+    early_stopping = {patience = 5, restore_best_weights = true}   # on the validation split
 
-    [[model.layers]]                     # Keras Dense arguments (see reglab.models.mlp)
-    units = 32
-    activation = "relu"
-    kernel_regularizer = {name = "L1", l1 = 0.001}
+    [[sweep]]                            # the grid: product of every sweep's values x seeds
+    path = ["regularize", "params", "@kernels", "l2"]
+    values = [1e-5, 1e-4, 1e-3]
 
-    [lecture]                            # what the lecture reported (optional)
-    accuracy = 0.85
-
-Regularizers and constraints are written ``{name = "<class or alias>", <argument> = <value>, ...}``
-or as a bare alias string (``"l2"``). Validation happens before anything runs; every error names
-the file, the key and what was expected.
+``[[model.layers]]`` (Keras ``Dense`` arguments) stays as the MLP shorthand. Regularizers and
+constraints are written ``{name = "<class or alias>", <argument> = <value>, ...}`` or as a bare
+alias string (``"l2"``). Validation happens before anything runs; every error names the file,
+the key and what was expected.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import activations as _activations
 from .. import constraints as _constraints
-from .. import datasets as _datasets
+from .. import initializers as _initializers
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import regularizers as _regularizers
-from .. import activations as _activations
-from .. import initializers as _initializers
+from . import data as _data
+from .code import resolve
 
-__all__ = ["ExperimentSpec", "ConfigError", "load_experiment", "load_experiments", "validate"]
+__all__ = ["ExperimentSpec", "ConfigError", "load_experiment", "load_experiments", "validate", "LIMITS"]
 
-TOP_KEYS = {"name", "program", "title", "description", "seeds", "data", "model", "train", "lecture", "analysis"}
+TOP_KEYS = {"name", "title", "description", "seeds", "data", "split", "model", "baseline", "regularize", "train",
+            "sweep", "reference", "analysis"}
 TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "early_stopping"}
 LAYER_KEYS = {"units", "activation", "use_bias", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
               "kernel_constraint", "bias_constraint", "kernel_initializer", "bias_initializer",
               "activity_before_activation", "dropout"}
-ES_KEYS = {"monitor", "patience", "min_delta", "restore_best_weights", "start_from_epoch"}
-LECTURE_KEYS = {"accuracy", "note"}
+ES_KEYS = {"monitor", "patience", "min_delta", "restore_best_weights", "start_from_epoch", "mode"}
+REFERENCE_KEYS = {"accuracy", "n", "label", "note"}
 ANALYSIS_KEYS = {"sparsity_layers", "weight_histograms"}
 REG_LOSS_KEYS = {"name", "data_loss", "codes", "strength"}
+REGULARIZE_KEYS = {"params", "activity", "constraints"}
+#: upper bounds of sizes (docs/experiment-files.md states them)
+LIMITS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 1_000_000, "units": 100_000, "name": 100}
+#: keys of a validated config that do not change what is trained (kept out of run ids)
+PRESENTATION = ("seeds", "title", "description", "reference")
+BASELINE_PREFIX = "baseline."  # "." cannot appear in an experiment's name: no name can enter this namespace
 
 
 class ConfigError(ValueError):
     """A bad experiment file: the message names the file, the key and what was expected."""
 
 
-def _where(file: str, key: str) -> str:
-    return f"{file}: {key}"
-
-
 def _expect(cond: bool, file: str, key: str, what: str, got: Any) -> None:
     if not cond:
-        raise ConfigError(f"{_where(file, key)}: expected {what}; got {got!r}")
+        raise ConfigError(f"{file}: {key}: expected {what}; got {got!r}")
 
 
 def _is_int(v: Any) -> bool:
@@ -82,18 +94,33 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bounded_int(v: Any, file: str, key: str, lo: int, hi: int) -> int:
+    _expect(_is_int(v) and lo <= v <= hi, file, key, f"an integer from {lo} to {hi}", v)
+    return v
+
+
+def _unknown(table: Mapping, allowed: set, file: str, key: str) -> None:
+    bad = set(table) - allowed
+    if bad:
+        raise ConfigError(f"{file}: {key}: unknown key(s) {sorted(bad)}; expected some of {sorted(allowed)}")
 
 
 def _obj_config(spec: Any, file: str, key: str) -> dict[str, Any]:
     """``{name = X, a = 1}`` or ``"alias"`` -> serialized ``{"class_name": X, "config": {...}}``."""
     if isinstance(spec, str):
         return {"class_name": spec, "config": {}}
-    _expect(isinstance(spec, Mapping) and "name" in spec, file, key,
+    _expect(isinstance(spec, Mapping) and isinstance(spec.get("name"), str), file, key,
             'a table with "name" (e.g. {name = "L2", l2 = 0.001}) or an alias string', spec)
     cfg = {k: v for k, v in spec.items() if k != "name"}
     if "terms" in cfg:  # a sum of regularizers
+        _expect(isinstance(cfg["terms"], list) and cfg["terms"], file, f"{key}.terms", "a non-empty list", cfg["terms"])
         cfg["terms"] = [_obj_config(t, file, f"{key}.terms[{i}]") for i, t in enumerate(cfg["terms"])]
+    for k, v in cfg.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{file}: {key}.{k}: expected a finite number; got {v!r}")
     return {"class_name": spec["name"], "config": cfg}
 
 
@@ -102,136 +129,116 @@ def _check_object(spec: Any, file: str, key: str, deserialize) -> dict[str, Any]
     ser = _obj_config(spec, file, key)
     try:
         deserialize(ser)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{_where(file, key)}: {e}") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{file}: {key}: {e}") from None
     return ser
 
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """A validated experiment: plain JSON-able data (``config``) plus where it came from."""
+    """A validated experiment (one grid point of its sweep): plain JSON-able ``config``, the
+    file it came from, and ``inputs`` -- the sha256 of every file that shapes its results
+    (a builder's source, data files), part of its identity."""
 
     config: dict[str, Any]
     path: str
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.config["name"]
 
     @property
-    def title(self) -> str:
-        return self.config.get("title", self.name)
+    def base(self) -> Path:
+        """The folder relative paths in the file are resolved against."""
+        return Path(self.path).resolve().parent
 
     @property
-    def program(self) -> int | None:
-        return self.config.get("program")
+    def title(self) -> str:
+        return self.config.get("title", self.name)
 
     @property
     def seeds(self) -> int:
         return int(self.config.get("seeds", 20))
 
     @property
-    def schedule(self) -> dict[str, Any]:
-        """What shapes training apart from regularization: optimizer name and learning rate,
-        epochs, batch size. Each schedule gets its own unregularized baseline."""
-        t = self.config["train"]
-        opt = dict(t["optimizer"])
-        name = opt.get("name", "adam")
-        # AdamW is Adam plus decoupled decay (a regularizer): it shares Adam's baseline
-        return {"optimizer": "adam" if name == "adamw" else name, "learning_rate": float(opt.get("learning_rate", 0.001)),
-                "epochs": int(t["epochs"]), "batch_size": int(t["batch_size"])}
+    def sweep_point(self) -> dict[str, Any]:
+        """``{"regularize/params/*.weight/l2": value, ...}``: this grid point's sweep values."""
+        return dict(self.config.get("sweep_point", {}))
 
     @property
     def is_baseline(self) -> bool:
-        return bool(self.config.get("baseline", False))
+        return bool(self.config.get("baseline_of"))
 
     def digest(self) -> str:
-        """Hash of the validated config (not of the file's formatting)."""
-        cfg = {k: v for k, v in self.config.items() if k not in ("seeds", "title", "description", "lecture")}
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of what produces the results: the validated config (not the file's formatting or
+        presentation keys) and the hashes of its input files."""
+        cfg = {k: v for k, v in self.config.items() if k not in PRESENTATION + ("baseline_of", "name")}
+        blob = json.dumps({"config": cfg, "inputs": self.inputs}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def baseline(self) -> ExperimentSpec:
-        """The unregularized model with this experiment's architecture, data and schedule: no
-        regularizer, constraint, dropout or early stopping; plain Keras optimizer; BCE loss."""
-        s = self.schedule
-        layers = []
-        for layer in self.config["model"]["layers"]:
-            keep = {k: v for k, v in layer.items() if k in ("units", "activation", "use_bias", "kernel_initializer",
-                                                            "bias_initializer")}
-            layers.append(keep)
-        tag = f"lr{s['learning_rate']:g}_e{s['epochs']}_b{s['batch_size']}_{s['optimizer']}"
-        name = "baseline_" + re.sub(r"[^A-Za-z0-9_-]", "", tag.replace(".", "p"))
-        opt = {"name": "adam" if s["optimizer"] == "adamw" else s["optimizer"], "learning_rate": s["learning_rate"]}
-        cfg = {
-            "name": name, "baseline": True,
-            "title": f"Unregularized baseline (lr {s['learning_rate']:g}, {s['epochs']} epochs, batch {s['batch_size']})",
-            "seeds": self.seeds, "data": copy.deepcopy(self.config["data"]), "model": {"layers": layers},
-            "train": {"loss": "binary_crossentropy" if self.config["data"]["name"] != "digits" else
-                      "sparse_categorical_crossentropy", "optimizer": opt, "epochs": s["epochs"],
-                      "batch_size": s["batch_size"]},
-            "analysis": copy.deepcopy(self.config.get("analysis", {})),
-        }
-        return ExperimentSpec(cfg, f"<baseline of {self.path}>")
+        """The unregularized counterpart: the same data, split, model (without its regularizers,
+        constraints and dropout; builder arguments overridden by ``[baseline] args``), data loss,
+        optimizer with all its settings but weight decay, epochs and batch size; no early stopping."""
+        c = copy.deepcopy(self.config)
+        model = c["model"]
+        if "layers" in model:
+            model["layers"] = [{k: v for k, v in layer.items() if k in ("units", "activation", "use_bias",
+                                                                         "kernel_initializer", "bias_initializer",
+                                                                         "activity_before_activation")}
+                               for layer in model["layers"]]
+        else:
+            model["args"] = {**model.get("args", {}), **c.get("baseline", {}).get("args", {})}
+        for k in ("regularize", "baseline", "sweep_point", "analysis"):  # analyses are the experiment's
+            c.pop(k, None)
+        tr = c["train"]
+        tr.pop("early_stopping", None)
+        if isinstance(tr.get("loss"), Mapping) and tr["loss"].get("name") == "regularized":
+            tr["loss"] = tr["loss"].get("data_loss", "binary_crossentropy")
+        opt = dict(tr["optimizer"])
+        opt.pop("weight_decay", None)
+        if opt["name"] == "adamw":
+            opt["name"] = "adam"  # AdamW without its decay is Adam
+        tr["optimizer"] = opt
+        for k in PRESENTATION:
+            c.pop(k, None)
+        c["seeds"] = self.seeds
+        c["name"] = "baseline"
+        c["baseline_of"] = True
+        b = ExperimentSpec(c, self.path, dict(self.inputs))
+        c["name"] = BASELINE_PREFIX + b.digest()[:10]
+        c["title"] = f"Unregularized baseline ({_schedule_words(tr)})"
+        return b
 
 
-def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
-    """Check every key and value of a parsed experiment file; raise ``ConfigError`` on the first problem."""
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{file}: unknown key(s) {sorted(unknown)}; expected some of {sorted(TOP_KEYS)}")
-    for key in ("name", "data", "model", "train"):
-        if key not in raw:
-            raise ConfigError(f"{_where(file, key)}: missing; every experiment needs name, data, model and train")
-    cfg: dict[str, Any] = {}
-    name = raw["name"]
-    _expect(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]+", name or "") is not None, file, "name",
-            "a string of letters, digits, _ and -", name)
-    cfg["name"] = name
-    for key in ("title", "description"):
-        if key in raw:
-            _expect(isinstance(raw[key], str), file, key, "a string", raw[key])
-            cfg[key] = raw[key]
-    if "program" in raw:
-        _expect(_is_int(raw["program"]) and 1 <= raw["program"] <= 7, file, "program", "an integer from 1 to 7",
-                raw["program"])
-        cfg["program"] = raw["program"]
-    if "seeds" in raw:
-        _expect(_is_int(raw["seeds"]) and raw["seeds"] > 0, file, "seeds", "a positive integer", raw["seeds"])
-        cfg["seeds"] = raw["seeds"]
-    # data
-    data = raw["data"]
-    _expect(isinstance(data, Mapping) and isinstance(data.get("name"), str), file, "data",
-            'a table with name = "blobs" | "moons" | "circles" | "digits"', data)
-    _expect(data["name"] in _datasets.DATASETS, file, "data.name", f"one of {sorted(_datasets.DATASETS)}", data["name"])
-    extra = {k: v for k, v in data.items() if k != "name"}
-    if "random_state" in extra:
-        raise ConfigError(f"{_where(file, 'data.random_state')}: set by the seed of each run; remove it")
-    try:
-        _datasets.get(data["name"], random_state=0, **extra)
-    except TypeError as e:
-        raise ConfigError(f"{_where(file, 'data')}: {e}") from None
-    cfg["data"] = dict(data)
-    # model
-    model = raw["model"]
-    _expect(isinstance(model, Mapping) and set(model) == {"layers"}, file, "model", "a table with only 'layers'", model)
-    layers = model["layers"]
+def _schedule_words(tr: Mapping[str, Any]) -> str:
+    opt = tr["optimizer"]
+    extra = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in opt.items()
+                      if k not in ("name", "learning_rate"))
+    loss = tr.get("loss")
+    loss = loss if isinstance(loss, str) else (loss or {}).get("name", "default loss")
+    return (f"{opt['name']} lr {opt.get('learning_rate', 0.001):g}{', ' + extra if extra else ''}, "
+            f"{tr['epochs']} epochs, batch {tr['batch_size']}, {loss}")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _layers(layers: Any, file: str) -> list[dict[str, Any]]:
     _expect(isinstance(layers, list) and len(layers) > 0, file, "model.layers", "a non-empty list of layer tables", layers)
-    out_layers = []
+    out = []
     for i, layer in enumerate(layers):
         k = f"model.layers[{i}]"
         _expect(isinstance(layer, Mapping), file, k, "a table", layer)
-        bad = set(layer) - LAYER_KEYS
-        if bad:
-            raise ConfigError(f"{_where(file, k)}: unknown key(s) {sorted(bad)}; expected some of {sorted(LAYER_KEYS)}")
-        _expect(_is_int(layer.get("units")) and layer["units"] > 0, file, f"{k}.units", "a positive integer",
-                layer.get("units"))
-        lay = {"units": layer["units"]}
+        _unknown(layer, LAYER_KEYS, file, k)
+        lay = {"units": _bounded_int(layer.get("units"), file, f"{k}.units", 1, LIMITS["units"])}
         if "activation" in layer:
             _expect(isinstance(layer["activation"], str), file, f"{k}.activation", "an activation name", layer["activation"])
             try:
                 _activations.get(layer["activation"])
             except ValueError as e:
-                raise ConfigError(f"{_where(file, f'{k}.activation')}: {e}") from None
+                raise ConfigError(f"{file}: {k}.activation: {e}") from None
             lay["activation"] = layer["activation"]
         for rk in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
             if rk in layer:
@@ -244,7 +251,7 @@ def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
                 try:
                     _initializers.get(layer[ik])
                 except ValueError as e:
-                    raise ConfigError(f"{_where(file, f'{k}.{ik}')}: {e}") from None
+                    raise ConfigError(f"{file}: {k}.{ik}: {e}") from None
                 lay[ik] = layer[ik]
         for bk in ("use_bias", "activity_before_activation"):
             if bk in layer:
@@ -254,95 +261,285 @@ def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
             _expect(_is_num(layer["dropout"]) and 0 <= layer["dropout"] < 1, file, f"{k}.dropout", "a rate in [0, 1)",
                     layer["dropout"])
             lay["dropout"] = float(layer["dropout"])
-        out_layers.append(lay)
-    cfg["model"] = {"layers": out_layers}
-    # train
-    train = raw["train"]
+        out.append(lay)
+    return out
+
+
+def _model(raw: Mapping[str, Any], file: str, base: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    model = raw["model"]
+    _expect(isinstance(model, Mapping), file, "model", "a table with layers, or builder (and args)", model)
+    _unknown(model, {"layers", "builder", "args"}, file, "model")
+    if ("layers" in model) == ("builder" in model):
+        raise ConfigError(f"{file}: model: give either [[model.layers]] (an MLP) or builder = \"file.py:function\"")
+    inputs: dict[str, str] = {}
+    if "layers" in model:
+        if "args" in model:
+            raise ConfigError(f"{file}: model.args: only used with model.builder")
+        return {"layers": _layers(model["layers"], file)}, inputs
+    args = model.get("args", {})
+    _expect(isinstance(args, Mapping), file, "model.args", "a table of keyword arguments", args)
+    try:
+        _, _, digest = resolve(model["builder"], base, f"{file}: model.builder")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    inputs["model.builder"] = digest or model["builder"]
+    return {"builder": model["builder"], "args": dict(args)}, inputs
+
+
+def _regularize(reg: Any, file: str) -> dict[str, Any]:
+    _expect(isinstance(reg, Mapping), file, "regularize", "a table with params, activity and/or constraints", reg)
+    _unknown(reg, REGULARIZE_KEYS, file, "regularize")
+    out: dict[str, Any] = {}
+    for key, deser in (("params", _regularizers.deserialize), ("activity", _regularizers.deserialize),
+                       ("constraints", _constraints.deserialize)):
+        if key in reg:
+            table = reg[key]
+            _expect(isinstance(table, Mapping) and table, file, f"regularize.{key}",
+                    'a table of "<pattern>" = <regularizer>', table)
+            out[key] = {p: _check_object(v, file, f"regularize.{key}.{p!r}", deser) for p, v in table.items()}
+    return out
+
+
+def _loss(loss: Any, file: str) -> Any:
+    if loss is None:
+        return None
+    if isinstance(loss, Mapping) and loss.get("name") == "regularized":
+        _unknown(loss, REG_LOSS_KEYS, file, "train.loss")
+        _expect(_is_num(loss.get("strength")) and loss["strength"] >= 0, file, "train.loss.strength",
+                "a non-negative finite number", loss.get("strength"))
+        codes = loss.get("codes")
+        _expect(isinstance(codes, list) and all(_is_int(c) and c in _losses.R_LIST_CODES for c in codes), file,
+                "train.loss.codes", f"a list of codes from {sorted(_losses.R_LIST_CODES)}", codes)
+        try:
+            _losses.get(loss.get("data_loss", "binary_crossentropy"))
+        except ValueError as e:
+            raise ConfigError(f"{file}: train.loss.data_loss: {e}") from None
+        return dict(loss)
+    if isinstance(loss, Mapping):
+        _unknown(loss, {"name", "from_logits"}, file, "train.loss")
+        _expect(isinstance(loss.get("from_logits", False), bool), file, "train.loss.from_logits", "true or false",
+                loss.get("from_logits"))
+        name = loss.get("name")
+    else:
+        name = loss
+    try:
+        lo = _losses.get(name) if isinstance(name, str) else None
+    except ValueError as e:
+        raise ConfigError(f"{file}: train.loss: {e}") from None
+    _expect(lo is not None, file, "train.loss", 'a Keras loss name, {name = ..., from_logits = true} or '
+            '{name = "regularized", ...}', loss)
+    if isinstance(loss, Mapping) and loss.get("from_logits") and not hasattr(lo, "from_logits"):
+        raise ConfigError(f"{file}: train.loss.from_logits: {name!r} takes no from_logits")
+    return dict(loss) if isinstance(loss, Mapping) else loss
+
+
+def _train(train: Any, file: str) -> dict[str, Any]:
     _expect(isinstance(train, Mapping), file, "train", "a table", train)
-    bad = set(train) - TRAIN_KEYS
-    if bad:
-        raise ConfigError(f"{_where(file, 'train')}: unknown key(s) {sorted(bad)}; expected some of {sorted(TRAIN_KEYS)}")
-    for key in ("epochs", "batch_size"):
-        _expect(_is_int(train.get(key)) and train[key] > 0, file, f"train.{key}", "a positive integer", train.get(key))
-    tr: dict[str, Any] = {"epochs": train["epochs"], "batch_size": train["batch_size"]}
+    _unknown(train, TRAIN_KEYS, file, "train")
+    tr: dict[str, Any] = {"epochs": _bounded_int(train.get("epochs"), file, "train.epochs", 1, LIMITS["epochs"]),
+                          "batch_size": _bounded_int(train.get("batch_size"), file, "train.batch_size", 1,
+                                                     LIMITS["batch_size"])}
     opt = train.get("optimizer", "adam")
     opt = {"name": opt} if isinstance(opt, str) else opt
     _expect(isinstance(opt, Mapping) and isinstance(opt.get("name"), str), file, "train.optimizer",
             'a name or a table {name = "adam", learning_rate = ...}', opt)
+    for k, v in opt.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            _expect(_is_num(v) and abs(v) < 1e6, file, f"train.optimizer.{k}", "a finite number below 1e6", v)
     try:
         import torch
 
         _optimizers.get(dict(opt), [torch.nn.Parameter(torch.zeros(1))])
-    except ValueError as e:
-        raise ConfigError(f"{_where(file, 'train.optimizer')}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{file}: train.optimizer: {e}") from None
     tr["optimizer"] = dict(opt)
-    loss = train.get("loss", "binary_crossentropy")
-    if isinstance(loss, Mapping):
-        bad = set(loss) - REG_LOSS_KEYS
-        if bad or loss.get("name") != "regularized":
-            raise ConfigError(f"{_where(file, 'train.loss')}: a loss table must be {{name = \"regularized\", data_loss, "
-                              f"codes, strength}}; got {dict(loss)!r}")
-        _expect(_is_num(loss.get("strength")) and loss["strength"] >= 0, file, "train.loss.strength",
-                "a non-negative number", loss.get("strength"))
-        codes = loss.get("codes")
-        _expect(isinstance(codes, list) and all(_is_int(c) and c in _losses.LECTURE_CODES for c in codes), file,
-                "train.loss.codes", f"a list of lecture codes {sorted(_losses.LECTURE_CODES)}", codes)
-        try:
-            _losses.get(loss.get("data_loss", "binary_crossentropy"))
-        except ValueError as e:
-            raise ConfigError(f"{_where(file, 'train.loss.data_loss')}: {e}") from None
-        tr["loss"] = dict(loss)
-    else:
-        try:
-            _losses.get(loss)
-        except ValueError as e:
-            raise ConfigError(f"{_where(file, 'train.loss')}: {e}") from None
+    loss = _loss(train.get("loss"), file)
+    if loss is not None:
         tr["loss"] = loss
     if "early_stopping" in train:
         es = train["early_stopping"]
         _expect(isinstance(es, Mapping), file, "train.early_stopping", "a table", es)
-        bad = set(es) - ES_KEYS
-        if bad:
-            raise ConfigError(f"{_where(file, 'train.early_stopping')}: unknown key(s) {sorted(bad)}; expected some of "
-                              f"{sorted(ES_KEYS)}")
+        _unknown(es, ES_KEYS, file, "train.early_stopping")
         if "patience" in es:
-            _expect(_is_int(es["patience"]) and es["patience"] >= 0, file, "train.early_stopping.patience",
-                    "a non-negative integer", es["patience"])
+            _bounded_int(es["patience"], file, "train.early_stopping.patience", 0, LIMITS["epochs"])
+        if "start_from_epoch" in es:
+            _bounded_int(es["start_from_epoch"], file, "train.early_stopping.start_from_epoch", 0, LIMITS["epochs"])
+        if "restore_best_weights" in es:
+            _expect(isinstance(es["restore_best_weights"], bool), file, "train.early_stopping.restore_best_weights",
+                    "true or false", es["restore_best_weights"])
+        if "min_delta" in es:
+            _expect(_is_num(es["min_delta"]), file, "train.early_stopping.min_delta", "a finite number", es["min_delta"])
+        monitors = ("val_loss", "val_data_loss", "val_accuracy", "loss", "data_loss", "accuracy")
+        _expect(es.get("monitor", "val_loss") in monitors, file, "train.early_stopping.monitor",
+                f"one of {list(monitors)}", es.get("monitor"))
+        _expect(es.get("mode", "auto") in ("auto", "min", "max"), file, "train.early_stopping.mode",
+                "auto, min or max", es.get("mode"))
         tr["early_stopping"] = dict(es)
-    cfg["train"] = tr
-    if "lecture" in raw:
-        lec = raw["lecture"]
-        _expect(isinstance(lec, Mapping) and set(lec) <= LECTURE_KEYS, file, "lecture",
-                f"a table with some of {sorted(LECTURE_KEYS)}", lec)
-        if "accuracy" in lec:
-            _expect(_is_num(lec["accuracy"]) and 0 <= lec["accuracy"] <= 1, file, "lecture.accuracy",
-                    "a number in [0, 1]", lec["accuracy"])
-        cfg["lecture"] = dict(lec)
+    return tr
+
+
+def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
+    """Check every key and value of one parsed experiment file without a ``[[sweep]]`` (see
+    ``expand``); raise ``ConfigError`` on the first problem."""
+    _unknown(raw, TOP_KEYS, file, "the file")
+    for key in ("name", "data", "model", "train"):
+        if key not in raw:
+            raise ConfigError(f"{file}: {key}: missing; every experiment needs name, data, model and train")
+    base = Path(file).resolve().parent
+    cfg: dict[str, Any] = {}
+    name = raw["name"]
+    _expect(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,%d}" % LIMITS["name"], name) is not None, file,
+            "name", f"a string of 1 to {LIMITS['name']} letters, digits, _ and -", name)
+    cfg["name"] = name
+    for key in ("title", "description"):
+        if key in raw:
+            _expect(isinstance(raw[key], str) and len(raw[key]) <= 2000, file, key, "a string", raw[key])
+            cfg[key] = raw[key]
+    if "seeds" in raw:
+        cfg["seeds"] = _bounded_int(raw["seeds"], file, "seeds", 1, LIMITS["seeds"])
+    try:
+        cfg["data"] = _data.check_data(raw["data"], file)
+        cfg["split"] = _data.check_split(raw.get("split"), file, "files" in raw["data"])
+        inputs = _data.data_inputs(cfg["data"], base, file)
+    except _data.DataError as e:
+        raise ConfigError(str(e)) from None
+    cfg["model"], model_inputs = _model(raw, file, base)
+    inputs.update(model_inputs)
+    if "baseline" in raw:
+        b = raw["baseline"]
+        _expect(isinstance(b, Mapping) and set(b) <= {"args"} and isinstance(b.get("args", {}), Mapping), file,
+                "baseline", "a table with args = {...} (builder arguments of the unregularized baseline)", b)
+        if "builder" not in cfg["model"]:
+            raise ConfigError(f"{file}: baseline.args: only used with model.builder")
+        cfg["baseline"] = {"args": dict(b.get("args", {}))}
+    if "regularize" in raw:
+        cfg["regularize"] = _regularize(raw["regularize"], file)
+    cfg["train"] = _train(raw["train"], file)
+    if "reference" in raw:
+        ref = raw["reference"]
+        _expect(isinstance(ref, Mapping) and set(ref) <= REFERENCE_KEYS, file, "reference",
+                f"a table with some of {sorted(REFERENCE_KEYS)}", ref)
+        if "accuracy" in ref:
+            _expect(_is_num(ref["accuracy"]) and 0 <= ref["accuracy"] <= 1, file, "reference.accuracy",
+                    "a number in [0, 1]", ref["accuracy"])
+        if "n" in ref:
+            _bounded_int(ref["n"], file, "reference.n", 1, _data.MAX_EXAMPLES)
+        cfg["reference"] = dict(ref)
     if "analysis" in raw:
         an = raw["analysis"]
         _expect(isinstance(an, Mapping) and set(an) <= ANALYSIS_KEYS, file, "analysis",
                 f"a table with some of {sorted(ANALYSIS_KEYS)}", an)
+        if "sparsity_layers" in an:
+            _expect(isinstance(an["sparsity_layers"], list) and all(isinstance(s, str) for s in an["sparsity_layers"]),
+                    file, "analysis.sparsity_layers", "a list of module names", an["sparsity_layers"])
+        if "weight_histograms" in an:
+            _expect(isinstance(an["weight_histograms"], bool), file, "analysis.weight_histograms", "true or false",
+                    an["weight_histograms"])
         cfg["analysis"] = dict(an)
-    return ExperimentSpec(cfg, file)
+    return ExperimentSpec(cfg, file, inputs)
 
 
-def load_experiment(path: str | Path) -> ExperimentSpec:
+# ----------------------------------------------------------------------------- sweeps
+
+
+def column(path: list) -> str:
+    """A sweep path as a results column: its keys joined by "/"."""
+    return "/".join(str(p) for p in path)
+
+
+def _get(raw: Any, path: list, file: str, where: str) -> Any:
+    node = raw
+    for i, key in enumerate(path):
+        here = column(path[:i + 1])
+        if isinstance(node, str):
+            raise ConfigError(f"{file}: {where}: {column(path[:i])!r} is the bare alias {node!r}; write it as a table "
+                              f"(e.g. {{name = {node!r}, ...}}) to sweep one of its arguments")
+        if isinstance(node, list):
+            if not _is_int(key) or not 0 <= key < len(node):
+                raise ConfigError(f"{file}: {where}: {here!r}: expected an index below {len(node)}; got {key!r}")
+        elif isinstance(node, Mapping):
+            if key not in node:
+                raise ConfigError(f"{file}: {where}: {here!r} is not in the file; the keys there are {sorted(node)}")
+        else:
+            raise ConfigError(f"{file}: {where}: {column(path[:i])!r} holds a value, not a table or list")
+        node = node[key]
+    return node
+
+
+def _set(raw: Any, path: list, value: Any) -> None:
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
+    """One spec per grid point of the file's ``[[sweep]]`` entries (their product), each
+    validated; a file without sweeps gives one spec."""
+    sweeps = raw.get("sweep", [])
+    _expect(isinstance(sweeps, list), file, "sweep", "an array of tables [[sweep]]", sweeps)
+    axes = []
+    for i, s in enumerate(sweeps):
+        where = f"sweep[{i}]"
+        _expect(isinstance(s, Mapping) and set(s) == {"path", "values"}, file, where,
+                "a table with path = [...] and values = [...]", s)
+        path, values = s["path"], s["values"]
+        _expect(isinstance(path, list) and path and path[0] != "sweep", file, f"{where}.path",
+                "a non-empty list of keys and indexes", path)
+        _expect(isinstance(values, list) and 0 < len(values) <= 1000, file, f"{where}.values",
+                "a list of 1 to 1000 values", values)
+        _get(raw, path, file, f"{where}.path")
+        axes.append((path, values))
+    if len({column(p) for p, _ in axes}) != len(axes):
+        raise ConfigError(f"{file}: sweep: two entries have the same path")
+    body = {k: v for k, v in raw.items() if k != "sweep"}
+    specs = []
+    for point in itertools.product(*[v for _, v in axes]) if axes else [()]:
+        r = copy.deepcopy(body)
+        for (path, _), v in zip(axes, point):
+            _set(r, path, v)
+        try:
+            spec = validate(r, file)
+        except ConfigError as e:
+            if not axes:
+                raise
+            at = ", ".join(f"{column(p)} = {v!r}" for (p, _), v in zip(axes, point))
+            raise ConfigError(f"{e} (at the sweep point {at})") from None
+        if axes:
+            spec.config["sweep_point"] = {column(p): v for (p, _), v in zip(axes, point)}
+        specs.append(spec)
+    return specs
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_experiment(path: str | Path) -> list[ExperimentSpec]:
+    """Every grid point of one experiment file, validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return validate(raw, str(path))
+    return expand(read_toml(path), str(path))
 
 
 def load_experiments(paths: list[str | Path]) -> list[ExperimentSpec]:
     """Load and validate all files first (nothing runs if one is bad); names must be unique."""
-    specs = [load_experiment(p) for p in paths]
+    specs: list[ExperimentSpec] = []
     seen: dict[str, str] = {}
-    for s in specs:
-        if s.name in seen:
-            raise ConfigError(f"{s.path}: name {s.name!r} is already used by {seen[s.name]}")
-        seen[s.name] = s.path
+    for p in paths:
+        got = load_experiment(p)
+        name = got[0].name
+        if name in seen:
+            raise ConfigError(f"{p}: name {name!r} is already used by {seen[name]}")
+        seen[name] = str(p)
+        specs.extend(got)
     return specs

@@ -9,10 +9,12 @@ import matplotlib
 import numpy as np
 
 from ..diagnostics.statistics import mean_ci
-from .summary import ExperimentSummary
+from .summary import RowSummary
 
 matplotlib.use("Agg")  # files only; pyplot is imported after this, inside the functions' module scope
 import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
+
+plt.rcParams["text.parse_math"] = False  # titles from experiment files are drawn literally ("$" is a dollar)
 
 __all__ = ["save", "curves", "boundary", "activation_histograms", "weight_histograms", "path_plot"]
 
@@ -23,6 +25,12 @@ def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
 
     ep = np.arange(1, arr.shape[1] + 1)
     n = np.sum(~np.isnan(arr), axis=0)
+    # an epoch is drawn only while at least half the runs (and 2) still run: a mean of the few
+    # runs that went on longest is not the experiment's curve
+    keep = n >= max(2, int(np.ceil(arr.shape[0] / 2))) if arr.shape[0] > 1 else n >= 1
+    arr, ep, n = arr[:, keep], ep[keep], n[keep]
+    if not ep.size:
+        return
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # epochs that only some runs reached
         mean = np.nanmean(arr, axis=0)
@@ -34,9 +42,9 @@ def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
 
 
 def save(fig, path: Path) -> Path:
-    """Lay out, write as PNG (90 dpi) and close a figure."""
+    """Lay out, write as PNG (144 dpi: sharp at 2x) and close a figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=144)
     plt.close(fig)
     return path
 
@@ -50,24 +58,26 @@ def _stack(runs: list[dict], key: str) -> np.ndarray:
     return out
 
 
-def curves(e: ExperimentSummary, path: Path) -> Path:
-    """Train/validation curves: data loss and total objective, mean and 95% CI over seeds."""
+def curves(e: RowSummary, path: Path) -> Path:
+    """Train/validation curves of the finished runs: data loss and total objective, mean and 95%
+    CI over seeds, drawn while at least half the runs still run."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     for ax, (tk, vk, title) in zip(axes, [("data_loss", "val_data_loss", "data loss (no penalty)"),
                                            ("loss", "val_loss", "objective = data loss + penalties (Keras loss)")]):
-        _band(ax, _stack(e.runs, tk), "tab:blue", "train")
-        _band(ax, _stack(e.runs, vk), "tab:red", "validation")
+        _band(ax, _stack(e.finished, tk), "tab:blue", "train")
+        _band(ax, _stack(e.finished, vk), "tab:red", "validation")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("binary cross-entropy")
+    loss = e.runs[0].get("loss_name") or "loss"
+    axes[0].set_ylabel(str(loss).replace("_", " "))
     axes[0].legend(frameon=False)
-    fig.suptitle(f"{e.title}  ({len(e.runs)} seeds, band = 95% CI of the mean)", fontsize=10)
+    fig.suptitle(f"{e.title}  ({len(e.finished)} finished seeds, band = 95% CI of the mean)", fontsize=10)
     return save(fig, path)
 
 
-def boundary(e: ExperimentSummary, arrays: dict[str, np.ndarray], path: Path) -> Path:
-    """Seed-0 training data with the model's decision boundary (p = 0.5) and the Bayes boundary."""
+def boundary(e: RowSummary, arrays: dict[str, np.ndarray], seed: int, path: Path) -> Path:
+    """One seed's training data with the model's decision boundary (p = 0.5) and the Bayes boundary."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     x, y = arrays["x_train"], arrays["y_train"].reshape(-1)
     ax.scatter(x[:, 0], x[:, 1], c=np.where(y > 0.5, "tab:blue", "tab:red"), s=14, alpha=0.5)
@@ -79,7 +89,7 @@ def boundary(e: ExperimentSummary, arrays: dict[str, np.ndarray], path: Path) ->
     ax.plot([], [], "k-", label="model (p = 0.5)")
     ax.plot([], [], color="tab:green", ls="--", label="Bayes boundary")
     ax.legend(loc="lower right", fontsize=8, frameon=True)
-    ax.set_title(f"{e.name}, seed 0", fontsize=9)
+    ax.set_title(f"{e.key}, seed {seed} (one seed)", fontsize=9)
     return save(fig, path)
 
 
@@ -115,19 +125,24 @@ def weight_histograms(groups: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def path_plot(path_data: dict, path: Path) -> Path:
-    """Validation data loss, accuracy and excess risk against the strength, with 95% bands."""
+    """The path's metrics against the strength, with 95% bands; the x axis shows only the
+    strengths tried, evenly spaced (0 stands apart on the left)."""
     lam = np.asarray(path_data["strengths"])
-    keys = [k for k in ("val_data_loss", "test_accuracy", "excess_log_loss") if k in path_data["metrics"]]
+    keys = list(path_data["metrics"])
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    pos = np.arange(lam.size, dtype=float)
+    if lam.size > 1 and lam[0] == 0:
+        pos[1:] += 0.5
     for ax, k in zip(axes[0], keys):
-        v = np.asarray(path_data["metrics"][k])  # (K, seeds)
+        v = np.asarray(path_data["metrics"][k], dtype=float)  # (K, seeds)
         st = np.array([mean_ci(row) for row in v])
-        ax.plot(lam, st[:, 0], "o-", color="tab:blue", ms=3)
-        ax.fill_between(lam, st[:, 1], st[:, 2], color="tab:blue", alpha=0.25, lw=0)
+        ax.plot(pos, st[:, 0], "o-", color="tab:blue", ms=3)
+        ok = ~np.isnan(st[:, 1])
+        ax.fill_between(pos[ok], st[ok, 1], st[ok, 2], color="tab:blue", alpha=0.25, lw=0)
         if path_data.get("best_strength") is not None:
-            ax.axvline(path_data["best_strength"], color="k", ls=":", lw=1)
-        ax.set_xscale("symlog", linthresh=max(min((v for v in lam if v > 0), default=1e-5), 1e-12))
-        ax.set_xlabel("lambda (0 = no regularization)")
-        ax.set_title(k, fontsize=9)
+            ax.axvline(pos[list(lam).index(path_data["best_strength"])], color="k", ls=":", lw=1)
+        ax.set_xticks(pos, [f"{x:.0e}" if x else "0" for x in lam], rotation=45, fontsize=7)
+        ax.set_xlabel("lambda (strength tried; 0 = no regularization)")
+        ax.set_title(k.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
     return save(fig, path)

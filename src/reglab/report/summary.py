@@ -1,112 +1,176 @@
-"""Aggregate finished runs: per-experiment means with 95% CIs, paired comparisons with baselines."""
+"""Aggregate finished runs: per-experiment means with 95% CIs over the runs that finished, paired
+comparisons with each experiment's own baseline (Holm-corrected over the family of one metric).
+
+A failed (diverged) run is kept out of means, intervals and paired differences; how many failed
+is shown per row and compared with the baseline's failures (Fisher's exact test), since dropping
+failures silently would favour the survivors. A comparison needs at least ``MIN_PAIRS`` seeds
+where both runs finished; with fewer it gets no verdict.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..diagnostics.statistics import binomial_ci, holm, mean_ci, paired_comparison, with_adjusted
-from ..experiments.schema import ExperimentSpec
+from ..diagnostics.metrics import LABELS, METRICS
+from ..diagnostics.statistics import holm, mean_ci, paired_comparison, with_adjusted
 
-__all__ = ["Summary", "summarize", "METRICS"]
+__all__ = ["Summary", "RowSummary", "summarize", "metric_label", "lower_is_better", "compared_metrics",
+           "selection_by_loss_vs_accuracy", "MIN_PAIRS"]
 
-#: metric key -> (label, lower is better)
-METRICS = {
-    "val_data_loss": ("validation data loss (test split)", True),
-    "test_accuracy": ("test accuracy", False),
-    "excess_log_loss": ("excess log-loss over Bayes (fresh 100k sample)", True),
-    "excess_log_loss_test": ("excess log-loss over Bayes (test split)", True),
-}
+MIN_PAIRS = 5
+
+
+def metric_label(key: str) -> str:
+    prefix, _, m = key.partition("_")
+    where = {"val": "validation", "test": "test", "fresh": "fresh sample", "bayes": "Bayes-optimal",
+             "excess": "excess over Bayes"}[prefix]
+    return f"{where} {LABELS.get(m, m)}"
+
+
+def lower_is_better(key: str) -> bool:
+    m = key.partition("_")[2]
+    for table in METRICS.values():
+        if m in table:
+            return table[m]
+    return True
+
+
+def compared_metrics(task: str, known: bool) -> list[str]:
+    """The metrics each experiment is compared with its baseline on, the first the headline."""
+    if task == "regression":
+        return ["test_mse", "test_mae", "test_r2"]
+    out = ["test_log_loss", "test_accuracy", "test_brier", "test_ece"]
+    return (["excess_log_loss"] + out) if known else out
 
 
 @dataclass
-class ExperimentSummary:
+class RowSummary:
+    """One experiment grid point (or a baseline) over its seeds."""
+
+    key: str
     name: str
     title: str
-    program: int | None
     config: dict[str, Any]
-    seeds: list[int]
+    sweep: dict[str, Any]
     runs: list[dict]
+    task: str
     baseline: str | None
+    is_baseline: bool
     stats: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     comparisons: dict[str, Any] = field(default_factory=dict)
+    failure_test: tuple[int, int, float] | None = None  # (failed here, failed in baseline, Fisher p)
 
-    def values(self, key: str) -> np.ndarray:
-        return np.array([r["metrics"].get(key, np.nan) for r in self.runs], dtype=float)
+    @property
+    def finished(self) -> list[dict]:
+        return [r for r in self.runs if not r.get("failed")]
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.runs) - len(self.finished)
 
     def by_seed(self, key: str) -> dict[int, float]:
-        return {r["seed"]: r["metrics"].get(key, np.nan) for r in self.runs}
+        out = {}
+        for r in self.finished:
+            v = r["metrics"].get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[r["seed"]] = float(v)
+        return out
+
+    def values(self, key: str) -> np.ndarray:
+        return np.array(list(self.by_seed(key).values()), dtype=float)
 
 
 @dataclass
 class Summary:
-    experiments: dict[str, ExperimentSummary]
+    rows: dict[str, RowSummary]
 
-    def ordered(self) -> list[ExperimentSummary]:
-        def key(e):
-            return (e.config.get("baseline", False), e.program is None, e.program or 0, e.name)
-        return sorted(self.experiments.values(), key=key)
+    def ordered(self) -> list[RowSummary]:
+        return sorted(self.rows.values(), key=lambda e: (e.is_baseline, e.name, sorted(e.sweep.items(), key=str)))
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({e.task for e in self.rows.values()})
+
+    def metrics(self) -> list[str]:
+        keys = {k for e in self.rows.values() for r in e.finished for k in r["metrics"]
+                if k.startswith(("val_", "test_", "fresh_", "excess_", "bayes_"))}
+        return sorted(keys)
+
+
+def _key(row: dict) -> str:
+    sweep = row.get("sweep") or {}
+    if not sweep:
+        return row["experiment"]
+    return row["experiment"] + " [" + ", ".join(f"{k.rsplit('/', 1)[-1]}={v:g}" if isinstance(v, float) else
+                                                f"{k.rsplit('/', 1)[-1]}={v}" for k, v in sweep.items()) + "]"
 
 
 def summarize(rows: list[dict]) -> Summary:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[r["experiment"]].append(r)
-    exps: dict[str, ExperimentSummary] = {}
-    for name, rs in groups.items():
+        groups[_key(r)].append(r)
+    out: dict[str, RowSummary] = {}
+    for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
-        cfg = rs[0]["config"]
-        base = None if cfg.get("baseline") else ExperimentSpec(cfg, "<results>").baseline().name
-        e = ExperimentSummary(name, cfg.get("title", name), cfg.get("program"), cfg, [r["seed"] for r in rs], rs, base)
-        for k in METRICS:
-            e.stats[k] = mean_ci(e.values(k))
-        exps[name] = e
-    # paired comparisons with the baseline of the same schedule, Holm-corrected per metric
-    for metric in ("val_data_loss", "test_accuracy", "excess_log_loss"):
+        r0 = rs[0]
+        e = RowSummary(key, r0["experiment"], r0.get("title", r0["experiment"]), r0["config"], r0.get("sweep") or {},
+                       rs, r0.get("task", "binary"), r0.get("baseline"), bool(r0.get("is_baseline")))
+        keys = {k for r in e.finished for k in r["metrics"] if k.startswith(("val_", "test_", "fresh_", "excess_",
+                                                                              "bayes_"))}
+        for k in keys:
+            v = e.values(k)
+            if v.size:
+                e.stats[k] = mean_ci(v)
+        out[key] = e
+    from scipy import stats as _st
+
+    for e in out.values():
+        b = out.get(e.baseline) if e.baseline else None
+        if b is not None and (e.n_failed or b.n_failed):
+            p = float(_st.fisher_exact([[e.n_failed, len(e.runs) - e.n_failed],
+                                        [b.n_failed, len(b.runs) - b.n_failed]]).pvalue)
+            e.failure_test = (e.n_failed, b.n_failed, p)
+    # paired comparisons with the own baseline, Holm-corrected per metric over the study
+    all_metrics = {m for e in out.values() for m in compared_metrics(e.task, any(k.startswith("excess_") for k in e.stats))}
+    for metric in sorted(all_metrics):
         comps = []
-        for e in exps.values():
-            b = exps.get(e.baseline) if e.baseline else None
+        for e in out.values():
+            b = out.get(e.baseline) if e.baseline else None
             if b is None:
                 continue
             a_s, b_s = e.by_seed(metric), b.by_seed(metric)
             common = sorted(set(a_s) & set(b_s))
-            if len(common) < 2:
+            if len(common) < MIN_PAIRS:
                 continue
-            c = paired_comparison([a_s[s] for s in common], [b_s[s] for s in common])
-            comps.append((e, c))
+            comps.append((e, paired_comparison([a_s[s] for s in common], [b_s[s] for s in common])))
         adj = holm([c.p_value for _, c in comps]) if comps else []
         for (e, c), p in zip(comps, adj):
             e.comparisons[metric] = with_adjusted(c, p)
-    return Summary(exps)
-
-
-def lecture_accuracy_check(accuracy: float, n: int = 75) -> dict[str, float]:
-    """Wilson interval of one accuracy measured on ``n`` points (the lecture's 75 test points)."""
-    k = int(round(accuracy * n))
-    lo, hi = binomial_ci(k, n)
-    return {"accuracy": accuracy, "correct": k, "n": n, "low": lo, "high": hi}
+    return Summary(out)
 
 
 def selection_by_loss_vs_accuracy(summ: Summary) -> dict[str, Any] | None:
-    """The lecture's Model A/B point, tested on the study's own models.
+    """Model selection by validation loss vs validation accuracy, tested on the study's models.
 
     For every seed (one data split) the study trains one model per experiment. Among those models,
-    pick the one with the lowest validation data loss, and the one with the highest validation
-    accuracy (ties broken by averaging over the tied models); score both on the fresh 100k-point
-    sample (excess log-loss over Bayes, and accuracy). Also the per-seed Kendall rank correlation
-    of each validation score with the fresh excess log-loss.
+    pick the one with the lowest validation log-loss, and the one with the highest validation
+    accuracy (ties broken by averaging over the tied models); score both on the fresh sample
+    (excess log-loss over Bayes, and accuracy). Also the per-seed Kendall rank correlation of each
+    validation score with the fresh excess log-loss. Needs a known distribution.
     """
     from scipy import stats
 
     by_seed: dict[int, list[tuple[float, float, float, float]]] = defaultdict(list)
-    for e in summ.experiments.values():
-        for r in e.runs:
+    for e in summ.rows.values():
+        for r in e.finished:
             m = r["metrics"]
-            if all(k in m for k in ("val_data_loss", "val_accuracy", "excess_log_loss", "fresh_accuracy")):
-                by_seed[r["seed"]].append((m["val_data_loss"], m["val_accuracy"], m["excess_log_loss"],
+            if all(k in m for k in ("val_log_loss", "val_accuracy", "excess_log_loss", "fresh_accuracy")):
+                by_seed[r["seed"]].append((m["val_log_loss"], m["val_accuracy"], m["excess_log_loss"],
                                            m["fresh_accuracy"]))
     rows = {s: np.array(v) for s, v in by_seed.items() if len(v) >= 3}
     if len(rows) < 2:

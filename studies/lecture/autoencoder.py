@@ -18,15 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import datasets as _datasets
-from ..diagnostics.evaluate import predict
-from ..diagnostics.sparsity import sparsity
-from ..layers import Dense
-from ..regularizers import L1, KLSparsity
-from ..training.fit import fit
-from .runner import write_json
+from reglab import datasets as _datasets
+from reglab import fit
+from reglab.diagnostics.evaluate import predict
+from reglab.diagnostics.sparsity import sparsity
+from reglab.layers import Dense
+from reglab.regularizers import L1, KLSparsity
 
-__all__ = ["run_autoencoder", "RHO", "KL_STRENGTH", "L1_STRENGTH"]
+__all__ = ["run", "RHO", "KL_STRENGTH", "L1_STRENGTH"]
 
 RHO = 0.05
 KL_STRENGTH = 1.0
@@ -40,8 +39,9 @@ def autoencoder(code_regularizer: Any = None) -> torch.nn.Sequential:
                                Dense(32, 64, activation="sigmoid"))
 
 
-def run_autoencoder(out: str | Path, seed: int = 0, epochs: int = EPOCHS, progress: bool = False) -> dict:
-    """Train the three autoencoders, write ``out/autoencoder.json`` and its figures."""
+def run(out: str | Path, seed: int = 0, epochs: int = EPOCHS, progress: bool = False) -> dict:
+    """Train the three autoencoders; return the analysis document (``reglab study`` writes it to
+    ``out/analyses/autoencoder.json``) and write its figures."""
     out = Path(out)
     t0 = time.perf_counter()
     ds = _datasets.digits(random_state=seed)
@@ -69,6 +69,12 @@ def run_autoencoder(out: str | Path, seed: int = 0, epochs: int = EPOCHS, progre
     within = RHO / 2 <= kl["mean_code_activation"] <= 2 * RHO
     figures = _figures(models, results, ds, out)
     doc = {
+        "title": "Sparse autoencoder on digits (the lecture's program 7 idea where it works)",
+        "table": {"header": ["model", "code regularizer", "mean code activation", "test reconstruction MSE",
+                             "dead units", "L0"],
+                  "rows": [[f"`{k}`", v["regularizer"], f"{v['mean_code_activation']:.4f}",
+                            f"{v['reconstruction_mse']:.5f}", f"{100 * v['dead_fraction']:.0f}%",
+                            f"{v['l0_per_example']:.1f}"] for k, v in results.items()]},
         "description": (f"Autoencoder 64 -> 32 (sigmoid code) -> 64 on the digits ({ds.x_train.shape[0]} train / "
                         f"{ds.x_test.shape[0]} test images, pixels in [0, 1]), MSE loss, Adam lr 0.005, batch {BATCH}, "
                         f"{epochs} epochs, seed {seed}. KL sparsity with rho = {RHO} and strength {KL_STRENGTH} (acting as "
@@ -87,7 +93,6 @@ def run_autoencoder(out: str | Path, seed: int = 0, epochs: int = EPOCHS, progre
         "figures": figures,
         "seconds": time.perf_counter() - t0,
     }
-    write_json(out / "autoencoder.json", doc)
     return doc
 
 

@@ -1,0 +1,75 @@
+"""Code an experiment file names: ``"models.py:build"`` (a file relative to the experiment file)
+or ``"package.module:function"``, resolved to the function, and the hash of its source file (so
+that editing the code reruns the experiment instead of reusing old results)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["resolve", "file_sha256", "is_file_ref"]
+
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_file_ref(module: str) -> bool:
+    return module.endswith(".py") or "/" in module or "\\" in module
+
+
+def _split(ref: Any, where: str) -> tuple[str, str]:
+    if not isinstance(ref, str) or ref.count(":") != 1 or not all(ref.split(":")):
+        raise ValueError(f"{where}: expected \"file.py:function\" or \"package.module:function\"; got {ref!r}")
+    module, fn = ref.split(":")
+    return module, fn
+
+
+def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any], str | None, str | None]:
+    """``(function, source path, sha256 of the source)`` for ``ref``; errors name ``where``.
+
+    A file reference is loaded as a module of its own (not put on ``sys.path``); a module
+    reference is imported. The source hash is ``None`` where the module has no file.
+    """
+    module, fn = _split(ref, where)
+    if is_file_ref(module):
+        path = (Path(base) / module).resolve()
+        if not path.is_file():
+            raise ValueError(f"{where}: no such file {str(path)!r} (paths are relative to the experiment file)")
+        digest = file_sha256(path)
+        key = (str(path), digest)
+        mod = _LOADED.get(key)
+        if mod is None:
+            name = f"reglab_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{digest[:8]}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod  # dataclasses and pickling look modules up by name
+            try:
+                spec.loader.exec_module(mod)
+            except Exception as e:
+                sys.modules.pop(name, None)
+                raise ValueError(f"{where}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from None
+            _LOADED[key] = mod
+        source: str | None = str(path)
+    else:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"{where}: cannot import module {module!r}: {e}") from None
+        source = getattr(mod, "__file__", None)
+        digest = file_sha256(source) if source and Path(source).is_file() else None
+    func = getattr(mod, fn, None)
+    if not callable(func):
+        raise ValueError(f"{where}: {module!r} has no function {fn!r}")
+    return func, source, digest

@@ -1,0 +1,68 @@
+"""A study's results as a table: ``load_results(out)`` -> one pandas row per finished run.
+
+Columns: ``experiment``, ``is_baseline``, ``baseline`` (the baseline this experiment is compared
+with; empty for a baseline), ``seed``, ``task``, ``loss_name``, ``epochs_run``, ``failed``, one
+column per sweep path (keys joined by "/"), and the metrics ``val_<m>``, ``test_<m>`` (plus
+``fresh_<m>``, ``bayes_<m>``, ``excess_<m>`` where the distribution is known), ``<m>`` in the
+task's metrics (``log_loss, accuracy, brier, ece`` or ``mse, mae, r2``). A figure that could not
+be computed (a failed run, a metric that does not apply) is empty (NaN in the frame, an empty cell
+in ``results.csv``), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .runner import load_runs
+
+__all__ = ["load_results", "results_frame", "write_results_csv", "METRIC_PREFIXES"]
+
+METRIC_PREFIXES = ("val_", "test_", "fresh_", "bayes_", "excess_")
+ID_COLUMNS = ["experiment", "is_baseline", "baseline", "seed", "task", "loss_name", "epochs_run", "failed"]
+
+
+def _finite(v: Any) -> Any:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+
+
+def results_frame(rows: list[dict]):
+    """The table of ``load_runs`` rows (see the module docstring)."""
+    import pandas as pd
+
+    records = []
+    sweep_cols: list[str] = []
+    for r in rows:
+        m = r.get("metrics", {})
+        failed = bool(r.get("failed"))
+        rec = {"experiment": r["experiment"], "is_baseline": bool(r.get("is_baseline")), "baseline": r.get("baseline"),
+               "seed": int(r["seed"]), "task": r.get("task"), "loss_name": r.get("loss_name"),
+               "epochs_run": int(m.get("epochs_run", 0)), "failed": failed}
+        for k, v in (r.get("sweep") or {}).items():
+            rec[k] = v
+            if k not in sweep_cols:
+                sweep_cols.append(k)
+        for k, v in m.items():
+            if k.startswith(METRIC_PREFIXES):
+                rec[k] = math.nan if failed else _finite(v)
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    if df.empty:
+        return pd.DataFrame(columns=ID_COLUMNS)
+    metric_cols = sorted({c for c in df.columns if c.startswith(METRIC_PREFIXES)},
+                         key=lambda c: (METRIC_PREFIXES.index(c[:c.index("_") + 1]), c))
+    df = df[ID_COLUMNS + sweep_cols + metric_cols]
+    return df.sort_values(["is_baseline", "experiment", *sweep_cols, "seed"], kind="stable").reset_index(drop=True)
+
+
+def load_results(out: str | Path):
+    """Every finished run under ``out`` as a pandas ``DataFrame`` (see the module docstring)."""
+    return results_frame(load_runs(out))
+
+
+def write_results_csv(out: str | Path) -> Path:
+    """``out/results.csv``: the table of ``load_results`` (empty cells where a figure is missing)."""
+    p = Path(out) / "results.csv"
+    load_results(out).to_csv(p, index=False, na_rep="")
+    return p

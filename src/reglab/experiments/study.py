@@ -1,0 +1,144 @@
+"""A study: a folder with ``study.toml``, its experiment files and any code of its own.
+
+``study.toml``::
+
+    title = "..."                      # the report's title
+    intro = "..."                      # its first paragraph (Markdown: **bold**, `code`)
+    experiments = "experiments"        # a folder of experiment files, or a list of files (relative)
+    seeds = 20                         # seeds per experiment (default: each file's own)
+
+    [[path]]                           # a regularization path of one experiment (optional)
+    experiment = "l2_all"
+    strengths = [0, 1e-4, 1e-3, 1e-2]
+    seeds = 10
+
+    [[analysis]]                       # the study's own analysis: function(out, **args) -> dict
+    name = "autoencoder"
+    function = "autoencoder.py:run"
+    args = {epochs = 60}
+
+    [[section]]                        # a section of the report: function(results, runs, out) -> list
+    title = "The claims, checked"
+    function = "claims.py:claims"
+
+An analysis returns ``{"title", "description", "table": {"header", "rows"}, "verdict",
+"figures": [paths relative to out]}``, written to ``out/analyses/<name>.json`` and rendered by the
+report (figures only from inside ``out``). A section function returns paragraphs; a paragraph
+that is a list of strings is a bulleted list. Code is named as in experiment files
+(``"file.py:function"`` relative to the study folder, or ``"package.module:function"``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .code import resolve
+from .runner import write_json
+from .schema import ConfigError, LIMITS, read_toml
+
+__all__ = ["Study", "load_study", "experiment_files", "run_analysis"]
+
+STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section"}
+
+
+@dataclass
+class Study:
+    folder: Path
+    title: str
+    intro: str
+    files: list[str]
+    seeds: int | None
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    analyses: list[tuple[str, str, dict]] = field(default_factory=list)  # (name, function reference, args)
+    sections: list[tuple[str, Callable[..., list]]] = field(default_factory=list)
+
+
+def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
+    """Experiment files from files and folders (a folder's ``*.toml``; a study folder's
+    ``study.toml`` says which)."""
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            if os.path.isfile(os.path.join(p, "study.toml")):
+                files.extend(load_study(p).files)
+            else:
+                files.extend(sorted(glob.glob(os.path.join(p, "*.toml"))))
+        else:
+            files.append(p)
+    return files
+
+
+def load_study(folder: str | Path) -> Study:
+    folder = Path(folder)
+    file = folder / "study.toml"
+    raw = read_toml(file)
+    bad = set(raw) - STUDY_KEYS
+    if bad:
+        raise ConfigError(f"{file}: unknown key(s) {sorted(bad)}; expected some of {sorted(STUDY_KEYS)}")
+    for k in ("title", "intro"):
+        if k in raw and not isinstance(raw[k], str):
+            raise ConfigError(f"{file}: {k}: expected a string; got {raw[k]!r}")
+    exps = raw.get("experiments", "experiments")
+    if isinstance(exps, str):
+        d = folder / exps
+        if not d.is_dir():
+            raise ConfigError(f"{file}: experiments: no folder {str(d)!r}")
+        files = sorted(glob.glob(str(d / "*.toml")))
+    elif isinstance(exps, list) and all(isinstance(e, str) for e in exps):
+        files = [str(folder / e) for e in exps]
+    else:
+        raise ConfigError(f"{file}: experiments: expected a folder or a list of files; got {exps!r}")
+    if not files:
+        raise ConfigError(f"{file}: experiments: no experiment files found")
+    seeds = raw.get("seeds")
+    if seeds is not None and not (isinstance(seeds, int) and not isinstance(seeds, bool) and
+                                  1 <= seeds <= LIMITS["seeds"]):
+        raise ConfigError(f"{file}: seeds: expected an integer from 1 to {LIMITS['seeds']}; got {seeds!r}")
+    study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds)
+    for i, p in enumerate(raw.get("path", [])):
+        where = f"path[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("experiment"), str) or set(p) - {"experiment", "strengths",
+                                                                                          "seeds"}:
+            raise ConfigError(f"{file}: {where}: expected {{experiment = \"name\", strengths = [...], seeds = N}}; "
+                              f"got {p!r}")
+        st = p.get("strengths", [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+        if not isinstance(st, list) or not st or not all(isinstance(s, (int, float)) and s >= 0 for s in st):
+            raise ConfigError(f"{file}: {where}.strengths: expected non-negative numbers; got {st!r}")
+        study.paths.append({"experiment": p["experiment"], "strengths": [float(s) for s in st],
+                            "seeds": int(p.get("seeds", 10))})
+    for key, target in (("analysis", study.analyses), ("section", study.sections)):
+        for i, a in enumerate(raw.get(key, [])):
+            where = f"{key}[{i}]"
+            label = "name" if key == "analysis" else "title"
+            if not isinstance(a, dict) or not isinstance(a.get(label), str) or "function" not in a:
+                raise ConfigError(f"{file}: {where}: expected a table with {label} and function")
+            if key == "analysis" and not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", a["name"]):
+                raise ConfigError(f"{file}: {where}.name: expected letters, digits, _ and -; got {a['name']!r}")
+            try:
+                fn, _, _ = resolve(a["function"], folder, f"{file}: {where}.function")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if key == "analysis":
+                target.append((a["name"], a["function"], dict(a.get("args", {}))))
+            else:
+                target.append((a["title"], fn))
+    return study
+
+
+def run_analysis(name: str, ref: str, folder: str | Path, args: dict, out: str | Path) -> dict:
+    """Run one analysis of a study (``ref`` resolved against the study ``folder``, also in a
+    worker process) and write its document to ``out/analyses/<name>.json``."""
+    out = Path(out)
+    fn, _, _ = resolve(ref, folder, f"{folder}/study.toml: analysis {name!r}")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    doc = fn(out, **args)
+    if not isinstance(doc, dict) or "title" not in doc:
+        raise ValueError(f"analysis {name!r} must return a dict with at least a title; got {type(doc).__name__}")
+    write_json(out / "analyses" / f"{name}.json", doc)
+    return doc
