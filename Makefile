@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	$(VENV)/bin/reglab study studies/lecture --out results
+	$(VENV)/bin/reglab study --out results
 
 test: install-test
 	$(PY) -m pytest -q

@@ -1,17 +1,23 @@
+"""Experiment files, the study runner and its results: any module, any data, any task."""
+
 import json
+import math
+import subprocess
+import tomllib
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
+import reglab
 from reglab.cli import main
 from reglab.experiments.path import with_strength
-from reglab.experiments.runner import Unit, execute, load_results, plan_units
-from reglab.experiments.schema import ConfigError, load_experiment, load_experiments, validate
+from reglab.experiments.runner import Unit, execute, load_model, load_runs, plan_units, prepare, splits_of
+from reglab.experiments.schema import ConfigError, expand, load_experiment, load_experiments, validate
 
 ROOT = Path(__file__).resolve().parents[1]
-EXP = ROOT / "experiments"
+LECTURE = ROOT / "studies" / "lecture" / "experiments"
 
 TINY = """
 name = "tiny"
@@ -33,6 +39,23 @@ units = 1
 activation = "sigmoid"
 """
 
+BUILDER = '''
+from torch import nn
+
+def build(input_shape, n_outputs, width=6, dropout=0.0):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(__import__("math").prod(input_shape)), width), nn.ReLU(),
+                         nn.Dropout(dropout), nn.Linear(width, n_outputs))
+'''
+
+CNN = '''
+from torch import nn
+
+def build(input_shape, n_outputs, channels=3):
+    c, h, w = input_shape
+    return nn.Sequential(nn.Conv2d(c, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(channels * h * w, n_outputs))
+'''
+
 
 def write(tmp_path, text, name="tiny.toml"):
     p = tmp_path / name
@@ -40,41 +63,88 @@ def write(tmp_path, text, name="tiny.toml"):
     return p
 
 
+def one(path):
+    specs = load_experiment(path)
+    assert len(specs) == 1
+    return specs[0]
+
+
+def run(paths, out, *extra):
+    res = CliRunner().invoke(main, ["run", *map(str, paths), "--out", str(out), "--no-progress", "--workers", "1",
+                                    *extra])
+    return res
+
+
+# ----------------------------------------------------------------------------- the lecture's files
+
+
 def test_every_lecture_program_has_a_valid_file_with_its_settings():
-    specs = load_experiments(sorted(EXP.glob("*.toml")))
-    progs = {s.program: s for s in specs if s.program}
-    assert sorted(progs) == [1, 2, 3, 4, 5, 6, 7]
-    expected = {1: (0.001, 200, 20), 2: (0.005, 200, 20), 3: (0.005, 100, 50), 4: (0.001, 200, 20), 5: (0.001, 200, 20),
-                6: (0.001, 200, 20), 7: (0.001, 100, 50)}
+    specs = load_experiments(sorted(LECTURE.glob("*.toml")))
+    progs = {s.config["reference"]["label"]: s for s in specs if "reference" in s.config}
+    assert sorted(progs) == [f"program {i}" for i in range(1, 8)]
+    expected = {1: (0.001, 200, 20), 2: (0.005, 200, 20), 3: (0.005, 100, 50), 4: (0.001, 200, 20),
+                5: (0.001, 200, 20), 6: (0.001, 200, 20), 7: (0.001, 100, 50)}
     for p, (lr, ep, bs) in expected.items():
-        sch = progs[p].schedule
-        assert (sch["learning_rate"], sch["epochs"], sch["batch_size"]) == (lr, ep, bs), p
-        layers = progs[p].config["model"]["layers"]
-        assert [la["units"] for la in layers] == [32] * 5 + [1]
-        assert progs[p].seeds == 20
+        tr = progs[f"program {p}"].config["train"]
+        assert (tr["optimizer"]["learning_rate"], tr["epochs"], tr["batch_size"]) == (lr, ep, bs), p
+        assert [la["units"] for la in progs[f"program {p}"].config["model"]["layers"]] == [32] * 5 + [1]
+        # the lecture's protocol, written out: validation data = the 75 test points
+        assert progs[f"program {p}"].config["split"] == {"validation": "test", "test": 0.25, "resample": True}
     names = {s.name for s in specs}
     assert {"x_dropout", "x_adamw_decay", "x_l2_in_loss_adam", "x_early_stopping", "x_max_norm"} <= names
-    # four distinct schedules -> four baselines, shared by programs with the same schedule
-    assert len({s.baseline().name for s in specs}) == 4
-    assert progs[1].baseline().name == progs[6].baseline().name != progs[2].baseline().name
+    base = {s.name: s.baseline().name for s in specs}
+    # each experiment's own baseline: same data, model, loss, optimizer settings, epochs, batch
+    assert base["p4_activity_after"] == base["p6_all_together"] == base["x_adamw_decay"] == base["x_dropout"]
+    assert base["p1_regularized_loss"] != base["p6_all_together"]  # its data loss is log(p + 1e-6) BCE
+    assert base["p2_layer_regularizers"] != base["p6_all_together"]  # lr 0.005
+    assert all(b.startswith("baseline.") for b in base.values())
+
+
+def test_baseline_keeps_every_optimizer_setting_but_weight_decay(tmp_path):
+    sgd = one(write(tmp_path, TINY.replace('{name = "adam", learning_rate = 0.01}',
+                                           '{name = "sgd", learning_rate = 0.01, momentum = 0.9}')))
+    plain = one(write(tmp_path, TINY.replace('{name = "adam", learning_rate = 0.01}',
+                                             '{name = "sgd", learning_rate = 0.01}'), "plain.toml"))
+    assert sgd.baseline().config["train"]["optimizer"] == {"name": "sgd", "learning_rate": 0.01, "momentum": 0.9}
+    assert sgd.baseline().name != plain.baseline().name  # momentum is not judged against plain SGD
+    adamw = one(write(tmp_path, TINY.replace('{name = "adam", learning_rate = 0.01}',
+                                             '{name = "adamw", learning_rate = 0.01, weight_decay = 0.1}'), "w.toml"))
+    assert adamw.baseline().config["train"]["optimizer"] == {"name": "adam", "learning_rate": 0.01}
+    b = one(write(tmp_path, TINY.replace('name = "blobs"', 'name = "moons"'), "moons.toml")).baseline()
+    assert b.name != one(write(tmp_path, TINY)).baseline().name  # other data, other baseline
+    assert "kernel_regularizer" not in b.config["model"]["layers"][0]
+
+
+# ----------------------------------------------------------------------------- validation
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: "foo = 1\n" + t, r"tiny.toml: unknown key\(s\) \['foo'\]"),
-        (lambda t: t.replace("epochs = 3", 'epochs = "3"'), r"tiny.toml: train.epochs: expected a positive integer; got '3'"),
+        (lambda t: "foo = 1\n" + t, r"tiny.toml: the file: unknown key\(s\) \['foo'\]"),
+        (lambda t: t.replace("epochs = 3", 'epochs = "3"'), r"tiny.toml: train.epochs: expected an integer from 1"),
+        (lambda t: t.replace("epochs = 3", "epochs = 9223372036854775807"), r"train.epochs: expected an integer from 1 to 100000"),
+        (lambda t: t.replace("seeds = 2", "seeds = 1000000000"), r"seeds: expected an integer from 1 to 10000"),
         (lambda t: t.replace("l2 = 0.01", "l2 = -0.01"),
          r"tiny.toml: model.layers\[0\].kernel_regularizer: l2 must be a non-negative finite number; got l2=-0.01"),
         (lambda t: t.replace('name = "L2"', 'name = "L3"'), r"model.layers\[0\].kernel_regularizer: unknown regularizer 'L3'"),
-        (lambda t: t.replace("units = 4", "units = 0"), r"model.layers\[0\].units: expected a positive integer; got 0"),
-        (lambda t: t.replace('activation = "relu"', 'activation = "rectifier"'), r"model.layers\[0\].activation: unknown activation"),
+        (lambda t: t.replace("units = 4", "units = 0"), r"model.layers\[0\].units: expected an integer from 1"),
         (lambda t: t.replace('name = "blobs"', 'name = "mnist"'), r"data.name: expected one of"),
+        (lambda t: t.replace("n_samples = 80", "n_samples = 80\ntest_size = 0.3"), r"data.test_size: the split is set in \[split\]"),
         (lambda t: t.replace("learning_rate = 0.01", "learning_rate = -1"), r"train.optimizer: learning_rate must be"),
+        (lambda t: t.replace("learning_rate = 0.01", "learning_rate = 1e300"), r"train.optimizer.learning_rate: expected a finite number"),
         (lambda t: t.replace("batch_size = 20", "batch_size = 20\nmomentum = 0.9"), r"train: unknown key\(s\) \['momentum'\]"),
-        (lambda t: t.replace('name = "tiny"', 'name = "has space"'), r"name: expected a string of letters"),
-        (lambda t: t.replace('[data]\nname = "blobs"', '[data]\nname = "blobs"\nrandom_state = 3'), r"data.random_state: set by the seed"),
-        (lambda t: t.replace("[[model.layers]]\nunits = 4", "[[model.layers]]\nunits = 4\nwidth = 3"), r"model.layers\[0\]: unknown key\(s\) \['width'\]"),
+        (lambda t: t.replace('name = "tiny"', 'name = "has space"'), r"name: expected a string of 1 to 100 letters"),
+        (lambda t: t.replace('name = "tiny"', 'name = "baseline.x"'), r"name: expected a string"),
+        (lambda t: t.replace("batch_size = 20", "batch_size = 20\nearly_stopping = {monitor = \"nope\"}"),
+         r"train.early_stopping.monitor: expected one of"),
+        (lambda t: t.replace("batch_size = 20", "batch_size = 20\nearly_stopping = {restore_best_weights = \"yes\"}"),
+         r"restore_best_weights: expected true or false"),
+        (lambda t: t + "\n[split]\nvalidation = 0.5\ntest = 0.6\n", r"split: validation \+ test = 1.1 leaves no training data"),
+        (lambda t: t + "\n[split]\nvalidation = \"train\"\n", r"split.validation: expected a fraction in \(0, 1\) or \"test\""),
+        (lambda t: t + "\n[[sweep]]\npath = [\"train\", \"nope\"]\nvalues = [1]\n", r"sweep\[0\].path: 'train/nope' is not in the file"),
+        (lambda t: t.replace('{name = "L2", l2 = 0.01}', '"l2"') + "\n[[sweep]]\npath = [\"model\", \"layers\", 0, \"kernel_regularizer\", \"l2\"]\nvalues = [1]\n",
+         r"'model/layers/0/kernel_regularizer' is the bare alias 'l2'"),
         (lambda t: t + "\n[broken", r"tiny.toml: not valid TOML"),
     ],
 )
@@ -84,37 +154,337 @@ def test_config_errors_name_file_key_and_expectation(tmp_path, edit, message):
         load_experiment(p)
 
 
-def test_missing_file_and_duplicate_names(tmp_path):
+def test_missing_file_duplicate_names_and_non_utf8(tmp_path):
     with pytest.raises(ConfigError, match=r"nope.toml: no such experiment file"):
         load_experiment(tmp_path / "nope.toml")
     a = write(tmp_path, TINY, "a.toml")
     b = write(tmp_path, TINY, "b.toml")
     with pytest.raises(ConfigError, match=r"b.toml: name 'tiny' is already used by .*a.toml"):
         load_experiments([a, b])
+    bad = tmp_path / "latin.toml"
+    bad.write_bytes(TINY.replace("tiny", "t\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_experiment(bad)
 
 
 def test_bad_config_writes_nothing(tmp_path):
     good = write(tmp_path, TINY, "good.toml")
     bad = write(tmp_path, TINY.replace('name = "tiny"', 'name = "bad"').replace("epochs = 3", "epochs = 0"), "bad.toml")
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["run", str(good), str(bad), "--out", str(out), "--no-progress"])
+    res = run([good, bad], out)
     assert res.exit_code != 0
-    assert "bad.toml: train.epochs: expected a positive integer; got 0" in res.output
+    assert "bad.toml: train.epochs: expected an integer from 1 to 100000; got 0" in res.output
     assert not out.exists()
 
 
-def test_run_ids_hash_config_and_seed():
-    spec = validate(__import__("tomllib").loads(TINY), "x.toml")
-    same = validate(__import__("tomllib").loads(TINY.replace("seeds = 2", "seeds = 5")), "y.toml")
-    other = validate(__import__("tomllib").loads(TINY.replace("l2 = 0.01", "l2 = 0.02")), "x.toml")
+def test_errors_found_only_by_building_are_reported_before_anything_trains(tmp_path):
+    (tmp_path / "models.py").write_text(BUILDER)
+    out = tmp_path / "out"
+    cases = {
+        "pattern": ('\n[regularize]\nparams = {"nope.*" = "l2"}\n', "regularize.params: parameter pattern 'nope.*' matches no"),
+        "output": ('', "output shape (2, 3) for 2 examples does not fit the binary targets"),
+        "arg": ('', "the builder takes no argument(s) ['depth']"),
+    }
+    for name, (extra, msg) in cases.items():
+        args = {"pattern": "{}", "output": "{}", "arg": "{depth = 2}"}[name]
+        text = (TINY.split("[[model.layers]]")[0].replace('name = "tiny"', f'name = "{name}"') +
+                f'[model]\nbuilder = "models.py:build"\nargs = {args}\n' + extra)
+        if name == "output":
+            (tmp_path / "three.py").write_text(BUILDER.replace("n_outputs)", "3)"))
+            text = text.replace("models.py:build", "three.py:build")
+        p = write(tmp_path, text, f"{name}.toml")
+        res = run([write(tmp_path, TINY, "ok.toml"), p], out)
+        assert res.exit_code != 0 and msg in res.output, (name, res.output)
+        assert not out.exists(), name
+
+
+def test_run_ids_hash_config_seed_and_input_files(tmp_path):
+    spec = validate(tomllib.loads(TINY), "x.toml")
+    same = validate(tomllib.loads(TINY.replace("seeds = 2", "seeds = 5")), "y.toml")
+    other = validate(tomllib.loads(TINY.replace("l2 = 0.01", "l2 = 0.02")), "x.toml")
     assert Unit(spec, 0).run_id == Unit(same, 0).run_id  # seeds count and file name do not matter
     assert Unit(spec, 0).run_id != Unit(spec, 1).run_id
     assert Unit(spec, 0).run_id != Unit(other, 0).run_id
+    # editing the builder's source or a data file reruns
+    (tmp_path / "models.py").write_text(BUILDER)
+    text = TINY.split("[[model.layers]]")[0] + '[model]\nbuilder = "models.py:build"\n'
+    a = one(write(tmp_path, text))
+    (tmp_path / "models.py").write_text(BUILDER + "\n# edited\n")
+    assert one(write(tmp_path, text)).digest() != a.digest()
 
 
-def test_resume_after_interruption_and_truncated_file(tmp_path):
-    a = validate(__import__("tomllib").loads(TINY), "a.toml")
-    b = validate(__import__("tomllib").loads(TINY.replace('name = "tiny"', 'name = "tiny_b"').replace("l2 = 0.01", "l2 = 0.1")), "b.toml")
+# ----------------------------------------------------------------------------- any model, any data
+
+
+def _csv(path, n=60, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + noise * rng.normal(size=n)
+    lines = ["a,b,c,target"] + [f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+REGRESSION = """
+name = "reg"
+seeds = 2
+[data]
+file = "data.csv"
+target = "target"
+standardize = true
+[split]
+validation = 0.25
+test = 0.25
+[train]
+optimizer = {name = "adam", learning_rate = 0.02}
+epochs = 40
+batch_size = 10
+[[model.layers]]
+units = 8
+activation = "relu"
+[[model.layers]]
+units = 1
+"""
+
+
+def test_csv_regression_gets_mse_metrics_and_an_mse_baseline(tmp_path):
+    _csv(tmp_path / "data.csv")
+    spec = one(write(tmp_path, REGRESSION + '[regularize]\nparams = {"@kernels" = {name = "L2", l2 = 1e-3}}\n', "reg.toml"))
+    sp = splits_of(spec, 0)
+    assert sp.task == "regression" and (sp.x_train.shape, sp.x_val.shape, sp.x_test.shape) == ((30, 3), (15, 3), (15, 3))
+    # the scaler is fitted on the training split only
+    np.testing.assert_allclose(sp.x_train.mean(0), 0, atol=1e-6)
+    assert np.abs(sp.x_test.mean(0)).max() > 1e-3
+    out = tmp_path / "out"
+    res = run([tmp_path / "reg.toml"], out)
+    assert res.exit_code == 0, res.output
+    df = reglab.load_results(out)
+    assert set(df["loss_name"]) == {"mean_squared_error"} and set(df["task"]) == {"regression"}
+    assert {"test_mse", "test_mae", "test_r2", "val_mse"} <= set(df.columns)
+    assert not any(c.endswith(("log_loss", "accuracy")) for c in df.columns)
+    assert (df["test_r2"] > 0.5).all()  # a linear target, learned
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("experiment,is_baseline,baseline,seed,task,loss_name,epochs_run,failed")
+    # the regularized rows name their baseline; the baseline trains with MSE too
+    assert set(df.loc[~df.is_baseline, "baseline"]) == set(df.loc[df.is_baseline, "experiment"])
+
+
+def test_builder_from_a_file_with_baseline_args_and_a_multiclass_npz_of_images(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=90)
+    x = rng.normal(size=(90, 1, 4, 4)).astype(np.float32) + 2 * y[:, None, None, None]
+    np.savez(tmp_path / "images.npz", x=x, y=y)
+    (tmp_path / "models.py").write_text(BUILDER)
+    (tmp_path / "cnn.py").write_text(CNN)
+    text = """
+name = "drop"
+seeds = 3
+[data]
+file = "images.npz"
+[train]
+loss = {name = "sparse_categorical_crossentropy", from_logits = true}
+optimizer = {name = "adam", learning_rate = 0.02}
+epochs = 15
+batch_size = 16
+[model]
+builder = "models.py:build"
+args = {width = 5, dropout = 0.5}
+[baseline]
+args = {dropout = 0.0}
+"""
+    spec = one(write(tmp_path, text, "drop.toml"))
+    assert spec.config["model"]["args"] == {"width": 5, "dropout": 0.5}
+    assert spec.baseline().config["model"]["args"] == {"width": 5, "dropout": 0.0}
+    cnn = one(write(tmp_path, text.replace('name = "drop"', 'name = "cnn"').replace("models.py:build", "cnn.py:build")
+                    .replace("args = {width = 5, dropout = 0.5}", "args = {channels = 2}").split("[baseline]")[0] +
+                    '[regularize]\nparams = {"@kernels" = "l2"}\n', "cnn.toml"))
+    out = tmp_path / "out"
+    res = run([tmp_path / "drop.toml", tmp_path / "cnn.toml"], out)
+    assert res.exit_code == 0, res.output
+    runs = load_runs(out)
+    assert {r["engine"] for r in runs if r["experiment"] == "cnn"} == {"vmap"}  # the CNN's 3 seeds in one group
+    assert {r["group_size"] for r in runs} == {3}
+    df = reglab.load_results(out)
+    assert set(df["task"]) == {"multiclass"}
+    assert {"test_log_loss", "test_accuracy", "test_brier", "test_ece"} <= set(df.columns)
+    assert df[["test_log_loss", "test_accuracy", "test_brier", "test_ece"]].notna().all().all()
+    assert (df.groupby("experiment")["test_accuracy"].mean() > 0.6).all()  # the classes differ by their mean
+    # the L2 on the CNN's kernels: conv and linear weights, not the BatchNorm or biases
+    row = next(r for r in runs if r["experiment"] == "cnn")
+    model = load_model(row, tmp_path / "cnn.toml")
+    assert sorted(reglab.regularization_spec(model)["params"]) == ["0.weight", "4.weight"]
+
+
+def test_split_files_and_a_loader(tmp_path):
+    for k, seed in (("train", 0), ("validation", 1), ("test", 2)):
+        _csv(tmp_path / f"{k}.csv", n=30, seed=seed)
+    text = REGRESSION.replace('file = "data.csv"', 'files = {train = "train.csv", validation = "validation.csv", test = "test.csv"}')
+    text = text.replace("[split]\nvalidation = 0.25\ntest = 0.25\n", "")
+    spec = one(write(tmp_path, text, "files.toml"))
+    sp = splits_of(spec, 1)
+    assert (sp.x_train.shape[0], sp.x_val.shape[0], sp.x_test.shape[0]) == (30, 30, 30)
+    bad = write(tmp_path, text + "\n[split]\ntest = 0.2\n", "bad.toml")
+    with pytest.raises(ConfigError, match=r"data.files gives the splits"):
+        load_experiment(bad)
+    (tmp_path / "loader.py").write_text("import numpy as np\n"
+                                        "def load(n=50):\n"
+                                        "    rng = np.random.default_rng(0)\n"
+                                        "    x = rng.normal(size=(n, 2)); return x, (x[:, 0] > 0).astype(int)\n")
+    lt = TINY.replace('name = "blobs"\nn_samples = 80', 'loader = "loader.py:load"\nargs = {n = 60}')
+    sp = splits_of(one(write(tmp_path, lt, "loader.toml")), 0)
+    assert sp.task == "binary" and sp.x_train.shape == (36, 2) and sp.y_train.shape == (36, 1)
+    assert sp.x_val.shape == (12, 2) and sp.x_test.shape == (12, 2)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b,target\n1,2,0\n3,nan,1\n", r"x has 1 NaN/inf value\(s\), the first in example 1"),
+    ("a,b,label\n1,2,0\n3,4,1\n", r"data.target: column 'target' not in"),
+    ("a,b,target\n1,2,0\n3,4,2\n5,6,1\n7,8,1.5\n", None),
+])
+def test_bad_data_files_are_named(tmp_path, content, message):
+    (tmp_path / "d.csv").write_text(content)
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.csv"\ntarget = "target"'), "d.toml")
+    spec = one(p)
+    if message is None:  # 1.5 among integers: regression, and BCE does not fit it
+        with pytest.raises(ConfigError, match=r"binary_crossentropy is a classification loss but the data's task is regression"):
+            prepare([spec])
+        return
+    with pytest.raises(ConfigError, match=message):
+        prepare([spec])
+
+
+def test_labels_that_do_not_fit_the_task_and_missing_files(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 2)), y=np.array([0, 1, 2, 0, 1, 2]))
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.npz"\ntask = "binary"'), "d.toml")
+    with pytest.raises(ConfigError, match=r"binary needs two classes"):
+        prepare([one(p)])
+    np.savez(tmp_path / "e.npz", x=np.zeros((6, 2)), y=np.array([0, 1, 5, 0, 1, 2]))
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "e.npz"\ntask = "multiclass"'), "e.toml")
+    with pytest.raises(ConfigError, match=r"multiclass labels must be 0..5|does not fit"):
+        prepare([one(p)])
+    np.savez(tmp_path / "f.npz", x=np.zeros((6, 2)), y=np.zeros(5))
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "f.npz"'), "f.toml")
+    with pytest.raises(ConfigError, match=r"f.toml: data: x has 6 examples of shape \(2,\) but y has shape \(5,\)"):
+        prepare([one(p)])
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "gone.csv"\ntarget = "y"'), "g.toml")
+    with pytest.raises(ConfigError, match=r"g.toml: data.file: no such file"):
+        load_experiment(p)
+
+
+def test_task_inference():
+    from reglab.experiments.data import infer_task
+
+    assert infer_task(np.array([0, 1, 1])) == "binary"
+    assert infer_task(np.array([0.0, 1.0])) == "binary"
+    assert infer_task(np.array([0, 1, 2])) == "multiclass"
+    assert infer_task(np.array([0.5, 1.0])) == "regression"
+    assert infer_task(np.zeros((4, 2))) == "regression"
+
+
+def test_builtin_sklearn_sets_and_their_tasks():
+    for name, task, n in (("sklearn.iris", "multiclass", 150), ("sklearn.breast_cancer", "binary", 569),
+                          ("sklearn.wine", "multiclass", 178), ("sklearn.diabetes", "regression", 442),
+                          ("sklearn.digits", "multiclass", 1797)):
+        x, y, dist, t = reglab.datasets.sample(name)
+        assert (t, x.shape[0], dist) == (task, n, None)
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def test_test_labels_change_no_training_decision(tmp_path):
+    """Early stopping and best weights see the validation split only: noise in the test labels
+    changes the test scores and nothing else."""
+    for k, seed in (("train", 0), ("validation", 1), ("test", 2)):
+        _csv(tmp_path / f"{k}.csv", n=40, seed=seed, noise=1.0)
+    rng = np.random.default_rng(9)
+    lines = (tmp_path / "test.csv").read_text().splitlines()
+    noisy = [lines[0]] + [",".join(line.split(",")[:3] + [str(rng.normal() * 5)]) for line in lines[1:]]
+    (tmp_path / "noisy.csv").write_text("\n".join(noisy) + "\n")
+    text = REGRESSION.replace('file = "data.csv"', 'files = {train = "train.csv", validation = "validation.csv", test = "TEST"}')
+    text = text.replace("[split]\nvalidation = 0.25\ntest = 0.25\n", "").replace("epochs = 40", "epochs = 300")
+    text = text.replace("batch_size = 10", "batch_size = 10\nearly_stopping = {patience = 3, restore_best_weights = true}")
+    outs = []
+    for test in ("test.csv", "noisy.csv"):
+        d = tmp_path / test.split(".")[0]
+        d.mkdir()
+        for f in ("train.csv", "validation.csv", test):
+            (d / f).write_text((tmp_path / f).read_text())
+        p = write(d, text.replace("TEST", test), "es.toml")
+        assert run([p], d / "out", "--no-baselines").exit_code == 0
+        outs.append(sorted(load_runs(d / "out"), key=lambda r: r["seed"]))
+    for a, b in zip(*outs):
+        assert a["metrics"]["epochs_run"] == b["metrics"]["epochs_run"] < 300  # it did stop early
+        assert a["history"] == b["history"]
+        for k in ("val_mse", "val_mae", "val_r2"):
+            assert a["metrics"][k] == b["metrics"][k]
+        assert a["metrics"]["test_mse"] != b["metrics"]["test_mse"]
+
+
+def test_sweep_grid_points_are_their_own_rows(tmp_path):
+    text = TINY + '\n[[sweep]]\npath = ["model", "layers", 0, "kernel_regularizer", "l2"]\nvalues = [0.001, 0.1]\n' \
+                  '\n[[sweep]]\npath = ["train", "optimizer", "learning_rate"]\nvalues = [0.01, 0.02]\n'
+    specs = load_experiment(write(tmp_path, text))
+    assert len(specs) == 4 and len({s.digest() for s in specs}) == 4
+    assert specs[1].sweep_point == {"model/layers/0/kernel_regularizer/l2": 0.001, "train/optimizer/learning_rate": 0.02}
+    assert len({s.baseline().name for s in specs}) == 2  # the learning rate is part of the baseline, l2 is not
+    out = tmp_path / "out"
+    assert run([tmp_path / "tiny.toml"], out, "--seeds", "1").exit_code == 0
+    df = reglab.load_results(out)
+    exp = df[~df.is_baseline]
+    assert len(exp) == 4 and len(df) == 6
+    assert sorted(zip(exp["model/layers/0/kernel_regularizer/l2"], exp["train/optimizer/learning_rate"])) == [
+        (0.001, 0.01), (0.001, 0.02), (0.1, 0.01), (0.1, 0.02)]
+    assert df.loc[df.is_baseline, "model/layers/0/kernel_regularizer/l2"].isna().all()
+
+
+def test_known_distribution_adds_fresh_bayes_and_excess(tmp_path):
+    out = tmp_path / "out"
+    assert run([write(tmp_path, TINY)], out, "--seeds", "1").exit_code == 0
+    df = reglab.load_results(out)
+    for m in ("log_loss", "accuracy", "brier", "ece"):
+        for p in ("val_", "test_", "fresh_", "bayes_", "excess_"):
+            assert df[p + m].notna().all(), p + m
+        np.testing.assert_allclose(df["excess_" + m], df["fresh_" + m] - df["bayes_" + m])
+    assert df["bayes_accuracy"].iloc[0] == pytest.approx(0.846, abs=0.005)
+
+
+def test_resample_false_shares_one_split(tmp_path):
+    spec = one(write(tmp_path, TINY + "\n[split]\nresample = false\n"))
+    a, b = splits_of(spec, 0), splits_of(spec, 5)
+    assert np.array_equal(a.x_test, b.x_test)
+    spec = one(write(tmp_path, TINY))
+    assert not np.array_equal(splits_of(spec, 0).x_test, splits_of(spec, 5).x_test)
+
+
+def test_no_nan_reaches_results_or_report_and_failed_runs_are_left_out(tmp_path):
+    """A run that diverges has no figures (empty cells), is counted as failed, and keeps the
+    report free of NaN/inf."""
+    diverge = TINY.replace('name = "tiny"', 'name = "boom"').replace(
+        'optimizer = {name = "adam", learning_rate = 0.01}', 'optimizer = {name = "sgd", learning_rate = 1e5}').replace(
+        'loss = "binary_crossentropy"', 'loss = "mse"').replace('name = "blobs"', 'name = "blobs"\ntask = "regression"')
+    diverge = diverge.replace('units = 1\nactivation = "sigmoid"', 'units = 1')
+    out = tmp_path / "out"
+    res = run([write(tmp_path, diverge, "boom.toml")], out, "--seeds", "2", "--no-baselines")
+    assert res.exit_code == 0, res.output
+    df = reglab.load_results(out)
+    assert df["failed"].all()
+    assert df.filter(like="test_").isna().all().all()
+    csv = (out / "results.csv").read_text()
+    assert "nan" not in csv.lower() and "inf" not in csv.lower()
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert "0 / 2" in md
+    for bad in ("nan", "inf", "–"):
+        assert bad not in md.replace("info", "").replace("Infinity", "").lower().replace("inferred", ""), bad
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def test_resume_after_interruption_and_damaged_files(tmp_path):
+    a = validate(tomllib.loads(TINY), "a.toml")
+    b = validate(tomllib.loads(TINY.replace('name = "tiny"', 'name = "tiny_b"').replace("l2 = 0.01", "l2 = 0.1")), "b.toml")
     units = plan_units([a, b], seeds=2, baselines=False)
     out = tmp_path / "res"
 
@@ -126,98 +496,138 @@ def test_resume_after_interruption_and_truncated_file(tmp_path):
 
     with pytest.raises(Stop):
         execute(units, out, progress=False, on_group_done=interrupt)
-    done = load_results(out)
-    assert {r["experiment"] for r in done} == {"tiny"} and len(done) == 2
-    first_mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/tiny/*.json")}
+    done = load_runs(out)
+    assert len({r["experiment"] for r in done}) == 1 and len(done) == 2
+    first = done[0]["experiment"]
+    first_mtimes = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/{first}/*.json")}
     info = execute(units, out, progress=False)
     assert info == {**info, "trained": 2, "skipped": 2}  # only the interrupted experiment's runs
-    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/tiny/*.json")} == first_mtimes
-    # a truncated result file is redone; an intact one is not
+    assert {p: p.stat().st_mtime_ns for p in out.glob(f"runs/{first}/*.json")} == first_mtimes
+    # a truncated result file or a damaged weights file is redone; an intact run is not
     victim = next(out.glob("runs/tiny_b/*.json"))
     victim.write_text(victim.read_text()[:50])
+    pt = next(out.glob("runs/tiny/*.pt"))
+    pt.write_bytes(pt.read_bytes()[:-10])
     info = execute(units, out, progress=False)
-    assert info["trained"] == 1 and info["skipped"] == 3
-    assert json.loads(victim.read_text())["metrics"]["n_test"] == 20
+    assert info["trained"] == 2 and info["skipped"] == 2
+    assert json.loads(victim.read_text())["metrics"]["n_test"] == 16
 
 
-def test_path_strength_substitution():
-    spec = load_experiment(EXP / "p6_all_together.toml")
+def test_path_strength_substitution_through_hparams():
+    spec = one(LECTURE / "p6_all_together.toml")
     s = with_strength(spec, 0.5)
     layers = s.config["model"]["layers"]
     assert layers[0]["kernel_regularizer"]["config"] == {"l2": 0.5}
     assert layers[0]["activity_regularizer"]["config"] == {"l1": 0.5}
-    p1 = with_strength(load_experiment(EXP / "p1_regularized_loss.toml"), 0.2)
+    p1 = with_strength(one(LECTURE / "p1_regularized_loss.toml"), 0.2)
     assert p1.config["train"]["loss"]["strength"] == 0.2
+    kl = with_strength(one(LECTURE / "p7_kl_sparsity.toml"), 0.3)
+    act = [la["activity_regularizer"] for la in kl.config["model"]["layers"] if "activity_regularizer" in la]
+    assert act[-1]["config"] == {"rho": 0.05, "strength": 0.3}  # KLSparsity's strength, rho untouched
     with pytest.raises(ValueError, match="has no regularizer"):
-        with_strength(load_experiment(EXP / "x_dropout.toml"), 0.1)
+        with_strength(one(LECTURE / "x_dropout.toml"), 0.1)
 
 
-def test_cli_list_and_run_and_report(tmp_path):
+def test_cli_list_run_report_and_path(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(main, ["list", str(EXP)])
-    assert res.exit_code == 0 and "p7_kl_sparsity" in res.output and "program 7" in res.output
+    res = runner.invoke(main, ["list", str(LECTURE)])
+    assert res.exit_code == 0 and "p7_kl_sparsity" in res.output
     p = write(tmp_path, TINY)
     out = tmp_path / "out"
-    res = runner.invoke(main, ["run", str(p), "--seeds", "2", "--out", str(out), "--no-progress"])
+    res = run([p], out, "--seeds", "2")
     assert res.exit_code == 0, res.output
     assert "4 runs trained, 0 already done" in res.output  # 2 seeds x (tiny + its baseline)
     res = runner.invoke(main, ["report", str(out)])
     assert res.exit_code == 0, res.output
     html = (out / "report.html").read_text()
     assert "tiny" in html and "data:image/png;base64," in html
-    res = runner.invoke(main, ["run", str(p), "--seeds", "0", "--out", str(out)])
-    assert res.exit_code != 0 and "must be positive" in res.output
-
-
-def test_cli_path_and_other_datasets(tmp_path):
-    runner = CliRunner()
+    res = run([p], out, "--seeds", "0")
+    assert res.exit_code != 0 and "--seeds" in res.output
     moons = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'name = "moons"\nn_samples = 120\nnoise = 0.3'),
                   "moons.toml")
-    out = tmp_path / "out"
     res = runner.invoke(main, ["path", str(moons), "--strengths", "0,0.01", "--seeds", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "Chosen lambda" in res.output
     doc = json.loads((out / "path.json").read_text())
     assert doc["strengths"] == [0.0, 0.01] and np.asarray(doc["metrics"]["excess_log_loss"]).shape == (2, 2)
-    res = runner.invoke(main, ["path", str(moons), "--strengths", "-1", "--out", str(out)])
-    assert res.exit_code != 0 and "expected non-negative numbers" in res.output
-    digits = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'name = "digits"')
-                   .replace('loss = "binary_crossentropy"', 'loss = "sparse_categorical_crossentropy"')
-                   .replace('units = 1\nactivation = "sigmoid"', 'units = 10\nactivation = "softmax"'), "digits.toml")
-    spec = load_experiment(digits)
-    execute(plan_units([spec], seeds=1), tmp_path / "d", progress=False)
-    rows = load_results(tmp_path / "d")
-    assert {r["experiment"] for r in rows} == {"tiny", spec.baseline().name}
-    assert all(0 <= r["metrics"]["val_accuracy"] <= 1 for r in rows)
+    assert doc["select_metric"] == "val_log_loss"
 
 
 def test_run_unit_is_the_single_task_entry_point(tmp_path):
     from reglab.experiments.runner import run_unit
 
-    spec = validate(__import__("tomllib").loads(TINY), "x.toml")
+    spec = validate(tomllib.loads(TINY), "x.toml")
     unit = Unit(spec, 1)
     row = run_unit(unit, tmp_path)
     assert unit.done(tmp_path) and row["seed"] == 1 and row["run_id"] == unit.run_id
     mtime = unit.path(tmp_path).stat().st_mtime_ns
     again = run_unit(unit, tmp_path)  # finished: read back, not retrained
     assert unit.path(tmp_path).stat().st_mtime_ns == mtime and again["metrics"] == row["metrics"]
-    # a vectorized group gives the same numbers for that unit as running it alone
     execute([Unit(spec, 0), Unit(spec, 1)], tmp_path / "group", progress=False)
     grouped = json.loads(unit.path(tmp_path / "group").read_text())
-    np.testing.assert_allclose(grouped["metrics"]["val_data_loss"], row["metrics"]["val_data_loss"], rtol=1e-4)
+    np.testing.assert_allclose(grouped["metrics"]["val_log_loss"], row["metrics"]["val_log_loss"], rtol=1e-4)
 
 
-def test_a_finished_run_reloads_its_model_without_pickle(tmp_path):
+def test_a_finished_run_reloads_from_its_experiment_file_without_pickle(tmp_path):
     from reglab.diagnostics.evaluate import predict
-    from reglab.experiments.runner import load_model
 
-    spec = validate(__import__("tomllib").loads(TINY), "x.toml")
-    execute([Unit(spec, 3)], tmp_path, progress=False)
-    row = load_results(tmp_path)[0]
-    model = load_model(row["_path"])
-    ds = __import__("reglab").datasets.blobs(3, n_samples=80)
-    p = predict(model, ds.x_test).reshape(-1)
-    acc = float(((p > 0.5) == (ds.y_test.reshape(-1) > 0.5)).mean())
+    p = write(tmp_path, TINY)
+    spec = one(p)
+    execute([Unit(spec, 3)], tmp_path / "out", progress=False)
+    row = load_runs(tmp_path / "out")[0]
+    model = load_model(row, p)
+    sp = splits_of(spec, 3)
+    prob = predict(model, sp.x_test).reshape(-1)
+    acc = float(((prob > 0.5) == (sp.y_test.reshape(-1) > 0.5)).mean())
     assert acc == pytest.approx(row["metrics"]["test_accuracy"])
-    assert __import__("reglab").regularization_spec(model)["params"] == {
-        "0.weight": {"class_name": "L2", "config": {"l2": 0.01}}}
+    assert reglab.regularization_spec(model)["params"] == {"0.weight": {"class_name": "L2", "config": {"l2": 0.01}}}
+    p.write_text(TINY.replace("l2 = 0.01", "l2 = 0.02"))  # not the file that produced the run
+    with pytest.raises(ValueError, match="none of its grid points"):
+        load_model(row, p)
+
+
+def test_planted_runs_outside_their_folder_are_not_read(tmp_path):
+    out = tmp_path / "out"
+    execute([Unit(validate(tomllib.loads(TINY), "x.toml"), 0)], out, progress=False)
+    src = next(out.glob("runs/tiny/*.json"))
+    row = json.loads(src.read_text())
+    row["experiment"] = "x/../../../pwned"
+    (out / "runs" / "tiny" / "planted.json").write_text(json.dumps(row))
+    (out / "runs" / "bare.json").write_text('"just a string"')
+    assert [r["experiment"] for r in load_runs(out)] == ["tiny"]
+
+
+# ----------------------------------------------------------------------------- the library is not one study
+
+
+def test_the_library_has_no_lecture_inside():
+    res = subprocess.run(["grep", "-rniE", r"lecture|LECTURE_|p6_all_together|75 (test |validation )?points",
+                          str(ROOT / "src" / "reglab"), "--exclude-dir=datasets", "--include=*.py"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout == "", res.stdout
+
+
+STUDIES = [("digits_cnn", "multiclass", {"l2_kernels", "dropout", "l1_activity"}),
+           ("diabetes", "regression", {"l1", "l2", "early_stopping"})]
+
+
+@pytest.mark.parametrize("name, task, experiments", STUDIES)
+def test_shipped_studies_run_at_small_size(tmp_path, name, task, experiments):
+    folder = ROOT / "studies" / name
+    specs = load_experiments(sorted((folder / "experiments").glob("*.toml")))
+    small = []
+    for s in specs:
+        cfg = json.loads(json.dumps(s.config))
+        cfg["train"]["epochs"] = 2
+        small.append(type(s)(cfg, s.path, s.inputs))
+    prepare(small + [s.baseline() for s in small])
+    out = tmp_path / "out"
+    execute(plan_units(small, seeds=2), out, progress=False)
+    df = reglab.load_results(out)
+    assert set(df["task"]) == {task}
+    assert set(df.loc[~df.is_baseline, "experiment"]) == experiments
+    primary = "test_log_loss" if task == "multiclass" else "test_mse"
+    assert df[primary].notna().all()
+    from reglab.report.render import write_report
+
+    paths = write_report(out)
+    assert "Paired comparisons" in paths["markdown"].read_text()

@@ -1,47 +1,69 @@
+"""The report of a study: the lecture's at small size, generic sections from its contents and
+the study's own sections from its folder."""
+
 import copy
+import html as _html
 import re
 from pathlib import Path
 
 import pytest
 
-from reglab.experiments.autoencoder import run_autoencoder
 from reglab.experiments.path import regularization_path
 from reglab.experiments.runner import execute, plan_units
 from reglab.experiments.schema import ExperimentSpec, load_experiments
+from reglab.experiments.study import load_study, run_analysis
 from reglab.report.render import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
+LECTURE = ROOT / "studies" / "lecture"
 
 
 def short(spec: ExperimentSpec, epochs: int = 2) -> ExperimentSpec:
     cfg = copy.deepcopy(spec.config)
     cfg["train"]["epochs"] = epochs
-    return ExperimentSpec(cfg, spec.path)
+    return ExperimentSpec(cfg, spec.path, spec.inputs)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    specs = [short(s) for s in load_experiments(sorted((ROOT / "experiments").glob("*.toml")))]
+    st = load_study(LECTURE)
+    specs = [short(s) for s in load_experiments(st.files)]
     execute(plan_units(specs, seeds=2), out, progress=False)
-    run_autoencoder(out, epochs=2)
+    for name, ref, args in st.analyses:
+        run_analysis(name, ref, st.folder, {**args, "epochs": 2}, out)
     by = {s.name: s for s in specs}
     regularization_path(by["p6_all_together"], [0.0, 1e-3], [0, 1], out=out)
-    paths = write_report(out, meta={"environment": {"cpu": "test"}, "wall_seconds": 1.0})
+    paths = write_report(out, meta={"environment": {"cpu": "test"}, "wall_seconds": 1.0}, title=st.title,
+                         intro=st.intro, sections=st.sections)
     return out, specs, paths
 
 
-def test_report_has_every_program_row_and_baselines(study):
+def test_report_has_every_experiment_and_baseline_row(study):
     out, specs, paths = study
     md = paths["markdown"].read_text()
     table_rows = [line for line in md.splitlines() if line.startswith("| `")]
     for s in specs:
         assert any(line.startswith(f"| `{s.name}`") for line in table_rows), s.name
         assert any(line.startswith(f"| `{s.baseline().name}`") for line in table_rows)
+        # the comparison rows name the baseline each experiment is judged against
+        assert any(line.startswith(f"| `{s.name}` | `{s.baseline().name}`") for line in table_rows)
+    assert "Task: binary" in md and "Validation data = test data" in md
+
+
+def test_the_lecture_sections_come_from_the_study_folder(study, tmp_path):
+    import shutil
+
+    out, specs, paths = study
+    md = paths["markdown"].read_text()
     for p in range(1, 8):
         assert f"**Program {p}** reported accuracy" in md
     assert "L1L2(0.001) is pure L1" in md
     assert "0.4971" in md and "0.2218" in md
+    # without the study, the same runs give a generic report
+    shutil.copytree(out, tmp_path / "copy")
+    generic = write_report(tmp_path / "copy")["markdown"].read_text()
+    assert "Program 1" not in generic and "0.4971" not in generic and "Results over seeds" in generic
 
 
 def test_report_has_every_plot_and_html_embeds_them(study):
@@ -51,7 +73,7 @@ def test_report_has_every_plot_and_html_embeds_them(study):
     for s in specs:
         assert f"figures/curves_{s.name}.png" in images
         assert f"figures/boundary_{s.name}.png" in images
-    for name in ("kl_activation_histogram.png", "weights_l1_l2.png", "autoencoder_features.png",
+    for name in ("activation_histograms.png", "weights_p2_layer_regularizers.png", "autoencoder_features.png",
                  "autoencoder_code_histogram.png", "regularization_path.png"):
         assert f"figures/{name}" in images
     for img in images:
@@ -60,25 +82,38 @@ def test_report_has_every_plot_and_html_embeds_them(study):
     assert html.count("data:image/png;base64,") == len(images)
     assert "src='figures" not in html and "http" not in html.replace("http-equiv", "")  # opens offline
     for section in ("Sparsity of hidden activations", "Sparse autoencoder on digits", "Regularization path",
-                    "Environment", "The lecture's claims, checked"):
-        assert __import__("html").escape(section) in html
+                    "Environment", "The lecture's claims, checked", "Protocol"):
+        assert _html.escape(section) in html
 
 
-def test_selection_by_loss_vs_accuracy_on_known_numbers():
-    from reglab.report.summary import selection_by_loss_vs_accuracy, summarize
+def test_planted_figure_paths_outside_the_folder_are_not_embedded(tmp_path, study):
+    import json
+    import shutil
 
-    rows = []
-    for seed in range(4):
-        for j, name in enumerate(["a", "b", "c"]):
-            cfg = {"name": name, "baseline": True, "data": {"name": "blobs"}, "model": {"layers": [{"units": 1}]},
-                   "train": {"loss": "binary_crossentropy", "optimizer": {"name": "adam"}, "epochs": 1,
-                             "batch_size": 1}}
-            # validation loss orders the models like their fresh excess risk; accuracy orders them backwards
-            m = {"val_data_loss": 0.3 + 0.1 * j + 0.01 * seed, "val_accuracy": 0.7 + 0.05 * j,
-                 "excess_log_loss": 0.01 + 0.02 * j, "fresh_accuracy": 0.84 - 0.01 * j}
-            rows.append({"experiment": name, "seed": seed, "config": cfg, "metrics": m})
-    sel = selection_by_loss_vs_accuracy(summarize(rows))
-    assert sel["seeds"] == 4 and sel["models_per_seed"] == 3
-    assert sel["tau_loss"][0] == pytest.approx(1.0) and sel["tau_accuracy"][0] == pytest.approx(-1.0)
-    assert sel["by_loss_excess"][0] == pytest.approx(0.01) and sel["by_accuracy_excess"][0] == pytest.approx(0.05)
-    assert sel["difference"].mean_difference == pytest.approx(-0.04) and sel["difference"].significant
+    out, _, _ = study
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(out, copy_dir)
+    doc = json.loads((copy_dir / "analyses" / "autoencoder.json").read_text())
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((copy_dir / doc["figures"][0]).read_bytes())
+    doc["figures"] = ["../secret.png", "/etc/hostname", doc["figures"][0]]
+    (copy_dir / "analyses" / "autoencoder.json").write_text(json.dumps(doc))
+    md = write_report(copy_dir)["markdown"].read_text()
+    assert "secret.png" not in md and "hostname" not in md and doc["figures"][2] in md
+
+
+def test_text_from_files_is_literal_in_figures_and_tables(tmp_path):
+    from click.testing import CliRunner
+
+    from reglab.cli import main
+
+    text = (LECTURE / "experiments" / "x_dropout.toml").read_text()
+    text = text.replace('title = "', 'title = "$\\\\undefinedmacro$ | pipe ').replace("epochs = 200", "epochs = 2")
+    (tmp_path / "x.toml").write_text(text)
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["run", str(tmp_path / "x.toml"), "--out", str(out), "--seeds", "1",
+                                     "--no-progress", "--workers", "1"]).exit_code == 0
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert "$\\undefinedmacro$ \\| pipe" in md

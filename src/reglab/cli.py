@@ -194,7 +194,7 @@ def path(path, strengths, seeds, out) -> None:
 
 
 @main.command()
-@click.argument("study_dir", type=click.Path(file_okay=False), default="studies/lecture")
+@click.argument("study_dir", type=click.Path(file_okay=False), required=False)
 @click.option("--seeds", type=click.IntRange(1, 10_000), default=None,
               help="Seeds per experiment (default: study.toml's, else each file's).")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
@@ -202,7 +202,8 @@ def path(path, strengths, seeds, out) -> None:
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 def study(study_dir, seeds, out, workers, progress) -> None:
-    """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report."""
+    """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
+    Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     from .experiments.path import regularization_path
     from .experiments.results import write_results_csv
     from .experiments.runner import execute, plan_units
@@ -211,6 +212,11 @@ def study(study_dir, seeds, out, workers, progress) -> None:
     from .report.render import write_report
 
     t0 = time.perf_counter()
+    if study_dir is None:
+        pointer = Path("studies") / "default"
+        if not pointer.is_file():
+            raise click.UsageError("give STUDY_DIR (a folder with study.toml), or run where studies/default names one")
+        study_dir = str(Path("studies") / pointer.read_text().strip())
     try:
         st = load_study(study_dir)
     except ConfigError as e:

@@ -1,4 +1,4 @@
-"""Data losses with Keras names and math, and the lecture's regularized loss function.
+"""Data losses with Keras names and math, and a regularized loss function (penalty written into the loss).
 
 All losses are called torch-style, ``loss(y_pred, y_true)``, and return the mean over the batch
 of the per-example loss (Keras's ``sum_over_batch_size`` reduction; the per-example loss is the
@@ -127,7 +127,7 @@ class BinaryCrossentropy(Loss):
 
 
 class LogEpsBinaryCrossentropy(Loss):
-    """The lecture's program 1 cross-entropy: ``-mean(y log(p + eps) + (1 - y) log(1 - p + eps))``,
+    """A hand-written cross-entropy (as in Keras programs that write their own loss): ``-mean(y log(p + eps) + (1 - y) log(1 - p + eps))``,
     ``eps = 1e-6`` (no clipping)."""
 
     name = "log_eps_binary_crossentropy"
@@ -296,18 +296,18 @@ def get(identifier: Any) -> Loss:
     raise ValueError(f"loss must be a name, a reglab Loss or a callable; got {identifier!r}")
 
 
-#: The lecture's ``r_list`` codes: 1 = L1, 2 = L2, 12 = L1 and L2 (unit strength), -1/0 = none.
+#: Per-tensor regularizer codes (an ``r_list``): 1 = L1, 2 = L2, 12 = L1 and L2 (unit strength), -1/0 = none.
 R_LIST_CODES = {1: lambda: _regularizers.L1(1.0), 2: lambda: _regularizers.L2(1.0),
                  12: lambda: _regularizers.L1L2(1.0, 1.0), -1: lambda: None, 0: lambda: None}
 
 
 class RegularizedLoss(Loss):
-    """``data_loss(y_pred, y) + strength * sum_k r_k(theta_k)`` -- the lecture's program 1.
+    """``data_loss(y_pred, y) + strength * sum_k r_k(theta_k)`` -- regularization written into the loss.
 
     ``regularizers`` is either ``{param_glob: regularizer}`` or a list aligned with
-    ``list(model.parameters())`` whose entries are regularizers, ``None``, or the lecture's codes
+    ``list(model.parameters())`` whose entries are regularizers, ``None``, or codes
     (1 = L1, 2 = L2, 12 = both, -1 = none; unit strength, scaled by ``strength``). A list whose
-    length differs from the number of parameter tensors is an error: the lecture's own ``r_list``
+    length differs from the number of parameter tensors is an error: a hand-written ``r_list``
     has 10 entries for 12 tensors and ``zip`` silently leaves the output layer unregularized.
 
     The penalty is exposed as the penalty source ``source_name`` (``"loss:penalty"``) so that

@@ -22,7 +22,7 @@ def mlp(n_inputs: int, layers: Sequence[Mapping[str, Any]]) -> nn.Sequential:
     """A stack of ``Dense`` layers described as dicts of Keras ``Dense`` arguments.
 
     Extra keys: ``activity_before_activation=True`` builds ``Dense(units, activity_regularizer=r)``
-    followed by ``Activation(activation)`` (the lecture's program 5, where the activity penalty
+    followed by ``Activation(activation)`` (Keras's Dense + Activation pattern, where the activity penalty
     sees the pre-activation); ``dropout=rate`` appends ``nn.Dropout(rate)`` after the layer.
     """
     mods: list[nn.Module] = []

@@ -256,7 +256,7 @@ class L1L2(ElementwiseRegularizer):
     """``l1 * sum(|x|) + l2 * sum(x**2)``. Keras: ``keras.regularizers.L1L2(l1=0.0, l2=0.0)``.
 
     Both defaults are 0, so ``L1L2(0.001)`` is pure L1 with ``l1=0.001`` -- exactly as in Keras.
-    The lecture's program 2 "L1L2" layers are therefore L1 layers.
+    A Keras program's "L1L2(0.001)" layers are therefore L1 layers.
     """
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
@@ -276,7 +276,7 @@ class L1L2(ElementwiseRegularizer):
 
 @register_regularizer
 class Lp(ElementwiseRegularizer):
-    """``factor * sum(|x|**p)`` for ``p > 0`` (not in Keras; the lecture's "L3" is ``Lp(3, 0.01)``)."""
+    """``factor * sum(|x|**p)`` for ``p > 0`` (not in Keras; a custom "L3" is ``Lp(3, 0.01)``)."""
 
     def __init__(self, p: float = 2.0, factor: float = 0.01):
         self.p = _checks.positive_float(p, "p")
@@ -343,7 +343,7 @@ class OrthogonalRegularizer(Regularizer):
 
 @register_regularizer
 class KLSparsity(Regularizer):
-    """Sparsity of units through the Bernoulli KL divergence (sparse autoencoders; lecture program 7).
+    """Sparsity of units through the Bernoulli KL divergence (sparse autoencoders).
 
     For activations ``q`` of shape ``(batch, units, ...)``::
 
@@ -351,7 +351,7 @@ class KLSparsity(Regularizer):
         strength * sum_j [rho log(rho / rho_hat_j) + (1 - rho) log((1 - rho) / (1 - rho_hat_j))]
 
     As an activity regularizer it is, like every activity penalty, then divided by the batch size
-    (Keras scaling), which is what the lecture's Keras program does.
+    (Keras scaling), which is what a Keras program with this regularizer does.
     """
 
     def __init__(self, rho: float = 0.05, strength: float = 0.1):

@@ -34,7 +34,7 @@ def accuracy(y: Any, p: Any, threshold: float = 0.5) -> float:
 def compare_predictions(y: Any, yhat_a: Any, yhat_b: Any) -> dict[str, dict[str, float]]:
     """Accuracy and log-loss of two sets of predicted probabilities for the same labels.
 
-    The lecture's example: model A (all correct, but barely: 0.51, 0.49, ...) has accuracy 1.0
+    An example: model A (all correct, but barely: 0.51, 0.49, ...) has accuracy 1.0
     and log-loss 0.4971; model B (one mistake, confident elsewhere) has accuracy 0.9 and log-loss
     0.2218. Lower validation loss -- B -- is the better model: its probabilities are closer to
     the truth, and its accuracy is less fragile on new data.

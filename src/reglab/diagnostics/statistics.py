@@ -26,7 +26,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
 
 
 def binomial_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson interval for an accuracy measured on ``n`` points (e.g. 75 test points)."""
+    """Wilson interval for an accuracy measured on ``n`` points (e.g. a small test split)."""
     res = stats.binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
     return float(res.low), float(res.high)
 

@@ -113,6 +113,10 @@ def check_data(data: Any, file: str) -> dict[str, Any]:
     sources = [k for k in ("name", "file", "files", "loader") if k in data]
     if len(sources) != 1:
         _fail(file, "data", f"expected exactly one of name, file, files, loader; got {sources or 'none'}")
+    if "name" in data and (not isinstance(data["name"], str) or data["name"] not in _datasets.names()):
+        _fail(file, "data.name", f"expected one of {_datasets.names()}; got {data['name']!r}")
+    if "test_size" in data or "validation_size" in data:
+        _fail(file, "data.test_size", "the split is set in [split] (validation = 0.2, test = 0.2); remove it here")
     if bad:
         _fail(file, "data", f"unknown key(s) {sorted(bad)}; expected some of {sorted(DATA_KEYS)}")
     if "test_size" in data or "validation_size" in data:

@@ -197,6 +197,8 @@ def _fresh(dist: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _scores(sp: Splits, fl: bool, model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     out = predict(model, x).astype(np.float64)
+    if not np.isfinite(out).all():  # a diverged model: no figure is made up
+        return {}
     if sp.task == "regression":
         if sp.y_transform is not None:  # scores in the target's own units
             out = out * sp.y_transform.std + sp.y_transform.mean
@@ -224,10 +226,10 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
         fx, fy, fq = _fresh(dist)
         fresh = _scores(sp, fl, model, sp.transform(fx), fy)
         bayes = score("binary", fy, fq)
-        for k in METRICS["binary"]:
+        for k in METRICS["binary"] if fresh else ():
             metrics[f"fresh_{k}"], metrics[f"bayes_{k}"] = fresh[k], bayes[k]
             metrics[f"excess_{k}"] = fresh[k] - bayes[k]
-    if arrays_for_report and sp.task == "binary" and sp.input_shape == (2,):
+    if arrays_for_report and sp.task == "binary" and sp.input_shape == (2,) and "test_log_loss" in metrics:
         raw_tr = sp.x_train if dist is None else None
         lo = np.minimum(sp.x_train.min(0), sp.x_test.min(0)) - 0.3
         hi = np.maximum(sp.x_train.max(0), sp.x_test.max(0)) + 0.3

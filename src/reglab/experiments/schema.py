@@ -279,11 +279,36 @@ def _model(raw: Mapping[str, Any], file: str, base: Path) -> tuple[dict[str, Any
     args = model.get("args", {})
     _expect(isinstance(args, Mapping), file, "model.args", "a table of keyword arguments", args)
     try:
-        _, _, digest = resolve(model["builder"], base, f"{file}: model.builder")
+        fn, _, digest = resolve(model["builder"], base, f"{file}: model.builder")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     inputs["model.builder"] = digest or model["builder"]
-    return {"builder": model["builder"], "args": dict(args)}, inputs
+    return {"builder": model["builder"], "args": _with_defaults(fn, dict(args), file)}, inputs
+
+
+def _with_defaults(fn: Any, args: dict[str, Any], file: str) -> dict[str, Any]:
+    """The builder's arguments with its defaults filled in, so that two files that mean the same
+    model (one writing a default out) are the same experiment; unknown arguments are an error."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    varkw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    named = {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for k in ("input_shape", "n_outputs"):
+        if k in args:
+            raise ConfigError(f"{file}: model.args.{k}: set from the data; remove it")
+    bad = set(args) - set(named)
+    if bad and not varkw:
+        raise ConfigError(f"{file}: model.args: the builder takes no argument(s) {sorted(bad)}; it takes "
+                          f"{sorted(k for k in named if k not in ('input_shape', 'n_outputs'))}")
+    out = {k: p.default for k, p in named.items() if k not in ("input_shape", "n_outputs")
+           and p.default is not inspect.Parameter.empty and isinstance(p.default, (int, float, str, bool))}
+    out.update(args)
+    missing = [k for k, p in named.items() if k not in out and k not in ("input_shape", "n_outputs")
+               and p.default is inspect.Parameter.empty]
+    if missing:
+        raise ConfigError(f"{file}: model.args: the builder needs {missing}")
+    return out
 
 
 def _regularize(reg: Any, file: str) -> dict[str, Any]:

@@ -113,20 +113,54 @@ def _act_name(mod: nn.Module) -> str | None:
 # ----------------------------------------------------------------------------- products
 
 
-def _product(n: int, k: int, p: int):
+#: BLAS rounds a product differently depending on where its matrices start in memory: measured
+#: with torch 2.13's MKL on an AMD EPYC (AVX2), a result or operand that starts 8 bytes (float64)
+#: or 4-12 bytes (float32) off a 16-byte boundary changes last bits in about half of the lecture's
+#: shapes (``MKL_CBWR=AVX2`` removes the effect; AVX-512 machines did not show it). In a stack,
+#: model m's matrices start m matrix sizes into a tensor, so every matrix a product reads or
+#: writes starts at a multiple of ``_ALIGN`` bytes here, for every M (``_model_buffer``).
+_ALIGN = 64
+
+
+def _model_buffer(like: torch.Tensor, M: int, shape: tuple[int, ...], unit: int, lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """Zeros of shape ``lead + (M,) + shape`` whose ``shape`` blocks (one per model and lead
+    index) each start a multiple of ``unit`` elements after the allocation (itself aligned): a
+    contiguous tensor where ``prod(shape)`` is a multiple of ``unit``, otherwise one with gaps."""
+    n = int(np.prod(shape))
+    S = n + (-n) % unit
+    strides = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    outer = [S]  # the model axis, then the lead axes from the last
+    for size in (M,) + tuple(reversed(lead))[:-1] if lead else ():
+        outer.insert(0, outer[0] * size)
+    buf = like.new_zeros(int(np.prod(lead, dtype=np.int64)) * M * S)
+    return buf.as_strided(tuple(lead) + (M,) + tuple(shape), tuple(outer) + tuple(strides))
+
+
+def _blas(n: int, k: int, p: int) -> bool:
+    """Whether ``(M, n, k) @ (M, k, p)`` goes to BLAS (see ``_product``)."""
+    return n > 1 and k > 1 and p > 1
+
+
+def _product(n: int, k: int, p: int, buf: torch.Tensor | None = None):
     """The kernel for ``(M, n, k) @ (M, k, p)`` products (``f(a, b, out=None)``). BLAS switches
     to matrix-vector kernels when a dimension is 1 and those round differently for one matrix
-    than for a batch; there the product is written element-wise (exact in any layout)."""
+    than for a batch; there the product is written element-wise (exact in any layout). ``buf``:
+    where a BLAS product goes when no ``out`` is given (an aligned ``_model_buffer``, for results
+    whose size would leave model m > 0 off ``_ALIGN`` in a new contiguous tensor)."""
     if k == 1:  # outer product
         return torch.mul
     if p == 1:  # (M, n, k) . (M, 1, k) summed over k
         return lambda a, b, out=None: torch.sum(a * b.mT, 2, keepdim=True, out=out)
     if n == 1:  # (M, k, 1) . (M, k, p) summed over k
         return lambda a, b, out=None: torch.sum(a.mT * b, 1, keepdim=True, out=out)
+    if buf is not None:
+        return lambda a, b, out=None: torch.bmm(a, b, out=buf if out is None else out)
     return torch.bmm
 
 
-def _product_add(n: int, k: int, p: int):
+def _product_add(n: int, k: int, p: int, buf: torch.Tensor | None = None):
     """The kernel for ``c + a @ b`` with ``a @ b`` as in ``_product`` (``f(c, a, b)``): the add
     rides on the product's own kernel where it has one (``baddbmm``, ``addcmul``)."""
     if k == 1:
@@ -134,6 +168,8 @@ def _product_add(n: int, k: int, p: int):
     if p == 1 or n == 1:
         prod = _product(n, k, p)
         return lambda c, a, b: c + prod(a, b)
+    if buf is not None:
+        return lambda c, a, b: torch.baddbmm(c, a, b, out=buf)
     return torch.baddbmm
 
 
@@ -290,10 +326,20 @@ class DenseStack:
         self._spec: list[tuple[int, tuple[int, ...], Any]] = [None] * len(self.shapes)  # type: ignore[list-item]
         self._block_order: list[int] = []  # the flat order of blocks, by their (weight) parameter index
         self._block_shape: dict[int, tuple[int, ...]] = {}
+        p0 = named[0][1]
+        dtype, dev = p0.dtype, p0.device
+        #: elements per _ALIGN bytes (CPU BLAS only; 1 elsewhere)
+        self._unit = unit = _ALIGN // p0.element_size() if dev.type == "cpu" else 1
+        # each block starts at a multiple of _ALIGN bytes: one model writes its [dW | db] straight
+        # into its block, a stack into aligned buffers (see _ALIGN); gaps stay zero
+        self._gap_before: dict[int, int] = {}
         o = 0
         for i, shape in enumerate(self.shapes):
             if i in biases:
                 continue  # placed with its weight
+            if o % unit:
+                self._gap_before[i] = (-o) % unit
+                o += (-o) % unit
             self._block_order.append(i)
             if i in self._bias_of:
                 out_, in_ = shape
@@ -307,8 +353,6 @@ class DenseStack:
             o += int(np.prod(blk))
         P = o
         self.padded = P + (-P) % LANES
-        p0 = named[0][1]
-        dtype, dev = p0.dtype, p0.device
         self.flat = torch.zeros(M, self.padded, dtype=dtype, device=dev)
         # the gradient buffer (one model: products write into its views; a stack: one cat)
         self.gflat = torch.zeros_like(self.flat)
@@ -320,7 +364,9 @@ class DenseStack:
             for k, m in enumerate(self.models):
                 for (_, p), v in zip(m.named_parameters(), self.views):
                     v[k].copy_(p.detach())
+        # a stack's gradient buffer is one cat of [gap zeros,] block, ..., padding zeros
         self._pad = self.flat.new_zeros(M, self.padded - P)
+        self._gaps = {i: self.flat.new_zeros(M, g) for i, g in self._gap_before.items()}
         # used every step, made once: [W | b]^T (M, in + 1, out), or W^T (M, in, out) without a bias
         self.wt = {i: b.transpose(1, 2) for i, b in self.blocks.items() if b.dim() == 3}
         self.params = [self.flat]
@@ -731,7 +777,13 @@ class DenseStack:
                     g = dh[0](g, a) if dh[1] is None else dh[0](dh[1], g, a)
         if not direct:
             M = self.n_models
-            torch.cat([parts[i].reshape(M, -1) for i in self._block_order] + [self._pad], dim=1, out=self.gflat)
+            pieces = []
+            for i in self._block_order:
+                if i in self._gaps:
+                    pieces.append(self._gaps[i])
+                pieces.append(parts[i].reshape(M, -1))
+            pieces.append(self._pad)
+            torch.cat(pieces, dim=1, out=self.gflat)
         for i, pg in grads:
             self.gviews[i].add_(pg)
         if self.pgroups:
