@@ -94,3 +94,31 @@ def test_holm_golden():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
     c = with_adjusted(paired_comparison([1.0, 2.0, 3.0], [0.0, 1.0, 2.5]), 0.2)
     assert c.p_adjusted == 0.2 and c.verdict == "not significant"
+
+
+def test_task_metrics_golden_values():
+    """Binary, multiclass and regression scores against scikit-learn and hand-computed numbers."""
+    from sklearn import metrics as sk
+
+    from reglab.diagnostics.metrics import score, to_probabilities
+
+    y = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 0])
+    p = np.array([0.51, 0.49, 0.3, 0.7, 0.4, 0.6, 0.6, 0.4, 0.6, 0.3])
+    s = score("binary", y, p)
+    assert s["log_loss"] == pytest.approx(sk.log_loss(y, p)) and s["log_loss"] == pytest.approx(0.4971, abs=1e-4)
+    assert s["accuracy"] == 1.0 and s["brier"] == pytest.approx(sk.brier_score_loss(y, p))
+    # ECE, 15 bins of the top-label confidence: every prediction right, mean confidence 0.589
+    assert s["ece"] == pytest.approx(1 - np.maximum(p, 1 - p).mean())
+    P = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    yc = np.array([0, 1, 1, 0])
+    s = score("multiclass", yc, P)
+    assert s["log_loss"] == pytest.approx(sk.log_loss(yc, P, labels=[0, 1, 2]))
+    assert s["accuracy"] == pytest.approx(0.75)
+    assert s["brier"] == pytest.approx(np.mean(((P - np.eye(3)[yc]) ** 2).sum(1)))
+    # bins: 0.7 (right), 0.8 (right), 0.4 (wrong), 0.5 (right), each its own bin -> mean |acc - conf|
+    assert s["ece"] == pytest.approx((0.3 + 0.2 + 0.4 + 0.5) / 4)
+    r = score("regression", np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 2.0]))
+    assert r == pytest.approx({"mse": (0.25 + 1) / 3, "mae": 0.5, "r2": sk.r2_score([1, 2, 3], [1.5, 2, 2])})
+    z = np.array([[0.0, np.log(3.0)]])
+    np.testing.assert_allclose(to_probabilities(z, "multiclass", True), [[0.25, 0.75]])
+    np.testing.assert_allclose(to_probabilities(np.array([[0.0]]), "binary", True), [0.5])

@@ -19,6 +19,11 @@ Conventions for fenced code blocks (the info string is the text after the openin
   line is ``# study file`` is written as ``study.toml`` there and loaded with its experiments.
 * other languages (``bash``, ``text``, ...) are not run.
 
+The pages show real schedules (the lecture's 200 epochs); to keep this file fast, ``reglab.fit``
+and ``reglab.fit_many`` called from a docs block train at most ``EPOCH_CAP`` epochs. Everything
+else -- the calls, their arguments, what they return and what the blocks do with it -- runs as
+written.
+
 Blocks are taken in document order, so a file block or a python block that writes a data file
 comes before the experiment that needs it.
 """
@@ -35,6 +40,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP_TAGS = {"keras", "fragment"}
+EPOCH_CAP = 3
 #: the imports a page in docs/ may assume (README.md gets none)
 PRELUDE = "import numpy as np\nimport torch\nfrom torch import nn\nimport reglab\n"
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
@@ -99,6 +105,14 @@ def _check_study(cwd: Path, where: str) -> None:
         assert p["experiment"] in names, f"{where}: [[path]] names {p['experiment']!r}, not one of {sorted(names)}"
 
 
+def _capped(train):
+    def capped(*args, **kwargs):
+        kwargs["epochs"] = min(int(kwargs.get("epochs", 1)), EPOCH_CAP)
+        return train(*args, **kwargs)
+
+    return capped
+
+
 def run_doc(doc: Path, cwd: Path) -> None:
     namespace: dict = {"__name__": f"docs_{doc.stem.replace('-', '_')}"}
     if doc.parent.name == "docs":
@@ -144,6 +158,10 @@ def run_doc(doc: Path, cwd: Path) -> None:
 
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
 def test_doc_runs(doc, tmp_path, monkeypatch):
+    import reglab
+
+    for name in ("fit", "fit_many"):
+        monkeypatch.setattr(reglab, name, _capped(getattr(reglab, name)))
     monkeypatch.chdir(tmp_path)
     run_doc(doc, tmp_path)
 

@@ -1,7 +1,6 @@
 """Experiment files, the study runner and its results: any module, any data, any task."""
 
 import json
-import math
 import subprocess
 import tomllib
 from pathlib import Path
@@ -14,7 +13,7 @@ import reglab
 from reglab.cli import main
 from reglab.experiments.path import with_strength
 from reglab.experiments.runner import Unit, execute, load_model, load_runs, plan_units, prepare, splits_of
-from reglab.experiments.schema import ConfigError, expand, load_experiment, load_experiments, validate
+from reglab.experiments.schema import ConfigError, load_experiment, load_experiments, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURE = ROOT / "studies" / "lecture" / "experiments"
@@ -294,7 +293,7 @@ args = {dropout = 0.0}
     spec = one(write(tmp_path, text, "drop.toml"))
     assert spec.config["model"]["args"] == {"width": 5, "dropout": 0.5}
     assert spec.baseline().config["model"]["args"] == {"width": 5, "dropout": 0.0}
-    cnn = one(write(tmp_path, text.replace('name = "drop"', 'name = "cnn"').replace("models.py:build", "cnn.py:build")
+    one(write(tmp_path, text.replace('name = "drop"', 'name = "cnn"').replace("models.py:build", "cnn.py:build")
                     .replace("args = {width = 5, dropout = 0.5}", "args = {channels = 2}").split("[baseline]")[0] +
                     '[regularize]\nparams = {"@kernels" = "l2"}\n', "cnn.toml"))
     out = tmp_path / "out"

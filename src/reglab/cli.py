@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import platform
@@ -76,6 +75,21 @@ def _meta_update(out: Path, **kw) -> dict:
     return meta
 
 
+def _execute(units, out: Path, **kw) -> dict:
+    """``execute``; on Ctrl-C, say what was kept and exit non-zero (130): finished runs stay, the
+    interrupted groups wrote nothing and are redone by the next run."""
+    from .experiments.runner import Unit, execute
+
+    units = list(units)
+    try:
+        return execute(units, out, **kw)
+    except KeyboardInterrupt:
+        done = sum(Unit.done(u, out) for u in units)
+        click.echo(f"interrupted: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "
+                   "ones were not written -- run the same command again to resume", err=True)
+        sys.exit(130)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="reglab")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
@@ -122,14 +136,14 @@ def run(paths, seeds, out, baselines, workers, progress) -> None:
     """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
     skipping finished runs; writes OUT/results.csv."""
     from .experiments.results import write_results_csv
-    from .experiments.runner import execute, plan_units
+    from .experiments.runner import plan_units
 
     specs = _load(paths)
     _prepare(specs, baselines)
     units = plan_units(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
-    info = execute(units, out_p, progress=progress, workers=workers)
+    info = _execute(units, out_p, progress=progress, workers=workers)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
     csv = write_results_csv(out_p)
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
@@ -206,7 +220,7 @@ def study(study_dir, seeds, out, workers, progress) -> None:
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     from .experiments.path import regularization_path
     from .experiments.results import write_results_csv
-    from .experiments.runner import execute, plan_units
+    from .experiments.runner import plan_units
     from .experiments.schema import ConfigError
     from .experiments.study import load_study, run_analysis
     from .report.render import write_report
@@ -234,7 +248,7 @@ def study(study_dir, seeds, out, workers, progress) -> None:
     for name, ref, args in st.analyses:
         if not (out_p / "analyses" / f"{name}.json").is_file():
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
-    info = execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side)
+    info = _execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side)
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],

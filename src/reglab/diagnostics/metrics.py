@@ -56,12 +56,10 @@ def to_probabilities(out: np.ndarray, task: str, from_logits: bool) -> np.ndarra
 
 def _ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     idx = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.mean() * abs(correct[m].mean() - confidence[m].mean())
-    return float(total)
+    n = np.bincount(idx, minlength=bins)
+    gap = np.bincount(idx, correct, minlength=bins) - np.bincount(idx, confidence, minlength=bins)
+    # sum over bins of (n_b / n) |acc_b - conf_b| = sum |sum_b(correct) - sum_b(confidence)| / n
+    return float(np.abs(gap[n > 0]).sum() / confidence.size)
 
 
 def score(task: str, y: Any, pred: Any) -> dict[str, float]:

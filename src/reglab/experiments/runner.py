@@ -184,14 +184,15 @@ def _atomic(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
-_FRESH: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_FRESH: dict[str, tuple[np.ndarray, np.ndarray, dict[str, float]]] = {}
 
 
-def _fresh(dist: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fresh(dist: Any) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The fresh sample of a known distribution and the Bayes-optimal prediction's scores on it."""
     key = repr(dist)
     if key not in _FRESH:
         x, y = dist.sample(FRESH_SAMPLES, FRESH_SEED)
-        _FRESH[key] = (x, y, dist.posterior(x))
+        _FRESH[key] = (x, y, score("binary", y, dist.posterior(x)))
     return _FRESH[key]
 
 
@@ -223,14 +224,12 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
     arrays: dict[str, np.ndarray] = {}
     dist = sp.distribution
     if dist is not None and sp.task == "binary":
-        fx, fy, fq = _fresh(dist)
+        fx, fy, bayes = _fresh(dist)
         fresh = _scores(sp, fl, model, sp.transform(fx), fy)
-        bayes = score("binary", fy, fq)
         for k in METRICS["binary"] if fresh else ():
             metrics[f"fresh_{k}"], metrics[f"bayes_{k}"] = fresh[k], bayes[k]
             metrics[f"excess_{k}"] = fresh[k] - bayes[k]
     if arrays_for_report and sp.task == "binary" and sp.input_shape == (2,) and "test_log_loss" in metrics:
-        raw_tr = sp.x_train if dist is None else None
         lo = np.minimum(sp.x_train.min(0), sp.x_test.min(0)) - 0.3
         hi = np.maximum(sp.x_train.max(0), sp.x_test.max(0)) + 0.3
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
@@ -240,7 +239,6 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
         if dist is not None and sp.transform(np.zeros((1, 2))).tolist() == [[0.0, 0.0]]:
             arrays["grid_bayes"] = dist.posterior(grid).reshape(GRID, GRID).astype(np.float32)
         arrays["x_train"], arrays["y_train"] = sp.x_train, sp.y_train
-        del raw_tr
     last = {k: float(v[-1]) for k, v in history.history.items()} if len(history) else {}
     for k in ("val_loss", "val_data_loss", "loss", "data_loss"):
         if k in last:

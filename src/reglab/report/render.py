@@ -17,7 +17,7 @@ from ..diagnostics.metrics import LABELS, METRICS
 from ..experiments.results import results_frame
 from ..experiments.runner import load_runs
 from . import plots
-from .summary import MIN_PAIRS, RowSummary, Summary, compared_metrics, lower_is_better, metric_label, summarize
+from .summary import MIN_PAIRS, Summary, compared_metrics, lower_is_better, metric_label, summarize
 
 __all__ = ["write_report", "Section"]
 

@@ -526,15 +526,30 @@ class DenseStack:
             fr = self._frames[key] = self._build_frame(B)
         return fr
 
+    def _padded_sigmoid(self, j: int, dest: list) -> bool:
+        """Whether op ``j`` is a sigmoid that runs padded (``_SIGMOID_PADDED``) on its affine's output."""
+        if not 0 < j < len(self.ops) or self.flat.device.type != "cpu":
+            return False
+        op, prev = self.ops[j], self.ops[j - 1]
+        return op.kind == "act" and op.act == "sigmoid" and prev.kind == "affine" and dest[j - 1] is None
+
     def _build_frame(self, B: int) -> _Frame:
         """The buffers, views and per-op plans of a batch of ``B`` (made once per batch size, mode
         and thread count; the step then only calls kernels)."""
         M, dev = self.n_models, self.flat.device
         n_ops = len(self.ops)
+        unit = self._unit
+
+        def buffer(*shape, lead=()):  # every model's block aligned (see _ALIGN)
+            return _model_buffer(self.flat, M, shape, unit, lead)
+
+        def loose(*shape):  # model m > 0 of a new contiguous (M, *shape) tensor starts off _ALIGN
+            return M > 1 and int(np.prod(shape)) % unit != 0
+
         abuf = None
         if self.agroups:
             L = self.agroups.layers
-            abuf = self.flat.new_zeros(L, M, B, self.agroups.W // L)  # zeros: columns no layer writes
+            abuf = buffer(B, self.agroups.W // L, lead=(L,))  # zeros: columns no layer writes
             for k, c in self._ones_at:
                 abuf[k, :, :, c] = 1.0
         dest = [None if (sp := self.aspan.get(j)) is None else abuf[sp[0], :, :, :sp[1]] for j in range(n_ops)]
@@ -542,15 +557,27 @@ class DenseStack:
         # buffer whose last column holds ones (the activity buffer's reserved column, or its own)
         inb: dict[int, torch.Tensor] = {}
         xcopy = None
+        first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
         for j, op in enumerate(self.ops):
-            if op.kind != "affine" or op.w not in self._bias_of:
+            if op.kind != "affine":
                 continue
-            in_ = self.shapes[op.w][1]
+            out_, in_ = self.shapes[op.w]
+            if op.w not in self._bias_of:
+                # BLAS reads the input where it lies: the batch itself (at any offset of the data)
+                # gets copied into an aligned buffer, a new tensor only where it is loose
+                if not _blas(B, in_, out_):
+                    continue
+                if j == 0:
+                    inb[j] = xcopy = buffer(B, in_)
+                elif self.ops[j - 1].kind != "affine" and dest[j - 1] is None and (j == first or loose(B, in_)) and \
+                        not self._padded_sigmoid(j - 1, dest):
+                    dest[j - 1] = buffer(B, in_)
+                continue
             if j > 0 and self.aspan.get(j - 1) is not None:
                 k, units = self.aspan[j - 1]
                 inb[j] = abuf[k, :, :, :units + 1]
                 continue
-            buf = self.flat.new_empty(M, B, in_ + 1)
+            buf = buffer(B, in_ + 1)
             buf[..., in_] = 1.0
             inb[j] = buf
             if j == 0:
@@ -561,21 +588,24 @@ class DenseStack:
         for j, op in enumerate(self.ops):
             if op.kind == "affine":
                 w = self.wt[op.w]  # (M, in (+ 1), out)
-                plan = (_product(B, w.shape[1], w.shape[2]), inb.get(j))
+                k, p = w.shape[1], w.shape[2]
                 out = dest[j]
-                nxt = self.ops[j + 1] if j + 1 < n_ops else None
-                if out is None and nxt is not None and nxt.kind == "act" and nxt.act == "sigmoid" and dev.type == "cpu":
+                if self._padded_sigmoid(j + 1, dest):
                     # sigmoid on whole SIMD vectors (reglab._lanes): the affine writes into the head
-                    # of a zero-padded buffer, the sigmoid runs over all of it
-                    n = M * B * w.shape[2]
-                    unit = LANES * max(1, torch.get_num_threads())
-                    zbuf = self.flat.new_zeros(n + (-n) % unit)
+                    # of a zero-padded buffer (each model's block aligned where BLAS writes it), the
+                    # sigmoid runs over all of it
+                    S = B * p if p == 1 else B * p + (-B * p) % unit
+                    n = M * S
+                    lanes = LANES * max(1, torch.get_num_threads())
+                    zbuf = self.flat.new_zeros(n + (-n) % lanes)
                     ybuf = torch.empty_like(zbuf)
-                    out = zbuf[:n].view(M, B, w.shape[2])
-                    fwd.append((j, _AFFINE, w, plan, out))
-                    fwd.append((j + 1, _SIGMOID_PADDED, zbuf, (ybuf, ybuf[:n].view(M, B, w.shape[2])), dest[j + 1]))
+                    out = zbuf[:n].as_strided((M, B, p), (S, p, 1))
+                    fwd.append((j, _AFFINE, w, (_product(B, k, p), inb.get(j)), out))
+                    fwd.append((j + 1, _SIGMOID_PADDED, zbuf, (ybuf, ybuf[:n].as_strided((M, B, p), (S, p, 1))),
+                                dest[j + 1]))
                     continue
-                fwd.append((j, _AFFINE, w, plan, out))
+                buf = buffer(B, p) if out is None and _blas(B, k, p) and loose(B, p) else None
+                fwd.append((j, _AFFINE, w, (_product(B, k, p, buf), inb.get(j)), out))
             elif op.kind == "act":
                 if fwd and fwd[-1][0] == j:
                     continue  # the padded sigmoid above
@@ -586,7 +616,7 @@ class DenseStack:
         if self._training and self.agroups is not None:
             gconst, gmaps = self.agroups.grad_maps(1, 1.0 / B)
             if gmaps:
-                G = torch.empty_like(abuf)
+                G = _model_buffer(self.flat, M, tuple(abuf.shape[2:]), unit, (abuf.shape[0],))
             else:  # constant: one model reads it whole (fewer dispatches), a stack one broadcast row
                 G = gconst.expand(abuf.shape[0], M, B if M == 1 else 1, abuf.shape[3])
                 G = G.contiguous() if M == 1 else G
@@ -594,8 +624,9 @@ class DenseStack:
         if self._training:
             # the backward plan, last op first: (op, kind, derivative or W, block index, the dW and
             # dh kernels (dh None for the first layer), gradient block to write into (one model), G's view)
+            # and, where the incoming derivative g (a new tensor) is loose for BLAS, an aligned
+            # buffer it is copied into)
             direct = M == 1
-            first = next(j for j, op in enumerate(self.ops) if op.kind == "affine")
             folded = None  # an op below an affine whose activity derivative the affine's dh adds
             for j in range(n_ops - 1, first - 1, -1):
                 op = self.ops[j]
@@ -603,17 +634,23 @@ class DenseStack:
                 if op.kind == "affine":
                     out_, in_ = self.shapes[op.w]
                     k = in_ + 1 if op.w in self._bias_of else in_
+                    has_dh = j > first
+                    stage = None
+                    if loose(B, out_) and (_blas(out_, B, k) or has_dh and _blas(B, out_, in_)):
+                        stage = buffer(B, out_)
                     dh = None  # (kernel, G's view it adds or None)
-                    if j > first and gsl[j - 1] is not None:  # dh = G's view + g W in one kernel
-                        dh, folded = (_product_add(B, out_, in_), gsl[j - 1]), j - 1
-                    elif j > first:
-                        dh = (_product(B, out_, in_), None)
-                    bwd.append((j, _AFFINE, self.views[op.w], op.w, _product(out_, B, k), dh,
-                                self.gblocks[op.w] if direct else None, gs))
+                    dhbuf = buffer(B, in_) if has_dh and _blas(B, out_, in_) and loose(B, in_) else None
+                    if has_dh and gsl[j - 1] is not None:  # dh = G's view + g W in one kernel
+                        dh, folded = (_product_add(B, out_, in_, dhbuf), gsl[j - 1]), j - 1
+                    elif has_dh:
+                        dh = (_product(B, out_, in_, dhbuf), None)
+                    dwbuf = buffer(out_, k) if not direct and _blas(out_, B, k) and loose(out_, k) else None
+                    bwd.append((j, _AFFINE, self.views[op.w], op.w, _product(out_, B, k, dwbuf), dh,
+                                self.gblocks[op.w] if direct else None, gs, stage))
                 elif op.kind == "act":
-                    bwd.append((j, _ACT, _ACTS[op.act][1], -1, None, None, None, gs))
+                    bwd.append((j, _ACT, _ACTS[op.act][1], -1, None, None, None, gs, None))
                 else:
-                    bwd.append((j, _DROPOUT, None, -1, None, None, None, gs))
+                    bwd.append((j, _DROPOUT, None, -1, None, None, None, gs, None))
         return _Frame(abuf, fwd, G, gmaps, gconst, bwd, xcopy)
 
     def objective(self, xb, yb):
@@ -759,7 +796,7 @@ class DenseStack:
         g = dout / B
         direct = self.n_models == 1
         parts: dict[int, torch.Tensor] = {}
-        for j, kind, a, w, dw, dh, gout, gs in fr.bwd:
+        for j, kind, a, w, dw, dh, gout, gs, stage in fr.bwd:
             if gs is not None:
                 g = g + gs
             if act_grads and j in act_grads:
@@ -769,6 +806,8 @@ class DenseStack:
             elif kind == _DROPOUT:
                 g = g * outputs[j]
             else:
+                if stage is not None:
+                    g = stage.copy_(g)
                 # [dW | db] = dz^T [h, 1] in one product. One model: straight into its (contiguous)
                 # gradient block; a stack: into new tensors, gathered by one cat below (writing into
                 # strided views makes bmm loop per model)
