@@ -88,7 +88,7 @@ def test_every_lecture_program_has_a_valid_file_with_its_settings():
         assert (tr["optimizer"]["learning_rate"], tr["epochs"], tr["batch_size"]) == (lr, ep, bs), p
         assert [la["units"] for la in progs[f"program {p}"].config["model"]["layers"]] == [32] * 5 + [1]
         # the lecture's protocol, written out: validation data = the 75 test points
-        assert progs[f"program {p}"].config["split"] == {"validation": "test", "test": 0.25, "resample": True}
+        assert progs[f"program {p}"].config["split"] == {"validation": "test", "test": 0.25}
     names = {s.name for s in specs}
     assert {"x_dropout", "x_adamw_decay", "x_l2_in_loss_adam", "x_early_stopping", "x_max_norm"} <= names
     base = {s.name: s.baseline().name for s in specs}
@@ -546,7 +546,7 @@ def test_cli_list_run_report_and_path(tmp_path):
                   "moons.toml")
     res = runner.invoke(main, ["path", str(moons), "--strengths", "0,0.01", "--seeds", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    doc = json.loads((out / "path.json").read_text())
+    doc = json.loads((out / "paths" / "tiny.json").read_text())
     assert doc["strengths"] == [0.0, 0.01] and np.asarray(doc["metrics"]["excess_log_loss"]).shape == (2, 2)
     assert doc["select_metric"] == "val_log_loss"
 

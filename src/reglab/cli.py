@@ -218,11 +218,11 @@ def path(path, strengths, seeds, out) -> None:
 def study(study_dir, seeds, out, workers, progress) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
-    from .experiments.path import regularization_path
+    from .experiments.path import path_file, path_key, regularization_path
     from .experiments.results import write_results_csv
     from .experiments.runner import plan_units
     from .experiments.schema import ConfigError
-    from .experiments.study import load_study, run_analysis
+    from .experiments.study import analysis_key, load_study, reusable, run_analysis
     from .report.render import write_report
 
     t0 = time.perf_counter()
@@ -237,16 +237,19 @@ def study(study_dir, seeds, out, workers, progress) -> None:
         raise click.ClickException(str(e)) from None
     specs = _load((str(study_dir),))
     _prepare(specs)
-    by_name = {s.name: s for s in specs}
     out_p = Path(out)
     side = []
     for p in st.paths:
-        if p["experiment"] not in by_name:
-            raise click.ClickException(f"{study_dir}/study.toml: path: no experiment named {p['experiment']!r}")
-        if not (out_p / "path.json").is_file():
-            side.append((regularization_path, (by_name[p["experiment"]], p["strengths"], list(range(p["seeds"])), out_p)))
+        grid = [s for s in specs if s.name == p["experiment"]]
+        if len(grid) != 1:
+            raise click.ClickException(f"{study_dir}/study.toml: path: {p['experiment']!r} is " +
+                                       ("no experiment of the study" if not grid else
+                                        f"an experiment with a sweep ({len(grid)} grid points); a path needs one"))
+        key = path_key(grid[0], p["strengths"], range(p["seeds"]))
+        if not reusable(path_file(out_p, p["experiment"]), key):
+            side.append((regularization_path, (grid[0], p["strengths"], list(range(p["seeds"])), out_p)))
     for name, ref, args in st.analyses:
-        if not (out_p / "analyses" / f"{name}.json").is_file():
+        if not reusable(out_p / "analyses" / f"{name}.json", analysis_key(ref, st.folder, args)):
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
     info = _execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side)
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "

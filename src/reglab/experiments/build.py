@@ -65,6 +65,8 @@ def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) 
     def build() -> nn.Module | tuple[nn.Module, _losses.Loss]:
         if "layers" in cfg["model"]:
             model = mlp(int(_flat(input_shape)), _layers(spec))
+            if len(input_shape) > 1:  # images and other non-flat examples: flattened first
+                model = nn.Sequential(nn.Flatten(), *model)
         else:
             fn, _, _ = resolve(cfg["model"]["builder"], spec.base, f"{file}: model.builder")
             model = _call_builder(fn, cfg["model"].get("args", {}), input_shape, n_outputs, f"{file}: model.builder")

@@ -80,7 +80,7 @@ def _frac(v: Any) -> bool:
 def check_split(split: Any, file: str, has_files: bool) -> dict[str, Any]:
     """Validate ``[split]`` (defaults filled in)."""
     if split is None:
-        return {} if has_files else dict(DEFAULT_SPLIT)
+        return {}
     if not isinstance(split, Mapping):
         _fail(file, "split", f"expected a table; got {split!r}")
     bad = set(split) - SPLIT_KEYS
@@ -89,16 +89,16 @@ def check_split(split: Any, file: str, has_files: bool) -> dict[str, Any]:
     if has_files and set(split) - {"validation"}:
         _fail(file, "split", "data.files gives the splits; [split] may only set validation (a fraction of the "
               "training file, where files has no validation entry)")
-    out = {} if has_files else dict(DEFAULT_SPLIT)
-    out.update(split)
+    out = dict(split)  # as written: the defaults apply where a key is absent (load_splits)
     if "test" in out and not _frac(out["test"]):
         _fail(file, "split.test", f"expected a fraction in (0, 1); got {out['test']!r}")
     v = out.get("validation")
     if v is not None and v != "test" and not _frac(v):
         _fail(file, "split.validation", f'expected a fraction in (0, 1) or "test" (the validation data are the test '
               f"data); got {v!r}")
-    if _frac(v) and _frac(out.get("test")) and v + out["test"] >= 1:
-        _fail(file, "split", f"validation + test = {v + out['test']:g} leaves no training data")
+    t = out.get("test", DEFAULT_SPLIT["test"])
+    if _frac(v) and _frac(t) and v + t >= 1:
+        _fail(file, "split", f"validation + test = {v + t:g} leaves no training data")
     if not isinstance(out.get("resample", True), bool):
         _fail(file, "split.resample", f"expected true or false; got {out['resample']!r}")
     return out
@@ -345,6 +345,11 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         else:
             xtr, xv, ytr, yv = _split_off(xr, yr, vfrac / (1 - tfrac), data_seed + 7919, task)
     else:
+        ignored = [k for k in ("test", "validation") if k in split and split[k] != "test" and
+                   (k == "test" or "validation" in roles)]
+        if ignored:
+            _fail(file, f"split.{ignored[0]}", "the data come already split (files or a loader's dict with "
+                  f"{sorted(roles)}), so this fraction would be ignored; remove it")
         xtr, ytr = roles["train"]
         xte, yte = roles["test"]
         if "validation" in roles:

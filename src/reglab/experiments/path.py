@@ -29,7 +29,12 @@ from .build import builder, early_stopping, loss_of
 from .runner import evaluate_run, splits_of, write_json
 from .schema import ExperimentSpec
 
-__all__ = ["regularization_path", "with_strength"]
+__all__ = ["regularization_path", "with_strength", "path_file"]
+
+
+def path_file(out: str | Path, experiment: str) -> Path:
+    """Where the path of ``experiment`` is written: ``out/paths/<experiment>.json``."""
+    return Path(out) / "paths" / f"{experiment}.json"
 
 
 def _set_strength(ser: dict, lam: float) -> dict:
@@ -61,10 +66,20 @@ def with_strength(spec: ExperimentSpec, lam: float) -> ExperimentSpec:
     return ExperimentSpec(cfg, spec.path, dict(spec.inputs))
 
 
+def path_key(spec: ExperimentSpec, strengths: Sequence[float], seeds: Sequence[int]) -> str:
+    """What a path's results depend on: the experiment's digest, the strengths and the seeds
+    (a study reuses a written path only when its key matches)."""
+    import hashlib
+    import json
+
+    blob = json.dumps([spec.digest(), [float(s) for s in strengths], [int(s) for s in seeds]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds: Sequence[int],
                         out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Train ``len(strengths) x len(seeds)`` models in one vectorized run; return (and write to
-    ``out/path.json``) the metrics per strength, the chosen strength and its held-out score."""
+    ``out/paths/<experiment>.json``) the metrics per strength, the chosen strength and its held-out score."""
     t0 = time.perf_counter()
     strengths = [float(s) for s in strengths]
     if not strengths or any(not s >= 0 for s in strengths):
@@ -108,6 +123,7 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     where = "the validation split" if not sp0.validation_is_test else "the validation data (which are the test data here)"
     held_words = ("a fresh sample from the known distribution" if sp0.distribution is not None else "the test split")
     doc = {
+        "key": path_key(spec, strengths, seeds),
         "experiment": spec.name,
         "label": "lambda replacing every regularization strength of " + spec.name,
         "task": task, "select_metric": f"val_{select}", "held_out_metric": held,
@@ -133,5 +149,5 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
                     (f"; lambda = 0 (no regularization) has {stats[held][zero][0]:.4f}." if zero is not None else ".")),
     }
     if out is not None:
-        write_json(Path(out) / "path.json", doc)
+        write_json(path_file(out, spec.name), doc)
     return doc

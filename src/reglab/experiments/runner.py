@@ -157,6 +157,10 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         except ValueError as e:
             raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for 2 examples does not fit the "
                               f"{sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
+        es = spec.config["train"].get("early_stopping", {})
+        if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
+            raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
+                              "regression task; monitor val_loss or val_data_loss")
         names = {n for n, _ in model.named_modules()}
         for layer in spec.config.get("analysis", {}).get("sparsity_layers", []):
             if layer not in names:

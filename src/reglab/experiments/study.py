@@ -110,8 +110,12 @@ def load_study(folder: str | Path) -> Study:
         st = p.get("strengths", [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
         if not isinstance(st, list) or not st or not all(isinstance(s, (int, float)) and s >= 0 for s in st):
             raise ConfigError(f"{file}: {where}.strengths: expected non-negative numbers; got {st!r}")
-        study.paths.append({"experiment": p["experiment"], "strengths": [float(s) for s in st],
-                            "seeds": int(p.get("seeds", 10))})
+        n = p.get("seeds", 10)
+        if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= LIMITS["seeds"]):
+            raise ConfigError(f"{file}: {where}.seeds: expected an integer from 1 to {LIMITS['seeds']}; got {n!r}")
+        if any(q["experiment"] == p["experiment"] for q in study.paths):
+            raise ConfigError(f"{file}: {where}: a second path of {p['experiment']!r}")
+        study.paths.append({"experiment": p["experiment"], "strengths": [float(s) for s in st], "seeds": n})
     for key, target in (("analysis", study.analyses), ("section", study.sections)):
         for i, a in enumerate(raw.get(key, [])):
             where = f"{key}[{i}]"
@@ -131,6 +135,26 @@ def load_study(folder: str | Path) -> Study:
     return study
 
 
+def analysis_key(ref: str, folder: str | Path, args: dict) -> str:
+    """What an analysis's results depend on: its function, the hash of its source and its args
+    (a study reuses a written analysis only when its key matches)."""
+    import hashlib
+    import json
+
+    _, _, digest = resolve(ref, folder, f"{folder}/study.toml")
+    return hashlib.sha256(json.dumps([ref, digest, args], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reusable(path: Path, key: str) -> bool:
+    """A written path/analysis document whose key matches."""
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run_analysis(name: str, ref: str, folder: str | Path, args: dict, out: str | Path) -> dict:
     """Run one analysis of a study (``ref`` resolved against the study ``folder``, also in a
     worker process) and write its document to ``out/analyses/<name>.json``."""
@@ -140,5 +164,6 @@ def run_analysis(name: str, ref: str, folder: str | Path, args: dict, out: str |
     doc = fn(out, **args)
     if not isinstance(doc, dict) or "title" not in doc:
         raise ValueError(f"analysis {name!r} must return a dict with at least a title; got {type(doc).__name__}")
+    doc["key"] = analysis_key(ref, folder, args)
     write_json(out / "analyses" / f"{name}.json", doc)
     return doc

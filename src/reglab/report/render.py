@@ -367,12 +367,11 @@ def _inside(out: Path, rel: Any) -> Path | None:
 
 
 def _section_analyses(doc: Doc, out: Path, figs: Path) -> None:
-    p = out / "path.json"
-    if p.is_file():
+    for p in sorted((out / "paths").glob("*.json")) if (out / "paths").is_dir() else []:
         try:
             _path(doc, json.loads(p.read_text()), figs)
-        except (ValueError, KeyError, TypeError):
-            doc.p("`path.json` is damaged and was skipped.")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            doc.p(f"`paths/{p.name}` is damaged and was skipped.")
     for f in sorted((out / "analyses").glob("*.json")) if (out / "analyses").is_dir() else []:
         try:
             a = json.loads(f.read_text())
@@ -391,13 +390,14 @@ def _section_analyses(doc: Doc, out: Path, figs: Path) -> None:
 
 
 def _path(doc: Doc, pd: dict, figs: Path) -> None:
-    doc.h(2, "Regularization path")
+    doc.h(2, f"Regularization path of `{pd['experiment']}`")
     doc.p(str(pd["description"]))
     keys = list(pd["stats"])
     doc.table(["strength"] + [metric_label(k) for k in keys],
               [[f"{s:.2g}", *[_ci(tuple(pd["stats"][k][i]), 4) for k in keys]] for i, s in enumerate(pd["strengths"])])
     doc.p(str(pd["verdict"]))
-    doc.img(doc.figure(plots.path_plot, pd, figs / "regularization_path.png"), "regularization path")
+    doc.img(doc.figure(plots.path_plot, pd, figs / f"regularization_path_{_safe(str(pd['experiment']))}.png"),
+            f"regularization path of {pd['experiment']}")
 
 
 def _section_env(doc: Doc, meta: dict, summ: Summary) -> None:
