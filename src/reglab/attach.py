@@ -152,6 +152,8 @@ class _Collector:
     names: dict[int, str]
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: True: activity penalties are not computed at all (predictions only)
+    skip: bool = False
 
 
 _COLLECTOR: contextvars.ContextVar[_Collector | None] = contextvars.ContextVar("reglab_collector", default=None)
@@ -182,6 +184,8 @@ def _activity_hook(module: nn.Module, args: Any, out: Any) -> None:
             f"{type(out).__name__}, not a tensor (or tuple whose first element is a tensor)"
         )
     col = _COLLECTOR.get()
+    if col is not None and col.skip:
+        return
     if col is not None:
         name = col.names[id(module)]
         term = _activity_term(state.regularizer, y, col.hparams.get(name))
@@ -398,6 +402,10 @@ class PenaltyPlan:
 
     def collect(self, hparams: Mapping[str, Mapping[str, Any]] | None = None) -> _Collect:
         return _Collect(_Collector(self._names, hparams or {}))
+
+    def ignore(self) -> _Collect:
+        """A context in which forward passes compute no activity penalty (and record none)."""
+        return _Collect(_Collector(self._names, {}, skip=True))
 
     def terms(self, collected: _Collector | None = None,
               hparams: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, torch.Tensor]:

@@ -75,12 +75,25 @@ def _meta_update(out: Path, **kw) -> dict:
     return meta
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before training when the output folder cannot be written."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".reglab-write-check-"):
+            pass
+    except OSError as e:
+        raise click.ClickException(f"{out}: the output folder is not writable: {e}") from None
+
+
 def _execute(units, out: Path, **kw) -> dict:
     """``execute``; on Ctrl-C, say what was kept and exit non-zero (130): finished runs stay, the
     interrupted groups wrote nothing and are redone by the next run."""
     from .experiments.runner import Unit, execute
 
     units = list(units)
+    _check_writable(out)
     try:
         return execute(units, out, **kw)
     except KeyboardInterrupt:
