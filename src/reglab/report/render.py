@@ -246,7 +246,9 @@ def _section_table(doc: Doc, summ: Summary) -> None:
         for e in rows:
             table.append([f"`{e.key}`", e.title, f"{len(e.finished)} / {len(e.runs)}"] +
                          [_ci(e.stats.get(k), 4 if k.startswith("excess") else 3) for k in keys])
-        doc.table(header, table, note="n/a: no finished run has this figure; \"(one run)\": no interval from one run")
+        flat = " ".join(c for r in table for c in r)
+        doc.table(header, table, note="n/a: no finished run has this figure; \"(one run)\": no interval from one run"
+                  if "n/a" in flat or "(one run)" in flat else None)
 
 
 def _section_comparisons(doc: Doc, summ: Summary) -> None:
