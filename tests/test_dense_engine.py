@@ -111,6 +111,64 @@ def test_whole_vectors_gives_each_element_the_same_bits_anywhere():
         assert torch.equal(whole_vectors(torch.sigmoid, x[k:k + 1])[0], full[k])
 
 
+def _odd_nets(dtype):
+    """Layer widths and batch sizes that leave a model's matrices at every offset of a stack's
+    tensors (relevant: MKL's rounding depends on alignment on some CPUs, ``dense._ALIGN``)."""
+    def dense_net(seed):
+        torch.manual_seed(seed)
+        return reglab.models.mlp(3, [
+            dict(units=7, activation="tanh", activity_regularizer=R.L2(0.01)),
+            dict(units=32, activation="relu", activity_regularizer=R.L1(0.01)),
+            dict(units=5, activation="sigmoid", kernel_regularizer=R.L2(0.01)),
+            dict(units=3, activation="softmax")]).to(dtype), L.get("sparse_categorical_crossentropy")
+
+    def plain_net(seed):  # no biases: the batch and new tensors feed the products directly
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(3, 9, bias=False), nn.Tanh(), nn.Linear(9, 32, bias=False), nn.ReLU(),
+                             nn.Linear(32, 3, bias=False), nn.Sigmoid(), nn.Linear(3, 1)).to(dtype), L.get("mse")
+    return dense_net, plain_net
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_models_step_does_not_depend_on_its_stack(dtype, threads):
+    """One training step of a model alone and at each position of stacks of 2, 3 and 5 (the other
+    models different): the same loss and gradient, bit for bit, for odd batch sizes and widths, on 1
+    and 2 threads (MKL splits a lone product across threads but not a batch's: ``dense._product``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for net in _odd_nets(dtype):
+            for B in (5, 20, 25):
+                g = torch.Generator().manual_seed(B)
+                x = torch.randn(B, 3, generator=g).to(dtype)
+                y = torch.randint(0, 3, (B,), generator=g) if net.__name__ == "dense_net" else \
+                    torch.randn(B, 1, generator=g).to(dtype)
+
+                def step(seeds, pos):
+                    built = [net(s) for s in seeds]
+                    stack = DenseStack([m for m, _ in built], [lo for _, lo in built], False, 2, y.dim())
+                    try:
+                        stack.train(True)
+                        xs = torch.randn((len(seeds),) + tuple(x.shape), generator=g).to(dtype)
+                        xs[pos] = x
+                        data, _, _, _ = stack.objective(xs if len(seeds) > 1 else x, y)
+                        stack.backward(None, None)
+                        return data[pos].clone(), stack.gflat[pos].clone()
+                    finally:
+                        stack.write_back()
+                alone = step([7], 0)
+                for M in (2, 3, 5):
+                    for pos in range(M):
+                        seeds = [100 + i for i in range(M)]
+                        seeds[pos] = 7
+                        data, grad = step(seeds, pos)
+                        assert torch.equal(data, alone[0]), (net.__name__, B, M, pos)
+                        assert torch.equal(grad, alone[1]), (net.__name__, B, M, pos)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_one_pass_validation_equals_batched_keras_validation():
     data = blobs(0)
     model, loss = reglab_program(6, seed=0)

@@ -181,7 +181,7 @@ def test_errors_found_only_by_building_are_reported_before_anything_trains(tmp_p
     out = tmp_path / "out"
     cases = {
         "pattern": ('\n[regularize]\nparams = {"nope.*" = "l2"}\n', "regularize.params: parameter pattern 'nope.*' matches no"),
-        "output": ('', "output shape (2, 3) for 2 examples does not fit the binary targets"),
+        "output": ('', "the model outputs 3 value(s) per example but the binary task of the data needs one unit"),
         "arg": ('', "the builder takes no argument(s) ['depth']"),
     }
     for name, (extra, msg) in cases.items():
@@ -335,7 +335,8 @@ def test_split_files_and_a_loader(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("a,b,target\n1,2,0\n3,nan,1\n", r"x has 1 NaN/inf value\(s\), the first in example 1"),
+    ("a,b,target\n1,2,0\n3,nan,1\n", r"1 empty/NaN input value\(s\), the first in column 'b', line 3 of the file"),
+    ("a,b,target\n1,2,0\n3,?,1\n", r"non-numeric input column\(s\) \['b'\]"),
     ("a,b,label\n1,2,0\n3,4,1\n", r"data.target: column 'target' not in"),
     ("a,b,target\n1,2,0\n3,4,2\n5,6,1\n7,8,1.5\n", None),
 ])
@@ -358,7 +359,7 @@ def test_labels_that_do_not_fit_the_task_and_missing_files(tmp_path):
         prepare([one(p)])
     np.savez(tmp_path / "e.npz", x=np.zeros((6, 2)), y=np.array([0, 1, 5, 0, 1, 2]))
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "e.npz"\ntask = "multiclass"'), "e.toml")
-    with pytest.raises(ConfigError, match=r"multiclass labels must be 0..5|does not fit"):
+    with pytest.raises(ConfigError, match=r"binary_crossentropy is a binary loss but the data have 6 classes"):
         prepare([one(p)])
     np.savez(tmp_path / "f.npz", x=np.zeros((6, 2)), y=np.zeros(5))
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "f.npz"'), "f.toml")
@@ -367,6 +368,38 @@ def test_labels_that_do_not_fit_the_task_and_missing_files(tmp_path):
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "gone.csv"\ntarget = "y"'), "g.toml")
     with pytest.raises(ConfigError, match=r"g.toml: data.file: no such file"):
         load_experiment(p)
+
+
+@pytest.mark.parametrize("units, labels, message", [
+    (2, [0, 1, 2], r"outputs 2 value\(s\) per example but the multiclass task of the data needs 3 \(one per class 0..2\)"),
+    (4, [0, 1, 2], r"outputs 4 value\(s\) per example but the multiclass task of the data needs 3"),
+    (3, [1, 2, 3], r"multiclass labels must be 0..K-1; these start at 1"),
+    (1, list(range(38)), r"needs 38 \(one per class 0..37\); if the target is a count or a measurement, set data.task"),
+])
+def test_output_width_and_labels_are_checked_before_training(tmp_path, units, labels, message):
+    y = np.array(labels * 4)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(y.size, 2)), y=y)
+    text = TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.npz"').replace(
+        'loss = "binary_crossentropy"', 'loss = "sparse_categorical_crossentropy"').replace(
+        'units = 1\nactivation = "sigmoid"', f'units = {units}\nactivation = "softmax"')
+    with pytest.raises(ConfigError, match=message):
+        prepare([one(write(tmp_path, text, "w.toml"))])
+
+
+def test_mistakes_named_at_their_key(tmp_path):
+    (tmp_path / "models.py").write_text(BUILDER)
+    text = (TINY.split("[[model.layers]]")[0] + '[model]\nbuilder = "models.py:build"\n[baseline]\nargs = {dropuot = 0.0}\n')
+    with pytest.raises(ConfigError, match=r"baseline.args: the builder takes no argument\(s\) \['dropuot'\]"):
+        load_experiment(write(tmp_path, text, "b.toml"))
+    sweep = TINY.replace("epochs = 3", "epoch = 3") + '\n[[sweep]]\npath = ["train", "batch_size"]\nvalues = [10, 20]\n'
+    with pytest.raises(ConfigError) as err:
+        load_experiment(write(tmp_path, sweep, "s.toml"))
+    assert "unknown key(s) ['epoch']" in str(err.value) and "sweep point" not in str(err.value)
+    st = TINY.replace("n_samples = 80", "n_samples = 80\nstandardize_target = true")
+    with pytest.raises(ConfigError, match=r"data.standardize_target: only for regression targets; the task is binary"):
+        prepare([one(write(tmp_path, st, "t.toml"))])
+    with pytest.raises(FileNotFoundError, match="no such results folder"):
+        reglab.load_results(tmp_path / "nothing")
 
 
 def test_task_inference():

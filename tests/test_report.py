@@ -117,3 +117,14 @@ def test_text_from_files_is_literal_in_figures_and_tables(tmp_path):
     assert res.exit_code == 0, res.output
     md = (out / "report.md").read_text()
     assert "$\\undefinedmacro$ \\| pipe" in md
+
+
+def test_a_relative_output_folder_with_analysis_figures(study, tmp_path, monkeypatch):
+    """`make run` writes to `results` (relative): figures of analyses must still be placed."""
+    import shutil
+
+    out, _, _ = study
+    shutil.copytree(out, tmp_path / "rel")
+    monkeypatch.chdir(tmp_path)
+    md = write_report(Path("rel"))["markdown"].read_text()
+    assert "](figures/autoencoder_features.png)" in md

@@ -46,7 +46,7 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
     if is_file_ref(module):
         path = (Path(base) / module).resolve()
         if not path.is_file():
-            raise ValueError(f"{where}: no such file {str(path)!r} (paths are relative to the experiment file)")
+            raise ValueError(f"{where}: no such file {str(path)!r} (paths are relative to the file that names it)")
         digest = file_sha256(path)
         key = (str(path), digest)
         mod = _LOADED.get(key)

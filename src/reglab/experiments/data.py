@@ -212,11 +212,16 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
     if target is None or target not in df.columns:
         _fail(file, "data.target", f"column {target!r} not in {str(path)!r}; its columns are {list(df.columns)}")
     xdf = df.drop(columns=[target])
-    non_num = [c for c in xdf.columns if not np.issubdtype(xdf[c].dtype, np.number)]
+    non_num = [c for c in xdf.columns if not pd.api.types.is_numeric_dtype(xdf[c])]
     if non_num:
         _fail(file, key, f"{str(path)!r}: non-numeric input column(s) {non_num}")
+    nan = xdf.isna().to_numpy()
+    if nan.any():
+        r, c = np.argwhere(nan)[0]
+        _fail(file, key, f"{str(path)!r}: {int(nan.sum())} empty/NaN input value(s), the first in column "
+              f"{xdf.columns[c]!r}, line {r + 2} of the file")
     y = df[target].to_numpy()
-    if not np.issubdtype(y.dtype, np.number):
+    if not pd.api.types.is_numeric_dtype(df[target]):
         _fail(file, "data.target", f"{str(path)!r}: column {target!r} is not numeric")
     return xdf.to_numpy(dtype=np.float32), y
 
@@ -291,6 +296,9 @@ def _labels(y: np.ndarray, task: str, n_classes: int | None, file: str, key: str
         _fail(file, key, f"{task} labels must be integers; label {flat[i]!r} at index {i} is not")
     lab = flat.astype(np.int64)
     hi = 1 if task == "binary" else (n_classes - 1 if n_classes else lab.max())
+    if task == "multiclass" and lab.size and lab.min() > 0 and key == "data":
+        _fail(file, key, f"multiclass labels must be 0..K-1; these start at {lab.min()} (class 0 would have no "
+              "example): relabel them, or set data.task = \"regression\" for a count or measurement")
     bad = np.argwhere((lab < 0) | (lab > hi))
     if bad.size:
         i = int(bad[0][0])
@@ -371,7 +379,9 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         transform = _Standardize(mean, std)
         xtr, xv, xte = transform(xtr), transform(xv), transform(xte)
     y_transform = None
-    if data.get("standardize_target") and task == "regression":
+    if data.get("standardize_target") and task != "regression":
+        _fail(file, "data.standardize_target", f"only for regression targets; the task is {task}")
+    if data.get("standardize_target"):
         y_transform = _Standardize(ytr.mean(axis=0, dtype=np.float64), np.where(ytr.std(axis=0) > 0, ytr.std(axis=0), 1.0))
         ytr, yv, yte = y_transform(ytr), y_transform(yv), y_transform(yte)
     if val_is_test:

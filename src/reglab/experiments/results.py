@@ -58,6 +58,8 @@ def results_frame(rows: list[dict]):
 
 def load_results(out: str | Path):
     """Every finished run under ``out`` as a pandas ``DataFrame`` (see the module docstring)."""
+    if not Path(out).is_dir():
+        raise FileNotFoundError(f"{out}: no such results folder")
     return results_frame(load_runs(out))
 
 

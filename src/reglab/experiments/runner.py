@@ -137,6 +137,15 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         loss = _losses.get(lo)
         if sp.task in ("binary", "multiclass") and loss.task is None:
             raise ConfigError(f"{spec.path}: train.loss: {loss.name} does not fit the {sp.task} task of the data")
+        if sp.task == "multiclass" and loss.task == "binary":
+            raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a binary loss but the data have "
+                              f"{sp.n_outputs} classes; use \"sparse_categorical_crossentropy\" (integer labels)")
+        if sp.task == "multiclass" and loss.task == "categorical":
+            raise ConfigError(f"{spec.path}: train.loss: {loss.name} needs one-hot targets; the data's labels are "
+                              "integers: use \"sparse_categorical_crossentropy\"")
+        if sp.task == "binary" and loss.task in ("categorical", "sparse"):
+            raise ConfigError(f"{spec.path}: train.loss: {loss.name} on a binary task: use \"binary_crossentropy\" "
+                              "with one output unit, or set data.task = \"multiclass\"")
         if sp.task == "regression" and loss.task is not None:
             raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
                               "regression (set data.task, or a regression loss such as \"mse\")")
@@ -151,6 +160,14 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         except Exception as e:  # any error of the user's forward
             raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
                               f"{type(e).__name__}: {e}") from None
+        width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
+        if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
+            hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""
+                    if sp.task == "binary" else
+                    f"{sp.n_outputs} (one per class 0..{sp.n_outputs - 1}); if the target is a count or a measurement, "
+                    "set data.task = \"regression\"")
+            raise ConfigError(f"{spec.path}: model: the model outputs {width} value(s) per example but the "
+                              f"{sp.task} task of the data needs {hint}")
         yb = _t.as_tensor(np.asarray(sp.y_train[:2]))
         try:
             loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
@@ -288,7 +305,8 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
         unit = Unit(spec, seed)
         failed = res.failed.get(i)
         result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i], arrays_for_report=i == 0)
-        row = {"run_id": unit.run_id, "experiment": spec.name, "title": spec.title, "seed": seed,
+        title = spec.title.replace("default loss", loss_name(spec, sp0.task))
+        row = {"run_id": unit.run_id, "experiment": spec.name, "title": title, "seed": seed,
                "version": __version__, "config": spec.config, "digest": spec.digest(), "inputs": spec.inputs,
                "task": sp0.task, "loss_name": loss_name(spec, sp0.task), "is_baseline": spec.is_baseline,
                "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,

@@ -185,8 +185,7 @@ class ExperimentSpec:
         model = c["model"]
         if "layers" in model:
             model["layers"] = [{k: v for k, v in layer.items() if k in ("units", "activation", "use_bias",
-                                                                         "kernel_initializer", "bias_initializer",
-                                                                         "activity_before_activation")}
+                                                                         "kernel_initializer", "bias_initializer")}
                                for layer in model["layers"]]
         else:
             model["args"] = {**model.get("args", {}), **c.get("baseline", {}).get("args", {})}
@@ -302,7 +301,7 @@ def _with_defaults(fn: Any, args: dict[str, Any], file: str) -> dict[str, Any]:
         raise ConfigError(f"{file}: model.args: the builder takes no argument(s) {sorted(bad)}; it takes "
                           f"{sorted(k for k in named if k not in ('input_shape', 'n_outputs'))}")
     out = {k: p.default for k, p in named.items() if k not in ("input_shape", "n_outputs")
-           and p.default is not inspect.Parameter.empty and isinstance(p.default, (int, float, str, bool))}
+           and p.default is not inspect.Parameter.empty and isinstance(p.default, (int, float, str, bool, type(None)))}
     out.update(args)
     missing = [k for k, p in named.items() if k not in out and k not in ("input_shape", "n_outputs")
                and p.default is inspect.Parameter.empty]
@@ -436,6 +435,10 @@ def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
                 "baseline", "a table with args = {...} (builder arguments of the unregularized baseline)", b)
         if "builder" not in cfg["model"]:
             raise ConfigError(f"{file}: baseline.args: only used with model.builder")
+        bad = set(b.get("args", {})) - set(cfg["model"]["args"])
+        if bad:
+            raise ConfigError(f"{file}: baseline.args: the builder takes no argument(s) {sorted(bad)}; it takes "
+                              f"{sorted(cfg['model']['args'])}")
         cfg["baseline"] = {"args": dict(b.get("args", {}))}
     if "regularize" in raw:
         cfg["regularize"] = _regularize(raw["regularize"], file)
@@ -518,6 +521,8 @@ def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
     if len({column(p) for p, _ in axes}) != len(axes):
         raise ConfigError(f"{file}: sweep: two entries have the same path")
     body = {k: v for k, v in raw.items() if k != "sweep"}
+    if axes:
+        validate(body, file)  # an error of the file as written names no sweep point
     specs = []
     for point in itertools.product(*[v for _, v in axes]) if axes else [()]:
         r = copy.deepcopy(body)

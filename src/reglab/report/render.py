@@ -81,7 +81,7 @@ class Doc:
                 out.append("| " + " | ".join(_md_cell(c) for c in header) + " |\n|" + "---|" * len(header) + "\n" +
                            "\n".join("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows))
             elif kind == "img":
-                out.append(f"![{b[1]}]({b[0].relative_to(root).as_posix()})")
+                out.append(f"![{b[1]}]({Path(b[0]).resolve().relative_to(Path(root).resolve()).as_posix()})")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
@@ -265,7 +265,9 @@ def _section_comparisons(doc: Doc, summ: Summary) -> None:
                 fail = ""
                 if e.failure_test:
                     fail = f"{e.failure_test[0]} vs {e.failure_test[1]} failed (Fisher p = {e.failure_test[2]:.2g})"
-                table.append([f"`{e.key}`", f"`{e.baseline}`", str(c.n if c else 0)] + _cmp(c) +
+                b = summ.rows.get(e.baseline)
+                pairs = c.n if c else (len(set(e.by_seed(metric)) & set(b.by_seed(metric))) if b else 0)
+                table.append([f"`{e.key}`", f"`{e.baseline}`", str(pairs)] + _cmp(c) +
                              [_direction(metric, c), fail])
             doc.h(3, f"Δ {metric_label(metric)} (experiment − baseline; "
                      f"{'lower' if lower_is_better(metric) else 'higher'} is better)")
