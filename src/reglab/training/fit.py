@@ -34,7 +34,7 @@ def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
 def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, device, prefix: str = ""):
     """Validate and convert ``x, y``; check one forward pass against the loss's expected shapes.
 
-    ``x`` is cast to the model's parameter dtype (the lecture's x is float64, its y float32; both
+    ``x`` is cast to the model's parameter dtype (a Keras program's x is often float64, its y float32; both
     become the model's dtype, float32 by default); float targets likewise.
     """
     if y is None:
@@ -95,7 +95,7 @@ def fit(
     - ``optimizer``: a torch optimizer instance (used as is) or a Keras name/config
       (``"adam"``, ``{"name": "adam", "learning_rate": 0.005}``, ``"sgd"``, ``"rmsprop"``,
       ``"adamw"``) meaning Keras's optimizer, defaults and update rule. The default is ``"adam"``,
-      the lecture's optimizer (Keras's ``compile`` defaults to ``"rmsprop"``).
+      the optimizer of the Keras programs reproduced here (Keras's ``compile`` defaults to ``"rmsprop"``).
     - ``x``: an array/tensor (with ``y``), a ``Dataset`` or a ``DataLoader`` of ``(x, y)``.
       Inputs are cast to the model's parameter dtype.
     - ``validation_split``: as Keras, the *last* fraction of ``x, y`` (before shuffling) is held out

@@ -132,7 +132,7 @@ def fit_many(
     per_model_bytes = _estimate_bytes(first, batch_size, int(np.shape(x[0] if x_per else x)[-1]))
     chunk = M if not memory_budget else max(1, min(M, int(memory_budget // max(per_model_bytes, 1))))
     if memory_budget and next(first.parameters()).device.type == "cpu":
-        # measured (benchmarks/RESULTS.md): on CPU the lecture MLP trains fastest per model at M ~ 512 (2 threads);
+        # measured (benchmarks/RESULTS.md): on CPU a 32x5 MLP trains fastest per model at M ~ 512 (2 threads);
         # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
         chunk = min(chunk, CPU_CHUNK)
     n_chunks = math.ceil(M / chunk)
