@@ -4,8 +4,9 @@ activation layers, trained with the backward pass written out. ``fit`` (M = 1) a
 (``SingleStack``) or ``torch.vmap`` (``VmapStack``).
 
 Why: for the small MLPs regularization is studied on, autograd's bookkeeping costs more than the
-arithmetic (a step of the lecture's program 6 on a 2-core CPU: ~1.4 ms through autograd, ~0.25 ms
-here, where every buffer, view and kernel choice of a batch size is planned once: ``_Frame``).
+arithmetic (a step of a 5 x Dense(32) MLP with weight, bias and activity penalties, batch 20, on a
+2-core CPU: ~1.4 ms through autograd, ~0.25 ms here, where every buffer, view and kernel choice
+of a batch size is planned once: ``_Frame``).
 Per model m and Dense layer (torch layout ``W (out, in)``), with ``[h, 1]`` the layer's input and a
 column of ones and ``[W | b]`` its weights and bias side by side::
 
@@ -23,11 +24,13 @@ stack of M > 1 draws all its models' masks at once, so with dropout a model in `
 not get the draw it gets alone (as on the vmap path).
 
 Layout: row m of one ``(M, P)`` buffer holds all of model m's parameters (P padded to a multiple
-of 64), each biased layer as one ``(out, in + 1)`` block ``[W | b]`` (its weight and bias are
-strided views of the block), so the optimizer runs one fused kernel on one tensor and every
-element is updated by the same SIMD code. Together with ``reglab._lanes`` and ``_product`` below
-this makes a model's numbers bit-identical whether it is trained alone (``fit``) or in a stack of
-any size (``fit_many``). With M = 1 the model's own parameters become views of that buffer while
+of 64), each biased layer as one ``(out, in + 1)`` block ``[W | b]`` at an aligned offset (its
+weight and bias are strided views of the block), so the optimizer runs one fused kernel on one
+tensor and every element is updated by the same SIMD code. Together with ``reglab._lanes``,
+``_ALIGN`` (every matrix a product reads or writes starts at an aligned address) and ``_product``
+(one BLAS kernel kind per shape, whatever M and the thread count) below this makes a model's
+numbers bit-identical whether it is trained alone (``fit``) or in a stack of any size
+(``fit_many``). With M = 1 the model's own parameters become views of that buffer while
 training, so callbacks see the current weights.
 """
 
@@ -113,16 +116,19 @@ def _act_name(mod: nn.Module) -> str | None:
 # ----------------------------------------------------------------------------- products
 
 
-#: BLAS rounds a product differently depending on where its matrices start in memory: measured
+#: MKL rounds a product differently depending on where its matrices start in memory: measured
 #: with torch 2.13's MKL on an AMD EPYC (AVX2), a result or operand that starts 8 bytes (float64)
-#: or 4-12 bytes (float32) off a 16-byte boundary changes last bits in about half of the lecture's
-#: shapes (``MKL_CBWR=AVX2`` removes the effect; AVX-512 machines did not show it). In a stack,
-#: model m's matrices start m matrix sizes into a tensor, so every matrix a product reads or
-#: writes starts at a multiple of ``_ALIGN`` bytes here, for every M (``_model_buffer``).
+#: or 4-12 bytes (float32) off a 16-byte boundary changes last bits in about half of the shapes
+#: tried (``MKL_CBWR=AVX2`` removes the effect; an AVX-512 Xeon did not show it). Model m's
+#: matrices start m matrix sizes into a stacked tensor, so here every matrix a product reads or
+#: writes starts a multiple of ``_ALIGN`` bytes into its allocation, for every M: buffers from
+#: ``_model_buffer``, new results only of sizes that keep every model aligned (else strided
+#: buffers), layer blocks at aligned offsets of a parameter row.
 _ALIGN = 64
 
 
-def _model_buffer(like: torch.Tensor, M: int, shape: tuple[int, ...], unit: int, lead: tuple[int, ...] = ()) -> torch.Tensor:
+def _model_buffer(like: torch.Tensor, M: int, shape: tuple[int, ...], unit: int,
+                  lead: tuple[int, ...] = ()) -> torch.Tensor:
     """Zeros of shape ``lead + (M,) + shape`` whose ``shape`` blocks (one per model and lead
     index) each start a multiple of ``unit`` elements after the allocation (itself aligned): a
     contiguous tensor where ``prod(shape)`` is a multiple of ``unit``, otherwise one with gaps."""
@@ -138,17 +144,58 @@ def _model_buffer(like: torch.Tensor, M: int, shape: tuple[int, ...], unit: int,
     return buf.as_strided(tuple(lead) + (M,) + tuple(shape), tuple(outer) + tuple(strides))
 
 
+def _mkl_threads_local():
+    """``mkl_set_num_threads_local`` of torch's own MKL (C interface), or None."""
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        import ctypes
+        import os
+
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        fn = lib.MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_MKL_THREADS_LOCAL = _mkl_threads_local()
+
+
+def _one_mkl_thread(fn):
+    """``fn`` with MKL on one thread (this thread's setting, restored after)."""
+    set_local = _MKL_THREADS_LOCAL
+
+    def f(*args, **kw):
+        prev = set_local(1)
+        try:
+            return fn(*args, **kw)
+        finally:
+            set_local(prev)
+    return f
+
+
 def _blas(n: int, k: int, p: int) -> bool:
     """Whether ``(M, n, k) @ (M, k, p)`` goes to BLAS (see ``_product``)."""
     return n > 1 and k > 1 and p > 1
 
 
-def _product(n: int, k: int, p: int, buf: torch.Tensor | None = None):
+def _product(n: int, k: int, p: int, buf: torch.Tensor | None = None, as_member: bool = False):
     """The kernel for ``(M, n, k) @ (M, k, p)`` products (``f(a, b, out=None)``). BLAS switches
     to matrix-vector kernels when a dimension is 1 and those round differently for one matrix
-    than for a batch; there the product is written element-wise (exact in any layout). ``buf``:
-    where a BLAS product goes when no ``out`` is given (an aligned ``_model_buffer``, for results
-    whose size would leave model m > 0 off ``_ALIGN`` in a new contiguous tensor)."""
+    than for a batch; there the product is written element-wise (exact in any layout).
+
+    The rest goes to MKL, through one of two kernels: a lone product (one model; or a stack into
+    a strided result, which torch computes model by model) or the batched kernel (a stack into a
+    contiguous result). On one thread both give a matrix the same bits (if it starts where it
+    does in any stack: ``_ALIGN``); on more, MKL splits a lone product across the threads and
+    gives each matrix of a batch to one thread (measured, torch 2.13). So the frame picks one kind
+    per shape for every M (``kernel`` in ``_build_frame``): ``buf``, an aligned strided buffer a
+    stack's result goes into when no ``out`` is given (lone products, for results that a
+    contiguous tensor would leave off ``_ALIGN``); ``as_member``, one model computed as a member
+    of a batch is (MKL held to one thread; without access to that, the model and a stride-0 copy
+    of it as a batch of two)."""
     if k == 1:  # outer product
         return torch.mul
     if p == 1:  # (M, n, k) . (M, 1, k) summed over k
@@ -157,10 +204,17 @@ def _product(n: int, k: int, p: int, buf: torch.Tensor | None = None):
         return lambda a, b, out=None: torch.sum(a.mT * b, 1, keepdim=True, out=out)
     if buf is not None:
         return lambda a, b, out=None: torch.bmm(a, b, out=buf if out is None else out)
+    if as_member and _MKL_THREADS_LOCAL is not None:
+        return _one_mkl_thread(torch.bmm)
+    if as_member:
+        def twice(a, b, out=None):
+            r = torch.bmm(a.expand((2,) + a.shape[1:]), b.expand((2,) + b.shape[1:]))[:1]
+            return r if out is None else out.copy_(r)
+        return twice
     return torch.bmm
 
 
-def _product_add(n: int, k: int, p: int, buf: torch.Tensor | None = None):
+def _product_add(n: int, k: int, p: int, buf: torch.Tensor | None = None, as_member: bool = False):
     """The kernel for ``c + a @ b`` with ``a @ b`` as in ``_product`` (``f(c, a, b)``): the add
     rides on the product's own kernel where it has one (``baddbmm``, ``addcmul``)."""
     if k == 1:
@@ -170,7 +224,20 @@ def _product_add(n: int, k: int, p: int, buf: torch.Tensor | None = None):
         return lambda c, a, b: c + prod(a, b)
     if buf is not None:
         return lambda c, a, b: torch.baddbmm(c, a, b, out=buf)
+    if as_member and _MKL_THREADS_LOCAL is not None:
+        return _one_mkl_thread(torch.baddbmm)
+    if as_member:
+        return lambda c, a, b: torch.baddbmm(c, a.expand((2,) + a.shape[1:]), b.expand((2,) + b.shape[1:]))[:1]
     return torch.baddbmm
+
+
+def _into(prod):
+    """``prod`` for a stack on the batched kernel when ``out`` is strided: a new result, copied."""
+    def f(a, b, out=None):
+        if out is None or out.is_contiguous():
+            return prod(a, b, out=out)
+        return out.copy_(prod(a, b))
+    return f
 
 
 def _act(name: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -546,6 +613,22 @@ class DenseStack:
         def loose(*shape):  # model m > 0 of a new contiguous (M, *shape) tensor starts off _ALIGN
             return M > 1 and int(np.prod(shape)) % unit != 0
 
+        threaded = dev.type == "cpu" and torch.get_num_threads() > 1
+
+        def kernel(n, k, p, add=False, out=False):
+            """The product kernel (``_product``) of this shape, the same kind for every M;
+            ``out``: the plan gives the product a result to write."""
+            make = _product_add if add else _product
+            if not _blas(n, k, p):
+                return make(n, k, p)
+            if (n * p) % unit:  # lone products (a stack's results strided, aligned)
+                return make(n, k, p, buffer(n, p) if M > 1 and not out else None)
+            if not threaded:  # one thread: lone and batched products give the same bits
+                return make(n, k, p)
+            if M == 1:  # batched: one model as a batch member
+                return make(n, k, p, as_member=True)
+            return torch.baddbmm if add else _into(torch.bmm)
+
         abuf = None
         if self.agroups:
             L = self.agroups.layers
@@ -600,12 +683,11 @@ class DenseStack:
                     zbuf = self.flat.new_zeros(n + (-n) % lanes)
                     ybuf = torch.empty_like(zbuf)
                     out = zbuf[:n].as_strided((M, B, p), (S, p, 1))
-                    fwd.append((j, _AFFINE, w, (_product(B, k, p), inb.get(j)), out))
+                    fwd.append((j, _AFFINE, w, (kernel(B, k, p, out=True), inb.get(j)), out))
                     fwd.append((j + 1, _SIGMOID_PADDED, zbuf, (ybuf, ybuf[:n].as_strided((M, B, p), (S, p, 1))),
                                 dest[j + 1]))
                     continue
-                buf = buffer(B, p) if out is None and _blas(B, k, p) and loose(B, p) else None
-                fwd.append((j, _AFFINE, w, (_product(B, k, p, buf), inb.get(j)), out))
+                fwd.append((j, _AFFINE, w, (kernel(B, k, p, out=out is not None), inb.get(j)), out))
             elif op.kind == "act":
                 if fwd and fwd[-1][0] == j:
                     continue  # the padded sigmoid above
@@ -639,13 +721,11 @@ class DenseStack:
                     if loose(B, out_) and (_blas(out_, B, k) or has_dh and _blas(B, out_, in_)):
                         stage = buffer(B, out_)
                     dh = None  # (kernel, G's view it adds or None)
-                    dhbuf = buffer(B, in_) if has_dh and _blas(B, out_, in_) and loose(B, in_) else None
                     if has_dh and gsl[j - 1] is not None:  # dh = G's view + g W in one kernel
-                        dh, folded = (_product_add(B, out_, in_, dhbuf), gsl[j - 1]), j - 1
+                        dh, folded = (kernel(B, out_, in_, add=True), gsl[j - 1]), j - 1
                     elif has_dh:
-                        dh = (_product(B, out_, in_, dhbuf), None)
-                    dwbuf = buffer(out_, k) if not direct and _blas(out_, B, k) and loose(out_, k) else None
-                    bwd.append((j, _AFFINE, self.views[op.w], op.w, _product(out_, B, k, dwbuf), dh,
+                        dh = (kernel(B, out_, in_), None)
+                    bwd.append((j, _AFFINE, self.views[op.w], op.w, kernel(out_, B, k, out=direct), dh,
                                 self.gblocks[op.w] if direct else None, gs, stage))
                 elif op.kind == "act":
                     bwd.append((j, _ACT, _ACTS[op.act][1], -1, None, None, None, gs, None))
