@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
 
 plt.rcParams["text.parse_math"] = False  # titles from experiment files are drawn literally ("$" is a dollar)
 
-__all__ = ["save", "curves", "boundary", "activation_histograms", "weight_histograms", "path_plot"]
+__all__ = ["save", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
 
 
 def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
@@ -58,27 +58,44 @@ def _stack(runs: list[dict], key: str) -> np.ndarray:
     return out
 
 
-def curves(e: RowSummary, path: Path) -> Path:
+def histories(e: RowSummary) -> dict[str, np.ndarray]:
+    """The finished runs' curves as ``(runs, epochs)`` arrays (NaN past a run's last epoch):
+    what ``curves`` draws, small enough to hand to a drawing process."""
+    return {k: _stack(e.finished, k) for k in ("data_loss", "val_data_loss", "loss", "val_loss")}
+
+
+def curves(series: dict[str, np.ndarray], title: str, loss: str, path: Path) -> Path:
     """Train/validation curves of the finished runs: data loss and total objective, mean and 95%
     CI over seeds, drawn while at least half the runs still run."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     for ax, (tk, vk, title) in zip(axes, [("data_loss", "val_data_loss", "data loss (no penalty)"),
                                            ("loss", "val_loss", "objective = data loss + penalties (Keras loss)")]):
-        _band(ax, _stack(e.finished, tk), "tab:blue", "train")
-        _band(ax, _stack(e.finished, vk), "tab:red", "validation")
+        _band(ax, series[tk], "tab:blue", "train")
+        _band(ax, series[vk], "tab:red", "validation")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    loss = e.runs[0].get("loss_name") or "loss"
     axes[0].set_ylabel(str(loss).replace("_", " "))
     axes[0].legend(frameon=False)
-    fig.suptitle(f"{e.title}  ({len(e.finished)} finished seeds, band = 95% CI of the mean)", fontsize=10)
+    n = series["loss"].shape[0]
+    fig.suptitle(f"{title}  ({n} finished seeds, band = 95% CI of the mean)", fontsize=10)
     return save(fig, path)
 
 
-def boundary(e: RowSummary, arrays: dict[str, np.ndarray], seed: int, path: Path) -> Path:
-    """One seed's training data with the model's decision boundary (p = 0.5) and the Bayes boundary."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+def boundaries(items: list[tuple[str, dict[str, np.ndarray], int]], path: Path) -> Path:
+    """A grid with shared axes: per experiment, one seed's training data with the model's
+    decision boundary (p = 0.5) and the Bayes boundary."""
+    cols = min(4, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
+    for ax, (key, arrays, seed) in zip(axes.ravel(), items):
+        _boundary(ax, key, arrays, seed)
+    for ax in axes.ravel()[len(items):]:
+        ax.axis("off")
+    return save(fig, path)
+
+
+def _boundary(ax, key: str, arrays: dict[str, np.ndarray], seed: int) -> None:
     x, y = arrays["x_train"], arrays["y_train"].reshape(-1)
     ax.scatter(x[:, 0], x[:, 1], c=np.where(y > 0.5, "tab:blue", "tab:red"), s=14, alpha=0.5)
     gx, gy = arrays["grid_x"], arrays["grid_y"]
@@ -88,9 +105,10 @@ def boundary(e: RowSummary, arrays: dict[str, np.ndarray], seed: int, path: Path
         ax.contour(gx, gy, arrays["grid_bayes"], levels=[0.5], colors="tab:green", linewidths=1.5, linestyles="--")
     ax.plot([], [], "k-", label="model (p = 0.5)")
     ax.plot([], [], color="tab:green", ls="--", label="Bayes boundary")
-    ax.legend(loc="lower right", fontsize=8, frameon=True)
-    ax.set_title(f"{e.key}, seed {seed} (one seed)", fontsize=9)
-    return save(fig, path)
+    ax.legend(loc="lower right", fontsize=6, frameon=True)
+    ax.set_title(f"{key}, seed {seed}", fontsize=8)
+    ax.set_xlabel("x1", fontsize=7)
+    ax.set_ylabel("x2", fontsize=7)
 
 
 def activation_histograms(items: list[tuple[str, dict]], rho: float | None, path: Path) -> Path:

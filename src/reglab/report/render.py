@@ -293,6 +293,18 @@ def _safe(name: str) -> str:
 
 
 def _section_experiments(doc: Doc, summ: Summary, figs: Path) -> None:
+    grid = []
+    for e in summ.ordered():
+        if e.finished:
+            first = min(e.finished, key=lambda r: r["seed"])
+            arrays = _load_arrays(first)
+            if arrays and "grid_p" in arrays:
+                grid.append((e.key, arrays, first["seed"]))
+    if grid:
+        doc.h(2, "Decision boundaries")
+        doc.p("One seed per experiment (named in each panel; the lowest finished seed), its training data, the model's "
+              "boundary p = 0.5 (black) and the Bayes boundary (green, dashed). One seed's picture, not the average.")
+        doc.img(doc.figure(plots.boundaries, grid, figs / "decision_boundaries.png"), "decision boundaries, one seed each")
     doc.h(2, "Experiments one by one")
     for e in summ.ordered():
         doc.h(3, f"`{e.key}` -- {e.title}")
@@ -308,12 +320,8 @@ def _section_experiments(doc: Doc, summ: Summary, figs: Path) -> None:
         doc.p(text + ".")
         if not e.finished:
             continue
-        doc.img(doc.figure(plots.curves, e, figs / f"curves_{_safe(e.key)}.png"), f"training curves {e.key}")
-        first = min(e.finished, key=lambda r: r["seed"])
-        arrays = _load_arrays(first)
-        if arrays and "grid_p" in arrays:
-            doc.img(doc.figure(plots.boundary, e, arrays, first["seed"], figs / f"boundary_{_safe(e.key)}.png"),
-                    f"decision boundary {e.key}, seed {first['seed']}")
+        doc.img(doc.figure(plots.curves, plots.histories(e), e.title, e.runs[0].get("loss_name") or "loss",
+                           figs / f"curves_{_safe(e.key)}.png"), f"training curves {e.key}")
 
 
 def _section_sparsity(doc: Doc, summ: Summary, figs: Path) -> None:
