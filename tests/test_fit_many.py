@@ -247,3 +247,34 @@ def test_fit_many_rejects_differing_constraints():
 
     with pytest.raises(ValueError, match=r"model 1 has constraints .* models trained together share their constraints"):
         fit_many(build, data[0], data[1], seeds=[0], grid=[{"c": 1.0}, {"c": 2.0}], loss="mse", progress=False)
+
+
+@pytest.mark.parametrize("loss, out_act", [("binary_crossentropy", "sigmoid"), ("log_eps_binary_crossentropy", "sigmoid"),
+                                           ("sparse_categorical_crossentropy", "softmax"),
+                                           ("categorical_crossentropy", "softmax"), ("mse", None), ("mae", None)])
+def test_a_diverging_model_fails_alone_for_every_loss(loss, out_act):
+    """A strength of 1e30 under SGD diverges; its group's healthy models train on, equal to
+    training them alone (torch's BCE kernel refused the NaN and took the whole group down)."""
+    import reglab
+
+    ds = reglab.datasets.blobs(0, n_samples=80)
+    y = ds.y_train
+    units = 1
+    if loss == "sparse_categorical_crossentropy":
+        y, units = ds.y_train.reshape(-1).astype(np.int64), 2
+    elif loss == "categorical_crossentropy":
+        y, units = np.eye(2, dtype=np.float32)[ds.y_train.reshape(-1).astype(int)], 2
+
+    def build(lam):
+        return torch.nn.Sequential(reglab.Dense(2, 8, activation="relu", kernel_regularizer=reglab.L2(lam)),
+                                   reglab.Dense(8, units, activation=out_act))
+
+    kw = dict(loss=loss, optimizer={"name": "sgd", "learning_rate": 0.1}, epochs=3, batch_size=20, progress=False)
+    res = reglab.fit_many(build, ds.x_train, y, seeds=[0, 1], grid=[{"lam": 1e-3}, {"lam": 1e30}], **kw)
+    assert sorted(res.failed) == [1, 3]
+    alone = reglab.fit_many(build, ds.x_train, y, seeds=[1], grid=[{"lam": 1e-3}], **kw)
+    np.testing.assert_allclose(res.histories[2]["loss"], alone.histories[0]["loss"], rtol=1e-6)  # float32 sums
+    torch.manual_seed(0)
+    m = build(1e-3)
+    with pytest.raises(reglab.TrainingDiverged):
+        reglab.fit(m, ds.x_train, y, **{**kw, "optimizer": {"name": "sgd", "learning_rate": 1e12}, "epochs": 5})
