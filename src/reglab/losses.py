@@ -94,27 +94,18 @@ def _one(like: torch.Tensor) -> torch.Tensor:
     return one
 
 
-def _finite_probability(y_pred: torch.Tensor) -> torch.Tensor:
-    """``y_pred`` clipped to [1e-7, 1 - 1e-7] (Keras), NaN read as 0.5: torch's BCE kernel refuses
-    NaN, which would take down every model of a stack when one diverges."""
-    return torch.nan_to_num(y_pred, nan=0.5).clamp(EPSILON, 1.0 - EPSILON)
-
-
-def _keep_nan(value: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
-    """``value + 0 * y_pred``: the same bits where ``y_pred`` is finite, NaN where it is NaN (so a
-    diverged model is still seen as diverged, and only it)."""
-    return torch.addcmul(value, y_pred, _zero(y_pred))
-
-
-_ZEROS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    key = (like.dtype, like.device)
-    z = _ZEROS.get(key)
-    if z is None:
-        z = _ZEROS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
-    return z
+def _bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """torch's element-wise BCE of clipped probabilities; where a diverged model's output is NaN
+    (the kernel refuses it, which would take down every model of a stack) the value is NaN,
+    so that only that model is seen as diverged. The check costs nothing until it is needed."""
+    try:
+        return F.binary_cross_entropy(p, y, reduction="none")
+    except RuntimeError:
+        if not torch.isnan(p).any():
+            raise
+        nan = torch.isnan(p)
+        v = F.binary_cross_entropy(torch.where(nan, 0.5, p), y, reduction="none")
+        return torch.where(nan, torch.nan, v)
 
 
 class BinaryCrossentropy(Loss):
@@ -132,8 +123,8 @@ class BinaryCrossentropy(Loss):
     def per_example(self, y_pred, y_true):
         if self.from_logits:
             return _mean_last(F.binary_cross_entropy_with_logits(y_pred, y_true, reduction="none"))
-        p = _finite_probability(y_pred)
-        return _mean_last(_keep_nan(F.binary_cross_entropy(p, y_true, reduction="none"), y_pred))
+        p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+        return _mean_last(_bce(p, y_true))
 
     def per_example_grad(self, y_pred, y_true):
         return self.per_example_and_grad(y_pred, y_true)[1]
@@ -143,8 +134,8 @@ class BinaryCrossentropy(Loss):
             return self.per_example(y_pred, y_true), _mean_last_grad(whole_vectors(torch.sigmoid, y_pred) - y_true)
         # torch's BCE kernels on the clipped p: value -(y log p + (1-y) log(1-p)), derivative
         # (p - y) / (p (1 - p)); the clip passes no gradient (p != y_pred there)
-        p = _finite_probability(y_pred)
-        v = _keep_nan(F.binary_cross_entropy(p, y_true, reduction="none"), y_pred)
+        p = y_pred.clamp(EPSILON, 1.0 - EPSILON)
+        v = _bce(p, y_true)
         g = _BCE_BWD(_one(p), p, y_true, None, 0) * (p == y_pred)
         return _mean_last(v), _mean_last_grad(g)
 
