@@ -169,7 +169,6 @@ def run(paths, seeds, out, baselines, workers, progress) -> None:
               help="The study folder whose title, intro and sections the report carries (never read from OUT).")
 def report(out, study_dir) -> None:
     """Write report.html and report.md (and results.csv) from finished runs in OUT."""
-    from .experiments.results import write_results_csv
     from .experiments.schema import ConfigError
     from .experiments.study import load_study
     from .report.render import write_report
@@ -183,7 +182,6 @@ def report(out, study_dir) -> None:
         kw = {"title": st.title, "intro": st.intro, "sections": st.sections}
     try:
         paths = write_report(out, **kw)
-        write_results_csv(out)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {paths['html']}  (and {paths['markdown']})")
@@ -232,7 +230,6 @@ def study(study_dir, seeds, out, workers, progress) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     from .experiments.path import path_file, path_key, regularization_path
-    from .experiments.results import write_results_csv
     from .experiments.runner import plan_units
     from .experiments.schema import ConfigError
     from .experiments.study import analysis_key, load_study, reusable, run_analysis
@@ -269,7 +266,6 @@ def study(study_dir, seeds, out, workers, progress) -> None:
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
                  seeds=seeds or st.seeds, study=str(st.folder))
-    write_results_csv(out_p)
     paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections)
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")

@@ -160,14 +160,15 @@ def _direction(metric: str, c) -> str:
 def write_report(out: str | Path, meta: dict | None = None, title: str | None = None, intro: str | None = None,
                  sections: list[Section] = ()) -> dict[str, Path]:
     """Read the finished runs under ``out`` (and analyses written there) and write
-    ``report.html`` and ``report.md``. ``title``, ``intro`` and ``sections`` come from the study
-    (``reglab study``); the rest of the report follows the study's contents and task."""
+    ``report.html``, ``report.md`` and ``results.csv``. ``title``, ``intro`` and ``sections``
+    come from the study (``reglab study``); the rest follows the study's contents and task."""
     out = Path(out)
     runs = load_runs(out)
     if not runs:
         raise ValueError(f"no finished runs under {out / 'runs'}; run `reglab run` first")
     summ = summarize(runs)
     frame = results_frame(runs)
+    frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     if meta is None:
