@@ -113,8 +113,12 @@ def _capped(train):
     return capped
 
 
-def run_doc(doc: Path, cwd: Path) -> None:
+def run_doc(doc: Path, cwd: Path) -> tuple[dict, dict[str, int]]:
+    """Run/validate every block of ``doc``; return the Python namespace and how many blocks of each
+    kind were executed (``python``), only compiled (``skipped``), validated as experiment or study
+    files (``experiment``, ``study``) or only parsed (``toml``)."""
     namespace: dict = {"__name__": f"docs_{doc.stem.replace('-', '_')}"}
+    counts = {"python": 0, "skipped": 0, "experiment": 0, "study": 0, "toml": 0}
     if doc.parent.name == "docs":
         exec(PRELUDE, namespace)
     n_experiments = 0
@@ -130,7 +134,9 @@ def run_doc(doc: Path, cwd: Path) -> None:
         if b.lang in ("python", "py"):
             if SKIP_TAGS & set(b.tags):
                 compile(b.text, where, "exec")
+                counts["skipped"] += 1
                 continue
+            counts["python"] += 1
             try:
                 exec(compile(b.text, where, "exec"), namespace)
             except Exception as e:
@@ -143,17 +149,22 @@ def run_doc(doc: Path, cwd: Path) -> None:
             m = re.fullmatch(r"#\s*experiment file(?::\s*(\S+\.toml))?", b.first)
             if m:
                 n_experiments += 1
+                counts["experiment"] += 1
                 path = _write(cwd, m.group(1) or f"example_{n_experiments}.toml", b.text)
                 try:
                     _check_experiment(path, raw, where)
                 except Exception as e:
                     raise AssertionError(f"{where}: the experiment file does not validate: {e}") from e
             elif b.first == "# study file":
+                counts["study"] += 1
                 _write(cwd, "study.toml", b.text)
                 try:
                     _check_study(cwd, where)
                 except Exception as e:
                     raise AssertionError(f"{where}: the study file does not validate: {e}") from e
+            else:
+                counts["toml"] += 1
+    return namespace, counts
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
@@ -163,7 +174,19 @@ def test_doc_runs(doc, tmp_path, monkeypatch):
     for name in ("fit", "fit_many"):
         monkeypatch.setattr(reglab, name, _capped(getattr(reglab, name)))
     monkeypatch.chdir(tmp_path)
-    run_doc(doc, tmp_path)
+    namespace, counts = run_doc(doc, tmp_path)
+    code = [b for b in blocks(doc) if b.lang in ("python", "py") and _file_name(b) is None]
+    assert counts["python"] + counts["skipped"] == len(code) and counts["python"] > 0, counts
+    if doc.name == "README.md":  # what the README's example promises, for real
+        import numpy as np
+
+        h = namespace["history"]
+        assert len(h["loss"]) == 3 and np.isfinite(h["loss"]).all() and h["loss"][-1] < h["loss"][0]
+        assert {"penalty/0.weight", "penalty/2.weight", "penalty/1:activity"} <= set(h.history)
+        assert len(namespace["many"].models) == 40 and not namespace["many"].failed
+        assert 0.5 < namespace["clf"].score(namespace["x_test"], namespace["y_test"].ravel()) <= 1
+    if doc.name == "experiment-files.md":
+        assert counts["experiment"] >= 5 and counts["study"] >= 1, counts
 
 
 def test_every_doc_has_checked_blocks():

@@ -19,7 +19,7 @@ __all__ = ["Dataset", "blobs", "moons", "circles", "digits", "load", "get", "DAT
 
 @dataclass
 class Dataset:
-    """``x_train, y_train, x_test, y_test`` (y a float32 column for binary tasks, like the lecture),
+    """``x_train, y_train, x_test, y_test`` (y a float32 column for binary tasks, as Keras programs keep it),
     and ``distribution`` where the data's law is known (synthetic sets)."""
 
     name: str
@@ -50,9 +50,9 @@ def _split(name, x, y, random_state, test_size, dist, params) -> Dataset:
 
 
 def blobs(random_state: int | None = 0, n_samples: int = 300, test_size: float = 0.25) -> Dataset:
-    """The lecture's data: ``make_blobs(n_samples=300, centers=[[0, 0], [0.5, 0.1]], cluster_std=0.25,
+    """Two overlapping Gaussian blobs (the founding study's data): ``make_blobs(n_samples=300, centers=[[0, 0], [0.5, 0.1]], cluster_std=0.25,
     center_box=(-1, 1))``, split 75/25 with ``train_test_split``; y is a float32 column.
-    (The lecture loads a pickle of one such draw; this regenerates a draw from ``random_state``.)
+    (The Keras original loads a pickle of one such draw; this regenerates a draw from ``random_state``.)
     Bayes accuracy 0.846, Bayes log-loss 0.347."""
     dist = TwoGaussians()
     x, y = dist.sample(n_samples, random_state)
