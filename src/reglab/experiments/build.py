@@ -71,7 +71,7 @@ def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) 
             fn, _, _ = resolve(cfg["model"]["builder"], spec.base, f"{file}: model.builder")
             model = _call_builder(fn, cfg["model"].get("args", {}), input_shape, n_outputs, f"{file}: model.builder")
         reg = cfg.get("regularize", {})
-        for key, attach in (("params", None), ("activity", None), ("constraints", None)):
+        for key in ("params", "activity", "constraints"):
             if key not in reg:
                 continue
             objs = {p: (_constraints if key == "constraints" else _regularizers).deserialize(v)

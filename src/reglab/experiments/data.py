@@ -61,8 +61,12 @@ class Splits:
     n_outputs: int
     distribution: Any = None
     validation_is_test: bool = False
-    transform: Callable[[np.ndarray], np.ndarray] = staticmethod(lambda x: x)  # type: ignore[assignment]
+    transform: Callable[[np.ndarray], np.ndarray] | None = None  # None: the model sees the raw inputs
     y_transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def model_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Raw inputs (e.g. a fresh sample) as the model sees them."""
+        return x if self.transform is None else self.transform(x)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -119,8 +123,6 @@ def check_data(data: Any, file: str) -> dict[str, Any]:
         _fail(file, "data.test_size", "the split is set in [split] (validation = 0.2, test = 0.2); remove it here")
     if bad:
         _fail(file, "data", f"unknown key(s) {sorted(bad)}; expected some of {sorted(DATA_KEYS)}")
-    if "test_size" in data or "validation_size" in data:
-        _fail(file, "data.test_size", "the split is set in [split] (validation = 0.2, test = 0.2); remove it here")
     if "random_state" in data:
         _fail(file, "data.random_state", "set by the seed of each run; remove it")
     out = dict(data)
@@ -371,7 +373,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         _fail(file, "data.files", f"the splits' examples differ in shape: {shapes}")
     n_out = (int(n_classes or (max(ytr.max(), yv.max(), yte.max()) + 1)) if task == "multiclass" else
              1 if task == "binary" else int(ytr.shape[1]))
-    transform = _identity
+    transform = None
     if data.get("standardize"):
         mean = xtr.mean(axis=0, dtype=np.float64)
         std = xtr.std(axis=0, dtype=np.float64)
@@ -387,10 +389,6 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     if val_is_test:
         xv, yv = xte, yte
     return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform)
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x
 
 
 class _Standardize:

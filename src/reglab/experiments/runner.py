@@ -115,8 +115,6 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
     """Everything that can fail before training, for every experiment: the data (files, shapes,
     NaN, labels), the builder, the ``[regularize]`` patterns, the model output against the loss,
     the analysis layers. Raises ``ConfigError`` naming file and key."""
-    import torch as _t
-
     from .. import losses as _losses
 
     done: set[str] = set()
@@ -129,7 +127,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         except DataError as e:
             raise ConfigError(str(e)) from None
         try:
-            _t.manual_seed(0)
+            torch.manual_seed(0)
             out = builder(spec, sp.input_shape, sp.n_outputs)()
         except ValueError as e:
             raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: model: {e}") from None
@@ -152,9 +150,9 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         p0 = next(model.parameters(), None)
         if p0 is None:
             raise ConfigError(f"{spec.path}: model: the model has no parameters")
-        xb = _t.as_tensor(np.asarray(sp.x_train[:2])).to(p0.dtype)
+        xb = torch.as_tensor(np.asarray(sp.x_train[:2])).to(p0.dtype)
         try:
-            with _t.no_grad():
+            with torch.no_grad():
                 model.eval()
                 pred = model(xb)
         except Exception as e:  # any error of the user's forward
@@ -168,7 +166,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
                     "set data.task = \"regression\"")
             raise ConfigError(f"{spec.path}: model: the model outputs {width} value(s) per example but the "
                               f"{sp.task} task of the data needs {hint}")
-        yb = _t.as_tensor(np.asarray(sp.y_train[:2]))
+        yb = torch.as_tensor(np.asarray(sp.y_train[:2]))
         try:
             loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
         except ValueError as e:
@@ -246,7 +244,7 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
     dist = sp.distribution
     if dist is not None and sp.task == "binary":
         fx, fy, bayes = _fresh(dist)
-        fresh = _scores(sp, fl, model, sp.transform(fx), fy)
+        fresh = _scores(sp, fl, model, sp.model_inputs(fx), fy)
         for k in METRICS["binary"] if fresh else ():
             metrics[f"fresh_{k}"], metrics[f"bayes_{k}"] = fresh[k], bayes[k]
             metrics[f"excess_{k}"] = fresh[k] - bayes[k]
@@ -257,7 +255,7 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
         grid = np.column_stack([gx.ravel(), gy.ravel()])
         arrays["grid_x"], arrays["grid_y"] = gx, gy
         arrays["grid_p"] = to_probabilities(predict(model, grid), "binary", fl).reshape(GRID, GRID).astype(np.float32)
-        if dist is not None and sp.transform(np.zeros((1, 2))).tolist() == [[0.0, 0.0]]:
+        if dist is not None and sp.transform is None:  # the grid lies in the distribution's own space
             arrays["grid_bayes"] = dist.posterior(grid).reshape(GRID, GRID).astype(np.float32)
         arrays["x_train"], arrays["y_train"] = sp.x_train, sp.y_train
     last = {k: float(v[-1]) for k, v in history.history.items()} if len(history) else {}

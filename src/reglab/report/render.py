@@ -232,16 +232,12 @@ def _section_protocol(doc: Doc, summ: Summary) -> None:
     doc.bullets(items)
 
 
-def _main_metrics(task: str, known: bool) -> list[str]:
-    return compared_metrics(task, known)
-
-
 def _section_table(doc: Doc, summ: Summary) -> None:
     doc.h(2, "Results over seeds")
     for task in summ.tasks:
         rows = [e for e in summ.ordered() if e.task == task]
         known = any(k.startswith("excess_") for e in rows for k in e.stats)
-        keys = _main_metrics(task, known)
+        keys = compared_metrics(task, known)
         header = ["experiment", "title", "n finished / runs"] + [metric_label(k) for k in keys]
         table = []
         for e in rows:
@@ -259,7 +255,7 @@ def _section_comparisons(doc: Doc, summ: Summary) -> None:
         if not rows:
             continue
         known = any(k.startswith("excess_") for e in rows for k in e.stats)
-        for metric in _main_metrics(task, known)[:2]:
+        for metric in compared_metrics(task, known)[:2]:
             table = []
             for e in rows:
                 c = e.comparisons.get(metric)
