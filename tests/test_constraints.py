@@ -123,3 +123,21 @@ def test_idempotence_case_found_by_hypothesis():
     once = C.UnitNorm(0)(w)
     torch.testing.assert_close(C.UnitNorm(0)(once), once, rtol=2e-4, atol=1e-6)
     assert float((C.UnitNorm(0)(once) - once).abs().max()) > 1e-6  # not exactly idempotent, as in Keras
+
+
+@pytest.mark.parametrize("c", [C.MaxNorm(0.5), C.MaxNorm(1.0, axis=1), C.MaxNorm(1.0, axis=None), C.MaxNorm(1.0, axis=(0, 1)),
+                               C.MaxNorm(1.0, axis=-1), C.MinMaxNorm(0.2, 0.7, 0.5), C.UnitNorm(), C.UnitNorm(axis=None),
+                               C.NonNeg()])
+@pytest.mark.parametrize("shape", [(7, 5, 3), (7, 4, 3, 3, 2), (7, 6)])
+def test_stacked_constraint_is_bit_identical_to_one_model_at_a_time(c, shape):
+    """``stacked`` (the Dense-stack engine's after-step projection) equals the constraint applied
+    to each model's weight, and ``torch.vmap`` of it, exactly."""
+    w = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(len(shape)))
+    try:
+        each = torch.stack([c(x) for x in w])
+    except ValueError:  # an axis beyond this rank: an error for one model as for the stack
+        with pytest.raises(ValueError):
+            c.stacked(w)
+        return
+    assert torch.equal(c.stacked(w), each) and torch.equal(torch.vmap(c)(w), each)
+    assert not torch.equal(each, w) or isinstance(c, C.NonNeg)

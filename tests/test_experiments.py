@@ -596,7 +596,73 @@ def test_run_unit_is_the_single_task_entry_point(tmp_path):
     assert unit.path(tmp_path).stat().st_mtime_ns == mtime and again["metrics"] == row["metrics"]
     execute([Unit(spec, 0), Unit(spec, 1)], tmp_path / "group", progress=False)
     grouped = json.loads(unit.path(tmp_path / "group").read_text())
-    np.testing.assert_allclose(grouped["metrics"]["val_log_loss"], row["metrics"]["val_log_loss"], rtol=1e-4)
+    assert grouped["metrics"] == row["metrics"] and grouped["history"] == row["history"]
+
+
+DROPOUT_ACTIVITY = TINY.replace('activation = "relu"\n', 'activation = "relu"\ndropout = 0.3\n'
+                                'activity_regularizer = {name = "L1", l1 = 0.01}\n').replace("epochs = 3", "epochs = 4")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_unit_does_not_depend_on_its_group(tmp_path, threads):
+    """A seed trained in a group of four, and alone (what a resume after an interruption does),
+    gives bit-identical metrics and histories -- penalties, dropout masks and all -- at 1 and 2
+    threads."""
+    import torch
+
+    spec = validate(tomllib.loads(DROPOUT_ACTIVITY), "x.toml")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        execute([Unit(spec, s) for s in range(4)], tmp_path / "group", progress=False)
+        execute([Unit(spec, 2)], tmp_path / "alone", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    grouped = json.loads(Unit(spec, 2).path(tmp_path / "group").read_text())
+    alone = json.loads(Unit(spec, 2).path(tmp_path / "alone").read_text())
+    assert grouped["group_size"] == 4 and alone["group_size"] == 1 and grouped["engine"] == "dense"
+    assert grouped["metrics"] == alone["metrics"] and grouped["history"] == alone["history"]
+    assert grouped["history"]["history"]["penalty"][0] > 0
+    other = json.loads(Unit(spec, 1).path(tmp_path / "group").read_text())
+    assert other["metrics"]["val_log_loss"] != alone["metrics"]["val_log_loss"]  # seeds do differ
+
+
+def test_two_workers_give_one_worker_results_and_concurrent_runs_share_groups(tmp_path):
+    """``workers=2`` (this process and a helper) writes the runs ``workers=1`` writes; a group
+    locked by another process is left to it and waited for."""
+    from reglab.experiments.locks import GroupLocks
+
+    a = validate(tomllib.loads(TINY), "a.toml")
+    b = validate(tomllib.loads(TINY.replace('name = "tiny"', 'name = "tiny_b"').replace("l2 = 0.01", "l2 = 0.1")),
+                 "b.toml")
+    units = plan_units([a, b], seeds=2, baselines=False)
+    one = execute(units, tmp_path / "one", progress=False, workers=1)
+    two = execute(units, tmp_path / "two", progress=False, workers=2)
+    assert one["trained"] == two["trained"] == 4
+    rows = {o: {r["run_id"]: (r["metrics"], r["history"]) for r in load_runs(tmp_path / o)} for o in ("one", "two")}
+    assert rows["one"] == rows["two"] and len(rows["one"]) == 4
+    # another process holds tiny_b's lock: this run trains tiny, then waits for tiny_b, which
+    # the other process "finishes" (copies in) before it releases the lock
+    out = tmp_path / "shared"
+    key = b.digest() + "/" + b.name
+    script = f"""
+import shutil, sys, time
+from reglab.experiments.locks import GroupLocks
+locks = GroupLocks({str(out)!r})
+assert locks.try_acquire({key!r})
+print("held", flush=True)
+time.sleep(1.5)
+shutil.copytree({str(tmp_path / "one" / "runs" / "tiny_b")!r}, {str(out / "runs" / "tiny_b")!r})
+locks.release_all()
+"""
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"
+    info = execute(units, out, progress=False, workers=1)
+    assert other.wait(timeout=60) == 0
+    assert info["trained"] == 2 and info["skipped"] == 2  # tiny_b came from the other run
+    assert {r["run_id"] for r in load_runs(out)} == set(rows["one"])
 
 
 def test_a_finished_run_reloads_from_its_experiment_file_without_pickle(tmp_path):

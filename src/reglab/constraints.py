@@ -43,6 +43,11 @@ class Constraint:
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def stacked(self, w: torch.Tensor) -> torch.Tensor:
+        """The constraint on each of a stack of weights (dim 0: the model), i.e.
+        ``torch.stack([self(w_m) for w_m in w])``: ``torch.vmap`` unless a subclass does it directly."""
+        return torch.vmap(self)(w)
+
     def get_config(self) -> dict[str, Any]:
         return {}
 
@@ -62,10 +67,13 @@ class Constraint:
     __hash__ = object.__hash__
 
 
-def _norms(w: torch.Tensor, axis) -> torch.Tensor:
-    dims = keras_axis_to_torch(axis, w.dim())
-    if w.dim() == 0:
+def _norms(w: torch.Tensor, axis, lead: int = 0) -> torch.Tensor:
+    """L2 norms over the Keras ``axis`` of each weight; ``lead`` leading dims index a stack."""
+    rank = w.dim() - lead
+    if rank == 0:
         return w.abs()
+    dims = keras_axis_to_torch(axis, rank)
+    dims = tuple(range(lead, w.dim())) if dims is None else tuple(d + lead for d in dims)
     return torch.sqrt(w.square().sum(dim=dims, keepdim=True))
 
 
@@ -77,9 +85,12 @@ class MaxNorm(Constraint):
         self.max_value = _checks.non_negative_float(max_value, "max_value")
         self.axis = _check_axis(axis)
 
-    def __call__(self, w):
-        n = _norms(w, self.axis)
+    def __call__(self, w, lead: int = 0):
+        n = _norms(w, self.axis, lead)
         return w * (n.clamp(0, self.max_value) / (EPSILON + n))
+
+    def stacked(self, w):
+        return self(w, lead=1)
 
     def get_config(self):
         return {"max_value": self.max_value, "axis": self.axis}
@@ -99,8 +110,11 @@ class MinMaxNorm(Constraint):
         self.rate = _checks.non_negative_float(rate, "rate")
         self.axis = _check_axis(axis)
 
-    def __call__(self, w):
-        n = _norms(w, self.axis)
+    def stacked(self, w):
+        return self(w, lead=1)
+
+    def __call__(self, w, lead: int = 0):
+        n = _norms(w, self.axis, lead)
         desired = self.rate * n.clamp(self.min_value, self.max_value) + (1 - self.rate) * n
         return w * (desired / (EPSILON + n))
 
@@ -114,6 +128,9 @@ class NonNeg(Constraint):
     def __call__(self, w):
         return w * (w >= 0).to(w.dtype)
 
+    def stacked(self, w):
+        return self(w)
+
 
 class UnitNorm(Constraint):
     """``w / (1e-7 + n)`` with ``n`` the L2 norms over ``axis``. Keras: ``keras.constraints.UnitNorm(axis=0)``."""
@@ -121,8 +138,11 @@ class UnitNorm(Constraint):
     def __init__(self, axis: int | tuple[int, ...] | None = 0):
         self.axis = _check_axis(axis)
 
-    def __call__(self, w):
-        return w / (EPSILON + _norms(w, self.axis))
+    def __call__(self, w, lead: int = 0):
+        return w / (EPSILON + _norms(w, self.axis, lead))
+
+    def stacked(self, w):
+        return self(w, lead=1)
 
     def get_config(self):
         return {"axis": self.axis}

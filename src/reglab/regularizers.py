@@ -160,7 +160,9 @@ def _per_model(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_per_model(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1).sum(1)
+    """Each model's sum, accumulated in float64 and rounded to ``t``'s dtype: a value that does
+    not depend on how many models share the stack (a float32 sum's order does)."""
+    return t.reshape(t.shape[0], -1).sum(1, dtype=torch.float64).to(t.dtype)
 
 
 class ElementwiseRegularizer(Regularizer):
@@ -435,7 +437,11 @@ class Sum(Regularizer):
 
     @classmethod
     def from_config(cls, config):
-        return cls(*[deserialize(t) for t in config["terms"]])
+        terms = config.get("terms")
+        if not isinstance(terms, (list, tuple)) or not terms:
+            raise ValueError(f"Sum needs terms = a non-empty list of regularizers, e.g. "
+                             f"[{{name = \"L1\", l1 = 0.01}}, {{name = \"L2\", l2 = 0.01}}]; got terms={terms!r}")
+        return cls(*[deserialize(t) for t in terms])
 
 
 class Scaled(Regularizer):

@@ -64,6 +64,14 @@ class Unit:
     def done(self, out: Path) -> bool:
         return _verified(self.path(out)) is not None
 
+    def clear_partial(self, out: Path) -> None:
+        """Remove the temporary files a killed writer of this unit left (``_atomic``'s names);
+        called with the unit's group lock held, so no live writer owns them."""
+        p = self.path(out)
+        for suffix in (".json", ".pt", ".npz"):
+            for t in p.parent.glob(f".{p.stem}{suffix}.*.tmp"):
+                t.unlink(missing_ok=True)
+
 
 def _verified(p: Path) -> dict | None:
     """The run's JSON if it and every file it lists are intact and finished; else ``None``."""
@@ -130,7 +138,8 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             torch.manual_seed(0)
             out = builder(spec, sp.input_shape, sp.n_outputs)()
         except ValueError as e:
-            raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: model: {e}") from None
+            where = "train.loss.codes" if "regularizers list" in str(e) else "model"
+            raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: {where}: {e}") from None
         model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
         loss = _losses.get(lo)
         if sp.task in ("binary", "multiclass") and loss.task is None:
@@ -164,7 +173,9 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
                     if sp.task == "binary" else
                     f"{sp.n_outputs} (one per class 0..{sp.n_outputs - 1}); if the target is a count or a measurement, "
                     "set data.task = \"regression\"")
-            raise ConfigError(f"{spec.path}: model: the model outputs {width} value(s) per example but the "
+            where = (f"model.layers[{len(spec.config['model']['layers']) - 1}].units"
+                     if "layers" in spec.config["model"] else "model")
+            raise ConfigError(f"{spec.path}: {where}: the model outputs {width} value(s) per example but the "
                               f"{sp.task} task of the data needs {hint}")
         yb = torch.as_tensor(np.asarray(sp.y_train[:2]))
         try:
@@ -172,6 +183,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         except ValueError as e:
             raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for 2 examples does not fit the "
                               f"{sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
+        _check_constraints(spec, model)
         es = spec.config["train"].get("early_stopping", {})
         if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
             raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
@@ -181,6 +193,23 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             if layer not in names:
                 raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
                                   f"{sorted(n for n in names if n)[:20]}")
+
+
+def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:
+    """Each constraint once on a copy of its parameter (an ``axis`` beyond the weight's rank
+    fails here, not at the first optimizer step)."""
+    from ..attach import constraint_sources
+
+    for name, mod, attr, c in constraint_sources(model):
+        p = getattr(mod, attr)
+        try:
+            with torch.no_grad():
+                c(p.detach().clone())
+        except (ValueError, RuntimeError, IndexError) as e:
+            key = ("regularize.constraints" if spec.config.get("regularize", {}).get("constraints")
+                   else "model.layers[...].kernel_constraint / bias_constraint")
+            raise ConfigError(f"{spec.path}: {key}: {c!r} cannot apply to {name!r} of shape {tuple(p.shape)}: "
+                              f"{e}") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -335,14 +364,32 @@ def _group_cost(spec: ExperimentSpec, n: int) -> float:
     return t["epochs"] * (1.0 + 300 / t["batch_size"]) * (1 + n / 100)  # steps dominate; M adds little
 
 
-def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, threads: int) -> int:
-    """Process-pool entry point (picklable arguments only)."""
-    from ..training.engine import keep_flushing_denormals
-
-    keep_flushing_denormals()
-    torch.set_num_threads(threads)
+def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str) -> int:
+    """Helper-process entry point (picklable arguments only)."""
     train_group(ExperimentSpec(config, path, inputs), seeds, Path(out))
     return len(seeds)
+
+
+def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
+    return fn(*args)
+
+
+@dataclass
+class _Task:
+    """A group of units to train (``units``) or a side task (``side``: its index)."""
+    units: list[Unit] | None = None
+    side: tuple[int, Callable[..., Any], tuple] | None = None
+
+    @property
+    def key(self) -> str:
+        s = self.units[0].spec
+        return s.digest() + "/" + s.name
+
+    def call(self, out: Path) -> tuple[Callable[..., Any], tuple]:
+        if self.side is not None:
+            return _side_task, self.side[1:]
+        s = self.units[0].spec
+        return _train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out))
 
 
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
@@ -351,11 +398,26 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
     are skipped (resume).
 
-    With ``workers > 1`` groups run in that many processes at once (each single-threaded): a
-    group of small models is bound by per-step overhead, not arithmetic, so two cores train two
-    groups in the time of one. ``side_tasks`` (picklable ``(function, args)``, e.g. the
-    regularization path) run in the same pool, first; their results are returned in ``"side"``.
+    ``workers`` processes train at once: this one and ``workers - 1`` helpers (``helpers.py``),
+    each single-threaded when there is more than one -- a group of small models is bound by
+    per-step overhead, not arithmetic, so two cores train two groups in the time of one. The
+    helpers take the costliest tasks first, this process the cheapest. ``side_tasks``
+    (picklable ``(function, args)``, e.g. a regularization path) are scheduled first; their
+    results are returned in ``"side"``, in order.
+
+    Each group is trained under its lock (``locks.py``): a group another process holds is left
+    to it, waited for at the end, and only the units it left unfinished are trained. On Ctrl-C
+    the helpers are interrupted too; finished groups stay written, interrupted ones write
+    nothing, and ``KeyboardInterrupt`` is raised.
     """
+    import collections
+    import concurrent.futures as cf
+
+    from tqdm.auto import tqdm
+
+    from .helpers import helper_pool, interrupt, submit
+    from .locks import GroupLocks
+
     out = Path(out)
     units = list(units)
     pending: dict[str, list[Unit]] = {}
@@ -365,49 +427,98 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             skipped += 1
         else:
             pending.setdefault(u.spec.digest() + u.spec.name, []).append(u)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(len(v) for v in pending.values()), desc="study", unit="run",
-               disable=not progress or not sys.stderr.isatty())
-    trained = 0
-    t0 = time.perf_counter()
     groups = sorted(pending.values(), key=lambda us: -_group_cost(us[0].spec, len(us)))
-    side: list[Any] = []
-    if workers > 1 and len(groups) + len(side_tasks) > 1:
-        import concurrent.futures as cf
-        import multiprocessing as mp
+    tasks = collections.deque([_Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] +
+                              [_Task(units=us) for us in groups])
+    bar = tqdm(total=sum(len(us) for us in groups), desc="study", unit="run",
+               disable=not progress or not sys.stderr.isatty())
+    n_helpers = min(workers - 1, len(tasks) - 1) if workers > 1 else 0
+    pool = helper_pool(n_helpers) if n_helpers > 0 else None
+    locks = GroupLocks(out)
+    side: list[Any] = [None] * len(side_tasks)
+    counts = {"trained": 0, "skipped": skipped}
+    waiting: list[_Task] = []  # groups another process holds
+    running: dict[cf.Future, _Task] = {}
+    t0 = time.perf_counter()
 
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            side_futs = [pool.submit(_side_task, fn, args) for fn, args in side_tasks]
-            futs = {pool.submit(_train_group_task, us[0].spec.config, us[0].spec.path, us[0].spec.inputs,
-                                [u.seed for u in us], str(out), 1): us for us in groups}
-            for fut in cf.as_completed(futs):
-                us = futs[fut]
-                trained += fut.result()  # re-raises a worker's error; finished groups stay written
-                bar.update(len(us))
-                if on_group_done is not None:
-                    on_group_done(us[0].spec, [u.seed for u in us])
-            side = [f.result() for f in side_futs]
-    else:
-        side = [fn(*args) for fn, args in side_tasks]
-        for us in groups:
-            bar.set_postfix_str(us[0].spec.name)
-            seeds = [u.seed for u in us]
-            train_group(us[0].spec, seeds, out)
-            trained += len(us)
-            bar.update(len(us))
-            if on_group_done is not None:
-                on_group_done(us[0].spec, seeds)
-    bar.close()
-    return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - t0, "side": side}
+    def claim(task: _Task, wait: bool = False) -> _Task | None:
+        """The task with its lock held and only its unfinished units, or None (nothing to do, or
+        another process holds it: then it waits in ``waiting``)."""
+        if task.units is None:
+            return task
+        if wait:
+            locks.wait(task.key)
+        elif not locks.try_acquire(task.key):
+            waiting.append(task)
+            return None
+        left = [u for u in task.units if not u.done(out)]  # another run may have finished some
+        for u in left:
+            u.clear_partial(out)
+        counts["skipped"] += len(task.units) - len(left)
+        bar.update(len(task.units) - len(left))
+        if not left:
+            locks.release(task.key)
+            return None
+        return _Task(units=left)
 
+    def finish(task: _Task, result: Any) -> None:
+        if task.units is None:
+            side[task.side[0]] = result
+            return
+        locks.release(task.key)
+        counts["trained"] += len(task.units)
+        bar.update(len(task.units))
+        if on_group_done is not None:
+            on_group_done(task.units[0].spec, [u.seed for u in task.units])
 
-def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
-    from ..training.engine import keep_flushing_denormals
+    def collect(block: bool) -> None:
+        done, _ = cf.wait(list(running), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
+        for f in done:
+            finish(running.pop(f), f.result())  # re-raises a helper's error; finished groups stay written
 
-    keep_flushing_denormals()
-    torch.set_num_threads(1)
-    return fn(*args)
+    def run_here(task: _Task) -> None:
+        fn, args = task.call(out)
+        if task.units is not None:
+            bar.set_postfix_str(task.units[0].spec.name)
+        threads = torch.get_num_threads()
+        if pool is not None:
+            torch.set_num_threads(1)  # as the helpers
+        try:
+            finish(task, fn(*args))
+        finally:
+            torch.set_num_threads(threads)
+
+    try:
+        while tasks or running or waiting:
+            if pool is not None:
+                collect(block=False)
+                while tasks and len(running) <= n_helpers:  # one queued ahead: no helper waits on us
+                    task = claim(tasks.popleft())
+                    if task is not None:
+                        fn, args = task.call(out)
+                        running[submit(pool, fn, *args)] = task
+            if tasks:
+                task = claim(tasks.pop())  # this process: the cheapest left
+                if task is not None:
+                    run_here(task)
+            elif running:
+                collect(block=True)
+            elif waiting:
+                task = claim(waiting.pop(0), wait=True)
+                if task is not None:
+                    run_here(task)
+    except BaseException:
+        if pool is not None:
+            for f in running:
+                f.cancel()
+            interrupt(pool)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        locks.release_all()
+        bar.close()
+    return {**counts, "seconds": time.perf_counter() - t0, "side": side}
 
 
 def run_unit(unit: Unit, out: str | Path) -> dict:

@@ -170,6 +170,8 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     frame = results_frame(runs)
     frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
     figs = out / "figures"
+    if figs.exists() and not figs.is_dir():
+        raise ValueError(f"{figs} is a file, not a folder: the report draws its figures there; move it away")
     figs.mkdir(parents=True, exist_ok=True)
     if meta is None:
         try:

@@ -19,9 +19,10 @@ with the data-loss derivative from ``Loss.per_example_grad`` and penalty derivat
 autograd). Activity penalties are divided by the batch size, as in Keras. In training, penalty
 values (only logged) are summed over an epoch's steps and mapped to their sources at its end
 (``penalty_totals``; the loop's ``defers_penalties`` protocol). ``nn.Dropout`` layers
-draw their masks exactly as ``nn.Dropout`` does, so ``fit`` gives the autograd path's numbers; a
-stack of M > 1 draws all its models' masks at once, so with dropout a model in ``fit_many`` does
-not get the draw it gets alone (as on the vmap path).
+draw their masks exactly as ``nn.Dropout`` does, so ``fit`` gives the autograd path's numbers; in
+a stack of M > 1 each model draws from its own generator, holding the global state it had right
+after its build, so a model gets the masks it gets alone (the vmap path draws all models' masks
+at once: there, a model's masks depend on its group).
 
 Layout: row m of one ``(M, P)`` buffer holds all of model m's parameters (P padded to a multiple
 of 64), each biased layer as one ``(out, in + 1)`` block ``[W | b]`` at an aligned offset (its
@@ -522,6 +523,10 @@ class DenseStack:
         #: training steps add their penalty values up here (``penalty_totals``)
         self.defers_penalties = True
         self._other_sums: torch.Tensor | None = None  # (M, k): batch size x value of the ungrouped sources
+        #: one random stream per model for its dropout masks (``fit_many`` sets them: each
+        #: model's global RNG state right after its build, so a model draws the masks it draws
+        #: trained alone, in any group); None: the global generator, as ``nn.Dropout``
+        self.dropout_generators: list[torch.Generator] | None = None
         self.constraints = [(index[name], c) for name, c in shared_constraints(self.models)]
         self._training = self.base.training
         self._cache: tuple | None = None
@@ -775,7 +780,13 @@ class DenseStack:
                 torch.sigmoid(a, out=b[0])
                 h = outputs[j] = b[1] if dest is None else dest.copy_(b[1])
             elif kind == _DROPOUT:  # torch's own recipe (same draws as nn.Dropout)
-                noise = torch.empty_like(h).bernoulli_(1.0 - a).div_(1.0 - a)
+                noise = torch.empty_like(h)
+                if self.dropout_generators is None:
+                    noise.bernoulli_(1.0 - a)
+                else:
+                    for m, g in enumerate(self.dropout_generators):
+                        noise[m].bernoulli_(1.0 - a, generator=g)
+                noise.div_(1.0 - a)
                 h = torch.mul(h, noise, out=dest)
                 outputs[j] = noise
             elif dest is not None:  # dropout in evaluation: the identity
@@ -914,7 +925,7 @@ class DenseStack:
     def after_step(self) -> None:
         for i, c in self.constraints:
             v = self.views[i]
-            v.copy_(torch.vmap(c)(v))
+            v.copy_(c.stacked(v) if hasattr(c, "stacked") else torch.vmap(c)(v))
 
     def snapshot(self):
         return self.flat.detach().clone()

@@ -62,6 +62,12 @@ def _estimate_bytes(model: nn.Module, batch_size: int, n_features: int) -> int:
     return itemsize * (6 * n_params + 4 * batch_size * widest * n_layers)
 
 
+def _generator(state: torch.Tensor) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(state)
+    return g
+
+
 def fit_many(
     build: Callable[..., nn.Module | tuple[nn.Module, Any]],
     x: Any,
@@ -118,6 +124,8 @@ def fit_many(
         xv, v_per = _per_model(validation_data[0], M, "validation x")
         yv, _ = _per_model(validation_data[1], M, "validation y")
 
+    rngs: dict[int, torch.Tensor] = {}
+
     def make(i: int):
         torch.manual_seed(configs[i]["seed"])
         out = build(**grid[i % len(grid)])
@@ -126,6 +134,7 @@ def fit_many(
             raise ValueError("give loss=..., or let build return (model, loss)")
         if device is not None:
             model.to(device)
+        rngs[i] = torch.get_rng_state()  # where a model trained alone draws its dropout masks from
         return model, _losses.get(lo)
 
     first, first_loss = make(0)
@@ -170,6 +179,8 @@ def fit_many(
             try:
                 stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
                 result.engine = "dense"
+                if not single and dev.type == "cpu":
+                    stack.dropout_generators = [_generator(rngs[i]) for i in idx]
             except NotTransformable:
                 if not single:  # vmap would fail on it too; one model can use autograd
                     raise

@@ -170,8 +170,15 @@ class PenaltyGroups:
 
     @staticmethod
     def _map(F: torch.Tensor, chans: list, out: torch.Tensor | None) -> torch.Tensor:
-        """Per-source values ``(M, K)`` of one kind's features ``F`` (added to ``out``)."""
+        """Per-source values ``(M, K)`` of one kind's features ``F`` (added to ``out``), in
+        float64: a product's rounding depends on how many rows (models) it has, and a value
+        rounded to ``F``'s dtype from float64 then does not (the values are only logged)."""
+        F = F.double()
+        out = out if out is None else out.double()
         for lam, fa, S in chans:
+            lam = lam.double()
+            S = S.double()
+            fa = None if fa is None else (fa[0].double(), fa[1].double())
             if fa is not None:
                 out = (F @ fa[0]) * fa[1] if out is None else torch.addcmul(out, F @ fa[0], fa[1])
             else:
@@ -184,7 +191,7 @@ class PenaltyGroups:
         out = None
         for f, _, chans, _ in self._maps(scale):
             out = self._map(self._columns(self._features(f, x)), chans, out)
-        return out
+        return out.to(x.dtype)
 
     def accumulate(self, x: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``weight * f(x)`` (summed over the lead axes) to each kind's running sum."""
@@ -202,7 +209,7 @@ class PenaltyGroups:
         for (_, _, chans, _), (acc, _, _) in zip(self._maps(scale), self._sums):
             out = self._map(self._columns(acc), chans, out)
             acc.zero_()
-        return out
+        return out.to(self.dtype)
 
     def grad_maps(self, lead: int, scale: float | None = None) -> tuple[torch.Tensor | None, list]:
         """``(C, [(Lam, f')])``: the derivative is ``C + sum Lam * f'(x)``. Maps are shaped to

@@ -1,0 +1,97 @@
+"""Helper processes: a pool whose workers end with their parent and stop on its interrupt.
+
+``execute`` trains groups in this process and in ``workers - 1`` helper processes (spawned, so
+they share no state with the parent). Two guarantees a plain ``ProcessPoolExecutor`` does not
+give:
+
+- a helper whose parent dies (``kill -9``) exits within half a second instead of training on
+  and writing runs nobody asked for;
+- ``interrupt(pool)`` sends each helper the parent's Ctrl-C (SIGINT), so its group stops within
+  a step and writes nothing, also when the signal reached the parent alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+
+__all__ = ["helper_pool", "interrupt", "run_task", "submit"]
+
+_POLL_S = 0.5
+_busy = False
+_stopping = False
+
+
+def run_task(fn, *args):
+    """What a helper runs: ``fn(*args)``, interruptible by SIGINT while it runs; after a SIGINT
+    the helper starts no further task (those already queued to it fail at once)."""
+    global _busy
+    if _stopping:
+        raise KeyboardInterrupt("the run was interrupted before this task started")
+    _busy = True
+    try:
+        return fn(*args)
+    finally:
+        _busy = False
+
+
+def _on_sigint(signum, frame) -> None:
+    # the first Ctrl-C interrupts the running task (its group then writes nothing); an idle
+    # helper, or one already stopping, ignores it: the parent shuts the pool down
+    global _busy, _stopping
+    _stopping = True
+    if _busy:
+        _busy = False
+        raise KeyboardInterrupt
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(_POLL_S)
+        if os.getppid() != parent:  # re-parented: the parent is gone
+            os._exit(70)
+
+
+def _init(parent: int, threads: int) -> None:
+    import torch
+
+    from ..training.engine import keep_flushing_denormals
+
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit() for the start-up
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="reglab-parent-watch").start()
+    keep_flushing_denormals()
+    torch.set_num_threads(threads)
+
+
+def helper_pool(n: int, threads: int = 1) -> cf.ProcessPoolExecutor:
+    """``n`` spawned helper processes, each with ``threads`` torch threads."""
+    return cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
+                                  initargs=(os.getpid(), threads))
+
+
+def submit(pool: cf.ProcessPoolExecutor, fn, *args) -> cf.Future:
+    """``pool.submit(run_task, fn, *args)``, with SIGINT blocked meanwhile: a helper the pool
+    starts now inherits the blocked signal (``exec`` keeps the signal mask), so a Ctrl-C while
+    it is still importing does not kill it with a traceback; ``_init`` installs ``_on_sigint``,
+    then unblocks. This process gets a Ctrl-C of that moment when the call returns."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(run_task, fn, *args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def interrupt(pool: cf.ProcessPoolExecutor) -> None:
+    """Forward Ctrl-C to the pool's live helpers (a group interrupted there writes nothing)."""
+    # the pool's own table of its processes: the standard library has no public handle before 3.14
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        except (OSError, ValueError):
+            pass
