@@ -498,6 +498,7 @@ def test_no_nan_reaches_results_or_report_and_failed_runs_are_left_out(tmp_path)
     out = tmp_path / "out"
     res = run([write(tmp_path, diverge, "boom.toml")], out, "--seeds", "2", "--no-baselines")
     assert res.exit_code == 0, res.output
+    assert "diverged: boom: 2 of 2 seed(s) (0, 1)" in res.output  # said per experiment
     df = reglab.load_results(out)
     assert df["failed"].all()
     assert df.filter(like="test_").isna().all().all()

@@ -97,6 +97,24 @@ def _pooled(workers: int) -> None:
         torch.set_num_threads(1)
 
 
+def _echo_failures(units, out: Path) -> None:
+    """Name each experiment with runs that diverged (kept, marked failed and left out of the
+    statistics), on stderr."""
+    from .experiments.runner import _verified
+
+    failed: dict[str, list[int]] = {}
+    total: dict[str, int] = {}
+    for u in units:
+        row = _verified(u.path(out))
+        total[u.spec.name] = total.get(u.spec.name, 0) + 1
+        if row is not None and row.get("failed"):
+            failed.setdefault(u.spec.name, []).append(u.seed)
+    for name, seeds in failed.items():
+        click.echo(f"diverged: {name}: {len(seeds)} of {total[name]} seed(s) ({', '.join(map(str, seeds[:10]))}"
+                   f"{', ...' if len(seeds) > 10 else ''}); kept as failed runs, left out of the statistics and "
+                   "counted in the report", err=True)
+
+
 def _execute(units, out: Path, **kw) -> dict:
     """``execute``; on Ctrl-C, say what was kept and exit non-zero (130): finished runs stay, the
     interrupted groups wrote nothing and are redone by the next run."""
@@ -105,7 +123,9 @@ def _execute(units, out: Path, **kw) -> dict:
     units = list(units)
     _check_writable(out)
     try:
-        return execute(units, out, **kw)
+        info = execute(units, out, **kw)
+        _echo_failures(units, out)
+        return info
     except KeyboardInterrupt:
         done = sum(Unit.done(u, out) for u in units)
         click.echo(f"interrupted: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "

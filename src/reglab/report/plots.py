@@ -19,7 +19,7 @@ plt.rcParams["text.parse_math"] = False  # titles from experiment files are draw
 __all__ = ["save", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
 
 
-def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
+def _band(ax, arr: np.ndarray, color: str, label: str, dashed: bool = False) -> None:
     """Mean over seeds with its 95% t-interval as a band (runs of different lengths are NaN-padded)."""
     from scipy import stats
 
@@ -36,7 +36,7 @@ def _band(ax, arr: np.ndarray, color: str, label: str) -> None:
         mean = np.nanmean(arr, axis=0)
         sd = np.nanstd(arr, axis=0, ddof=1)
         half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)  # same interval as mean_ci, per epoch
-    ax.plot(ep, mean, color=color, label=label, lw=1.5)
+    ax.plot(ep, mean, color=color, label=label, lw=1.2, ls="--" if dashed else "-")
     ok = n >= 2
     ax.fill_between(ep[ok], (mean - half)[ok], (mean + half)[ok], color=color, alpha=0.25, lw=0)
 
@@ -64,22 +64,34 @@ def histories(e: RowSummary) -> dict[str, np.ndarray]:
     return {k: _stack(e.finished, k) for k in ("data_loss", "val_data_loss", "loss", "val_loss")}
 
 
-def curves(series: dict[str, np.ndarray], title: str, loss: str, path: Path) -> Path:
-    """Train/validation curves of the finished runs: data loss and total objective, mean and 95%
-    CI over seeds, drawn while at least half the runs still run."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-    for ax, (tk, vk, title) in zip(axes, [("data_loss", "val_data_loss", "data loss (no penalty)"),
-                                           ("loss", "val_loss", "objective = data loss + penalties (Keras loss)")]):
-        _band(ax, series[tk], "tab:blue", "train")
-        _band(ax, series[vk], "tab:red", "validation")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
+def curves(items: list[tuple[str, dict[str, np.ndarray]]], loss: str, path: Path) -> Path:
+    """Small multiples, one panel per experiment (``(label, histories)``): train and validation
+    data loss (solid) and the training objective, data loss + penalties (dashed), mean and 95% CI
+    over the finished seeds, drawn while at least half of them still run. Panels share the y axis,
+    so curves compare across experiments."""
+    cols = min(4, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows + 0.4), sharey=True, squeeze=False)
+    for ax, (label, series) in zip(axes.ravel(), items):
+        _band(ax, series["data_loss"], "tab:blue", "train data loss")
+        _band(ax, series["val_data_loss"], "tab:red", "validation data loss")
+        if not np.array_equal(series["loss"], series["data_loss"], equal_nan=True):
+            _band(ax, series["loss"], "tab:blue", "train objective (+ penalties)", dashed=True)
+        ax.set_title(f"{label} ({series['loss'].shape[0]} seeds)", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(str(loss).replace("_", " "))
-    axes[0].legend(frameon=False)
-    n = series["loss"].shape[0]
-    fig.suptitle(f"{title}  ({n} finished seeds, band = 95% CI of the mean)", fontsize=10)
-    return save(fig, path)
+    for ax in axes.ravel()[len(items):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(str(loss).replace("_", " "), fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.5 * rows + 0.4)))
+    fig.savefig(path, dpi=144)
+    plt.close(fig)
+    return path
 
 
 def boundaries(items: list[tuple[str, dict[str, np.ndarray], int]], path: Path) -> Path:

@@ -304,23 +304,24 @@ def _section_experiments(doc: Doc, summ: Summary, figs: Path) -> None:
         doc.p("One seed per experiment (named in each panel; the lowest finished seed), its training data, the model's "
               "boundary p = 0.5 (black) and the Bayes boundary (green, dashed). One seed's picture, not the average.")
         doc.img(doc.figure(plots.boundaries, grid, figs / "decision_boundaries.png"), "decision boundaries, one seed each")
-    doc.h(2, "Experiments one by one")
+    doc.h(2, "Training curves")
+    rows, items, losses = [], [], set()
     for e in summ.ordered():
-        doc.h(3, f"`{e.key}` -- {e.title}")
         verdicts = [r.get("overfitting", {}).get("verdict", "?") for r in e.finished]
         kinds: dict[str, int] = {}
         for v in verdicts:
             kinds[v.split(" after")[0]] = kinds.get(v.split(" after")[0], 0) + 1
-        text = f"{len(e.finished)} of {len(e.runs)} seeds finished"
-        if e.n_failed:
-            text += f" ({e.n_failed} diverged and are left out)"
-        if kinds:
-            text += "; validation-curve verdicts: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-        doc.p(text + ".")
-        if not e.finished:
-            continue
-        doc.img(doc.figure(plots.curves, plots.histories(e), e.title, e.runs[0].get("loss_name") or "loss",
-                           figs / f"curves_{_safe(e.key)}.png"), f"training curves {e.key}")
+        rows.append([f"`{e.key}`", e.title, f"{len(e.finished)} / {len(e.runs)}", str(e.n_failed),
+                     ", ".join(f"{k} {n}" for k, n in kinds.items()) or "n/a"])
+        if e.finished:
+            items.append((e.key, plots.histories(e)))
+            losses.add(e.runs[0].get("loss_name") or "loss")
+    doc.p("Per experiment: seeds finished of those run, seeds that diverged (left out of every figure), and the "
+          "verdicts of the validation curves. Then one panel per experiment, on one y scale.")
+    doc.table(["experiment", "title", "finished", "diverged", "validation-curve verdicts"], rows)
+    if items:
+        loss = losses.pop() if len(losses) == 1 else "data loss (each experiment's own)"
+        doc.img(doc.figure(plots.curves, items, loss, figs / "training_curves.png"), "training curves, one panel each")
 
 
 def _section_sparsity(doc: Doc, summ: Summary, figs: Path) -> None:
