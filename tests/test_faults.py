@@ -167,3 +167,45 @@ def _children(pid: int) -> list[int]:
         except OSError:
             pass
     return kids
+
+
+def test_two_concurrent_runs_share_the_work(tmp_path, reference):
+    """Two ``reglab run`` processes on one folder at once: every unit is trained exactly once
+    (each skips or waits for the groups the other holds), and the results are the reference's."""
+    files, ref = reference
+    out = tmp_path / "out"
+    a, b = _start(files, out), _start(files, out)
+    outs = [p.communicate(timeout=300) for p in (a, b)]
+    assert a.returncode == b.returncode == 0, outs
+    trained = [int(o.split(" runs trained")[0].split()[-1]) for o, _ in outs]
+    assert sum(trained) == len(ref), outs  # nothing trained twice
+    assert _results(out) == ref
+
+
+def test_concurrent_json_writers_and_readers_never_see_a_partial_file(tmp_path):
+    """``write_json`` from two processes, 300 writes each, while this process reads: no writer
+    fails and no read sees partial JSON (unique temporary names, then an atomic rename)."""
+    target = tmp_path / "x.json"
+    script = f"""
+import sys
+from pathlib import Path
+from reglab.experiments.runner import write_json
+for i in range(300):
+    write_json(Path({str(target)!r}), {{"writer": sys.argv[1], "i": i, "pad": "x" * 20000}})
+"""
+    writers = [subprocess.Popen([sys.executable, "-c", script, w], stderr=subprocess.PIPE, text=True)
+               for w in "ab"]
+    reads = bad = 0
+    while any(w.poll() is None for w in writers):
+        try:
+            doc = json.loads(target.read_text())
+            reads += 1
+            bad += doc["writer"] not in "ab" or len(doc["pad"]) != 20000
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            bad += 1
+    errs = [w.communicate()[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errs
+    assert bad == 0 and reads > 10
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -90,11 +90,15 @@ def _check_writable(out: Path) -> None:
 def _pooled(workers: int) -> None:
     """With more than one worker every training process is single-threaded (``execute``); this
     one is set so before it first uses torch: a process that has run torch ops on two threads
-    trains slower (measured 30%) after switching to one."""
+    trains slower (measured 30%) after switching to one. The helpers start now, importing while
+    this process loads and checks the experiments (``helpers.prestart``)."""
     if workers > 1:
         import torch
 
+        from .experiments.helpers import prestart
+
         torch.set_num_threads(1)
+        prestart(workers - 1)
 
 
 def _echo_failures(units, out: Path) -> None:

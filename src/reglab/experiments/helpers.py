@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-__all__ = ["helper_pool", "interrupt", "run_task", "submit"]
+__all__ = ["helper_pool", "interrupt", "run_task", "submit", "prestart"]
 
 _POLL_S = 0.5
 _busy = False
@@ -68,10 +68,51 @@ def _init(parent: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+_warm: tuple[int, int, cf.ProcessPoolExecutor] | None = None
+
+
+def _warm_up() -> None:
+    """What every group needs first: the runner's imports and an optimizer (torch imports its
+    compiler stack, about 3 s, on the first optimizer a process builds)."""
+    import torch
+
+    from . import runner  # noqa: F401
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def prestart(n: int, threads: int = 1) -> None:
+    """Start ``n`` helpers now and warm them up, while this process still loads and checks the
+    experiments; the next ``helper_pool(n, threads)`` returns them."""
+    global _warm
+    if _warm is None and n > 0:
+        pool = cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
+                                      initargs=(os.getpid(), threads))
+        for _ in range(n):
+            submit(pool, _warm_up)
+        _warm = (n, threads, pool)
+
+
 def helper_pool(n: int, threads: int = 1) -> cf.ProcessPoolExecutor:
-    """``n`` spawned helper processes, each with ``threads`` torch threads."""
+    """``n`` spawned helper processes, each with ``threads`` torch threads (the pre-started ones
+    when they match; others are shut down)."""
+    global _warm
+    if _warm is not None:
+        wn, wt, pool = _warm
+        _warm = None
+        if (wn, wt) == (n, threads):
+            return pool
+        pool.shutdown(wait=False, cancel_futures=True)
     return cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
                                   initargs=(os.getpid(), threads))
+
+
+def discard_prestarted() -> None:
+    """Shut down pre-started helpers no run used."""
+    global _warm
+    if _warm is not None:
+        _warm[2].shutdown(wait=False, cancel_futures=True)
+        _warm = None
 
 
 def submit(pool: cf.ProcessPoolExecutor, fn, *args) -> cf.Future:

@@ -415,7 +415,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
     from tqdm.auto import tqdm
 
-    from .helpers import helper_pool, interrupt, submit
+    from .helpers import discard_prestarted, helper_pool, interrupt, submit
     from .locks import GroupLocks
 
     out = Path(out)
@@ -434,6 +434,8 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                disable=not progress or not sys.stderr.isatty())
     n_helpers = min(workers - 1, len(tasks) - 1) if workers > 1 else 0
     pool = helper_pool(n_helpers) if n_helpers > 0 else None
+    if pool is None:
+        discard_prestarted()
     locks = GroupLocks(out)
     side: list[Any] = [None] * len(side_tasks)
     counts = {"trained": 0, "skipped": skipped}
