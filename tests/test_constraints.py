@@ -5,6 +5,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import reglab
+from reglab import attach
 from reglab import constraints as C
 
 from .test_regularizers import keras_view
@@ -141,3 +142,93 @@ def test_stacked_constraint_is_bit_identical_to_one_model_at_a_time(c, shape):
         return
     assert torch.equal(c.stacked(w), each) and torch.equal(torch.vmap(c)(w), each)
     assert not torch.equal(each, w) or isinstance(c, C.NonNeg)
+
+
+def _plain_loop(model, steps=20):
+    """A user's own loop with a stock optimizer: reglab is not called."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1)).to(next(model.parameters()).dtype)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((model(x) - 10) ** 2).mean().backward()  # a far target: the weights grow
+        opt.step()
+    return model
+
+
+def _row_norms(model):
+    return torch.linalg.vector_norm(model[0].weight.detach().double(), dim=1)
+
+
+def _constrained():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    reglab.constrain(model, {"0.weight": C.MaxNorm(0.5)})
+    return model
+
+
+def _torch_roundtrip(model):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model, buf)  # the user's whole-model save; reglab itself never unpickles
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def _swap(convert):
+    def go(model):
+        before = torch.__future__.get_swap_module_params_on_conversion()
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            return convert(model)
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(before)
+    return go
+
+
+def _assign_state(model):
+    import copy
+
+    fresh = copy.deepcopy(model)
+    fresh.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    return fresh
+
+
+COPIES = {
+    "deepcopy": lambda m: __import__("copy").deepcopy(m),
+    "torch_save_load": _torch_roundtrip,
+    "double": lambda m: m.double(),
+    "double_swap": _swap(lambda m: m.double()),
+    "to_float64_swap": _swap(lambda m: m.to(torch.float64)),
+    "load_state_dict_assign": _assign_state,
+    "compile_eager": lambda m: torch.compile(m, backend="eager"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(COPIES))
+def test_constraints_hold_in_a_plain_loop_after_copies_and_conversions(how):
+    """MaxNorm(0.5) is enforced in a plain PyTorch loop on a copied/converted/reloaded model,
+    without ``refresh_constraints``; the unconstrained control grows past it."""
+    model = COPIES[how](_constrained())
+    _plain_loop(model)
+    inner = getattr(model, "_orig_mod", model)
+    assert _row_norms(inner).max() <= 0.5 + 1e-6
+    torch.manual_seed(0)
+    free = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    assert _row_norms(_plain_loop(free)).max() > 1.0
+
+
+def test_constraint_handles_and_gone_models():
+    import gc
+
+    model = _constrained()
+    copy_ = __import__("copy").deepcopy(model)
+    n = len(attach._LIVE)
+    del copy_
+    gc.collect()
+    assert len(attach._LIVE) <= n  # weak: a model that is gone leaves
+    h = reglab.constrain(model, {"2.weight": C.NonNeg()})
+    h.remove()
+    _plain_loop(model)
+    assert (model[2].weight < 0).any()  # removed: not enforced
+    assert _row_norms(model).max() <= 0.5 + 1e-6

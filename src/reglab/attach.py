@@ -282,19 +282,33 @@ def _resolve(value: Any, where: str, get: Any, what: str) -> Any:
 
 # ----------------------------------------------------------------------------- constraints
 
-_CONSTRAINED: dict[int, tuple[weakref.ref, _constraints.Constraint]] = {}
+#: models with constraints that exist now: weak references only (a model that is gone leaves);
+#: a model registers here when constrained and, as a copy (``deepcopy``, ``torch.load``), at its
+#: first forward pass (``_register_live``, a forward pre-hook that travels with the module)
+_LIVE: weakref.WeakSet = weakref.WeakSet()
 _STEP_HOOK: Any = None
+_ROOT = "_reglab_constraint_root"
+
+
+def _register_live(module: nn.Module, args: Any) -> None:
+    _LIVE.add(module)
 
 
 def _step_post_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    if not _CONSTRAINED:
+    """After any optimizer's step: project each constrained parameter it stepped. Constraints
+    are read from the modules (``constraint_sources``), so they hold for copies, converted and
+    reloaded models; no table of parameter identities is kept."""
+    if not _LIVE:
         return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}  # this step's
+    done: set[int] = set()
     with torch.no_grad():
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                entry = _CONSTRAINED.get(id(p))
-                if entry is not None and entry[0]() is p:
-                    p.copy_(entry[1](p))
+        for root in list(_LIVE):
+            for _, mod, attr, c in constraint_sources(root):
+                p = getattr(mod, attr)
+                if id(p) in stepped and id(p) not in done:
+                    done.add(id(p))
+                    p.copy_(c(p))
 
 
 def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
@@ -303,6 +317,12 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
     ``constraints`` maps parameter patterns -- name globs or type selectors, as ``params`` in
     ``regularize`` (``{"@kernels": MaxNorm(3)}``: the weights of Linear/Conv layers only) -- to
     constraints.
+
+    The constraints live on the modules (a table per owner module, by attribute name), so they
+    survive ``copy.deepcopy``, a whole-model ``torch.save``/``torch.load``, ``load_state_dict``
+    (also ``assign=True``), ``.to()``/``.double()``/``.half()`` with or without
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``, and ``torch.compile``; one
+    process-wide optimizer step post-hook projects the parameters any optimizer stepped.
 
     Keras equivalent: ``kernel_constraint``/``bias_constraint`` (applied after each update).
     Hand-written loops with a non-torch update can call ``apply_constraints(model)``.
@@ -323,30 +343,24 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
         owner, attr = _owner(model, name)
         table = owner.__dict__.setdefault(_CONSTRAINTS, {})
         table[attr] = c
-        p = named[name]
-        _CONSTRAINED[id(p)] = (weakref.ref(p), c)
-        handle._add(functools.partial(_unconstrain, table, attr, id(p)))
+        handle._add(functools.partial(table.pop, attr, None))
         handle.sources.append(name)
+    if not model.__dict__.get(_ROOT):
+        model.__dict__[_ROOT] = True
+        model.register_forward_pre_hook(_register_live)
+    _LIVE.add(model)
     if _STEP_HOOK is None:
         _STEP_HOOK = register_optimizer_step_post_hook(_step_post_hook)
     return handle
 
 
-def _unconstrain(table: dict, attr: str, pid: int) -> None:
-    table.pop(attr, None)
-    _CONSTRAINED.pop(pid, None)
-
-
 def refresh_constraints(model: nn.Module) -> None:
-    """Re-register the constraints recorded on ``model``'s modules with the optimizer step hook.
-
-    The hook finds parameters by identity; a ``copy.deepcopy`` or unpickled model has new
-    parameter objects. ``fit`` calls this; hand-written loops on a copied model should too.
-    """
+    """Register ``model`` (e.g. a copy that has not run a forward pass yet) with the optimizer
+    step hook. Not needed in a training loop: a copy registers itself at its first forward
+    pass. Kept for code that calls it; ``fit`` does."""
     global _STEP_HOOK
-    for _, mod, attr, c in constraint_sources(model):
-        p = getattr(mod, attr)
-        _CONSTRAINED[id(p)] = (weakref.ref(p), c)
+    if any(True for _ in constraint_sources(model)):
+        _LIVE.add(model)
         if _STEP_HOOK is None:
             _STEP_HOOK = register_optimizer_step_post_hook(_step_post_hook)
 
