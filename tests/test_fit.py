@@ -109,7 +109,8 @@ def test_constraints_hold_after_fit():
     [
         (dict(x=np.zeros((10, 3)), y=np.zeros((10, 1))), r"the model could not run on x of shape \(10, 3\)"),
         (dict(x=np.zeros((10, 2)), y=np.zeros((9, 1))), r"x has 10 examples but y has 9"),
-        (dict(x=np.zeros((10, 2)), y=np.zeros((10, 2))), r"binary_crossentropy: model output shape \(2, 1\) and y shape \(2, 2\) differ"),
+        (dict(x=np.zeros((10, 2)), y=np.zeros((10, 2))), r"binary_crossentropy: the model's output has shape \(1,\) per example, y \(shape \(10, 2\)\) has "
+         r"\(2,\) per example, for x of shape \(10, 2\)$"),
         (dict(x=np.zeros((10, 2)), y=np.full((10, 1), 2.0)), r"y: binary cross-entropy needs labels in \{0, 1\}; found \[2.0\]"),
         (dict(x=np.array([["a", "b"]] * 4), y=np.zeros((4, 1))), r"x must be numeric; got an array of dtype <U1"),
         (dict(x=np.zeros((0, 2)), y=np.zeros((0, 1))), r"x is empty \(shape \(0, 2\)\)"),
@@ -124,7 +125,10 @@ def test_constraints_hold_after_fit():
     ],
 )
 def test_bad_input_is_reported_before_training(kwargs, message):
-    model = small()
+    _reported_before_training(small(), kwargs, message)
+
+
+def _reported_before_training(model, kwargs, message):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kw = dict(loss="binary_crossentropy", epochs=1, batch_size=4, progress=False)
     kw.update(kwargs)
@@ -132,6 +136,30 @@ def test_bad_input_is_reported_before_training(kwargs, message):
         reglab.fit(model, **kw)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])  # nothing trained
+
+
+def _ten_classes(softmax: bool):
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 10)] + ([nn.Softmax(dim=-1)] if softmax else [])
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("softmax, kwargs, message", [
+    (True, dict(y=np.arange(12) % 11), r"^y\[10\] = 10: a label must be an integer from 0 to 9 for a model with 10 "
+                                        r"outputs \(1 of 12 labels are not\)"),
+    (True, dict(y=np.r_[np.zeros(5), -1, np.zeros(6)]), r"^y\[5\] = -1: a label must be an integer from 0 to 9"),
+    (False, dict(y=np.arange(12) % 10), r"sparse_categorical_crossentropy expects probabilities \(from_logits=False\), "
+                                         r"but the model's outputs on the first 12 examples range over \[.*\]: end the "
+                                         r"model with a softmax, or use SparseCategoricalCrossentropy\(from_logits=True\)"),
+])
+def test_labels_and_logits_are_checked_before_training(softmax, kwargs, message):
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    _reported_before_training(_ten_classes(softmax), dict(x=x, loss="sparse_categorical_crossentropy", **kwargs),
+                              message)
+    # the same data with from_logits=True (raw logits) or a softmax model trains
+    y = np.arange(12) % 10
+    reglab.fit(_ten_classes(softmax), x, y, epochs=1, batch_size=4, progress=False,
+               loss=reglab.losses.SparseCategoricalCrossentropy(from_logits=not softmax))
 
 
 def test_divergence_stops_with_history_and_last_finite_weights():

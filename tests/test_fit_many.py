@@ -216,6 +216,17 @@ def test_fit_many_rejects_an_optimizer_instance_and_mixed_architectures():
         fit_many(build, data[0], data[1], seeds=[0], grid=[{"kind": "l2"}, {"kind": "l1"}], loss="mse", progress=False)
 
 
+def test_fit_many_names_the_grid_points_whose_architectures_differ():
+    data = blobs(0)
+
+    def build(width=4):
+        return torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.ReLU(), torch.nn.Linear(width, 1))
+
+    with pytest.raises(ValueError, match=r"the model of \{'seed': 0, 'width': 8\} has \('0.weight', \(8, 2\)\) where "
+                                         r"the model of \{'seed': 0, 'width': 4\} has \('0.weight', \(4, 2\)\)"):
+        fit_many(build, data[0], data[1], seeds=[0], grid=[{"width": 4}, {"width": 8}], loss="mse", progress=False)
+
+
 def test_torch_operations_per_step_do_not_depend_on_m():
     """Vectorized for real: one epoch of M = 2 and of M = 6 models issue the same torch operations
     (only the per-model shuffling permutations, drawn once per epoch, scale with M)."""

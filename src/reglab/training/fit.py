@@ -44,16 +44,49 @@ def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, 
     _data.check_lengths(xt, yt, f"{prefix}x", f"{prefix}y")
     was = model.training
     model.eval()
+    probe = xt[:PROBE]
     try:
         with torch.no_grad(), PenaltyPlan(model).collect():
             try:
-                out = model(xt[:2])
+                out = model(probe)
             except Exception as e:
                 raise ValueError(f"the model could not run on {prefix}x of shape {tuple(xt.shape)}: {e}") from e
     finally:
         model.train(was)
-    loss.check_shapes(tuple(out.shape), tuple(yt[:2].shape))
+    try:
+        loss.check_shapes(tuple(out.shape), tuple(yt[:len(probe)].shape))
+    except ValueError as e:
+        raise ValueError(f"{loss.name}: the model's output has shape {tuple(out.shape[1:])} per example, {prefix}y "
+                         f"(shape {tuple(yt.shape)}) has {tuple(yt.shape[1:])} per example, for {prefix}x of shape "
+                         f"{tuple(xt.shape)}") from None
+    check_targets_and_outputs(loss, out, yt, prefix)
     return xt, yt
+
+
+#: examples of the first batch the model is run on before training (shapes, output range)
+PROBE = 32
+
+
+def check_targets_and_outputs(loss: _losses.Loss, out: torch.Tensor, yt: torch.Tensor, prefix: str = "") -> None:
+    """Before training: integer labels within the model's classes (sparse cross-entropy), and
+    probabilities where the loss expects them (``from_logits=False``) -- a model with raw
+    logits would otherwise train silently on clipped values."""
+    base = getattr(loss, "data_loss", loss)
+    if base.task == "sparse" and out.dim() >= 2 and isinstance(base, _losses.SparseCategoricalCrossentropy):
+        k = out.shape[-1]
+        labels = yt.reshape(-1)
+        bad = (labels < 0) | (labels >= k) | (labels != labels.round())
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{prefix}y[{i}] = {labels[i].item():g}: a label must be an integer from 0 to {k - 1} "
+                             f"for a model with {k} outputs ({int(bad.sum())} of {labels.numel()} labels are not)")
+    if getattr(base, "from_logits", True) is False and base.task in ("binary", "categorical", "sparse"):
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{base.name} expects probabilities (from_logits=False), but the model's outputs on the "
+                             f"first {out.shape[0]} examples range over [{lo:.3g}, {hi:.3g}]: end the model with a "
+                             f"{'sigmoid' if base.task == 'binary' else 'softmax'}, or use "
+                             f"{type(base).__name__}(from_logits=True)")
 
 
 def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, prefix):

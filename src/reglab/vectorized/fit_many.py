@@ -62,6 +62,18 @@ def _estimate_bytes(model: nn.Module, batch_size: int, n_features: int) -> int:
     return itemsize * (6 * n_params + 4 * batch_size * widest * n_layers)
 
 
+def _check_one_architecture(first, models, configs, first_config) -> None:
+    """Every model's parameters have model 0's names and shapes (else: name the grid points)."""
+    want = [(n, tuple(p.shape)) for n, p in first.named_parameters()]
+    for m, cfg in zip(models, configs):
+        have = [(n, tuple(p.shape)) for n, p in m.named_parameters()]
+        if have != want:
+            a, b = next(((h, w) for h, w in zip(have, want) if h != w), (have[len(want):] or None, want[len(have):] or None))
+            raise ValueError(f"fit_many trains models of one architecture together: the model of {cfg} has "
+                             f"{a} where the model of {first_config} has {b}; train different architectures in "
+                             "separate fit_many calls")
+
+
 def _generator(state: torch.Tensor) -> torch.Generator:
     g = torch.Generator()
     g.set_state(state)
@@ -155,6 +167,7 @@ def fit_many(
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]
         models = [b[0] for b in built]
         losses = [b[1] for b in built]
+        _check_one_architecture(first, models, [configs[i] for i in idx], configs[0])
         p0 = next(models[0].parameters())
         dtype, dev = p0.dtype, p0.device
 
