@@ -628,6 +628,48 @@ def test_a_unit_does_not_depend_on_its_group(tmp_path, threads):
     assert other["metrics"]["val_log_loss"] != alone["metrics"]["val_log_loss"]  # seeds do differ
 
 
+def test_a_unit_redone_on_the_vmap_path_gets_its_uninterrupted_numbers(tmp_path):
+    """On the vmap path a unit's numbers depend on its group (dropout masks are drawn for the
+    whole group); a missing unit is therefore redone by training its whole planned group again,
+    writing only what is missing -- so it equals the run that was lost, bit for bit."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=60)
+    np.savez(tmp_path / "images.npz", x=(rng.normal(size=(60, 1, 4, 4)) + y[:, None, None, None]).astype(np.float32),
+             y=y)
+    (tmp_path / "cnn.py").write_text(CNN.replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), nn.Dropout(0.3), nn.Flatten()"))
+    spec = one(write(tmp_path, """
+name = "cnn"
+[data]
+file = "images.npz"
+[train]
+loss = {name = "sparse_categorical_crossentropy", from_logits = true}
+epochs = 3
+batch_size = 16
+[model]
+builder = "cnn.py:build"
+""", "cnn.toml"))
+    from reglab.experiments.runner import group_independent
+
+    assert not group_independent(spec) and group_independent(validate(tomllib.loads(TINY), "t.toml"))
+    units = [Unit(spec, s) for s in range(4)]
+    out = tmp_path / "out"
+    execute(units, out, progress=False)
+    lost = units[2].path(out)
+    before = json.loads(lost.read_text())
+    assert before["engine"] == "vmap" and before["group_size"] == 4
+    others = {u.seed: u.path(out).stat().st_mtime_ns for u in units if u.seed != 2}
+    lost.unlink()
+    info = execute(units, out, progress=False)
+    assert info["trained"] == 1 and info["skipped"] == 3
+    again = json.loads(lost.read_text())
+    assert again["metrics"] == before["metrics"] and again["history"] == before["history"]
+    assert {u.seed: u.path(out).stat().st_mtime_ns for u in units if u.seed != 2} == others  # not rewritten
+    # trained alone, the same seed gets other numbers: why the whole group is redone
+    alone = execute([units[2]], tmp_path / "alone", progress=False)
+    assert alone["trained"] == 1
+    assert json.loads(units[2].path(tmp_path / "alone").read_text())["metrics"] != before["metrics"]
+
+
 def test_two_workers_give_one_worker_results_and_concurrent_runs_share_groups(tmp_path):
     """``workers=2`` (this process and a helper) writes the runs ``workers=1`` writes; a group
     locked by another process is left to it and waited for."""

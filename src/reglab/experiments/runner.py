@@ -306,9 +306,11 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
 
 
 def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress: bool = False,
-                threads: int | None = None) -> list[dict]:
+                threads: int | None = None, write: Iterable[int] | None = None) -> list[dict]:
     """Train the units (spec, seed) for ``seeds`` together in one ``fit_many`` group and write
-    their results. An interrupted group writes nothing and raises ``KeyboardInterrupt``."""
+    the results of those in ``write`` (default: all). An interrupted group writes nothing and
+    raises ``KeyboardInterrupt``."""
+    write = set(seeds if write is None else write)
     t0 = time.perf_counter()
     resample = spec.config["split"].get("resample", True)
     data = [splits_of(spec, s) for s in seeds] if resample else [splits_of(spec, 0)] * len(seeds)
@@ -329,6 +331,8 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     out_rows = []
     base = None if spec.is_baseline else spec.baseline().name
     for i, seed in enumerate(seeds):
+        if seed not in write:
+            continue
         unit = Unit(spec, seed)
         failed = res.failed.get(i)
         result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i], arrays_for_report=i == 0)
@@ -364,10 +368,27 @@ def _group_cost(spec: ExperimentSpec, n: int) -> float:
     return t["epochs"] * (1.0 + 300 / t["batch_size"]) * (1 + n / 100)  # steps dominate; M adds little
 
 
-def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str) -> int:
+def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, write: list[int]) -> int:
     """Helper-process entry point (picklable arguments only)."""
-    train_group(ExperimentSpec(config, path, inputs), seeds, Path(out))
-    return len(seeds)
+    train_group(ExperimentSpec(config, path, inputs), seeds, Path(out), write=write)
+    return len(write)
+
+
+def group_independent(spec: ExperimentSpec) -> bool:
+    """Whether a unit's numbers are the same in any group: models on the Dense-stack engine
+    (2-D inputs, a supported module) are (tested, at 1 and 2 threads); on the vmap path dropout
+    masks are drawn for the whole group and batched kernels round differently, and one model
+    alone trains on the plain autograd path."""
+    from .. import losses as _losses
+    from ..vectorized.dense import unsupported_reason
+
+    sp = splits_of(spec, 0)
+    if len(sp.input_shape) != 1:
+        return False
+    torch.manual_seed(0)
+    out = builder(spec, sp.input_shape, sp.n_outputs)()
+    model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
+    return unsupported_reason(model, _losses.get(lo)) is None
 
 
 def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
@@ -376,9 +397,16 @@ def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
 
 @dataclass
 class _Task:
-    """A group of units to train (``units``) or a side task (``side``: its index)."""
+    """A group of units to train (``units``), of which those in ``write`` (default: all) are
+    written; or a side task (``side``: its index)."""
     units: list[Unit] | None = None
     side: tuple[int, Callable[..., Any], tuple] | None = None
+    write: list[int] | None = None
+    whole: bool = False  # train every planned unit of the grid point (a group-dependent engine)
+
+    @property
+    def written(self) -> list[int]:
+        return [u.seed for u in self.units] if self.write is None else self.write
 
     @property
     def key(self) -> str:
@@ -389,7 +417,7 @@ class _Task:
         if self.side is not None:
             return _side_task, self.side[1:]
         s = self.units[0].spec
-        return _train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out))
+        return _train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out), self.written)
 
 
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
@@ -404,6 +432,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     helpers take the costliest tasks first, this process the cheapest. ``side_tasks``
     (picklable ``(function, args)``, e.g. a regularization path) are scheduled first; their
     results are returned in ``"side"``, in order.
+
+    A grid point on a group-dependent engine (``group_independent``) with some units finished
+    trains its whole planned group again and writes only the missing units, so they get the
+    numbers an uninterrupted run gives them.
 
     Each group is trained under its lock (``locks.py``): a group another process holds is left
     to it, waited for at the end, and only the units it left unfinished are trained. On Ctrl-C
@@ -421,16 +453,26 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     out = Path(out)
     units = list(units)
     pending: dict[str, list[Unit]] = {}
+    planned: dict[str, list[Unit]] = {}
     skipped = 0
     for u in units:
+        key = u.spec.digest() + u.spec.name
+        planned.setdefault(key, []).append(u)
         if u.done(out):
             skipped += 1
         else:
-            pending.setdefault(u.spec.digest() + u.spec.name, []).append(u)
-    groups = sorted(pending.values(), key=lambda us: -_group_cost(us[0].spec, len(us)))
-    tasks = collections.deque([_Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] +
-                              [_Task(units=us) for us in groups])
-    bar = tqdm(total=sum(len(us) for us in groups), desc="study", unit="run",
+            pending.setdefault(key, []).append(u)
+    group_tasks = []
+    for key, us in pending.items():
+        if len(us) < len(planned[key]) and not group_independent(us[0].spec):
+            # a group-dependent engine: train the whole planned group, as an uninterrupted run
+            # did, and write only the missing units -- so they get that run's numbers
+            group_tasks.append(_Task(units=planned[key], write=[u.seed for u in us], whole=True))
+        else:
+            group_tasks.append(_Task(units=us))
+    group_tasks.sort(key=lambda t: -_group_cost(t.units[0].spec, len(t.units)))
+    tasks = collections.deque([_Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] + group_tasks)
+    bar = tqdm(total=sum(len(t.written) for t in group_tasks), desc="study", unit="run",
                disable=not progress or not sys.stderr.isatty())
     n_helpers = min(workers - 1, len(tasks) - 1) if workers > 1 else 0
     pool = helper_pool(n_helpers) if n_helpers > 0 else None
@@ -453,14 +495,17 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         elif not locks.try_acquire(task.key):
             waiting.append(task)
             return None
-        left = [u for u in task.units if not u.done(out)]  # another run may have finished some
+        todo = [u for u in task.units if u.seed in set(task.written)]
+        left = [u for u in todo if not u.done(out)]  # another run may have finished some
         for u in left:
             u.clear_partial(out)
-        counts["skipped"] += len(task.units) - len(left)
-        bar.update(len(task.units) - len(left))
+        counts["skipped"] += len(todo) - len(left)
+        bar.update(len(todo) - len(left))
         if not left:
             locks.release(task.key)
             return None
+        if task.whole:
+            return _Task(units=task.units, write=[u.seed for u in left], whole=True)
         return _Task(units=left)
 
     def finish(task: _Task, result: Any) -> None:
@@ -468,10 +513,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             side[task.side[0]] = result
             return
         locks.release(task.key)
-        counts["trained"] += len(task.units)
-        bar.update(len(task.units))
+        counts["trained"] += len(task.written)
+        bar.update(len(task.written))
         if on_group_done is not None:
-            on_group_done(task.units[0].spec, [u.seed for u in task.units])
+            on_group_done(task.units[0].spec, task.written)
 
     def collect(block: bool) -> None:
         done, _ = cf.wait(list(running), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
