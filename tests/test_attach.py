@@ -53,18 +53,55 @@ def test_activity_is_divided_by_batch_size_and_before_vs_after():
     assert float(t["1:activity"]) == pytest.approx(0.01 * float(pre.relu().sum()) / 5)
 
 
-def test_several_forwards_before_a_step_add_then_reset_after_read():
+def test_each_top_level_call_starts_afresh_and_accumulation_is_opt_in():
     m = mlp()
     reglab.regularize(m, activity={"1": L2(1.0)})
     x1, x2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
     a1 = L2(1.0)(hidden(m, x1)) / 4
     a2 = L2(1.0)(hidden(m, x2)) / 6
     m(x1)
-    m(x2)  # gradient accumulation: both count
-    assert float(reglab.penalty(m)) == pytest.approx(float(a1 + a2))
-    assert float(reglab.penalty(m)) == pytest.approx(float(a1 + a2))  # reading again changes nothing
-    m(x2)  # the first forward after a read starts afresh
+    m(x2)  # Keras 3: a top-level call replaces what the previous one left unread
     assert float(reglab.penalty(m)) == pytest.approx(float(a2))
+    assert float(reglab.penalty(m)) == pytest.approx(float(a2))  # reading again changes nothing
+    with reglab.accumulate_activity():  # gradient accumulation: both count (since the last read)
+        m(x1)
+        m(x2)
+    assert float(reglab.penalty(m)) == pytest.approx(float(a1 + a2))
+    m(x1)
+    assert float(reglab.penalty(m)) == pytest.approx(float(a1))
+    wrapper = nn.Sequential(m)  # a wrapper's call encloses the model's: one top-level call
+    wrapper(x2)
+    assert float(reglab.penalty(m)) == pytest.approx(float(a2))
+
+
+def test_a_validation_pass_with_grad_does_not_double_the_next_penalty():
+    """The issue's case: an evaluation with grad enabled between steps used to add to the next
+    batch's penalty (0.0775 vs 0.0383)."""
+    m = mlp()
+    reglab.regularize(m, activity={"1": L1(1.0)})
+    x, xv = torch.randn(4, 2, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    m(xv)
+    m(x)
+    assert float(reglab.penalty(m)) == pytest.approx(float(L1(1.0)(hidden(m, x)) / 4))
+
+
+def test_unread_forward_passes_keep_no_graphs_alive():
+    """10,000 unread forward passes with grad: memory stays flat (each call replaces the last
+    call's term and with it the graph it held)."""
+    import gc
+    import weakref
+
+    m = mlp()
+    reglab.regularize(m, activity={"1": L1(0.01)})
+    x = torch.randn(64, 2, dtype=torch.float64)
+    m(x)
+    first = weakref.ref(reglab.penalties(m)["1:activity"])
+    for _ in range(10_000):
+        m(x)
+    gc.collect()
+    assert first() is None  # the first pass's term (and its graph) is gone
+    state = m[1].__dict__["_reglab_activity"]
+    assert state.count == 1 and float(state.total) == pytest.approx(float(L1(0.01)(hidden(m, x)) / 64))
 
 
 def test_no_grad_evaluation_between_steps_neither_leaks_nor_drops():

@@ -7,6 +7,7 @@ from .attach import (
     Handle,
     apply_constraints,
     apply_spec,
+    accumulate_activity,
     clear_activity,
     constrain,
     penalties,
@@ -31,7 +32,7 @@ from .experiments.results import load_results
 __all__ = [
     "__version__",
     "activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
-    "Handle", "regularize", "constrain", "penalty", "penalties", "apply_constraints", "clear_activity",
+    "Handle", "regularize", "constrain", "penalty", "penalties", "apply_constraints", "clear_activity", "accumulate_activity",
     "regularization_spec", "apply_spec", "refresh_constraints",
     "selectors", "select", "KERNELS", "BIASES",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",

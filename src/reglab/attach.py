@@ -15,13 +15,16 @@ so that the batch dimension comes first (recurrent modules with ``batch_first=Fa
 dimension 1) -- and its value is divided by the batch size. It is computed in every forward
 pass, in ``train()`` and ``eval()`` mode alike (Keras's ``val_loss`` includes it).
 
-Several forward passes before one step: the activity terms of consecutive forward passes add up
-(two forwards for gradient accumulation count twice, like their data losses); reading them with
-``penalty``/``penalties`` does not change them (read twice, get the same value), but the first
-forward pass after a read starts afresh, as does
-a forward pass made under a different grad mode (so an evaluation under ``torch.no_grad()``
-between steps neither leaks into nor drops from the training penalty).
-``clear_activity(model)`` drops recorded terms explicitly.
+Each top-level call starts afresh (Keras 3: a layer called outside any other layer's call clears
+its losses): a *top-level call* is a forward of the model ``regularize`` was given, or of a
+regularized module, that no such forward encloses (a wrapper or compiled module around the model
+calls it, so it counts too). It drops the terms its own subtree recorded before, read or not, so
+unread forward passes (a validation pass with grad enabled, 10,000 predictions) neither pile up
+nor keep their graphs alive; the calls inside it add up. Reading with ``penalty``/``penalties``
+changes nothing. Gradient accumulation over several forward passes is an explicit opt-in:
+inside ``with reglab.accumulate_activity():`` top-level calls add to what is recorded since the
+last read (a pass under a different grad mode still starts afresh). ``clear_activity(model)`` drops recorded
+terms explicitly.
 """
 
 from __future__ import annotations
@@ -175,6 +178,46 @@ def _activity_term(reg: _regularizers.Regularizer, y: torch.Tensor, hp: Mapping[
     return value / y.shape[0]
 
 
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("reglab_call_depth", default=0)
+_ACCUMULATE: contextvars.ContextVar[bool] = contextvars.ContextVar("reglab_accumulate", default=False)
+_CALLS = "_reglab_call_hooks"
+
+
+class accumulate_activity:
+    """``with reglab.accumulate_activity():`` -- top-level forward passes inside add their
+    activity terms to what is recorded, instead of starting afresh (gradient accumulation over
+    several forwards before one ``penalty`` and one step)."""
+
+    def __enter__(self):
+        self._token = _ACCUMULATE.set(True)
+        return self
+
+    def __exit__(self, *exc):
+        _ACCUMULATE.reset(self._token)
+        return False
+
+
+def _call_begins(module: nn.Module, args: Any) -> None:
+    depth = _DEPTH.get()
+    if depth == 0 and not _ACCUMULATE.get() and _COLLECTOR.get() is None:
+        for _, _, state in activity_sources(module):  # a top-level call: its subtree starts afresh
+            state.total, state.count, state.read = None, 0, False
+    module.__dict__.setdefault("_reglab_depth_tokens", []).append(_DEPTH.set(depth + 1))
+
+
+def _call_ends(module: nn.Module, args: Any, out: Any) -> None:
+    tokens = module.__dict__.get("_reglab_depth_tokens")
+    if tokens:
+        _DEPTH.reset(tokens.pop())
+
+
+def _track_calls(mod: nn.Module) -> None:
+    """Hooks marking ``mod``'s forward as a call (once per module; they travel with copies)."""
+    if not mod.__dict__.get(_CALLS):
+        mod.__dict__[_CALLS] = (mod.register_forward_pre_hook(_call_begins),
+                                mod.register_forward_hook(_call_ends, always_call=True))
+
+
 def _activity_hook(module: nn.Module, args: Any, out: Any) -> None:
     state: _ActivityState = getattr(module, _ACTIVITY)
     y = _batch_first(module, out)
@@ -257,6 +300,9 @@ def regularize(
             state.hook = mod.register_forward_hook(_activity_hook)
             handle._add(functools.partial(_drop_activity, mod, state))
             handle.sources.append(f"{name}:activity")
+            _track_calls(mod)
+        if a_hits:
+            _track_calls(model)
     except Exception:
         handle.remove()
         raise

@@ -338,12 +338,12 @@ def _check_hooks(model: nn.Module) -> None:
                   "_global_backward_pre_hooks"):
         if getattr(_m, store, None):
             raise _Unsupported("global module hooks are registered")
-    from ..attach import _register_live
+    from ..attach import _call_begins, _call_ends, _register_live
 
     for name, mod in model.named_modules():
-        if any(h is not _register_live for h in mod._forward_pre_hooks.values()) or mod._backward_hooks or getattr(mod, "_backward_pre_hooks", None):
+        if any(h not in (_register_live, _call_begins) for h in mod._forward_pre_hooks.values()) or mod._backward_hooks or getattr(mod, "_backward_pre_hooks", None):
             raise _Unsupported(f"module {name!r} has hooks")
-        if any(h is not _activity_hook for h in mod._forward_hooks.values()):
+        if any(h not in (_activity_hook, _call_ends) for h in mod._forward_hooks.values()):
             raise _Unsupported(f"module {name!r} has a forward hook")
 
 
