@@ -1,8 +1,8 @@
 """Attach regularizers and constraints to any ``torch.nn.Module``, and read the penalty back.
 
 Nothing is subclassed: parameter regularizers are recorded on the module that owns the parameter,
-activity regularizers are forward hooks, constraints are applied by a global optimizer step
-post-hook keyed on parameter identity. Every attachment returns a handle whose ``remove()``
+activity regularizers are forward hooks, constraints are recorded on the module that owns the
+parameter and applied by one process-wide optimizer step post-hook. Every attachment returns a handle whose ``remove()``
 detaches it again.
 
 Penalty sources have stable names, relative to the module ``penalties`` is called on:
