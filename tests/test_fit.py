@@ -289,3 +289,27 @@ def test_training_flushes_denormals_in_every_thread_and_restores():
         assert int((x * 0.5 != 0).sum()) == x.numel()
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae", "binary_crossentropy"])
+def test_targets_of_shape_n_against_outputs_n_by_1_as_in_keras(keras, loss):
+    """Keras expands y of shape (n,) to the outputs' rank (squeeze_or_expand_to_same_rank); so
+    does fit: the same history as with y of shape (n, 1), and Keras's loss value."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())
+
+    flat = reglab.fit(model(), x, y, loss=loss, epochs=2, batch_size=10, shuffle=False, progress=False)
+    column = reglab.fit(model(), x, y[:, None], loss=loss, epochs=2, batch_size=10, shuffle=False, progress=False)
+    assert flat["loss"].tolist() == column["loss"].tolist()
+    with torch.no_grad():
+        pred = model()(torch.as_tensor(x))
+    ours = float(reglab.losses.get(loss)(pred, torch.as_tensor(y)[:, None]))
+    wrapper = {"mse": keras.losses.MeanSquaredError, "mae": keras.losses.MeanAbsoluteError,
+               "binary_crossentropy": keras.losses.BinaryCrossentropy}[loss]()  # what Keras's fit uses
+    theirs = float(wrapper(y.astype("float64"), pred.numpy().astype("float64")))
+    assert ours == pytest.approx(theirs, rel=1e-6)

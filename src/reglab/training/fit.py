@@ -53,6 +53,9 @@ def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, 
                 raise ValueError(f"the model could not run on {prefix}x of shape {tuple(xt.shape)}: {e}") from e
     finally:
         model.train(was)
+    if (yt.dim() == out.dim() - 1 and out.dim() >= 2 and out.shape[-1] == 1 and loss.task != "sparse"
+            and not isinstance(getattr(loss, "data_loss", loss), _losses.TorchLoss)):
+        yt = yt.unsqueeze(-1)  # Keras (squeeze_or_expand_to_same_rank): y of shape (n,) against outputs (n, 1)
     try:
         loss.check_shapes(tuple(out.shape), tuple(yt[:len(probe)].shape))
     except ValueError as e:
