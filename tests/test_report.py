@@ -125,3 +125,18 @@ def test_a_relative_output_folder_with_analysis_figures(study, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     md = write_report(Path("rel"))["markdown"].read_text()
     assert "](figures/autoencoder_features.png)" in md
+
+
+def test_report_writes_comparisons_whose_estimates_are_the_paired_means(study):
+    import reglab
+
+    out, specs, _ = study
+    comp = reglab.load_comparisons(out)
+    res = reglab.load_results(out)
+    assert len(comp) == len(specs) * 5  # excess log-loss + 4 test metrics per experiment
+    for r in comp.itertuples():
+        e = res[res.experiment == r.experiment].set_index("seed")[r.metric]
+        b = res[res.experiment == r.baseline].set_index("seed")[r.metric]
+        d = (e - b).dropna()
+        assert r.n == len(d) == 2 and r.estimate == pytest.approx(d.mean(), abs=1e-12)
+        assert r.verdict == "no verdict"  # 2 seeds: fewer than 5 pairs

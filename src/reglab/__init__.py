@@ -27,6 +27,7 @@ from . import datasets, diagnostics, models, training, vectorized
 from .vectorized import ManyResult, fit_many
 from .experiments.path import regularization_path
 from .experiments.results import load_results
+from .report.comparisons import load_comparisons
 
 
 __all__ = [
@@ -37,6 +38,6 @@ __all__ = [
     "selectors", "select", "KERNELS", "BIASES",
     "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
     "Dense", "Activation", "RegularizedLoss",
-    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult", "regularization_path", "load_results",
+    "fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged", "models", "training", "diagnostics", "datasets", "vectorized", "fit_many", "ManyResult", "regularization_path", "load_results", "load_comparisons",
     "Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity",
 ]

@@ -17,6 +17,7 @@ from ..diagnostics.metrics import LABELS, METRICS
 from ..experiments.results import results_frame
 from ..experiments.runner import load_runs
 from . import plots
+from .comparisons import comparisons_frame
 from .summary import MIN_PAIRS, Summary, compared_metrics, lower_is_better, metric_label, summarize
 
 __all__ = ["write_report", "Section"]
@@ -169,6 +170,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     summ = summarize(runs)
     frame = results_frame(runs)
     frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
+    comparisons_frame(frame).to_csv(out / "comparisons.csv", index=False, na_rep="")
     figs = out / "figures"
     if figs.exists() and not figs.is_dir():
         raise ValueError(f"{figs} is a file, not a folder: the report draws its figures there; move it away")

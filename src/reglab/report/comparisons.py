@@ -1,0 +1,181 @@
+"""Every comparison of a study as one table: ``comparisons_frame(results)`` -> a pandas row per
+(experiment grid point, its own baseline, metric); ``reglab report`` writes it to
+``OUT/comparisons.csv`` and ``reglab.load_comparisons(OUT)`` reads it back.
+
+For the paired differences ``d_s = experiment_s - baseline_s`` over the ``n`` seeds where both
+runs finished (``estimate`` = their mean, ``experiment - baseline``):
+
+- **Family and adjustment.** A family is every comparison of the study on one metric against
+  one kind of baseline (here: each experiment's own). With ``m`` comparisons in it, the interval
+  is the paired t-interval at level ``1 - alpha / m`` (Bonferroni) and ``p_adjusted =
+  min(1, m p)`` with ``p`` the paired t-test's, so ``p_adjusted < alpha`` exactly when the
+  interval excludes 0 (``method = "paired t, Bonferroni over m"``).
+- **Verdict.** ``"equivalent"`` when the interval lies inside ``(-margin, +margin)``; else
+  ``"better"``/``"worse"`` when it excludes 0 on that side (``better`` says which direction is
+  good: ``"lower"`` or ``"higher"``); else ``"inconclusive"``. Fewer than ``MIN_PAIRS`` pairs:
+  no interval, ``"no verdict"``.
+- **Margin**, the smallest effect worth having: ``DEFAULT_MARGINS`` -- 0.01 on bounded scores
+  (accuracy, ECE, R^2), 0.005 on the Brier score, and 2 % of the baseline's mean on unbounded
+  losses (log-loss, MSE, MAE; for ``excess_log_loss`` 2 % of the baseline's fresh log-loss) --
+  unless ``margins`` gives one.
+- **p_improvement**: the share of paired seeds in which the experiment beats the baseline (ties
+  count half), with its 95 % Wilson interval -- the paired form of rliable's probability of
+  improvement.
+- **mde**: the smallest true difference ``n`` seeds detect with 80 % power at the family's
+  adjusted alpha, ``(t_{1-a/2, n-1} + t_{0.8, n-1}) sd(d) / sqrt(n)``; **n_needed** (inconclusive
+  rows): the smallest ``n`` for which that equals ``|estimate|`` (empty above 100,000).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .summary import MIN_PAIRS, compared_metrics, lower_is_better
+
+__all__ = ["comparisons_frame", "write_comparisons", "load_comparisons", "DEFAULT_MARGINS", "COLUMNS", "ALPHA"]
+
+ALPHA = 0.05
+POWER = 0.8
+COLUMNS = ["experiment", "baseline", "metric", "better", "n", "estimate", "ci_low", "ci_high", "method", "p_adjusted",
+           "margin", "verdict", "p_improvement", "p_improvement_low", "p_improvement_high", "mde", "n_needed"]
+#: absolute margins; a metric not listed gets RELATIVE_MARGIN x |baseline mean|
+DEFAULT_MARGINS = {"accuracy": 0.01, "ece": 0.01, "r2": 0.01, "brier": 0.005}
+RELATIVE_MARGIN = 0.02
+
+
+def _margin(metric: str, base: np.ndarray, frame, base_rows, margins: dict[str, float] | None) -> float:
+    if margins and metric in margins:
+        return float(margins[metric])
+    m = metric.partition("_")[2]
+    if m in DEFAULT_MARGINS:
+        return DEFAULT_MARGINS[m]
+    ref = base
+    if metric.startswith("excess_") and f"fresh_{m}" in frame.columns:
+        ref = base_rows[f"fresh_{m}"].to_numpy(dtype=float)
+    ref = ref[np.isfinite(ref)]
+    return RELATIVE_MARGIN * float(abs(ref.mean())) if ref.size else math.nan
+
+
+def _wilson(wins: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``wins / n`` (``wins`` may be a half-integer: ties
+    count half, so scipy's integer-only ``binomtest`` does not apply)."""
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _n_needed(effect: float, sd: float, alpha: float, limit: int = 100_000) -> int | None:
+    if not (effect and sd > 0 and math.isfinite(effect)):
+        return None
+    lo, hi = 2, limit
+    if _mde(hi, sd, alpha) > abs(effect):
+        return None
+    while lo < hi:  # the smallest n with mde(n) <= |effect| (mde falls with n)
+        mid = (lo + hi) // 2
+        if _mde(mid, sd, alpha) <= abs(effect):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _mde(n: int, sd: float, alpha: float) -> float:
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df)) * sd / math.sqrt(n))
+
+
+def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: float = ALPHA):
+    """The comparisons of a ``load_results`` table (see the module docstring)."""
+    import pandas as pd
+
+    if results.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    sweep = [c for c in results.columns if "/" in c]
+    exps = results[~results["is_baseline"]]
+    keys = exps[["experiment", *sweep]].drop_duplicates().to_dict("records")
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        sel = np.ones(len(results), dtype=bool)
+        for k, v in key.items():
+            sel &= (results[k] == v).to_numpy() if not (isinstance(v, float) and math.isnan(v)) else \
+                results[k].isna().to_numpy()
+        e = results[sel]
+        base_name = e["baseline"].iloc[0]
+        b = results[results["experiment"] == base_name]
+        task = e["task"].iloc[0]
+        known = any(c.startswith("excess_") and e[c].notna().any() for c in e.columns)
+        for metric in compared_metrics(task, known):
+            if metric not in results.columns:
+                continue
+            pair = e[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_e", "_b")).dropna()
+            d = (pair[f"{metric}_e"] - pair[f"{metric}_b"]).to_numpy(dtype=float)
+            rows.append({**key, "baseline": base_name, "metric": metric, "_d": d,
+                         "_base": pair[f"{metric}_b"].to_numpy(dtype=float), "_b_rows": b})
+    out = []
+    families: dict[str, int] = {}
+    for r in rows:
+        if len(r["_d"]) >= MIN_PAIRS:
+            families[r["metric"]] = families.get(r["metric"], 0) + 1
+    for r in rows:
+        d, metric = r.pop("_d"), r["metric"]
+        base, b_rows = r.pop("_base"), r.pop("_b_rows")
+        lower = lower_is_better(metric)
+        n = len(d)
+        m = families.get(metric, 1)
+        a = alpha / m
+        row = {**r, "better": "lower" if lower else "higher", "n": n, "estimate": float(d.mean()) if n else math.nan,
+               "method": f"paired t, Bonferroni over {m}",
+               "margin": _margin(metric, base, results, b_rows, margins)}
+        wins = float(np.sum(d < 0) if lower else np.sum(d > 0)) + 0.5 * float(np.sum(d == 0))
+        if n:
+            lo, hi = _wilson(wins, n)
+            row.update(p_improvement=wins / n, p_improvement_low=lo, p_improvement_high=hi)
+        if n < MIN_PAIRS:
+            row.update(ci_low=math.nan, ci_high=math.nan, p_adjusted=math.nan, verdict="no verdict", mde=math.nan,
+                       n_needed=None)
+            out.append(row)
+            continue
+        sd = float(d.std(ddof=1))
+        if sd > 0:
+            half = float(stats.t.ppf(1 - a / 2, n - 1) * sd / math.sqrt(n))
+            p = float(stats.ttest_1samp(d, 0.0).pvalue)
+        else:
+            half, p = 0.0, (1.0 if row["estimate"] == 0 else 0.0)
+        lo, hi = row["estimate"] - half, row["estimate"] + half
+        margin = row["margin"]
+        if math.isfinite(margin) and -margin < lo and hi < margin:
+            verdict = "equivalent"
+        elif lo > 0 or hi < 0:
+            verdict = "better" if (hi < 0) == lower else "worse"
+        else:
+            verdict = "inconclusive"
+        row.update(ci_low=lo, ci_high=hi, p_adjusted=min(1.0, m * p), verdict=verdict, mde=_mde(n, sd, a) if sd > 0
+                   else 0.0, n_needed=_n_needed(row["estimate"], sd, a) if verdict == "inconclusive" else None)
+        out.append(row)
+    df = pd.DataFrame.from_records(out)
+    cols = ["experiment", *sweep] + [c for c in COLUMNS if c != "experiment"]
+    df["n_needed"] = df["n_needed"].astype("Int64")
+    return df[cols]
+
+
+def write_comparisons(out: str | Path, results, margins: dict[str, float] | None = None) -> Path:
+    p = Path(out) / "comparisons.csv"
+    comparisons_frame(results, margins).to_csv(p, index=False, na_rep="")
+    return p
+
+
+def load_comparisons(out: str | Path):
+    """``OUT/comparisons.csv`` (written by ``reglab report``) as a pandas ``DataFrame``."""
+    import pandas as pd
+
+    p = Path(out) / "comparisons.csv"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no comparisons; run `reglab report {out}` first")
+    return pd.read_csv(p, dtype={"n_needed": "Int64"})

@@ -1,0 +1,76 @@
+"""comparisons.csv: one row per (experiment, baseline, metric); verdicts follow the intervals."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from reglab.report.comparisons import COLUMNS, comparisons_frame
+
+
+def frame(diffs: dict[str, list[float]], base: list[float]) -> pd.DataFrame:
+    """A load_results-shaped table: a baseline "b" and experiments whose test MSE is the
+    baseline's plus the given per-seed differences."""
+    rows = []
+    for s, v in enumerate(base):
+        rows.append({"experiment": "b", "is_baseline": True, "baseline": None, "seed": s, "task": "regression",
+                     "test_mse": v, "test_mae": v / 2, "test_r2": 0.5})
+    for name, d in diffs.items():
+        for s, (v, dv) in enumerate(zip(base, d)):
+            rows.append({"experiment": name, "is_baseline": False, "baseline": "b", "seed": s, "task": "regression",
+                         "test_mse": v + dv, "test_mae": v / 2, "test_r2": 0.5})
+    return pd.DataFrame(rows)
+
+
+BASE = [10.0, 11.0, 9.5, 10.5, 10.2, 9.8, 10.1, 10.4]
+DIFFS = {
+    "helps": [-1.0, -1.2, -0.8, -1.1, -0.9, -1.0, -1.05, -0.95],
+    "hurts": [0.9, 1.1, 1.0, 0.8, 1.2, 1.0, 0.95, 1.05],
+    "tiny": [0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01, 0.0],
+    "noisy": [2.0, -1.5, 1.0, -2.5, 0.5, 1.5, -1.0, 0.5],
+}
+
+
+def test_every_column_and_the_rules():
+    df = comparisons_frame(frame(DIFFS, BASE))
+    assert list(df.columns) == COLUMNS
+    mse = df[df.metric == "test_mse"].set_index("experiment")
+    m = 4  # four experiments in the test_mse family
+    for name, d in DIFFS.items():
+        d = np.array(d)
+        r = mse.loc[name]
+        assert r.n == 8 and r.better == "lower" and r.baseline == "b"
+        assert r.estimate == pytest.approx(d.mean(), abs=1e-12)  # the paired mean
+        half = stats.t.ppf(1 - 0.05 / m / 2, 7) * d.std(ddof=1) / math.sqrt(8)
+        assert (r.ci_low, r.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+        assert r.p_adjusted == pytest.approx(min(1.0, m * stats.ttest_1samp(d, 0).pvalue))
+        assert (r.p_adjusted < 0.05) == (r.ci_low > 0 or r.ci_high < 0)  # p and interval agree
+        assert r.method == "paired t, Bonferroni over 4"
+        assert r.margin == pytest.approx(0.02 * np.mean(BASE))
+        wins = np.sum(d < 0) + 0.5 * np.sum(d == 0)
+        assert r.p_improvement == pytest.approx(wins / 8)
+        assert r.p_improvement_low <= r.p_improvement <= r.p_improvement_high
+        mde = (stats.t.ppf(1 - 0.05 / m / 2, 7) + stats.t.ppf(0.8, 7)) * d.std(ddof=1) / math.sqrt(8)
+        assert r.mde == pytest.approx(mde)
+    assert mse.loc["helps"].verdict == "better" and mse.loc["hurts"].verdict == "worse"
+    assert mse.loc["tiny"].verdict == "equivalent"  # inside (-0.2, 0.2): too small to matter
+    noisy = mse.loc["noisy"]
+    assert noisy.verdict == "inconclusive" and noisy.n_needed > 8
+    assert pd.isna(mse.loc["helps"].n_needed)
+    # identical metrics: an interval of zero width, equivalent
+    assert (df[df.metric == "test_mae"].verdict == "equivalent").all()
+
+
+def test_fewer_than_five_pairs_get_no_verdict_and_failed_runs_are_left_out():
+    t = frame({"few": DIFFS["helps"]}, BASE)
+    t.loc[(t.experiment == "few") & (t.seed >= 4), "test_mse"] = np.nan  # 4 seeds failed
+    r = comparisons_frame(t).set_index("metric").loc["test_mse"]
+    assert r.n == 4 and r.verdict == "no verdict" and pd.isna(r.ci_low) and pd.isna(r.p_adjusted)
+    assert r.estimate == pytest.approx(np.mean(DIFFS["helps"][:4]))
+
+
+def test_margins_can_be_given():
+    r = comparisons_frame(frame({"tiny": DIFFS["tiny"]}, BASE), margins={"test_mse": 0.001})
+    assert r.set_index("metric").loc["test_mse"].verdict == "inconclusive"
