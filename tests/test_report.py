@@ -140,3 +140,17 @@ def test_report_writes_comparisons_whose_estimates_are_the_paired_means(study):
         d = (e - b).dropna()
         assert r.n == len(d) == 2 and r.estimate == pytest.approx(d.mean(), abs=1e-12)
         assert r.verdict == "no verdict"  # 2 seeds: fewer than 5 pairs
+
+
+def test_findings_and_forest_plot_come_first_and_contents_links_land_on_headings(study):
+    out, specs, paths = study
+    md = paths["markdown"].read_text()
+    heads = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert heads[0] == "Findings"
+    assert md.index("figures/forest.png") < md.index("## Protocol")
+    assert f"{len(specs)} have fewer than 5 finished pairs and no verdict" in md  # 2 seeds here
+    html = paths["html"].read_text()
+    links = re.findall(r"<a href='#([^']+)'>", html)
+    ids = set(re.findall(r"<h2 id='([^']+)'>", html))
+    assert len(links) == len(heads) and set(links) <= ids
+    assert "forest plot" in html

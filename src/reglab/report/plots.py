@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
 
 plt.rcParams["text.parse_math"] = False  # titles from experiment files are drawn literally ("$" is a dollar)
 
-__all__ = ["save", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
+__all__ = ["save", "forest", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
 
 
 def _band(ax, arr: np.ndarray, color: str, label: str, dashed: bool = False) -> None:
@@ -175,4 +175,30 @@ def path_plot(path_data: dict, path: Path) -> Path:
         ax.set_xlabel("lambda (strength tried; 0 = no regularization)")
         ax.set_title(k.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
+def forest(rows: list[tuple[str, float, float, float, float, str]], metric: str, better: str, path: Path) -> Path:
+    """Forest plot: per experiment (``(label, estimate, ci_low, ci_high, margin, verdict)``) the
+    paired difference from its own baseline with its interval, the zero line and the margin
+    band (differences too small to matter); colour by verdict."""
+    colours = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "inconclusive": "0.45",
+               "no verdict": "0.7"}
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(8.5, 0.9 + 0.32 * n))
+    for i, (label, est, lo, hi, margin, verdict) in enumerate(rows):
+        y = n - 1 - i
+        if np.isfinite(margin):
+            ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="tab:blue", alpha=0.08, lw=0)
+        c = colours.get(verdict, "k")
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.plot([lo, hi], [y, y], color=c, lw=2)
+        ax.plot([est], [y], "o", color=c, ms=5)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([f"{r[0]}  ({r[5]})" for r in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"experiment - its own baseline, {metric} ({better} is better); "
+                  "band: the margin", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
     return save(fig, path)

@@ -54,6 +54,10 @@ class Doc:
     def h(self, level: int, text: str) -> None:
         self.blocks.append(("h", (level, text)))
 
+    def toc(self) -> None:
+        """A table of contents of the level-2 headings (all of them, also those added later)."""
+        self.blocks.append(("toc", None))
+
     def p(self, text: str) -> None:
         self.blocks.append(("p", text))
 
@@ -70,8 +74,11 @@ class Doc:
 
     def markdown(self, root: Path) -> str:
         out = []
+        heads = [b[1] for k, b in self.blocks if k == "h" and b[0] == 2]
         for kind, b in self.blocks:
-            if kind == "h":
+            if kind == "toc":
+                out.append("Contents: " + " · ".join(f"[{h}](#{_anchor(h)})" for h in heads))
+            elif kind == "h":
                 out.append("#" * b[0] + " " + b[1])
             elif kind == "p":
                 out.append(b)
@@ -93,9 +100,13 @@ class Doc:
                "td:first-child,th:first-child,td:nth-child(2){text-align:left}img{max-width:100%}"
                "code{background:#f3f3f3;padding:0 3px}.sig{color:#0a6b0a;font-weight:600}"
                ".scroll{overflow-x:auto;max-width:100%}td{white-space:nowrap}</style></head><body>"]
+        heads = [b[1] for k, b in self.blocks if k == "h" and b[0] == 2]
         for kind, b in self.blocks:
-            if kind == "h":
-                out.append(f"<h{b[0]}>{_inline(b[1])}</h{b[0]}>")
+            if kind == "toc":
+                out.append("<nav><p>Contents: " + " · ".join(f"<a href='#{_anchor(h)}'>{_inline(h)}</a>" for h in heads)
+                           + "</p></nav>")
+            elif kind == "h":
+                out.append(f"<h{b[0]} id='{_anchor(b[1])}'>{_inline(b[1])}</h{b[0]}>")
             elif kind == "p":
                 out.append(f"<p>{_inline(b)}</p>")
             elif kind == "ul":
@@ -110,6 +121,13 @@ class Doc:
                 out.append(f"<p><img alt='{html.escape(b[1])}' src='data:image/png;base64,{data}'></p>")
         out.append("</body></html>")
         return "\n".join(out)
+
+
+def _anchor(text: str) -> str:
+    """A heading's anchor (GitHub's rule, roughly: lower case, letters, digits and hyphens)."""
+    import re
+
+    return re.sub(r"[^a-z0-9 _-]", "", text.lower()).strip().replace(" ", "-")
 
 
 def _md_cell(text: str) -> str:
@@ -170,7 +188,8 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     summ = summarize(runs)
     frame = results_frame(runs)
     frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
-    comparisons_frame(frame).to_csv(out / "comparisons.csv", index=False, na_rep="")
+    comp = comparisons_frame(frame)
+    comp.to_csv(out / "comparisons.csv", index=False, na_rep="")
     figs = out / "figures"
     if figs.exists() and not figs.is_dir():
         raise ValueError(f"{figs} is a file, not a folder: the report draws its figures there; move it away")
@@ -183,6 +202,8 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
         meta = meta if isinstance(meta, dict) else {}
     doc = Doc()
     doc.h(1, title or "reglab study report")
+    _section_findings(doc, comp, figs)
+    doc.toc()
     if intro:
         doc.p(intro)
     _section_protocol(doc, summ)
@@ -203,6 +224,63 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     page = out / "report.html"
     page.write_text(doc.html(title or "reglab study report"))
     return {"markdown": md, "html": page}
+
+
+def _headline(comp) -> str | None:
+    """The first metric compared (the task's headline: excess log-loss where the distribution is
+    known, else test log-loss or test MSE)."""
+    return None if comp.empty else str(comp["metric"].iloc[0])
+
+
+def _section_findings(doc: Doc, comp, figs: Path) -> None:
+    """Findings first: sentences made from ``comparisons.csv`` on the headline metric, and a
+    forest plot of the same rows."""
+    metric = _headline(comp)
+    if metric is None:
+        return
+    rows = comp[comp["metric"] == metric]
+    label = metric_label(metric)
+    sweep = [c for c in comp.columns if "/" in c]
+
+    def name(r) -> str:
+        point = ", ".join(f"{c.rsplit('/', 1)[-1]} = {r[c]:g}" if isinstance(r[c], float) else f"{c} = {r[c]}"
+                          for c in sweep if r[c] == r[c])
+        return f"`{r['experiment']}`" + (f" ({point})" if point else "")
+
+    def cite(r) -> str:
+        return f"{name(r)} {r['estimate']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]"
+
+    by = {v: [r for _, r in rows.iterrows() if r["verdict"] == v]
+          for v in ("better", "worse", "equivalent", "inconclusive", "no verdict")}
+    better = rows["better"].iloc[0]
+    doc.h(2, "Findings")
+    text = [f"On the {label} ({better} is better), each of {len(rows)} experiments against its own unregularized "
+            f"baseline, paired over seeds (difference [95% interval, Bonferroni-adjusted over the {len(rows)} "
+            "comparisons]):"]
+    if by["better"]:
+        text.append(f"**{len(by['better'])} help{'s' if len(by['better']) == 1 else ''}**: " + "; ".join(cite(r) for r in sorted(
+            by["better"], key=lambda r: r["estimate"] if better == "lower" else -r["estimate"])) + ".")
+    if by["worse"]:
+        text.append(f"**{len(by['worse'])} hurt{'s' if len(by['worse']) == 1 else ''}**: " + "; ".join(cite(r) for r in by["worse"]) + ".")
+    if by["equivalent"]:
+        text.append(f"**{len(by['equivalent'])} make{'s' if len(by['equivalent']) == 1 else ''} no difference worth "
+                    "having** (the interval inside ± the margin): "
+                    + "; ".join(f"{cite(r)}, margin {r['margin']:.3g}" for r in by["equivalent"]) + ".")
+    if by["inconclusive"]:
+        text.append(f"**{len(by['inconclusive'])} {'is' if len(by['inconclusive']) == 1 else 'are'} inconclusive** "
+                    "with these seeds: " + "; ".join(
+            f"{cite(r)}" + (f", about {int(r['n_needed'])} seeds would settle it" if r["n_needed"] == r["n_needed"]
+                            and r["n_needed"] is not None else "") for r in by["inconclusive"]) + ".")
+    if by["no verdict"]:
+        text.append(f"{len(by['no verdict'])} have fewer than {MIN_PAIRS} finished pairs and no verdict.")
+    doc.p(" ".join(text[:1]))
+    doc.bullets(text[1:])
+    doc.p("Every number here is a row of `comparisons.csv` (all metrics, with p-values, the probability of "
+          "improvement, the smallest detectable effect and the seeds needed).")
+    forest_rows = [(name(r).replace("`", ""), r["estimate"], r["ci_low"], r["ci_high"], r["margin"], r["verdict"])
+                   for _, r in rows.iterrows()]
+    doc.img(doc.figure(plots.forest, forest_rows, label, better, figs / "forest.png"),
+            f"forest plot: {label}, each experiment minus its own baseline, with intervals")
 
 
 def _section_protocol(doc: Doc, summ: Summary) -> None:
