@@ -158,7 +158,7 @@ def _ci(stat: tuple[float, float, float] | None, digits: int = 3) -> str:
 
 
 def _cmp(c, digits: int = 3) -> list[str]:
-    """Δ [CI], Holm p, effect size d_z, verdict -- four cells; ``n/a`` where not computed."""
+    """Δ [CI], Bonferroni p, effect size d_z, verdict -- four cells; ``n/a`` where not computed."""
     if c is None:
         return ["n/a", "n/a", "n/a", f"no verdict (fewer than {MIN_PAIRS} finished pairs)"]
     ci = (f"{c.mean_difference:+.{digits}f} [{c.ci_low:+.{digits}f}, {c.ci_high:+.{digits}f}]"
@@ -308,9 +308,9 @@ def _section_protocol(doc: Doc, summ: Summary) -> None:
                          "reported score comes from the test split, which no training decision saw.")
     items.append("Intervals are 95% Student-t intervals of the mean over the seeds that finished. Each experiment is "
                  "compared with **its own unregularized baseline** (the same data, model without its regularizers, "
-                 "loss, optimizer settings, epochs and batch size) on the same seeds: paired differences, Holm-adjusted "
-                 f"p-values over the family of one metric, Cohen's d_z; fewer than {MIN_PAIRS} finished pairs get no "
-                 "verdict. Failed (diverged) runs are kept out of the statistics and counted per row.")
+                 "loss, optimizer settings, epochs and batch size) on the same seeds: paired differences with "
+                 "intervals and p-values Bonferroni-adjusted over the family of one metric (an interval excludes 0 "
+                 f"exactly when p < 0.05), Cohen's d_z; fewer than {MIN_PAIRS} finished pairs get no verdict. Failed (diverged) runs are kept out of the statistics and counted per row.")
     doc.bullets(items)
 
 
@@ -350,7 +350,8 @@ def _section_comparisons(doc: Doc, summ: Summary) -> None:
                              [_direction(metric, c), fail])
             doc.h(3, f"Δ {metric_label(metric)} (experiment − baseline; "
                      f"{'lower' if lower_is_better(metric) else 'higher'} is better)")
-            doc.table(["experiment", "baseline", "pairs", "Δ [95% CI]", "p (Holm)", "d_z", "verdict", "direction",
+            doc.table(["experiment", "baseline", "pairs", "Δ [adjusted 95% CI]", "p (Bonferroni)", "d_z", "verdict",
+                       "direction",
                        "failures"], table)
 
 

@@ -1,5 +1,5 @@
 """Aggregate finished runs: per-experiment means with 95% CIs over the runs that finished, paired
-comparisons with each experiment's own baseline (Holm-corrected over the family of one metric).
+comparisons with each experiment's own baseline (intervals and p-values Bonferroni-adjusted over the family of one metric).
 
 A failed (diverged) run is kept out of means, intervals and paired differences; how many failed
 is shown per row and compared with the baseline's failures (Fisher's exact test), since dropping
@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics.metrics import LABELS, METRICS
-from ..diagnostics.statistics import holm, mean_ci, paired_comparison, with_adjusted
+from ..diagnostics.statistics import mean_ci, paired_comparison
 
 __all__ = ["Summary", "RowSummary", "summarize", "metric_label", "lower_is_better", "compared_metrics",
            "selection_by_loss_vs_accuracy", "MIN_PAIRS"]
 
 MIN_PAIRS = 5
+ALPHA = 0.05
 
 
 def metric_label(key: str) -> str:
@@ -135,7 +136,9 @@ def summarize(rows: list[dict]) -> Summary:
             p = float(_st.fisher_exact([[e.n_failed, len(e.runs) - e.n_failed],
                                         [b.n_failed, len(b.runs) - b.n_failed]]).pvalue)
             e.failure_test = (e.n_failed, b.n_failed, p)
-    # paired comparisons with the own baseline, Holm-corrected per metric over the study
+    # paired comparisons with the own baseline; a family is one metric over the study, with
+    # Bonferroni-adjusted intervals (level 1 - alpha/m) and p-values, so that p_adjusted < alpha
+    # exactly when the interval excludes 0 (the rule of comparisons.csv)
     all_metrics = {m for e in out.values() for m in compared_metrics(e.task, any(k.startswith("excess_") for k in e.stats))}
     for metric in sorted(all_metrics):
         comps = []
@@ -147,10 +150,10 @@ def summarize(rows: list[dict]) -> Summary:
             common = sorted(set(a_s) & set(b_s))
             if len(common) < MIN_PAIRS:
                 continue
-            comps.append((e, paired_comparison([a_s[s] for s in common], [b_s[s] for s in common])))
-        adj = holm([c.p_value for _, c in comps]) if comps else []
-        for (e, c), p in zip(comps, adj):
-            e.comparisons[metric] = with_adjusted(c, p)
+            comps.append((e, [a_s[s] for s in common], [b_s[s] for s in common]))
+        for e, a, b in comps:
+            e.comparisons[metric] = paired_comparison(a, b, confidence=1 - ALPHA / len(comps), alpha=ALPHA,
+                                                      n_comparisons=len(comps))
     return Summary(out)
 
 
