@@ -74,3 +74,24 @@ def test_fewer_than_five_pairs_get_no_verdict_and_failed_runs_are_left_out():
 def test_margins_can_be_given():
     r = comparisons_frame(frame({"tiny": DIFFS["tiny"]}, BASE), margins={"test_mse": 0.001})
     assert r.set_index("metric").loc["test_mse"].verdict == "inconclusive"
+
+
+def test_best_plain_baseline_is_its_own_family():
+    """With baseline kinds, each experiment is also compared with the best plain baseline of
+    its kind (lowest validation loss), in a family of its own."""
+    t = frame(DIFFS, BASE)
+    t["val_mse"] = t["test_mse"]
+    short = t[t.experiment == "b"].copy()
+    short["experiment"] = "b_short"
+    short["val_mse"] = short["test_mse"] = short["test_mse"] - 2.0  # a better plain schedule
+    t = pd.concat([t, short], ignore_index=True)
+    df = comparisons_frame(t, kinds={"b": "mlp", "b_short": "mlp"})
+    plain = df[(df.metric == "test_mse") & (df.comparison == "best plain baseline")].set_index("experiment")
+    own = df[(df.metric == "test_mse") & (df.comparison == "own baseline")].set_index("experiment")
+    assert set(plain.baseline) == {"b_short"} and set(own.baseline) == {"b"}
+    for name, d in DIFFS.items():
+        assert plain.loc[name].estimate == pytest.approx(np.mean(d) + 2.0)
+        assert plain.loc[name].method == "paired t, Bonferroni over 4"
+    assert plain.loc["helps"].verdict == "worse" and own.loc["helps"].verdict == "better"
+    other_kind = comparisons_frame(t, kinds={"b": "mlp", "b_short": "cnn"})  # not comparable: b is its own best
+    assert set(other_kind[other_kind.comparison == "best plain baseline"].baseline) == {"b"}

@@ -133,7 +133,11 @@ def test_report_writes_comparisons_whose_estimates_are_the_paired_means(study):
     out, specs, _ = study
     comp = reglab.load_comparisons(out)
     res = reglab.load_results(out)
-    assert len(comp) == len(specs) * 5  # excess log-loss + 4 test metrics per experiment
+    own = comp[comp.comparison == "own baseline"]
+    assert len(own) == len(specs) * 5  # excess log-loss + 4 test metrics per experiment
+    assert set(own.baseline) == {s.baseline().name for s in specs}
+    plain = comp[comp.comparison == "best plain baseline"]
+    assert len(plain) == len(own) and plain.baseline.isin(own.baseline).all()
     for r in comp.itertuples():
         e = res[res.experiment == r.experiment].set_index("seed")[r.metric]
         b = res[res.experiment == r.baseline].set_index("seed")[r.metric]

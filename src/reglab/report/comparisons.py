@@ -6,7 +6,10 @@ For the paired differences ``d_s = experiment_s - baseline_s`` over the ``n`` se
 runs finished (``estimate`` = their mean, ``experiment - baseline``):
 
 - **Family and adjustment.** A family is every comparison of the study on one metric against
-  one kind of baseline (here: each experiment's own). With ``m`` comparisons in it, the interval
+  one kind of baseline (``comparison``): each experiment's own, or the best plain baseline --
+  among the study's unregularized baselines on the same data, model and loss (other schedules),
+  the one with the lowest mean validation log-loss (MSE for regression; where the validation
+  data are the test data, an optimistic choice). With ``m`` comparisons in it, the interval
   is the paired t-interval at level ``1 - alpha / m`` (Bonferroni) and ``p_adjusted =
   min(1, m p)`` with ``p`` the paired t-test's, so ``p_adjusted < alpha`` exactly when the
   interval excludes 0 (``method = "paired t, Bonferroni over m"``).
@@ -42,7 +45,9 @@ __all__ = ["comparisons_frame", "write_comparisons", "load_comparisons", "DEFAUL
 ALPHA = 0.05
 POWER = 0.8
 COLUMNS = ["experiment", "baseline", "metric", "better", "n", "estimate", "ci_low", "ci_high", "method", "p_adjusted",
-           "margin", "verdict", "p_improvement", "p_improvement_low", "p_improvement_high", "mde", "n_needed"]
+           "margin", "verdict", "p_improvement", "p_improvement_low", "p_improvement_high", "mde", "n_needed",
+           "comparison"]
+OWN, BEST_PLAIN = "own baseline", "best plain baseline"
 #: absolute margins; a metric not listed gets RELATIVE_MARGIN x |baseline mean|
 DEFAULT_MARGINS = {"accuracy": 0.01, "ece": 0.01, "r2": 0.01, "brier": 0.005}
 RELATIVE_MARGIN = 0.02
@@ -91,12 +96,34 @@ def _mde(n: int, sd: float, alpha: float) -> float:
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df)) * sd / math.sqrt(n))
 
 
-def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: float = ALPHA):
-    """The comparisons of a ``load_results`` table (see the module docstring)."""
+def best_plain_baselines(results, kinds: dict[str, str]) -> dict[str, str]:
+    """For each baseline, the best plain baseline of its kind: among the baselines with the same
+    ``kinds`` value (same data, model and loss; other schedules), the one with the lowest mean
+    validation log-loss (classification) or MSE (regression)."""
+    out: dict[str, str] = {}
+    base = results[results["is_baseline"]]
+    for name in base["experiment"].unique():
+        same = [b for b in base["experiment"].unique() if kinds.get(b) is not None and kinds.get(b) == kinds.get(name)]
+        col = "val_mse" if base.loc[base["experiment"] == name, "task"].iloc[0] == "regression" else "val_log_loss"
+        if col not in base.columns or not same:
+            continue
+        means = {b: base.loc[base["experiment"] == b, col].mean() for b in same}
+        means = {b: v for b, v in means.items() if v == v}
+        if means:
+            out[name] = min(means, key=means.get)
+    return out
+
+
+def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: float = ALPHA,
+                      kinds: dict[str, str] | None = None):
+    """The comparisons of a ``load_results`` table (see the module docstring). With ``kinds``
+    (baseline name -> a key of its data, model and loss), each experiment is also compared with
+    the best plain baseline of its kind (``comparison = "best plain baseline"``, its own family)."""
     import pandas as pd
 
     if results.empty:
         return pd.DataFrame(columns=COLUMNS)
+    best = best_plain_baselines(results, kinds) if kinds else {}
     sweep = [c for c in results.columns if "/" in c]
     exps = results[~results["is_baseline"]]
     keys = exps[["experiment", *sweep]].drop_duplicates().to_dict("records")
@@ -107,28 +134,31 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
             sel &= (results[k] == v).to_numpy() if not (isinstance(v, float) and math.isnan(v)) else \
                 results[k].isna().to_numpy()
         e = results[sel]
-        base_name = e["baseline"].iloc[0]
-        b = results[results["experiment"] == base_name]
+        own = e["baseline"].iloc[0]
         task = e["task"].iloc[0]
         known = any(c.startswith("excess_") and e[c].notna().any() for c in e.columns)
-        for metric in compared_metrics(task, known):
-            if metric not in results.columns:
-                continue
-            pair = e[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_e", "_b")).dropna()
-            d = (pair[f"{metric}_e"] - pair[f"{metric}_b"]).to_numpy(dtype=float)
-            rows.append({**key, "baseline": base_name, "metric": metric, "_d": d,
-                         "_base": pair[f"{metric}_b"].to_numpy(dtype=float), "_b_rows": b})
+        against = [(own, OWN)] + ([(best[own], BEST_PLAIN)] if own in best else [])
+        for base_name, kind in against:
+            b = results[results["experiment"] == base_name]
+            for metric in compared_metrics(task, known):
+                if metric not in results.columns:
+                    continue
+                pair = e[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_e", "_b")).dropna()
+                d = (pair[f"{metric}_e"] - pair[f"{metric}_b"]).to_numpy(dtype=float)
+                rows.append({**key, "baseline": base_name, "metric": metric, "comparison": kind, "_d": d,
+                             "_base": pair[f"{metric}_b"].to_numpy(dtype=float), "_b_rows": b})
     out = []
-    families: dict[str, int] = {}
+    families: dict[tuple[str, str], int] = {}
     for r in rows:
         if len(r["_d"]) >= MIN_PAIRS:
-            families[r["metric"]] = families.get(r["metric"], 0) + 1
+            fam = (r["metric"], r["comparison"])
+            families[fam] = families.get(fam, 0) + 1
     for r in rows:
         d, metric = r.pop("_d"), r["metric"]
         base, b_rows = r.pop("_base"), r.pop("_b_rows")
         lower = lower_is_better(metric)
         n = len(d)
-        m = families.get(metric, 1)
+        m = families.get((metric, r["comparison"]), 1)
         a = alpha / m
         row = {**r, "better": "lower" if lower else "higher", "n": n, "estimate": float(d.mean()) if n else math.nan,
                "method": f"paired t, Bonferroni over {m}",

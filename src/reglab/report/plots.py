@@ -25,9 +25,9 @@ def _band(ax, arr: np.ndarray, color: str, label: str, dashed: bool = False) -> 
 
     ep = np.arange(1, arr.shape[1] + 1)
     n = np.sum(~np.isnan(arr), axis=0)
-    # an epoch is drawn only while at least half the runs (and 2) still run: a mean of the few
-    # runs that went on longest is not the experiment's curve
-    keep = n >= max(2, int(np.ceil(arr.shape[0] / 2))) if arr.shape[0] > 1 else n >= 1
+    # an epoch is drawn only while at least half the runs (and 5, or all when fewer ran) still
+    # run: a mean of the few runs that went on longest is not the experiment's curve
+    keep = n >= max(min(5, arr.shape[0]), int(np.ceil(arr.shape[0] / 2)))
     arr, ep, n = arr[:, keep], ep[keep], n[keep]
     if not ep.size:
         return
@@ -38,7 +38,8 @@ def _band(ax, arr: np.ndarray, color: str, label: str, dashed: bool = False) -> 
         half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)  # same interval as mean_ci, per epoch
     ax.plot(ep, mean, color=color, label=label, lw=1.2, ls="--" if dashed else "-")
     ok = n >= 2
-    ax.fill_between(ep[ok], (mean - half)[ok], (mean + half)[ok], color=color, alpha=0.25, lw=0)
+    # a loss is >= 0: the band does not go below what the metric can be
+    ax.fill_between(ep[ok], np.maximum(mean - half, 0.0)[ok], (mean + half)[ok], color=color, alpha=0.25, lw=0)
 
 
 def save(fig, path: Path) -> Path:
@@ -178,27 +179,35 @@ def path_plot(path_data: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def forest(rows: list[tuple[str, float, float, float, float, str]], metric: str, better: str, path: Path) -> Path:
-    """Forest plot: per experiment (``(label, estimate, ci_low, ci_high, margin, verdict)``) the
-    paired difference from its own baseline with its interval, the zero line and the margin
-    band (differences too small to matter); colour by verdict."""
+def forest(rows: list[tuple], metric: str, better: str, path: Path) -> Path:
+    """Forest plot: per experiment ``(label, estimate, ci_low, ci_high, margin, verdict[, best])``
+    the paired difference from its own baseline with its interval (filled marker), and where
+    given ``best = (estimate, ci_low, ci_high, verdict)`` from the best plain baseline (hollow
+    marker, just below); the zero line and the margin band (differences too small to matter);
+    colour by verdict."""
     colours = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "inconclusive": "0.45",
                "no verdict": "0.7"}
     n = len(rows)
-    fig, ax = plt.subplots(figsize=(8.5, 0.9 + 0.32 * n))
-    for i, (label, est, lo, hi, margin, verdict) in enumerate(rows):
+    fig, ax = plt.subplots(figsize=(8.5, 1.1 + 0.42 * n))
+    for i, r in enumerate(rows):
+        label, est, lo, hi, margin, verdict = r[:6]
         y = n - 1 - i
         if np.isfinite(margin):
-            ax.fill_betweenx([y - 0.4, y + 0.4], -margin, margin, color="tab:blue", alpha=0.08, lw=0)
-        c = colours.get(verdict, "k")
-        if np.isfinite(lo) and np.isfinite(hi):
-            ax.plot([lo, hi], [y, y], color=c, lw=2)
-        ax.plot([est], [y], "o", color=c, ms=5)
+            ax.fill_betweenx([y - 0.45, y + 0.45], -margin, margin, color="tab:blue", alpha=0.08, lw=0)
+        series = [(y + 0.12, est, lo, hi, verdict, True)]
+        if len(r) > 6 and r[6] is not None:
+            series.append((y - 0.18, *r[6], False))
+        for yy, e, a, b, v, own in series:
+            c = colours.get(v, "k")
+            if np.isfinite(a) and np.isfinite(b):
+                ax.plot([a, b], [yy, yy], color=c, lw=2 if own else 1.2)
+            ax.plot([e], [yy], "o", color=c, ms=5, mfc=c if own else "white")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{r[0]}  ({r[5]})" for r in reversed(rows)], fontsize=8)
-    ax.set_xlabel(f"experiment - its own baseline, {metric} ({better} is better); "
-                  "band: the margin", fontsize=8)
+    ax.set_yticklabels([f"{r[0]}  ({r[5]}" + (f"; vs plain: {r[6][3]}" if len(r) > 6 and r[6] else "") + ")"
+                        for r in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"experiment - baseline, {metric} ({better} is better)\nfilled: against its own baseline; "
+                  "hollow: against the best plain baseline; band: the margin", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     return save(fig, path)

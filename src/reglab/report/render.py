@@ -188,7 +188,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     summ = summarize(runs)
     frame = results_frame(runs)
     frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
-    comp = comparisons_frame(frame)
+    comp = comparisons_frame(frame, kinds=_baseline_kinds(runs))
     comp.to_csv(out / "comparisons.csv", index=False, na_rep="")
     figs = out / "figures"
     if figs.exists() and not figs.is_dir():
@@ -202,7 +202,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
         meta = meta if isinstance(meta, dict) else {}
     doc = Doc()
     doc.h(1, title or "reglab study report")
-    _section_findings(doc, comp, figs)
+    _section_findings(doc, comp, figs, any(r.get("validation_is_test") for r in runs))
     doc.toc()
     if intro:
         doc.p(intro)
@@ -226,19 +226,31 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     return {"markdown": md, "html": page}
 
 
+def _baseline_kinds(runs: list[dict]) -> dict[str, str]:
+    """Each baseline's data, split, model and loss (its ``kind``: baselines of one kind differ
+    only in their schedule)."""
+    out = {}
+    for r in runs:
+        if r.get("is_baseline") and isinstance(r.get("config"), dict):
+            c = r["config"]
+            out[r["experiment"]] = json.dumps([c.get("data"), c.get("split"), c.get("model"),
+                                               (c.get("train") or {}).get("loss")], sort_keys=True, default=str)
+    return out
+
+
 def _headline(comp) -> str | None:
     """The first metric compared (the task's headline: excess log-loss where the distribution is
     known, else test log-loss or test MSE)."""
     return None if comp.empty else str(comp["metric"].iloc[0])
 
 
-def _section_findings(doc: Doc, comp, figs: Path) -> None:
+def _section_findings(doc: Doc, comp, figs: Path, validation_is_test: bool = False) -> None:
     """Findings first: sentences made from ``comparisons.csv`` on the headline metric, and a
     forest plot of the same rows."""
     metric = _headline(comp)
     if metric is None:
         return
-    rows = comp[comp["metric"] == metric]
+    rows = comp[(comp["metric"] == metric) & (comp["comparison"] == "own baseline")]
     label = metric_label(metric)
     sweep = [c for c in comp.columns if "/" in c]
 
@@ -273,12 +285,25 @@ def _section_findings(doc: Doc, comp, figs: Path) -> None:
                             and r["n_needed"] is not None else "") for r in by["inconclusive"]) + ".")
     if by["no verdict"]:
         text.append(f"{len(by['no verdict'])} have fewer than {MIN_PAIRS} finished pairs and no verdict.")
+    plain = comp[(comp["metric"] == metric) & (comp["comparison"] == "best plain baseline")]
+    vs_plain = {(r["experiment"], *(r[c] for c in sweep)): r for _, r in plain.iterrows()}
+    if len(plain):
+        counts = plain["verdict"].value_counts()
+        text.append("**Against the best plain baseline** of the same data, model and loss (the unregularized "
+                    "schedule with the lowest validation loss" + (", chosen on the test points here: an optimistic "
+                    "baseline" if validation_is_test else "") + "): " + ", ".join(
+                        f"{int(counts[v])} {v}" for v in ("better", "worse", "equivalent", "inconclusive", "no verdict")
+                        if v in counts) + ". The filled and hollow markers of the forest plot show both.")
     doc.p(" ".join(text[:1]))
     doc.bullets(text[1:])
     doc.p("Every number here is a row of `comparisons.csv` (all metrics, with p-values, the probability of "
           "improvement, the smallest detectable effect and the seeds needed).")
-    forest_rows = [(name(r).replace("`", ""), r["estimate"], r["ci_low"], r["ci_high"], r["margin"], r["verdict"])
-                   for _, r in rows.iterrows()]
+    def best_of(r):
+        b = vs_plain.get((r["experiment"], *(r[c] for c in sweep)))
+        return None if b is None else (b["estimate"], b["ci_low"], b["ci_high"], b["verdict"])
+
+    forest_rows = [(name(r).replace("`", ""), r["estimate"], r["ci_low"], r["ci_high"], r["margin"], r["verdict"],
+                    best_of(r)) for _, r in rows.iterrows()]
     doc.img(doc.figure(plots.forest, forest_rows, label, better, figs / "forest.png"),
             f"forest plot: {label}, each experiment minus its own baseline, with intervals")
 
