@@ -95,3 +95,27 @@ def test_best_plain_baseline_is_its_own_family():
     assert plain.loc["helps"].verdict == "worse" and own.loc["helps"].verdict == "better"
     other_kind = comparisons_frame(t, kinds={"b": "mlp", "b_short": "cnn"})  # not comparable: b is its own best
     assert set(other_kind[other_kind.comparison == "best plain baseline"].baseline) == {"b"}
+
+
+def test_study_margins_are_validated_and_reach_the_report(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from reglab.experiments.schema import ConfigError
+    from reglab.experiments.study import load_study
+
+    src = Path(__file__).resolve().parents[1] / "studies" / "diabetes"
+    folder = tmp_path / "st"
+    shutil.copytree(src, folder)
+    toml = folder / "study.toml"
+    text = toml.read_text()
+    toml.write_text(text + "\n[margins]\ntest_mse = 50.0\n")
+    assert load_study(folder).margins == {"test_mse": 50.0}
+    toml.write_text(text + "\n[margins]\ntest_mse = -1\n")
+    with pytest.raises(ConfigError, match=r"study.toml: margins: expected \{<metric column> = <non-negative number>\}"):
+        load_study(folder)
+    toml.write_text(text + "\n[margins]\nmse = 1\n")
+    with pytest.raises(ConfigError, match="margins"):
+        load_study(folder)
+    df = comparisons_frame(frame({"tiny": DIFFS["tiny"]}, BASE), margins={"test_mse": 50.0})
+    assert df.set_index("metric").loc["test_mse"].margin == 50.0

@@ -17,6 +17,9 @@
     function = "autoencoder.py:run"
     args = {epochs = 60}
 
+    [margins]                          # the smallest effect worth having, per metric (optional;
+    test_log_loss = 0.01               # defaults in reglab.report.comparisons)
+
     [[section]]                        # a section of the report: function(results, runs, out) -> list
     title = "The claims, checked"
     function = "claims.py:claims"
@@ -44,7 +47,7 @@ from .schema import ConfigError, LIMITS, read_toml
 
 __all__ = ["Study", "load_study", "experiment_files", "run_analysis"]
 
-STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section"}
+STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins"}
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Study:
     paths: list[dict[str, Any]] = field(default_factory=list)
     analyses: list[tuple[str, str, dict]] = field(default_factory=list)  # (name, function reference, args)
     sections: list[tuple[str, Callable[..., list]]] = field(default_factory=list)
+    margins: dict[str, float] = field(default_factory=dict)  # metric -> smallest effect worth having
 
 
 def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
@@ -101,6 +105,14 @@ def load_study(folder: str | Path) -> Study:
                                   1 <= seeds <= LIMITS["seeds"]):
         raise ConfigError(f"{file}: seeds: expected an integer from 1 to {LIMITS['seeds']}; got {seeds!r}")
     study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds)
+    margins = raw.get("margins", {})
+    if not isinstance(margins, dict) or not all(
+            isinstance(k, str) and re.fullmatch(r"(val|test|fresh|excess)_[a-z0-9_]+", k) and
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
+            for k, v in margins.items()):
+        raise ConfigError(f"{file}: margins: expected {{<metric column> = <non-negative number>}}, e.g. "
+                          f"{{test_log_loss = 0.01}}; got {margins!r}")
+    study.margins = {k: float(v) for k, v in margins.items()}
     for i, p in enumerate(raw.get("path", [])):
         where = f"path[{i}]"
         if not isinstance(p, dict) or not isinstance(p.get("experiment"), str) or set(p) - {"experiment", "strengths",

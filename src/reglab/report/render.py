@@ -177,7 +177,7 @@ def _direction(metric: str, c) -> str:
 
 
 def write_report(out: str | Path, meta: dict | None = None, title: str | None = None, intro: str | None = None,
-                 sections: list[Section] = ()) -> dict[str, Path]:
+                 sections: list[Section] = (), margins: dict[str, float] | None = None) -> dict[str, Path]:
     """Read the finished runs under ``out`` (and analyses written there) and write
     ``report.html``, ``report.md`` and ``results.csv``. ``title``, ``intro`` and ``sections``
     come from the study (``reglab study``); the rest follows the study's contents and task."""
@@ -188,7 +188,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     summ = summarize(runs)
     frame = results_frame(runs)
     frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
-    comp = comparisons_frame(frame, kinds=_baseline_kinds(runs))
+    comp = comparisons_frame(frame, margins=margins, kinds=_baseline_kinds(runs))
     comp.to_csv(out / "comparisons.csv", index=False, na_rep="")
     figs = out / "figures"
     if figs.exists() and not figs.is_dir():
