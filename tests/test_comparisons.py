@@ -119,3 +119,11 @@ def test_study_margins_are_validated_and_reach_the_report(tmp_path):
         load_study(folder)
     df = comparisons_frame(frame({"tiny": DIFFS["tiny"]}, BASE), margins={"test_mse": 50.0})
     assert df.set_index("metric").loc["test_mse"].margin == 50.0
+
+
+def test_an_experiment_whose_runs_all_failed_gets_empty_cells_not_an_error():
+    t = frame({"boom": DIFFS["helps"]}, BASE)
+    t.loc[t.experiment == "boom", "test_mse"] = np.nan
+    r = comparisons_frame(t).set_index("metric").loc["test_mse"]
+    assert r.n == 0 and r.verdict == "no verdict" and pd.isna(r.estimate) and pd.isna(r.p_improvement)
+    assert list(comparisons_frame(t).columns) == COLUMNS

@@ -189,10 +189,10 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
         row.update(ci_low=lo, ci_high=hi, p_adjusted=min(1.0, m * p), verdict=verdict, mde=_mde(n, sd, a) if sd > 0
                    else 0.0, n_needed=_n_needed(row["estimate"], sd, a) if verdict == "inconclusive" else None)
         out.append(row)
-    df = pd.DataFrame.from_records(out)
     cols = ["experiment", *sweep] + [c for c in COLUMNS if c != "experiment"]
+    df = pd.DataFrame.from_records(out).reindex(columns=cols)  # a column no row set (no pairs at all) is empty
     df["n_needed"] = df["n_needed"].astype("Int64")
-    return df[cols]
+    return df
 
 
 def write_comparisons(out: str | Path, results, margins: dict[str, float] | None = None) -> Path:
