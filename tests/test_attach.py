@@ -242,3 +242,16 @@ def test_spec_round_trip_is_identity_property(preg, areg, cons):
     reglab.apply_spec(fresh, spec)
     assert reglab.regularization_spec(fresh) == spec
     assert set(spec["params"]) == set(preg) and set(spec["constraints"]) == set(cons)
+
+
+def test_deepcopy_after_a_forward_with_grad_copies_no_recorded_term():
+    import copy
+
+    m = mlp()
+    reglab.regularize(m, activity={"1": L1(0.01)})
+    x = torch.randn(5, 2, dtype=torch.float64)
+    m(x)
+    c = copy.deepcopy(m)  # raised "Only Tensors created explicitly by the user ... support the deepcopy protocol"
+    assert reglab.penalties(c) == {} and float(reglab.penalty(m)) > 0
+    c(x)
+    assert float(reglab.penalty(c)) == pytest.approx(float(reglab.penalty(m)))

@@ -232,3 +232,21 @@ def test_constraint_handles_and_gone_models():
     _plain_loop(model)
     assert (model[2].weight < 0).any()  # removed: not enforced
     assert _row_norms(model).max() <= 0.5 + 1e-6
+
+
+def test_a_copied_or_orphaned_constrained_submodule_stays_constrained():
+    """The reviewer's cases: a deepcopy of a constrained child, and the child trained alone once
+    the model it was constrained through is gone."""
+    import copy
+    import gc
+
+    model = _constrained()
+    child = torch.nn.Sequential(copy.deepcopy(model[0]))  # a copy of the owner, inside a new model
+    _plain_loop(torch.nn.Sequential(*child, torch.nn.ReLU(), torch.nn.Linear(8, 1)))
+    assert _row_norms(child).max() <= 0.5 + 1e-6
+    lin = torch.nn.Linear(4, 8)
+    reglab.constrain(torch.nn.Sequential(lin), {"0.weight": C.MaxNorm(0.5)})
+    gc.collect()  # the Sequential is gone; lin keeps its constraint
+    orphan = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    _plain_loop(orphan)
+    assert _row_norms(orphan).max() <= 0.5 + 1e-6

@@ -146,6 +146,13 @@ class _ActivityState:
     grad_enabled: bool = True
     read: bool = False
 
+    def __deepcopy__(self, memo):
+        """A copy of the module starts with no recorded term (a recorded term is part of a
+        graph, which ``deepcopy`` cannot copy)."""
+        import copy
+
+        return _ActivityState(copy.deepcopy(self.regularizer, memo), copy.deepcopy(self.hook, memo))
+
 
 @dataclass
 class _Collector:
@@ -340,6 +347,14 @@ def _register_live(module: nn.Module, args: Any) -> None:
     _LIVE.add(module)
 
 
+def _track_live(module: nn.Module) -> None:
+    """``module`` is live now, and a copy of it will be at its first forward pass."""
+    if not module.__dict__.get(_ROOT):
+        module.__dict__[_ROOT] = True
+        module.register_forward_pre_hook(_register_live)
+    _LIVE.add(module)
+
+
 def _step_post_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """After any optimizer's step: project each constrained parameter it stepped. Constraints
     are read from the modules (``constraint_sources``), so they hold for copies, converted and
@@ -391,10 +406,8 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
         table[attr] = c
         handle._add(functools.partial(table.pop, attr, None))
         handle.sources.append(name)
-    if not model.__dict__.get(_ROOT):
-        model.__dict__[_ROOT] = True
-        model.register_forward_pre_hook(_register_live)
-    _LIVE.add(model)
+        _track_live(owner)  # the owner too: a copy of it, or it alone once the model is gone
+    _track_live(model)
     if _STEP_HOOK is None:
         _STEP_HOOK = register_optimizer_step_post_hook(_step_post_hook)
     return handle
