@@ -9,25 +9,7 @@ from click.testing import CliRunner
 
 from reglab.cli import main
 
-TINY = """
-name = "tiny"
-seeds = 2
-[data]
-name = "blobs"
-n_samples = 80
-[train]
-loss = "binary_crossentropy"
-optimizer = {name = "adam", learning_rate = 0.01}
-epochs = 3
-batch_size = 20
-[[model.layers]]
-units = 4
-activation = "relu"
-kernel_regularizer = {name = "L2", l2 = 0.01}
-[[model.layers]]
-units = 1
-activation = "sigmoid"
-"""
+from .test_experiments import TINY  # the same tiny experiment file
 
 KREG = 'kernel_regularizer = {name = "L2", l2 = 0.01}'
 OPT = 'optimizer = {name = "adam", learning_rate = 0.01}'
