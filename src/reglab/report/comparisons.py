@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ..diagnostics.statistics import paired_comparison
 from .summary import MIN_PAIRS, compared_metrics, lower_is_better
 
 __all__ = ["comparisons_frame", "write_comparisons", "load_comparisons", "DEFAULT_MARGINS", "COLUMNS", "ALPHA"]
@@ -173,12 +174,8 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
             out.append(row)
             continue
         sd = float(d.std(ddof=1))
-        if sd > 0:
-            half = float(stats.t.ppf(1 - a / 2, n - 1) * sd / math.sqrt(n))
-            p = float(stats.ttest_1samp(d, 0.0).pvalue)
-        else:
-            half, p = 0.0, (1.0 if row["estimate"] == 0 else 0.0)
-        lo, hi = row["estimate"] - half, row["estimate"] + half
+        c = paired_comparison(d, np.zeros_like(d), confidence=1 - a, alpha=alpha, n_comparisons=m)
+        lo, hi, p_adj = (c.ci_low, c.ci_high, c.p_adjusted) if sd > 0 else (row["estimate"],) * 2 + (c.p_adjusted,)
         margin = row["margin"]
         if math.isfinite(margin) and -margin < lo and hi < margin:
             verdict = "equivalent"
@@ -186,7 +183,7 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
             verdict = "better" if (hi < 0) == lower else "worse"
         else:
             verdict = "inconclusive"
-        row.update(ci_low=lo, ci_high=hi, p_adjusted=min(1.0, m * p), verdict=verdict, mde=_mde(n, sd, a) if sd > 0
+        row.update(ci_low=lo, ci_high=hi, p_adjusted=p_adj, verdict=verdict, mde=_mde(n, sd, a) if sd > 0
                    else 0.0, n_needed=_n_needed(row["estimate"], sd, a) if verdict == "inconclusive" else None)
         out.append(row)
     cols = ["experiment", *sweep] + [c for c in COLUMNS if c != "experiment"]
