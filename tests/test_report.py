@@ -158,3 +158,21 @@ def test_findings_and_forest_plot_come_first_and_contents_links_land_on_headings
     ids = set(re.findall(r"<h2 id='([^']+)'>", html))
     assert len(links) == len(heads) and set(links) <= ids
     assert "forest plot" in html
+
+
+def test_figures_keep_math_for_log_ticks_and_draw_dollars_literally(tmp_path):
+    """Log-axis ticks (10^-8 ... 10^0) are mathtext: reglab must not turn matplotlib's math off
+    (it did, globally, and the ticks printed as "$\\mathdefault{10^{3}}$"); a "$" in a label from
+    an experiment file is still a dollar sign (unescaped, this one fails to parse as math)."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image
+
+    from reglab.report import plots
+
+    assert matplotlib.rcParams["text.parse_math"] is True
+    rng = np.random.default_rng(0)
+    p = plots.weight_histograms({"$\\undefinedmacro$ L1": rng.random(100), "L2 $5": rng.random(100)},
+                                tmp_path / "w.png")
+    with Image.open(p) as im:
+        assert im.size == (864, 518)

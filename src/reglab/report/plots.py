@@ -14,7 +14,13 @@ from .summary import RowSummary
 matplotlib.use("Agg")  # files only; pyplot is imported after this, inside the functions' module scope
 import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
 
-plt.rcParams["text.parse_math"] = False  # titles from experiment files are drawn literally ("$" is a dollar)
+
+
+def _lit(text: object) -> str:
+    """Text from an experiment file, drawn literally: a "$" is a dollar sign, not mathtext. (Math
+    stays on for matplotlib's own text: log-axis ticks such as 10^3 are mathtext.)"""
+    return str(text).replace("$", r"\$")
+
 
 __all__ = ["save", "forest", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
 
@@ -36,7 +42,7 @@ def _band(ax, arr: np.ndarray, color: str, label: str, dashed: bool = False) -> 
         mean = np.nanmean(arr, axis=0)
         sd = np.nanstd(arr, axis=0, ddof=1)
         half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)  # same interval as mean_ci, per epoch
-    ax.plot(ep, mean, color=color, label=label, lw=1.2, ls="--" if dashed else "-")
+    ax.plot(ep, mean, color=color, label=_lit(label), lw=1.2, ls="--" if dashed else "-")
     ok = n >= 2
     # a loss is >= 0: the band does not go below what the metric can be
     ax.fill_between(ep[ok], np.maximum(mean - half, 0.0)[ok], (mean + half)[ok], color=color, alpha=0.25, lw=0)
@@ -78,7 +84,7 @@ def curves(items: list[tuple[str, dict[str, np.ndarray]]], loss: str, path: Path
         _band(ax, series["val_data_loss"], "tab:red", "validation data loss")
         if not np.array_equal(series["loss"], series["data_loss"], equal_nan=True):
             _band(ax, series["loss"], "tab:blue", "train objective (+ penalties)", dashed=True)
-        ax.set_title(f"{label} ({series['loss'].shape[0]} seeds)", fontsize=8)
+        ax.set_title(_lit(f"{label} ({series['loss'].shape[0]} seeds)"), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(items):]:
@@ -119,7 +125,7 @@ def _boundary(ax, key: str, arrays: dict[str, np.ndarray], seed: int) -> None:
     ax.plot([], [], "k-", label="model (p = 0.5)")
     ax.plot([], [], color="tab:green", ls="--", label="Bayes boundary")
     ax.legend(loc="lower right", fontsize=6, frameon=True)
-    ax.set_title(f"{key}, seed {seed}", fontsize=8)
+    ax.set_title(_lit(f"{key}, seed {seed}"), fontsize=8)
     ax.set_xlabel("x1", fontsize=7)
     ax.set_ylabel("x2", fontsize=7)
 
@@ -135,7 +141,7 @@ def activation_histograms(items: list[tuple[str, dict]], rho: float | None, path
         if rho is not None:
             ax.axvline(rho, color="tab:green", ls="--", lw=1, label=f"rho {rho}")
         ax.set_yscale("log")
-        ax.set_title(label, fontsize=9)
+        ax.set_title(_lit(label), fontsize=9)
         ax.set_xlabel("activation")
         ax.legend(fontsize=8, frameon=False)
     return save(fig, path)
@@ -147,7 +153,7 @@ def weight_histograms(groups: dict[str, np.ndarray], path: Path) -> Path:
     bins = np.logspace(-8, 0.5, 60)
     for (label, w), c in zip(groups.items(), ["tab:orange", "tab:blue", "tab:gray"]):
         w = np.clip(np.asarray(w, dtype=float), 1e-8, None)
-        ax.hist(w, bins=bins, histtype="step", lw=1.5, color=c, label=label, weights=np.full(w.size, 1.0 / w.size))
+        ax.hist(w, bins=bins, histtype="step", lw=1.5, color=c, label=_lit(label), weights=np.full(w.size, 1.0 / w.size))
     ax.set_xscale("log")
     ax.set_xlabel("|w|  (values below 1e-8 counted at 1e-8)")
     ax.set_ylabel("fraction of weights")
@@ -204,7 +210,7 @@ def forest(rows: list[tuple], metric: str, better: str, path: Path) -> Path:
             ax.plot([e], [yy], "o", color=c, ms=5, mfc=c if own else "white")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{r[0]}  ({r[5]}" + (f"; vs plain: {r[6][3]}" if len(r) > 6 and r[6] else "") + ")"
+    ax.set_yticklabels([_lit(f"{r[0]}  ({r[5]}" + (f"; vs plain: {r[6][3]}" if len(r) > 6 and r[6] else "") + ")")
                         for r in reversed(rows)], fontsize=8)
     ax.set_xlabel(f"experiment - baseline, {metric} ({better} is better)\nfilled: against its own baseline; "
                   "hollow: against the best plain baseline; band: the margin", fontsize=8)
