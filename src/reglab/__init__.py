@@ -23,7 +23,7 @@ from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, R
 from . import selectors
 from .selectors import BIASES, KERNELS, select
 from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
-from . import datasets, diagnostics, models, training, vectorized
+from . import datasets, diagnostics, models, threads, training, vectorized
 from .vectorized import ManyResult, fit_many
 from .experiments.path import regularization_path
 from .experiments.results import load_results

@@ -88,17 +88,29 @@ def _check_writable(out: Path) -> None:
 
 
 def _pooled(workers: int) -> None:
-    """With more than one worker every training process is single-threaded (``execute``); this
-    one is set so before it first uses torch: a process that has run torch ops on two threads
-    trains slower (measured 30%) after switching to one. The helpers start now, importing while
-    this process loads and checks the experiments (``helpers.prestart``)."""
+    """With more than one worker every training process gets its share of the cores
+    (``reglab.threads.per_worker``; ``--threads`` wins); this one is set so before it first uses
+    torch: a process that has run torch ops on two threads trains slower (measured 30%) after
+    switching to one. The helpers start now, importing while this process loads and checks the
+    experiments (``helpers.prestart``)."""
     if workers > 1:
         import torch
 
+        from . import threads
         from .experiments.helpers import prestart
 
-        torch.set_num_threads(1)
-        prestart(workers - 1)
+        share = threads.explicit() or threads.per_worker(workers)
+        torch.set_num_threads(share)
+        prestart(workers - 1, share)
+
+
+def _backend_options(f):
+    """``--backend local|ray`` and ``--address`` (``run`` and ``study``)."""
+    f = click.option("--address", default=None, metavar="ADDR",
+                     help="With --backend ray: the cluster to join ('auto', 'ray://host:port'); default: start a "
+                          "local Ray instance for this run. OUT and the study must be on a path every node reaches.")(f)
+    return click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Where groups train: this machine's processes, or Ray tasks (pip install 'reglab[ray]').")(f)
 
 
 def _echo_failures(units, out: Path) -> None:
@@ -126,9 +138,19 @@ def _execute(units, out: Path, **kw) -> dict:
 
     units = list(units)
     _check_writable(out)
+    if kw.get("address") and kw.get("backend") != "ray":
+        raise click.UsageError("--address needs --backend ray")
+    if kw.get("backend") == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise click.ClickException("--backend ray needs Ray: pip install 'reglab[ray]'")
     try:
         info = execute(units, out, **kw)
         _echo_failures(units, out)
+        if "where" in info:
+            click.echo("ran on Ray: " + (", ".join(f"{node}: {n} task(s)" for node, n in sorted(info["where"].items()))
+                                         or "no task"), err=True)
         return info
     except KeyboardInterrupt:
         done = sum(Unit.done(u, out) for u in units)
@@ -139,12 +161,16 @@ def _execute(units, out: Path, **kw) -> dict:
 
 @click.group()
 @click.version_option(__version__, prog_name="reglab")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="torch intra-op threads of every training process (default: reglab.threads' rule: one for "
+                   "small models, never more than the idle cores or a worker's share).")
 def main(threads: int | None) -> None:
     """Regularize PyTorch models the Keras way, and measure what regularization does."""
+    from . import threads as _threads
     from .training.engine import keep_flushing_denormals
 
     keep_flushing_denormals()  # see reglab.training.engine._FlushDenormals
+    _threads.set_explicit(threads)
     if threads is not None:
         import torch
 
@@ -179,19 +205,20 @@ def list_cmd(paths: tuple[str, ...]) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=min(2, os.cpu_count() or 1), show_default=True,
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
-def run(paths, seeds, out, baselines, workers, progress) -> None:
+@_backend_options
+def run(paths, seeds, out, baselines, workers, progress, backend, address) -> None:
     """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
     skipping finished runs; writes OUT/results.csv."""
     from .experiments.results import write_results_csv
     from .experiments.runner import plan_units
 
-    _pooled(workers)
+    _pooled(workers if backend == "local" else 1)
     specs = _load(paths)
     _prepare(specs, baselines)
     units = plan_units(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
-    info = _execute(units, out_p, progress=progress, workers=workers)
+    info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
     csv = write_results_csv(out_p)
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
@@ -261,7 +288,8 @@ def path(path, strengths, seeds, out) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=min(2, os.cpu_count() or 1), show_default=True,
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
-def study(study_dir, seeds, out, workers, progress) -> None:
+@_backend_options
+def study(study_dir, seeds, out, workers, progress, backend, address) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     from .experiments.path import path_file, path_key, regularization_path
@@ -271,7 +299,7 @@ def study(study_dir, seeds, out, workers, progress) -> None:
     from .report.render import write_report
 
     t0 = time.perf_counter()
-    _pooled(workers)
+    _pooled(workers if backend == "local" else 1)
     if study_dir is None:
         pointer = Path("studies") / "default"
         if not pointer.is_file():
@@ -297,7 +325,8 @@ def study(study_dir, seeds, out, workers, progress) -> None:
     for name, ref, args in st.analyses:
         if not reusable(out_p / "analyses" / f"{name}.json", analysis_key(ref, st.folder, args)):
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
-    info = _execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side)
+    info = _execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
+                    backend=backend, address=address)
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],

@@ -56,9 +56,10 @@ def _watch_parent(parent: int) -> None:
             os._exit(70)
 
 
-def _init(parent: int, threads: int) -> None:
+def _init(parent: int, threads: int, explicit: int | None = None) -> None:
     import torch
 
+    from .. import threads as _threads
     from ..training.engine import keep_flushing_denormals
 
     signal.signal(signal.SIGINT, _on_sigint)
@@ -66,6 +67,7 @@ def _init(parent: int, threads: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="reglab-parent-watch").start()
     keep_flushing_denormals()
     torch.set_num_threads(threads)
+    _threads.set_explicit(explicit)  # the parent's --threads
 
 
 _warm: tuple[int, int, cf.ProcessPoolExecutor] | None = None
@@ -81,13 +83,19 @@ def _warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
+def _explicit() -> int | None:
+    from .. import threads
+
+    return threads.explicit()
+
+
 def prestart(n: int, threads: int = 1) -> None:
     """Start ``n`` helpers now and warm them up, while this process still loads and checks the
     experiments; the next ``helper_pool(n, threads)`` returns them."""
     global _warm
     if _warm is None and n > 0:
         pool = cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
-                                      initargs=(os.getpid(), threads))
+                                      initargs=(os.getpid(), threads, _explicit()))
         for _ in range(n):
             submit(pool, _warm_up)
         _warm = (n, threads, pool)
@@ -104,7 +112,7 @@ def helper_pool(n: int, threads: int = 1) -> cf.ProcessPoolExecutor:
             return pool
         pool.shutdown(wait=False, cancel_futures=True)
     return cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
-                                  initargs=(os.getpid(), threads))
+                                  initargs=(os.getpid(), threads, _explicit()))
 
 
 def discard_prestarted() -> None:

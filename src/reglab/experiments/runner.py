@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .. import threads as _threads
 from ..diagnostics.evaluate import predict
 from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
@@ -309,7 +310,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
                 threads: int | None = None, write: Iterable[int] | None = None) -> list[dict]:
     """Train the units (spec, seed) for ``seeds`` together in one ``fit_many`` group and write
     the results of those in ``write`` (default: all). An interrupted group writes nothing and
-    raises ``KeyboardInterrupt``."""
+    raises ``KeyboardInterrupt``. ``threads``: as ``fit_many``'s (None: ``reglab.threads``' rule)."""
     write = set(seeds if write is None else write)
     t0 = time.perf_counter()
     resample = spec.config["split"].get("resample", True)
@@ -323,7 +324,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), per_model("x_train"), per_model("y_train"),
                    seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr["optimizer"], epochs=tr["epochs"],
                    batch_size=tr["batch_size"], validation_data=(per_model("x_val"), per_model("y_val")),
-                   callbacks=early_stopping(spec), progress=progress,
+                   callbacks=early_stopping(spec), progress=progress, threads=threads,
                    metrics=("accuracy",) if sp0.task != "regression" else ())
     if res.interrupted:
         raise KeyboardInterrupt(f"{spec.name}: interrupted; its {len(seeds)} unfinished run(s) were not written")
@@ -342,7 +343,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
                "task": sp0.task, "loss_name": loss_name(spec, sp0.task), "is_baseline": spec.is_baseline,
                "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,
                "history": res.histories[i].to_dict(), "failed": _jsonable(failed), "group_wall_time": wall,
-               "group_size": len(seeds), "engine": res.engine, **result}
+               "group_size": len(seeds), "engine": res.engine, "threads": res.threads, **result}
         path = unit.path(out)
         files = {}
         if arrays:
@@ -368,9 +369,10 @@ def _group_cost(spec: ExperimentSpec, n: int) -> float:
     return t["epochs"] * (1.0 + 300 / t["batch_size"]) * (1 + n / 100)  # steps dominate; M adds little
 
 
-def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, write: list[int]) -> int:
+def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, write: list[int],
+                      threads: int | None = None) -> int:
     """Helper-process entry point (picklable arguments only)."""
-    train_group(ExperimentSpec(config, path, inputs), seeds, Path(out), write=write)
+    train_group(ExperimentSpec(config, path, inputs), seeds, Path(out), write=write, threads=threads)
     return len(write)
 
 
@@ -413,22 +415,26 @@ class _Task:
         s = self.units[0].spec
         return s.digest() + "/" + s.name
 
-    def call(self, out: Path) -> tuple[Callable[..., Any], tuple]:
+    def call(self, out: Path, threads: int | None = None) -> tuple[Callable[..., Any], tuple]:
         if self.side is not None:
             return _side_task, self.side[1:]
         s = self.units[0].spec
-        return _train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out), self.written)
+        return _train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out), self.written,
+                                   threads)
 
 
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
-            workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = ()) -> dict[str, Any]:
+            workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = (),
+            threads: int | None = None, backend: str = "local", address: str | None = None) -> dict[str, Any]:
     """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
     are skipped (resume).
 
     ``workers`` processes train at once: this one and ``workers - 1`` helpers (``helpers.py``),
-    each single-threaded when there is more than one -- a group of small models is bound by
-    per-step overhead, not arithmetic, so two cores train two groups in the time of one. The
+    each on its share of the cores when there is more than one (``reglab.threads.per_worker``:
+    one each on this 2-core machine) -- a group of small models is bound by per-step overhead,
+    not arithmetic, so two cores train two groups in the time of one. ``threads`` is passed to
+    every group's ``fit_many`` (None: the thread rule, capped by that share). The
     helpers take the costliest tasks first, this process the cheapest. ``side_tasks``
     (picklable ``(function, args)``, e.g. a regularization path) are scheduled first; their
     results are returned in ``"side"``, in order.
@@ -441,6 +447,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     to it, waited for at the end, and only the units it left unfinished are trained. On Ctrl-C
     the helpers are interrupted too; finished groups stay written, interrupted ones write
     nothing, and ``KeyboardInterrupt`` is raised.
+
+    ``backend="ray"`` sends every task to Ray instead (``ray_backend.py``; ``address``: a cluster
+    to join, default a local instance for this run; ``workers`` is ignored): the same groups,
+    locks, files and numbers; ``"where"`` in the result counts the tasks per node.
     """
     import collections
     import concurrent.futures as cf
@@ -450,6 +460,8 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     from .helpers import discard_prestarted, helper_pool, interrupt, submit
     from .locks import GroupLocks
 
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}")
     out = Path(out)
     units = list(units)
     pending: dict[str, list[Unit]] = {}
@@ -474,10 +486,23 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     tasks = collections.deque([_Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] + group_tasks)
     bar = tqdm(total=sum(len(t.written) for t in group_tasks), desc="study", unit="run",
                disable=not progress or not sys.stderr.isatty())
-    n_helpers = min(workers - 1, len(tasks) - 1) if workers > 1 else 0
-    pool = helper_pool(n_helpers) if n_helpers > 0 else None
-    if pool is None:
+    threads = _threads.check(threads) if threads is not None else _threads.explicit()
+    here = backend == "local"  # whether this process trains too
+    if not here:
+        from .ray_backend import RayPool
+
         discard_prestarted()
+        share = None
+        pool = RayPool(address, threads or 1, threads)
+        n_helpers = pool.slots
+        pool_submit, pool_interrupt = pool.submit, pool.interrupt
+    else:
+        n_helpers = min(workers - 1, len(tasks) - 1) if workers > 1 else 0
+        share = _threads.per_worker(workers) if workers > 1 else None
+        pool = helper_pool(n_helpers, threads or share) if n_helpers > 0 else None
+        if pool is None:
+            discard_prestarted()
+        pool_submit, pool_interrupt = (lambda fn, *a: submit(pool, fn, *a)), (lambda: interrupt(pool))
     locks = GroupLocks(out)
     side: list[Any] = [None] * len(side_tasks)
     counts = {"trained": 0, "skipped": skipped}
@@ -524,16 +549,11 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             finish(running.pop(f), f.result())  # re-raises a helper's error; finished groups stay written
 
     def run_here(task: _Task) -> None:
-        fn, args = task.call(out)
+        fn, args = task.call(out, threads)
         if task.units is not None:
             bar.set_postfix_str(task.units[0].spec.name)
-        threads = torch.get_num_threads()
-        if pool is not None:
-            torch.set_num_threads(1)  # as the helpers
-        try:
+        with _threads.using(threads or share if pool is not None else torch.get_num_threads()):  # as the helpers
             finish(task, fn(*args))
-        finally:
-            torch.set_num_threads(threads)
 
     try:
         while tasks or running or waiting:
@@ -542,9 +562,9 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                 while tasks and len(running) <= n_helpers:  # one queued ahead: no helper waits on us
                     task = claim(tasks.popleft())
                     if task is not None:
-                        fn, args = task.call(out)
-                        running[submit(pool, fn, *args)] = task
-            if tasks:
+                        fn, args = task.call(out, threads)
+                        running[pool_submit(fn, *args)] = task
+            if tasks and here:
                 task = claim(tasks.pop())  # this process: the cheapest left
                 if task is not None:
                     run_here(task)
@@ -552,20 +572,26 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                 collect(block=True)
             elif waiting:
                 task = claim(waiting.pop(0), wait=True)
-                if task is not None:
+                if task is not None and here:
                     run_here(task)
+                elif task is not None:
+                    fn, args = task.call(out, threads)
+                    running[pool_submit(fn, *args)] = task
     except BaseException:
         if pool is not None:
             for f in running:
                 f.cancel()
-            interrupt(pool)
+            pool_interrupt()
         raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         locks.release_all()
         bar.close()
-    return {**counts, "seconds": time.perf_counter() - t0, "side": side}
+    info = {**counts, "seconds": time.perf_counter() - t0, "side": side}
+    if not here:
+        info["where"] = dict(pool.where)
+    return info
 
 
 def run_unit(unit: Unit, out: str | Path) -> dict:

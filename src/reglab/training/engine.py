@@ -84,6 +84,10 @@ class ArrayData:
     def n(self) -> int:
         return self.x.shape[1] if self.per_model else self.x.shape[0]
 
+    def example(self) -> torch.Tensor:
+        """One input, with its batch axis (what ``reglab.threads.step_work`` runs)."""
+        return self.x[0, :1] if self.per_model else self.x[:1]
+
     def batches(self, stack: Stack, batch_size: int, perms: torch.Tensor | None) -> Iterator[tuple[Any, Any, int]]:
         n = self.n
         x, y, per = self.x, self.y, self.per_model
@@ -112,6 +116,20 @@ class LoaderData:
     loader: Any
     dtype: torch.dtype
     device: torch.device | None
+
+    def example(self) -> torch.Tensor | None:
+        """One input of a map-style dataset, with its batch axis; None for an iterable one (not
+        drawn: that would advance its iterator)."""
+        from torch.utils.data import IterableDataset
+
+        ds = self.loader.dataset
+        if isinstance(ds, IterableDataset):
+            return None
+        try:
+            x0 = ds[0][0]
+        except Exception:  # an unusual dataset: the thread rule treats its work as unknown
+            return None
+        return torch.as_tensor(x0).to(self.device, self.dtype).unsqueeze(0)
 
     def batches(self, stack: Stack, batch_size: int, perms: Any) -> Iterator[tuple[Any, Any, int]]:
         for batch in self.loader:

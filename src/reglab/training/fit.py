@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
+from .. import threads as _threads
 from ..attach import PenaltyPlan, refresh_constraints
 from . import data as _data
 from .callbacks import Callback, EarlyStopping
@@ -121,6 +122,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     device: str | torch.device | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` on ``(x, y)`` like Keras's ``fit`` and return its ``History``.
 
@@ -138,6 +140,8 @@ def fit(
       as validation data (arrays only; ignored when ``validation_data`` is given).
     - ``seed`` fixes the shuffling order only (initialize the model before ``fit``); the same seed
       gives a bit-identical history on CPU.
+    - ``threads``: torch's intra-op threads for this run (restored after); None: the ``reglab.threads``
+      rule (one thread for small models, never more than the idle cores).
     - NaN/inf in the objective raises ``TrainingDiverged`` (epoch, batch, history, last finite
       weights); Ctrl-C stops after the current step and returns the history marked
       ``meta["interrupted"]``.
@@ -155,6 +159,7 @@ def fit(
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
+    _threads.check(threads)
     if device is not None:
         model.to(device)
     p0 = next(model.parameters(), None)
@@ -193,6 +198,15 @@ def fit(
     others = [c for c in callbacks if not isinstance(c, EarlyStopping)]
     for c in others:
         c.model = model
+    per_step = batch_size if isinstance(train, ArrayData) else (train.loader.batch_size or 1)
+    with _threads.using(_threads.decide(threads, model, train.example(), per_step)):
+        return _train(model, loss_fn, optimizer, train, val, metrics, epochs, batch_size, do_shuffle, seed, others,
+                      stoppers, progress)
+
+
+def _train(model, loss_fn, optimizer, train, val, metrics, epochs, batch_size, do_shuffle, seed, others, stoppers,
+           progress) -> History:
+    """``fit`` past its checks: the engine is chosen (``dense_eligible``) and the model trained."""
     with_acc = "accuracy" in metrics and loss_fn.task is not None
     stack = None
     if dense_eligible(model, loss_fn, optimizer, train, val):

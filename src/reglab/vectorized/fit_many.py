@@ -15,6 +15,7 @@ from torch import nn
 from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
+from .. import threads as _threads
 from ..training.callbacks import EarlyStopping
 from ..attach import refresh_constraints
 from ..training.engine import ArrayData, SingleStack, run
@@ -41,6 +42,8 @@ class ManyResult:
     chunks: int = 1
     #: "dense" (``reglab.vectorized.dense``), "vmap" or "single" (autograd, one model)
     engine: str = "dense"
+    #: torch threads the models trained with (the most over chunks; ``reglab.threads``)
+    threads: int = 1
 
 
 def _per_model(a: Any, n_models: int, name: str) -> tuple[Any, bool]:
@@ -98,6 +101,7 @@ def fit_many(
     device: str | torch.device | None = None,
     progress: bool = True,
     memory_budget: int | None = 2 * 1024**3,
+    threads: int | None = None,
 ) -> ManyResult:
     """Train ``len(seeds) * len(grid)`` models of one architecture together.
 
@@ -113,6 +117,8 @@ def fit_many(
     becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
     CPU chunks also hold at most ``CPU_CHUNK`` (512) models, the measured sweet spot (``None``: no chunking).
+    ``threads``: torch's intra-op threads (restored after); None: the ``reglab.threads`` rule for
+    the chunk's work per step.
     """
     grid = [dict(g) for g in (grid or [{}])]
     seeds = [int(s) for s in seeds]
@@ -123,6 +129,7 @@ def fit_many(
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
+    _threads.check(threads)
     stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
     if len(stoppers) != len(list(callbacks)) or len(stoppers) > 1:
         raise ValueError("fit_many accepts only one EarlyStopping callback")
@@ -186,34 +193,37 @@ def fit_many(
         val = arrays(xv, yv, v_per, "validation_") if validation_data is not None else None
         x_dim = train.x.dim() - (1 if train.per_model else 0)
         y_dim = train.y.dim() - (1 if train.per_model else 0)
-        with_acc = "accuracy" in metrics and losses[0].task is not None
-        stack = None
-        if x_dim == 2 and unsupported_reason(models[0], losses[0]) is None:
-            try:
-                stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
-                result.engine = "dense"
-                if not single and dev.type == "cpu":
-                    stack.dropout_generators = [_generator(rngs[i]) for i in idx]
-            except NotTransformable:
-                if not single:  # vmap would fail on it too; one model can use autograd
-                    raise
-        if stack is None and single:
-            refresh_constraints(models[0])
-            stack = SingleStack(models[0], losses[0], with_acc)
-            result.engine = "single"
-        elif stack is None:
-            stack = VmapStack(models, losses, with_acc, x_dim, y_dim)
-            result.engine = "vmap"
-        opt = _optimizers.get(optimizer, stack.params)
-        es = None
-        if stoppers:
-            es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in ("monitor", "patience", "mode", "baseline",
-                                                                     "restore_best_weights", "start_from_epoch")},
-                               min_delta=abs(stoppers[0].min_delta))
-        res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                  seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False, desc="fit_many")
-        if hasattr(stack, "write_back"):
-            stack.write_back()
+        n_threads = _threads.decide(threads, models[0], train.example(), batch_size, len(idx))
+        result.threads = max(result.threads, n_threads) if c0 else n_threads
+        with _threads.using(n_threads):
+            with_acc = "accuracy" in metrics and losses[0].task is not None
+            stack = None
+            if x_dim == 2 and unsupported_reason(models[0], losses[0]) is None:
+                try:
+                    stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
+                    result.engine = "dense"
+                    if not single and dev.type == "cpu":
+                        stack.dropout_generators = [_generator(rngs[i]) for i in idx]
+                except NotTransformable:
+                    if not single:  # vmap would fail on it too; one model can use autograd
+                        raise
+            if stack is None and single:
+                refresh_constraints(models[0])
+                stack = SingleStack(models[0], losses[0], with_acc)
+                result.engine = "single"
+            elif stack is None:
+                stack = VmapStack(models, losses, with_acc, x_dim, y_dim)
+                result.engine = "vmap"
+            opt = _optimizers.get(optimizer, stack.params)
+            es = None
+            if stoppers:
+                es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in ("monitor", "patience", "mode", "baseline",
+                                                                         "restore_best_weights", "start_from_epoch")},
+                                   min_delta=abs(stoppers[0].min_delta))
+            res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                      seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False, desc="fit_many")
+            if hasattr(stack, "write_back"):
+                stack.write_back()
         result.histories.extend(res.histories)
         result.models.extend(models)
         result.failed.update({idx[k]: v for k, v in res.failed.items()})

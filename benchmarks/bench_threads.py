@@ -1,0 +1,140 @@
+"""The thread rule (``reglab.threads``) on an idle and on a busy machine.
+
+Workloads, each for a fixed number of epochs:
+- ``p6 fit``: the lecture's program 6 (five Dense(32) layers with L2 and L1 activity, a sigmoid
+  output) trained alone with ``reglab.fit``, as the lecture does (50 epochs, batch 20);
+- ``p6 x20``: the same model over 20 seeds in one ``fit_many`` group, as the study runner trains it;
+- ``cnn fit``: the digits CNN of ``studies/digits_cnn`` alone (3 epochs, batch 64, autograd);
+- ``cnn x20``: that CNN over 20 seeds in one ``fit_many`` group (the vmap path, 2 epochs).
+
+Each is run with the default (``threads=None``: the rule), ``threads=1`` and ``threads=2``, in
+interleaved rounds (every setting once per round, the order rotated), 5 rounds, on an idle
+machine and with a CPU-bound process (started here) busy on the machine; the median wall time
+is reported with its ratio to the best setting of that row. Target: default <= 1.2x the best in
+every row.
+
+    python benchmarks/bench_threads.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import reglab
+from reglab.losses import SparseCategoricalCrossentropy
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "studies" / "digits_cnn"))
+from models import build as cnn  # noqa: E402  (the study's own builder)
+
+
+def p6() -> nn.Module:
+    layers, d = [], 2
+    for _ in range(5):
+        layers.append(reglab.Dense(d, 32, activation="relu", kernel_regularizer=reglab.L2(1e-3),
+                                   bias_regularizer=reglab.L2(1e-3), activity_regularizer=reglab.L1(1e-3)))
+        d = 32
+    layers.append(reglab.Dense(32, 1, activation="sigmoid", kernel_regularizer=reglab.L2(1e-3),
+                               bias_regularizer=reglab.L2(1e-3)))
+    return nn.Sequential(*layers)
+
+
+def workloads():
+    ds = reglab.datasets.blobs(random_state=0)
+    from sklearn.datasets import load_digits
+
+    xd, yd = load_digits(return_X_y=True)
+    xd = ((xd - xd.mean(0)) / (xd.std(0) + 1e-9)).astype("float32")
+    xd, yd = xd[:1437], yd[:1437]
+    sce = SparseCategoricalCrossentropy(from_logits=True)
+    common = dict(progress=False, metrics=())
+    return {
+        "p6 fit": lambda t: reglab.fit(p6(), ds.x_train, ds.y_train, loss="binary_crossentropy", epochs=50,
+                                       batch_size=20, seed=0, threads=t, **common),
+        "p6 x20": lambda t: reglab.fit_many(p6, ds.x_train, ds.y_train, seeds=range(20), loss="binary_crossentropy",
+                                            epochs=50, batch_size=20, threads=t, **common),
+        "cnn fit": lambda t: reglab.fit(cnn((64,), 10), xd, yd, loss=sce, epochs=3, batch_size=64, seed=0, threads=t,
+                                        **common),
+        "cnn x20": lambda t: reglab.fit_many(lambda: cnn((64,), 10), xd, yd, seeds=range(20), loss=sce, epochs=2,
+                                             batch_size=64, threads=t, **common),
+    }
+
+
+def measure(cases, rounds: int) -> dict[str, dict[str, float]]:
+    settings = [None, 1, 2]
+    times: dict[str, dict[str, list[float]]] = {n: {str(s): [] for s in settings} for n in cases}
+    for name, fn in cases.items():
+        fn(1)  # warm-up (imports, first optimizer, caches)
+    for r in range(rounds):
+        for name, fn in cases.items():
+            order = settings[r % 3:] + settings[:r % 3]
+            for s in order:
+                t0 = time.perf_counter()
+                fn(s)
+                times[name][str(s)].append(time.perf_counter() - t0)
+    return {n: {s: statistics.median(v) for s, v in d.items()} for n, d in times.items()}
+
+
+def pick(name: str, fn) -> int:
+    """The thread count the rule gives a workload now: fit_many records it; for fit, the rule is
+    asked directly with fit's arguments (its model, one example, its batch size)."""
+    if "x20" in name:
+        return fn(None).threads
+    if name == "p6 fit":
+        return reglab.threads.decide(None, p6(), torch.zeros(1, 2), 20)
+    return reglab.threads.decide(None, cnn((64,), 10), torch.zeros(1, 64), 64)
+
+
+def busy() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    cases = workloads()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"machine: {cpu}, {os.cpu_count()} logical cores, usable {reglab.threads.usable_cores()}; "
+          f"torch {torch.__version__}, default intra-op threads {torch.get_num_threads()}; "
+          f"W_PAR = {reglab.threads.PARALLEL_WORK:.0e} flop/step")
+    rows = []
+    for load in ("idle", "busy"):
+        spin = busy() if load == "busy" else None
+        try:
+            if spin is not None:
+                time.sleep(1.0)
+            picks = {n: pick(n, fn) for n, fn in cases.items()}
+            med = measure(cases, args.rounds)
+        finally:
+            if spin is not None:
+                spin.kill()
+                spin.wait()
+        for n, m in med.items():
+            best = min(m.values())
+            rows.append((load, n, m["None"], m["1"], m["2"], m["None"] / best, picks[n]))
+    print(f"\n| load | workload | default (s) | threads=1 (s) | threads=2 (s) | default / best | rule picked |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for load, n, d, one, two, ratio, pick in rows:
+        print(f"| {load} | {n} | {d:.2f} | {one:.2f} | {two:.2f} | {ratio:.2f}x | {pick} |")
+    worst = max(r[5] for r in rows)
+    print(f"\nworst default/best: {worst:.2f}x (target <= 1.2x): {'met' if worst <= 1.2 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
