@@ -318,3 +318,54 @@ def test_targets_of_shape_n_against_outputs_n_by_1_as_in_keras(keras, loss):
                "binary_crossentropy": keras.losses.BinaryCrossentropy}[loss]()  # what Keras's fit uses
     theirs = float(wrapper(y.astype("float64"), pred.numpy().astype("float64")))
     assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_a_dataloader_label_outside_the_classes_is_named_by_batch_and_position():
+    """A DataLoader's labels cannot be checked before training without a pass over it: every
+    batch is checked as it comes (torch said ``index 3 is out of bounds for dimension 1``)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    y[21] = 3
+    m = nn.Linear(4, 3)
+    with pytest.raises(ValueError) as e:
+        reglab.fit(m, DataLoader(TensorDataset(x, y), batch_size=16), loss=reglab.losses.SparseCategoricalCrossentropy(
+            from_logits=True), epochs=1, progress=False)
+    assert str(e.value) == ("training data: batch 1, example 5: label 3; a label must be an integer from 0 to 2 for a "
+                            "model with 3 outputs (1 of 16 labels in this batch are not)")
+    y[21] = 2
+    h = reglab.fit(m, DataLoader(TensorDataset(x, y), batch_size=16), epochs=2, progress=False,
+                   loss=reglab.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert len(h["loss"]) == 2 and np.isfinite(h["loss"]).all()
+
+
+def test_a_dataloader_of_logits_for_a_probability_loss_is_refused_before_training():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3)
+    w = m.weight.detach().clone()
+    ds = TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))
+    with pytest.raises(ValueError, match=r"sparse_categorical_crossentropy expects probabilities \(from_logits=False\).*first 1 "
+                                         r"examples range over .*SparseCategoricalCrossentropy\(from_logits=True\)"):
+        reglab.fit(m, DataLoader(ds, batch_size=16), loss="sparse_categorical_crossentropy", epochs=1, progress=False)
+    assert torch.equal(m.weight, w)  # nothing trained
+
+
+@pytest.mark.parametrize("loss", [nn.MSELoss(), torch.nn.functional.l1_loss, nn.BCEWithLogitsLoss()],
+                         ids=["MSELoss", "l1_loss", "BCEWithLogitsLoss"])
+def test_a_torch_loss_that_would_broadcast_output_against_y_is_refused(loss):
+    """Output (n, 1) against y (n,): torch broadcasts to (n, n) with a warning and trains on every
+    output against every target (it did, to a loss of 2.1 instead of ~1)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype("float32"), (rng.random(64) > 0.5).astype("float32")
+    m = nn.Linear(4, 1)
+    w = m.weight.detach().clone()
+    with pytest.raises(ValueError) as e:
+        reglab.fit(m, x, y, loss=loss, epochs=1, progress=False, metrics=())
+    assert str(e.value).endswith("the model's output has shape (1,) per example, y (shape (64,)) has () per "
+                                 "example, for x of shape (64, 4)")
+    assert torch.equal(m.weight, w)
+    h = reglab.fit(m, x, y[:, None], loss=loss, epochs=1, progress=False, metrics=())   # the same data, shaped
+    assert len(h["loss"]) == 1 and np.isfinite(h["loss"]).all()

@@ -272,7 +272,18 @@ class TorchLoss(Loss):
             self.task = "sparse"
 
     def check_shapes(self, pred_shape, true_shape):
-        pass  # the torch loss checks what it needs
+        """An element-wise torch loss (``nn.MSELoss``, ``F.l1_loss``, ...) broadcasts an output of
+        shape (n, 1) against y of shape (n,) to (n, n) -- every output against every target --
+        with only a warning; that is refused. Other callables check what they need themselves."""
+        if not _elementwise(self.fn) or tuple(pred_shape) == tuple(true_shape):
+            return
+        try:
+            both = torch.broadcast_shapes(tuple(pred_shape), tuple(true_shape))
+        except RuntimeError:
+            return  # the torch loss raises its own error
+        if tuple(both) != tuple(pred_shape):
+            raise ValueError(f"{self.name}: model output shape {tuple(pred_shape)} and y shape {tuple(true_shape)} "
+                             f"would broadcast to {tuple(both)}")
 
     def per_example(self, y_pred, y_true):
         # a torch loss reduces itself: one value per batch, repeated so batch-weighted means are exact
@@ -281,6 +292,17 @@ class TorchLoss(Loss):
 
     def __call__(self, y_pred, y_true):
         return self.fn(y_pred, y_true)
+
+
+def _elementwise(fn: Any) -> bool:
+    """Whether ``fn`` is one of torch's element-wise losses (which broadcast output and target)."""
+    import torch.nn.functional as F
+
+    modules = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss, nn.KLDivLoss,
+               nn.PoissonNLLLoss, nn.SoftMarginLoss)
+    functions = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy,
+                 F.binary_cross_entropy_with_logits, F.kl_div, F.poisson_nll_loss, F.soft_margin_loss)
+    return isinstance(fn, modules) or any(fn is f for f in functions)
 
 
 _LOSSES: dict[str, Callable[[], Loss]] = {

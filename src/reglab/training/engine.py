@@ -116,6 +116,18 @@ class LoaderData:
     loader: Any
     dtype: torch.dtype
     device: torch.device | None
+    #: labels of every batch must lie in 0..classes-1 (sparse cross-entropy); None: not checked
+    classes: int | None = None
+    name: str = "data"
+
+    def _check_labels(self, yb: torch.Tensor, b: int) -> None:
+        k = self.classes
+        bad = (yb < 0) | (yb >= k) | (yb != yb.round())
+        if bool(bad.any()):
+            i = int(bad.reshape(-1).nonzero()[0, 0])
+            raise ValueError(f"{self.name}: batch {b}, example {i}: label {yb.reshape(-1)[i].item():g}; a label must be "
+                             f"an integer from 0 to {k - 1} for a model with {k} outputs "
+                             f"({int(bad.sum())} of {yb.numel()} labels in this batch are not)")
 
     def example(self) -> torch.Tensor | None:
         """One input of a map-style dataset, with its batch axis; None for an iterable one (not
@@ -132,10 +144,12 @@ class LoaderData:
         return torch.as_tensor(x0).to(self.device, self.dtype).unsqueeze(0)
 
     def batches(self, stack: Stack, batch_size: int, perms: Any) -> Iterator[tuple[Any, Any, int]]:
-        for batch in self.loader:
+        for b, batch in enumerate(self.loader):
             xb, yb = batch[0], batch[1]
             xb = torch.as_tensor(xb).to(self.device, self.dtype)
             yb = torch.as_tensor(yb).to(self.device)
+            if self.classes is not None:
+                self._check_labels(yb, b)
             if yb.is_floating_point():
                 yb = yb.to(self.dtype)
             yield xb, yb, xb.shape[0]

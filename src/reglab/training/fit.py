@@ -43,17 +43,8 @@ def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, 
     xt = _data.as_tensor(x, f"{prefix}x", dtype, device)
     yt = _data.targets(y, f"{prefix}y", loss, dtype, device)
     _data.check_lengths(xt, yt, f"{prefix}x", f"{prefix}y")
-    was = model.training
-    model.eval()
     probe = xt[:PROBE]
-    try:
-        with torch.no_grad(), PenaltyPlan(model).collect():
-            try:
-                out = model(probe)
-            except Exception as e:
-                raise ValueError(f"the model could not run on {prefix}x of shape {tuple(xt.shape)}: {e}") from e
-    finally:
-        model.train(was)
+    out = _probe(model, probe, f"{prefix}x of shape {tuple(xt.shape)}")
     if (yt.dim() == out.dim() - 1 and out.dim() >= 2 and out.shape[-1] == 1 and loss.task != "sparse"
             and not isinstance(getattr(loss, "data_loss", loss), _losses.TorchLoss)):
         yt = yt.unsqueeze(-1)  # Keras (squeeze_or_expand_to_same_rank): y of shape (n,) against outputs (n, 1)
@@ -69,6 +60,42 @@ def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, 
 
 #: examples of the first batch the model is run on before training (shapes, output range)
 PROBE = 32
+
+
+def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
+    """The model's output on ``xb`` in eval mode, without grad or a recorded penalty (the model is
+    left as it was); a failure names ``what`` it ran on."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), PenaltyPlan(model).collect():
+            try:
+                return model(xb)
+            except Exception as e:
+                raise ValueError(f"the model could not run on {what}: {e}") from e
+    finally:
+        model.train(was)
+
+
+def _loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device, prefix: str) -> int | None:
+    """Before training on a ``DataLoader``: the model runs on its dataset's first example and its
+    output has the range the loss expects (``check_targets_and_outputs``); returns the number of
+    classes whose labels every batch is then checked against (sparse cross-entropy), or None.
+    An iterable dataset is not probed (that would advance it)."""
+    from torch.utils.data import IterableDataset
+
+    if isinstance(loader.dataset, IterableDataset):
+        return None
+    try:
+        item = loader.dataset[0]
+        x0, y0 = item[0], item[1]
+    except Exception:  # an unusual dataset: the batches are checked as they come
+        return None
+    out = _probe(model, torch.as_tensor(x0).to(device, dtype).unsqueeze(0), f"{prefix}dataset[0]'s x")
+    y = torch.as_tensor(y0).to(device).reshape(1, -1)
+    check_targets_and_outputs(loss, out, y[:, 0] if y.shape[1] == 1 else y, f"{prefix}dataset[0]: ")
+    base = getattr(loss, "data_loss", loss)
+    return out.shape[-1] if isinstance(base, _losses.SparseCategoricalCrossentropy) and out.dim() >= 2 else None
 
 
 def check_targets_and_outputs(loss: _losses.Loss, out: torch.Tensor, yt: torch.Tensor, prefix: str = "") -> None:
@@ -94,13 +121,14 @@ def check_targets_and_outputs(loss: _losses.Loss, out: torch.Tensor, yt: torch.T
 
 
 def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, prefix):
-    if isinstance(x, DataLoader):
-        return LoaderData(x, dtype, device), False
     if isinstance(x, Dataset):
         g = torch.Generator()
         if seed is not None:
             g.manual_seed(int(seed))
-        return LoaderData(DataLoader(x, batch_size=batch_size, shuffle=shuffle, generator=g), dtype, device), False
+        x = DataLoader(x, batch_size=batch_size, shuffle=shuffle, generator=g)
+    if isinstance(x, DataLoader):
+        classes = _loader_checks(model, x, loss, dtype, device, prefix)
+        return LoaderData(x, dtype, device, classes=classes, name=f"{prefix or 'training '}data"), False
     xt, yt = prepare_arrays(model, x, y, loss, dtype, device, prefix)
     return ArrayData(xt, yt), shuffle
 
