@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from reglab.report.comparisons import COLUMNS, comparisons_frame
@@ -127,3 +129,85 @@ def test_an_experiment_whose_runs_all_failed_gets_empty_cells_not_an_error():
     r = comparisons_frame(t).set_index("metric").loc["test_mse"]
     assert r.n == 0 and r.verdict == "no verdict" and pd.isna(r.estimate) and pd.isna(r.p_improvement)
     assert list(comparisons_frame(t).columns) == COLUMNS
+
+
+def test_robust_summaries_and_effect_size():
+    df = comparisons_frame(frame(DIFFS, BASE))
+    noisy = df[(df.metric == "test_mse") & (df.experiment == "noisy")].iloc[0]
+    d = np.sort(np.array(DIFFS["noisy"]))              # -2.5 -1.5 -1.0 0.5 0.5 1.0 1.5 2.0
+    assert noisy["median"] == pytest.approx(0.5)         # (0.5 + 0.5) / 2
+    assert noisy["iqm"] == pytest.approx(np.mean(d[2:6]))  # the middle four: (-1 + 0.5 + 0.5 + 1) / 4 = 0.25
+    assert noisy["iqm"] == pytest.approx(0.25)
+    assert noisy["effect_size"] == pytest.approx(d.mean() / d.std(ddof=1))
+
+
+def test_the_bootstrap_family():
+    """method = bootstrap: the percentile interval of the resampled means at 1 - alpha/m, its p
+    consistent with it, the estimate inside; other metrics keep the t."""
+    df = comparisons_frame(frame(DIFFS, BASE), methods={"test_mse": "bootstrap"})
+    mse = df[df.metric == "test_mse"].set_index("experiment")
+    assert set(mse.method) == {"bootstrap, Bonferroni over 4"}
+    assert set(df[df.metric == "test_mae"].method) == {"paired t, Bonferroni over 4"}
+    for name, d in DIFFS.items():
+        r = mse.loc[name]
+        assert r.ci_low <= r.estimate <= r.ci_high
+        assert (r.p_adjusted < 0.05) == (r.ci_low > 0 or r.ci_high < 0)
+    # "helps": every resampled mean is negative -> p = 0; the interval within the data's range
+    helps = mse.loc["helps"]
+    assert helps.p_adjusted == 0.0 and helps.verdict == "better"
+    assert -1.2 <= helps.ci_low < helps.ci_high <= -0.8
+    assert mse.loc["noisy"].verdict == "inconclusive" and mse.loc["tiny"].verdict == "equivalent"
+    again = comparisons_frame(frame(DIFFS, BASE), methods="bootstrap")   # fixed seed: the same numbers
+    assert again[again.metric == "test_mse"].set_index("experiment").loc["noisy", "ci_low"] == mse.loc["noisy", "ci_low"]
+    with pytest.raises(ValueError, match="expected one of"):
+        comparisons_frame(frame(DIFFS, BASE), methods="wilcoxon")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10, 10, allow_nan=False), min_size=5, max_size=30), st.integers(1, 20))
+def test_bootstrap_p_and_interval_agree(d, m):
+    from reglab.report.comparisons import bootstrap_interval
+
+    d = np.array(d)
+    a = 0.05 / m
+    lo, hi, p = bootstrap_interval(d, a)
+    assert lo <= hi
+    assert (p < a) == (lo > 0 or hi < 0)
+
+
+def test_study_statistics_method_is_validated(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from reglab.experiments.schema import ConfigError
+    from reglab.experiments.study import load_study
+
+    folder = tmp_path / "st"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "studies" / "diabetes", folder)
+    toml = folder / "study.toml"
+    text = toml.read_text()
+    assert load_study(folder).methods == "t"
+    toml.write_text(text + '\n[statistics]\nmethod = "bootstrap"\n')
+    assert load_study(folder).methods == "bootstrap"
+    toml.write_text(text + '\n[statistics]\nmethod = {test_mse = "bootstrap"}\n')
+    assert load_study(folder).methods == {"test_mse": "bootstrap"}
+    for bad in ('method = "wilcoxon"', 'method = {mse = "bootstrap"}', 'resamples = 10'):
+        toml.write_text(text + f"\n[statistics]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"study.toml: statistics: expected method = \"t\" or \"bootstrap\""):
+            load_study(folder)
+
+
+def test_findings_name_an_inconclusive_row_that_no_number_of_seeds_would_settle(tmp_path):
+    """A zero mean difference has no n_needed (pandas' NA in the Int64 column): the findings said
+    'TypeError: boolean value of NA is ambiguous' and the report was not written."""
+    from reglab.report.render import Doc, _section_findings
+
+    zero = [0.5, -0.5, 0.3, -0.3, 0.2, -0.2, 0.1, -0.1]
+    df = comparisons_frame(frame({"zero": zero, "helps": DIFFS["helps"]}, BASE))
+    row = df[(df.metric == "test_mse") & (df.experiment == "zero")].iloc[0]
+    assert row.verdict == "inconclusive" and pd.isna(row.n_needed)
+    doc = Doc()
+    _section_findings(doc, df, tmp_path)
+    text = doc.markdown(tmp_path)
+    assert "**1 is inconclusive** with these seeds: `zero`" in text
+    assert "seeds would settle it" not in text

@@ -176,3 +176,13 @@ def test_figures_keep_math_for_log_ticks_and_draw_dollars_literally(tmp_path):
                                 tmp_path / "w.png")
     with Image.open(p) as im:
         assert im.size == (864, 518)
+
+
+def test_table_intervals_never_leave_the_metrics_range():
+    from reglab.report.render import _ci
+
+    assert _ci((0.99, 0.97, 1.01), 3, "test_accuracy") == "0.990 [0.970, 1.000]"   # was 0.990 ± 0.020
+    assert _ci((0.01, -0.02, 0.04), 3, "test_log_loss") == "0.010 [0.000, 0.040]"
+    assert _ci((0.95, 0.9, 1.1), 3, "test_r2") == "0.950 [0.900, 1.000]"
+    assert _ci((0.5, 0.4, 0.6), 3, "test_accuracy") == "0.500 ± 0.100"             # inside: as before
+    assert _ci((-0.001, -0.003, 0.001), 4, "excess_log_loss") == "-0.0010 ± 0.0020"  # an excess may be < 0

@@ -241,7 +241,8 @@ def report(out, study_dir) -> None:
             st = load_study(study_dir)
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-        kw = {"title": st.title, "intro": st.intro, "sections": st.sections, "margins": st.margins}
+        kw = {"title": st.title, "intro": st.intro, "sections": st.sections, "margins": st.margins,
+              "methods": st.methods}
     try:
         paths = write_report(out, **kw)
     except ValueError as e:
@@ -331,7 +332,8 @@ def study(study_dir, seeds, out, workers, progress, backend, address) -> None:
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
                  seeds=seeds or st.seeds, study=str(st.folder))
-    paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections, margins=st.margins)
+    paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections, margins=st.margins,
+                         methods=st.methods)
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")
     click.echo(f"        {Path(paths['markdown']).resolve()}")

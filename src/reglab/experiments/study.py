@@ -20,6 +20,10 @@
     [margins]                          # the smallest effect worth having, per metric (optional;
     test_log_loss = 0.01               # defaults in reglab.report.comparisons)
 
+    [statistics]                       # the interval method of comparisons.csv (optional):
+    method = "bootstrap"               # "t" (default) or "bootstrap" for every family, or per
+                                       # metric: {test_mse = "bootstrap"} (the rest "t")
+
     [[section]]                        # a section of the report: function(results, runs, out) -> list
     title = "The claims, checked"
     function = "claims.py:claims"
@@ -47,7 +51,7 @@ from .schema import ConfigError, LIMITS, read_toml
 
 __all__ = ["Study", "load_study", "experiment_files", "run_analysis"]
 
-STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins"}
+STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins", "statistics"}
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Study:
     analyses: list[tuple[str, str, dict]] = field(default_factory=list)  # (name, function reference, args)
     sections: list[tuple[str, Callable[..., list]]] = field(default_factory=list)
     margins: dict[str, float] = field(default_factory=dict)  # metric -> smallest effect worth having
+    methods: str | dict[str, str] = "t"  # comparisons.csv's interval method: for all families, or per metric
 
 
 def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
@@ -113,6 +118,16 @@ def load_study(folder: str | Path) -> Study:
         raise ConfigError(f"{file}: margins: expected {{<metric column> = <non-negative number>}}, e.g. "
                           f"{{test_log_loss = 0.01}}; got {margins!r}")
     study.margins = {k: float(v) for k, v in margins.items()}
+    st = raw.get("statistics", {})
+    method = st.get("method", "t") if isinstance(st, dict) else None
+    ok = isinstance(st, dict) and not set(st) - {"method"} and (
+        method in ("t", "bootstrap") or isinstance(method, dict) and all(
+            isinstance(k, str) and re.fullmatch(r"(val|test|fresh|excess)_[a-z0-9_]+|default", k) and
+            v in ("t", "bootstrap") for k, v in method.items()))
+    if not ok:
+        raise ConfigError(f"{file}: statistics: expected method = \"t\" or \"bootstrap\", or method = "
+                          f"{{<metric column> = \"t\" | \"bootstrap\"}}; got {st!r}")
+    study.methods = method
     for i, p in enumerate(raw.get("path", [])):
         where = f"path[{i}]"
         if not isinstance(p, dict) or not isinstance(p.get("experiment"), str) or set(p) - {"experiment", "strengths",

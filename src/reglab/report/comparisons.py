@@ -12,7 +12,17 @@ runs finished (``estimate`` = their mean, ``experiment - baseline``):
   data are the test data, an optimistic choice). With ``m`` comparisons in it, the interval
   is the paired t-interval at level ``1 - alpha / m`` (Bonferroni) and ``p_adjusted =
   min(1, m p)`` with ``p`` the paired t-test's, so ``p_adjusted < alpha`` exactly when the
-  interval excludes 0 (``method = "paired t, Bonferroni over m"``).
+  interval excludes 0 (``method = "paired t, Bonferroni over m"``). Where per-seed differences
+  are far from normal, a family can use the **bootstrap** instead (``methods``; study.toml
+  ``[statistics] method``): ``BOOTSTRAP_RESAMPLES`` resamples of the seeds (scipy's
+  ``bootstrap``, a fixed seed), the percentile interval at level ``1 - alpha / m`` with the
+  quantiles taken from the empirical distribution (``lo`` = its ``a/2`` quantile, ``hi`` = minus
+  the ``a/2`` quantile of the negated resamples, ``a = alpha / m``) and ``p = 2 min(P*(mean <=
+  0), P*(mean >= 0))``, so that again ``p_adjusted < alpha`` exactly when the interval excludes
+  0 (``method = "bootstrap, Bonferroni over m"``).
+- **Robust summaries** beside the mean: ``median`` and ``iqm`` (the interquartile mean: the
+  mean of the middle 50 %, rliable's choice) of the paired differences; ``effect_size`` is
+  ``d_z = estimate / sd``.
 - **Verdict.** ``"equivalent"`` when the interval lies inside ``(-margin, +margin)``; else
   ``"better"``/``"worse"`` when it excludes 0 on that side (``better`` says which direction is
   good: ``"lower"`` or ``"higher"``); else ``"inconclusive"``. Fewer than ``MIN_PAIRS`` pairs:
@@ -47,7 +57,9 @@ ALPHA = 0.05
 POWER = 0.8
 COLUMNS = ["experiment", "baseline", "metric", "better", "n", "estimate", "ci_low", "ci_high", "method", "p_adjusted",
            "margin", "verdict", "p_improvement", "p_improvement_low", "p_improvement_high", "mde", "n_needed",
-           "comparison"]
+           "comparison", "median", "iqm", "effect_size"]
+METHODS = ("t", "bootstrap")
+BOOTSTRAP_RESAMPLES = 9999
 OWN, BEST_PLAIN = "own baseline", "best plain baseline"
 #: absolute margins; a metric not listed gets RELATIVE_MARGIN x |baseline mean|
 DEFAULT_MARGINS = {"accuracy": 0.01, "ece": 0.01, "r2": 0.01, "brier": 0.005}
@@ -92,6 +104,24 @@ def _n_needed(effect: float, sd: float, alpha: float, limit: int = 100_000) -> i
     return lo
 
 
+def bootstrap_interval(d: np.ndarray, a: float, seed: int = 0) -> tuple[float, float, float]:
+    """``(lo, hi, p)`` for the mean of ``d`` by the percentile bootstrap at level ``1 - a`` (see
+    the module): ``p < a`` exactly when ``lo > 0`` or ``hi < 0``."""
+    boot = stats.bootstrap((d,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                           random_state=np.random.default_rng(seed)).bootstrap_distribution
+    lo = float(np.quantile(boot, a / 2, method="inverted_cdf"))
+    hi = -float(np.quantile(-boot, a / 2, method="inverted_cdf"))
+    p = min(1.0, 2 * min(float(np.mean(boot <= 0)), float(np.mean(boot >= 0))))
+    return lo, hi, p
+
+
+def _method_of(metric: str, methods: Any) -> str:
+    m = methods.get(metric, methods.get("default", "t")) if isinstance(methods, dict) else (methods or "t")
+    if m not in METHODS:
+        raise ValueError(f"statistics method for {metric}: expected one of {METHODS}; got {m!r}")
+    return m
+
+
 def _mde(n: int, sd: float, alpha: float) -> float:
     df = n - 1
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df)) * sd / math.sqrt(n))
@@ -116,10 +146,12 @@ def best_plain_baselines(results, kinds: dict[str, str]) -> dict[str, str]:
 
 
 def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: float = ALPHA,
-                      kinds: dict[str, str] | None = None):
+                      kinds: dict[str, str] | None = None, methods: str | dict[str, str] | None = None):
     """The comparisons of a ``load_results`` table (see the module docstring). With ``kinds``
     (baseline name -> a key of its data, model and loss), each experiment is also compared with
-    the best plain baseline of its kind (``comparison = "best plain baseline"``, its own family)."""
+    the best plain baseline of its kind (``comparison = "best plain baseline"``, its own family).
+    ``methods``: ``"t"`` (default) or ``"bootstrap"`` for every family, or ``{metric: method}``
+    (``"default"``: the rest)."""
     import pandas as pd
 
     if results.empty:
@@ -161,9 +193,12 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
         n = len(d)
         m = families.get((metric, r["comparison"]), 1)
         a = alpha / m
+        method = _method_of(metric, methods)
         row = {**r, "better": "lower" if lower else "higher", "n": n, "estimate": float(d.mean()) if n else math.nan,
-               "method": f"paired t, Bonferroni over {m}",
-               "margin": _margin(metric, base, results, b_rows, margins)}
+               "method": f"{'paired t' if method == 't' else 'bootstrap'}, Bonferroni over {m}",
+               "margin": _margin(metric, base, results, b_rows, margins),
+               "median": float(np.median(d)) if n else math.nan,
+               "iqm": float(stats.trim_mean(d, 0.25)) if n else math.nan}
         wins = float(np.sum(d < 0) if lower else np.sum(d > 0)) + 0.5 * float(np.sum(d == 0))
         if n:
             lo, hi = _wilson(wins, n)
@@ -174,8 +209,13 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
             out.append(row)
             continue
         sd = float(d.std(ddof=1))
-        c = paired_comparison(d, np.zeros_like(d), confidence=1 - a, alpha=alpha, n_comparisons=m)
-        lo, hi, p_adj = (c.ci_low, c.ci_high, c.p_adjusted) if sd > 0 else (row["estimate"],) * 2 + (c.p_adjusted,)
+        row["effect_size"] = row["estimate"] / sd if sd > 0 else math.nan
+        if method == "bootstrap" and sd > 0:
+            lo, hi, p = bootstrap_interval(d, a)
+            p_adj = min(1.0, m * p)
+        else:
+            c = paired_comparison(d, np.zeros_like(d), confidence=1 - a, alpha=alpha, n_comparisons=m)
+            lo, hi, p_adj = (c.ci_low, c.ci_high, c.p_adjusted) if sd > 0 else (row["estimate"],) * 2 + (c.p_adjusted,)
         margin = row["margin"]
         if math.isfinite(margin) and -margin < lo and hi < margin:
             verdict = "equivalent"
@@ -192,9 +232,10 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
     return df
 
 
-def write_comparisons(out: str | Path, results, margins: dict[str, float] | None = None) -> Path:
+def write_comparisons(out: str | Path, results, margins: dict[str, float] | None = None,
+                      methods: str | dict[str, str] | None = None) -> Path:
     p = Path(out) / "comparisons.csv"
-    comparisons_frame(results, margins).to_csv(p, index=False, na_rep="")
+    comparisons_frame(results, margins, methods=methods).to_csv(p, index=False, na_rep="")
     return p
 
 

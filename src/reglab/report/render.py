@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from ..diagnostics.metrics import LABELS, METRICS
 from ..experiments.results import results_frame
@@ -65,9 +66,10 @@ class Doc:
         self.blocks.append(("ul", items))
 
     def table(self, header: list[str], rows: list[list[str]], note: str | None = None) -> None:
-        if note:
-            rows = rows + [[note] + [""] * (len(header) - 1)]
+        """A table; ``note`` is a paragraph under it (its cells never wrap, a note would)."""
         self.blocks.append(("table", (header, rows)))
+        if note:
+            self.blocks.append(("note", note))
 
     def img(self, path: Path, alt: str) -> None:
         self.blocks.append(("img", (path, alt)))
@@ -82,6 +84,8 @@ class Doc:
                 out.append("#" * b[0] + " " + b[1])
             elif kind == "p":
                 out.append(b)
+            elif kind == "note":
+                out.append(f"*{b}*")
             elif kind == "ul":
                 out.append("\n".join(f"- {i}" for i in b))
             elif kind == "table":
@@ -97,7 +101,8 @@ class Doc:
                "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
                "line-height:1.45;color:#222}table{border-collapse:collapse;font-size:13px;margin:1em 0}"
                "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}"
-               "td:first-child,th:first-child,td:nth-child(2){text-align:left}img{max-width:100%}"
+               "td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}img{max-width:100%}"
+               ".note{font-size:12px;color:#555;margin-top:-.5em}"
                "code{background:#f3f3f3;padding:0 3px}.sig{color:#0a6b0a;font-weight:600}"
                ".scroll{overflow-x:auto;max-width:100%}td{white-space:nowrap}</style></head><body>"]
         heads = [b[1] for k, b in self.blocks if k == "h" and b[0] == 2]
@@ -109,6 +114,8 @@ class Doc:
                 out.append(f"<h{b[0]} id='{_anchor(b[1])}'>{_inline(b[1])}</h{b[0]}>")
             elif kind == "p":
                 out.append(f"<p>{_inline(b)}</p>")
+            elif kind == "note":
+                out.append(f"<p class='note'>{_inline(b)}</p>")
             elif kind == "ul":
                 out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b) + "</ul>")
             elif kind == "table":
@@ -147,40 +154,33 @@ def _num(v: float, digits: int = 3) -> str | None:
     return None if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _ci(stat: tuple[float, float, float] | None, digits: int = 3) -> str:
-    """``mean ± half-width``; ``n/a`` where it cannot be computed (the tables' notes say why)."""
+#: the range a metric cannot leave (by the name after its prefix); an interval is clipped to it
+_RANGES = {"accuracy": (0.0, 1.0), "ece": (0.0, 1.0), "brier": (0.0, 1.0), "log_loss": (0.0, math.inf),
+           "mse": (0.0, math.inf), "mae": (0.0, math.inf), "r2": (-math.inf, 1.0)}
+
+
+def _ci(stat: tuple[float, float, float] | None, digits: int = 3, metric: str = "") -> str:
+    """``mean ± half-width``, or ``mean [lo, hi]`` where the t-interval leaves the metric's range
+    (an accuracy of 0.99 ± 0.02 is shown as 0.990 [0.970, 1.000]); ``n/a`` where it cannot be
+    computed (the tables' notes say why)."""
     if stat is None or not math.isfinite(stat[0]):
         return "n/a"
     m, lo, hi = stat
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{m:.{digits}f} (one run)"
+    low, high = _RANGES.get(metric.partition("_")[2] if not metric.startswith("excess_") else "", (-math.inf, math.inf))
+    if lo < low or hi > high:
+        return f"{m:.{digits}f} [{max(lo, low):.{digits}f}, {min(hi, high):.{digits}f}]"
     return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
 
 
-def _cmp(c, digits: int = 3) -> list[str]:
-    """Δ [CI], Bonferroni p, effect size d_z, verdict -- four cells; ``n/a`` where not computed."""
-    if c is None:
-        return ["n/a", "n/a", "n/a", f"no verdict (fewer than {MIN_PAIRS} finished pairs)"]
-    ci = (f"{c.mean_difference:+.{digits}f} [{c.ci_low:+.{digits}f}, {c.ci_high:+.{digits}f}]"
-          if math.isfinite(c.ci_low) else f"{c.mean_difference:+.{digits}f}")
-    p = f"{c.p_adjusted:.2g}" if math.isfinite(c.p_adjusted) else "n/a"
-    d = f"{c.effect_size:+.2f}" if math.isfinite(c.effect_size) else "n/a (no spread)"
-    verdict = ("**significant** ✱" if c.significant else "not significant")
-    return [ci, p, d, verdict]
-
-
-def _direction(metric: str, c) -> str:
-    if c is None or not c.significant:
-        return ""
-    better = (c.mean_difference < 0) == lower_is_better(metric)
-    return "better" if better else "worse"
-
-
 def write_report(out: str | Path, meta: dict | None = None, title: str | None = None, intro: str | None = None,
-                 sections: list[Section] = (), margins: dict[str, float] | None = None) -> dict[str, Path]:
+                 sections: list[Section] = (), margins: dict[str, float] | None = None,
+                 methods: str | dict[str, str] | None = None) -> dict[str, Path]:
     """Read the finished runs under ``out`` (and analyses written there) and write
-    ``report.html``, ``report.md`` and ``results.csv``. ``title``, ``intro`` and ``sections``
-    come from the study (``reglab study``); the rest follows the study's contents and task."""
+    ``report.html``, ``report.md``, ``results.csv`` and ``comparisons.csv``. ``title``,
+    ``intro``, ``sections``, ``margins`` and ``methods`` (``comparisons_frame``'s) come from the
+    study (``reglab study``); the rest follows the study's contents and task."""
     out = Path(out)
     runs = load_runs(out)
     if not runs:
@@ -188,7 +188,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     summ = summarize(runs)
     frame = results_frame(runs)
     frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
-    comp = comparisons_frame(frame, margins=margins, kinds=_baseline_kinds(runs))
+    comp = comparisons_frame(frame, margins=margins, kinds=_baseline_kinds(runs), methods=methods)
     comp.to_csv(out / "comparisons.csv", index=False, na_rep="")
     figs = out / "figures"
     if figs.exists() and not figs.is_dir():
@@ -208,7 +208,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
         doc.p(intro)
     _section_protocol(doc, summ)
     _section_table(doc, summ)
-    _section_comparisons(doc, summ)
+    _section_comparisons(doc, summ, comp)
     for sec_title, fn in sections:
         doc.h(2, sec_title)
         for block in fn(frame, runs, out):
@@ -281,8 +281,8 @@ def _section_findings(doc: Doc, comp, figs: Path, validation_is_test: bool = Fal
     if by["inconclusive"]:
         text.append(f"**{len(by['inconclusive'])} {'is' if len(by['inconclusive']) == 1 else 'are'} inconclusive** "
                     "with these seeds: " + "; ".join(
-            f"{cite(r)}" + (f", about {int(r['n_needed'])} seeds would settle it" if r["n_needed"] == r["n_needed"]
-                            and r["n_needed"] is not None else "") for r in by["inconclusive"]) + ".")
+            f"{cite(r)}" + (f", about {int(r['n_needed'])} seeds would settle it" if pd.notna(r["n_needed"])
+                            else "") for r in by["inconclusive"]) + ".")
     if by["no verdict"]:
         text.append(f"{len(by['no verdict'])} have fewer than {MIN_PAIRS} finished pairs and no verdict.")
     plain = comp[(comp["metric"] == metric) & (comp["comparison"] == "best plain baseline")]
@@ -349,35 +349,61 @@ def _section_table(doc: Doc, summ: Summary) -> None:
         table = []
         for e in rows:
             table.append([f"`{e.key}`", e.title, f"{len(e.finished)} / {len(e.runs)}"] +
-                         [_ci(e.stats.get(k), 4 if k.startswith("excess") else 3) for k in keys])
+                         [_ci(e.stats.get(k), 4 if k.startswith("excess") else 3, k) for k in keys])
         flat = " ".join(c for r in table for c in r)
         doc.table(header, table, note="n/a: no finished run has this figure; \"(one run)\": no interval from one run"
                   if "n/a" in flat or "(one run)" in flat else None)
 
 
-def _section_comparisons(doc: Doc, summ: Summary) -> None:
+def _section_comparisons(doc: Doc, summ: Summary, comp) -> None:
+    """The own-baseline rows of ``comparisons.csv`` on each task's first two metrics, sorted by
+    effect (best first): the mean difference with its family's adjusted interval, the robust
+    summaries beside it, the verdict and the probability of improvement."""
     doc.h(2, "Paired comparisons with each experiment's baseline")
+    own = comp[comp["comparison"] == "own baseline"] if len(comp) else comp
+    sweep = [c for c in comp.columns if "/" in c]
     for task in summ.tasks:
         rows = [e for e in summ.ordered() if e.task == task and not e.is_baseline]
         if not rows:
             continue
         known = any(k.startswith("excess_") for e in rows for k in e.stats)
         for metric in compared_metrics(task, known)[:2]:
+            sub = own[own["metric"] == metric]
             table = []
-            for e in rows:
-                c = e.comparisons.get(metric)
+            for _, r in sub.iterrows():
+                e = next((x for x in rows if x.name == r["experiment"] and all(
+                    x.sweep.get(c) == r[c] for c in sweep if c in x.sweep)), None)
+                if e is None:
+                    continue
                 fail = ""
                 if e.failure_test:
                     fail = f"{e.failure_test[0]} vs {e.failure_test[1]} failed (Fisher p = {e.failure_test[2]:.2g})"
-                b = summ.rows.get(e.baseline)
-                pairs = c.n if c else (len(set(e.by_seed(metric)) & set(b.by_seed(metric))) if b else 0)
-                table.append([f"`{e.key}`", f"`{e.baseline}`", str(pairs)] + _cmp(c) +
-                             [_direction(metric, c), fail])
+                sign = 1.0 if r["better"] == "lower" else -1.0
+                order = sign * r["estimate"] if r["estimate"] == r["estimate"] else math.inf
+                table.append((order, [f"`{e.key}`", f"`{r['baseline']}`", str(int(r["n"]))] + _cmp_row(r) + [fail]))
+            table.sort(key=lambda t: t[0])
+            method = sub["method"].iloc[0] if len(sub) else ""
             doc.h(3, f"Δ {metric_label(metric)} (experiment − baseline; "
                      f"{'lower' if lower_is_better(metric) else 'higher'} is better)")
-            doc.table(["experiment", "baseline", "pairs", "Δ [adjusted 95% CI]", "p (Bonferroni)", "d_z", "verdict",
-                       "direction",
-                       "failures"], table)
+            doc.table(["experiment", "baseline", "pairs", "Δ mean [adjusted 95% CI]", "median Δ", "IQM Δ",
+                       "p (adjusted)", "d_z", "verdict", "P(improvement) [95% CI]", "failures"], [t[1] for t in table],
+                      note=f"Intervals and p: {method} (a family is one metric against one kind of baseline); "
+                           "IQM: the mean of the middle 50 % of the paired differences; verdict: better/worse when "
+                           "the interval excludes 0, equivalent when it lies within the margin, else inconclusive.")
+
+
+def _cmp_row(r) -> list[str]:
+    """A ``comparisons.csv`` row as cells: Δ [CI], median, IQM, p, d_z, verdict, P(improvement)."""
+    def f(v, d=3, sign=True):
+        return "n/a" if v is None or v != v else (f"{v:+.{d}f}" if sign else f"{v:.{d}f}")
+
+    ci = f"{f(r['estimate'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["ci_low"] == r["ci_low"] else f(r["estimate"])
+    marks = {"better": "better ✱", "worse": "worse ✱", "equivalent": f"equivalent (±{r['margin']:.3g}) ≈",
+             "inconclusive": "inconclusive", "no verdict": f"no verdict (fewer than {MIN_PAIRS} pairs)"}
+    p = "n/a" if r["p_adjusted"] != r["p_adjusted"] else "< 1e-4" if r["p_adjusted"] == 0 else f"{r['p_adjusted']:.2g}"
+    pi = (f"{r['p_improvement']:.2f} [{r['p_improvement_low']:.2f}, {r['p_improvement_high']:.2f}]"
+          if r["p_improvement"] == r["p_improvement"] else "n/a")
+    return [ci, f(r["median"]), f(r["iqm"]), p, f(r["effect_size"], 2), marks.get(r["verdict"], r["verdict"]), pi]
 
 
 def _load_arrays(run: dict) -> dict[str, np.ndarray] | None:
@@ -512,7 +538,7 @@ def _path(doc: Doc, pd: dict, figs: Path) -> None:
     doc.p(str(pd["description"]))
     keys = list(pd["stats"])
     doc.table(["strength"] + [metric_label(k) for k in keys],
-              [[f"{s:.2g}", *[_ci(tuple(pd["stats"][k][i]), 4) for k in keys]] for i, s in enumerate(pd["strengths"])])
+              [[f"{s:.2g}", *[_ci(tuple(pd["stats"][k][i]), 4, k) for k in keys]] for i, s in enumerate(pd["strengths"])])
     doc.p(str(pd["verdict"]))
     doc.img(doc.figure(plots.path_plot, pd, figs / f"regularization_path_{_safe(str(pd['experiment']))}.png"),
             f"regularization path of {pd['experiment']}")
