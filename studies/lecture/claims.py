@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reglab import load_comparisons
 from reglab.diagnostics import compare_predictions
 from reglab.diagnostics.statistics import binomial_ci, paired_comparison
 from reglab.report.summary import selection_by_loss_vs_accuracy, summarize
@@ -68,16 +69,17 @@ def claims(frame, runs, out):
                      f"{'contains' if inside else 'does not contain'} the Bayes accuracy -- "
                      f"{'one split cannot tell it from the best possible classifier, nor from the other programs' if inside else 'surprising'}."
                      + (f" Over {len(e.finished)} seeds reglab measures {_ci(acc)}." if acc else ""))
-    metric = "excess_log_loss"
-    helped = [e for e in rows if (c := e.comparisons.get(metric)) and c.significant and c.mean_difference < 0]
-    hurt = [e for e in rows if (c := e.comparisons.get(metric)) and c.significant and c.mean_difference > 0]
-    same = [e for e in rows if (c := e.comparisons.get(metric)) and not c.significant]
+    comp = load_comparisons(out)  # the report's own comparisons, written before its sections
+    own = comp[(comp["metric"] == "excess_log_loss") & (comp["comparison"] == "own baseline")]
+    by = {v: sorted(own.loc[own["verdict"] == v, "experiment"]) for v in ("better", "worse", "equivalent",
+                                                                          "inconclusive")}
+    names = {v: ", ".join(f"`{x}`" for x in xs) or "none" for v, xs in by.items()}
     items.append("**\"Regularization helps\"** (the lecture's accuracies 0.84-0.87): on the fresh-sample excess "
-                 f"log-loss, {len(helped)} experiment(s) are significantly better than their own baseline "
-                 f"({', '.join(f'`{e.name}`' for e in helped) or 'none'}), {len(hurt)} significantly worse "
-                 f"({', '.join(f'`{e.name}`' for e in hurt) or 'none'}) and {len(same)} indistinguishable from it "
-                 f"({', '.join(f'`{e.name}`' for e in same) or 'none'}). Accuracy differences of 0.01-0.03 between "
-                 "programs are within the noise of 75 test points.")
+                 f"log-loss, {len(by['better'])} experiment(s) are better than their own baseline ({names['better']}), "
+                 f"{len(by['worse'])} worse ({names['worse']}), {len(by['equivalent'])} equivalent to it within the "
+                 f"margin ({names['equivalent']}) and {len(by['inconclusive'])} inconclusive ({names['inconclusive']}) "
+                 "-- the verdicts of `comparisons.csv`. Accuracy differences of 0.01-0.03 between programs are within "
+                 "the noise of 75 test points.")
     for b in [e for e in rows if e.is_baseline]:
         n_over = _n_overfitting(b.finished)
         rises = [r.get("overfitting", {}).get("rise_after_best", np.nan) for r in b.finished]

@@ -1,5 +1,5 @@
-"""Aggregate finished runs: per-experiment means with 95% CIs over the runs that finished, paired
-comparisons with each experiment's own baseline (intervals and p-values Bonferroni-adjusted over the family of one metric).
+"""Aggregate finished runs: per-experiment means with 95% CIs over the runs that finished. (The
+paired comparisons with baselines are ``comparisons.py``'s, the one place they are computed.)
 
 A failed (diverged) run is kept out of means, intervals and paired differences; how many failed
 is shown per row and compared with the baseline's failures (Fisher's exact test), since dropping
@@ -23,7 +23,6 @@ __all__ = ["Summary", "RowSummary", "summarize", "metric_label", "lower_is_bette
            "selection_by_loss_vs_accuracy", "MIN_PAIRS"]
 
 MIN_PAIRS = 5
-ALPHA = 0.05
 
 
 def metric_label(key: str) -> str:
@@ -63,7 +62,6 @@ class RowSummary:
     baseline: str | None
     is_baseline: bool
     stats: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    comparisons: dict[str, Any] = field(default_factory=dict)
     failure_test: tuple[int, int, float] | None = None  # (failed here, failed in baseline, Fisher p)
 
     @property
@@ -136,24 +134,6 @@ def summarize(rows: list[dict]) -> Summary:
             p = float(_st.fisher_exact([[e.n_failed, len(e.runs) - e.n_failed],
                                         [b.n_failed, len(b.runs) - b.n_failed]]).pvalue)
             e.failure_test = (e.n_failed, b.n_failed, p)
-    # paired comparisons with the own baseline; a family is one metric over the study, with
-    # Bonferroni-adjusted intervals (level 1 - alpha/m) and p-values, so that p_adjusted < alpha
-    # exactly when the interval excludes 0 (the rule of comparisons.csv)
-    all_metrics = {m for e in out.values() for m in compared_metrics(e.task, any(k.startswith("excess_") for k in e.stats))}
-    for metric in sorted(all_metrics):
-        comps = []
-        for e in out.values():
-            b = out.get(e.baseline) if e.baseline else None
-            if b is None:
-                continue
-            a_s, b_s = e.by_seed(metric), b.by_seed(metric)
-            common = sorted(set(a_s) & set(b_s))
-            if len(common) < MIN_PAIRS:
-                continue
-            comps.append((e, [a_s[s] for s in common], [b_s[s] for s in common]))
-        for e, a, b in comps:
-            e.comparisons[metric] = paired_comparison(a, b, confidence=1 - ALPHA / len(comps), alpha=ALPHA,
-                                                      n_comparisons=len(comps))
     return Summary(out)
 
 
