@@ -186,3 +186,43 @@ def test_table_intervals_never_leave_the_metrics_range():
     assert _ci((0.95, 0.9, 1.1), 3, "test_r2") == "0.950 [0.900, 1.000]"
     assert _ci((0.5, 0.4, 0.6), 3, "test_accuracy") == "0.500 ± 0.100"             # inside: as before
     assert _ci((-0.001, -0.003, 0.001), 4, "excess_log_loss") == "-0.0010 ± 0.0020"  # an excess may be < 0
+
+
+def test_every_number_of_the_findings_and_comparison_tables_is_a_row_of_comparisons_csv(tmp_path):
+    """Five lecture experiments at 5 seeds (verdicts exist): each findings citation is
+    ``name estimate [ci_low, ci_high]`` of its comparisons.csv row, under the bullet of its
+    verdict; each comparison-table row carries its row's estimate, interval, median, IQM, p and
+    verdict; the best-plain counts are the CSV's."""
+    import reglab
+
+    names = ("p2_layer_regularizers", "p4_activity_after", "p6_all_together", "x_dropout", "x_early_stopping")
+    specs = [short(s, epochs=3) for s in load_experiments(load_study(LECTURE).files) if s.name in names]
+    execute(plan_units(specs, seeds=5), tmp_path, progress=False)
+    md = write_report(tmp_path, meta={}, title="t")["markdown"].read_text()
+    comp = reglab.load_comparisons(tmp_path)
+    metric = comp.metric.iloc[0]
+    own = comp[(comp.metric == metric) & (comp.comparison == "own baseline")]
+    assert metric == "excess_log_loss" and len(own) == 5 and own.n.eq(5).all()
+    findings = md[md.index("## Findings"):md.index("Every number here is a row")]
+    bullets = {"better": "help", "worse": "hurt", "equivalent": "no difference worth", "inconclusive": "inconclusive"}
+    cited = 0
+    for r in own.itertuples():
+        cite = f"`{r.experiment}` {r.estimate:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
+        line = next(l for l in findings.splitlines() if cite in l)
+        assert bullets[r.verdict] in line, (r.verdict, line)
+        cited += 1
+    assert cited == 5
+    plain = comp[(comp.metric == metric) & (comp.comparison == "best plain baseline")].verdict.value_counts()
+    counts = ", ".join(f"{int(plain[v])} {v}" for v in ("better", "worse", "equivalent", "inconclusive") if v in plain)
+    assert f"): {counts}. The filled and hollow markers" in findings
+    table = md[md.index("### Δ excess over Bayes log-loss"):]
+    for r in own.itertuples():
+        row = next(l for l in table.splitlines() if l.startswith(f"| `{r.experiment}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"`{r.baseline}`" and cells[2] == "5"
+        def f(v, d=3):
+            return "n/a" if v != v else f"{v:+.{d}f}"   # no spread (identical runs): d_z is n/a
+
+        assert cells[3] == f(r.estimate) and cells[4] == f"[{f(r.ci_low)}, {f(r.ci_high)}]"
+        assert cells[5] == f(r.median) and cells[6] == f(r.iqm)
+        assert cells[8] == f(r.effect_size, 2) and cells[9].startswith(r.verdict)

@@ -385,7 +385,7 @@ def _section_comparisons(doc: Doc, summ: Summary, comp) -> None:
             method = sub["method"].iloc[0] if len(sub) else ""
             doc.h(3, f"Δ {metric_label(metric)} (experiment − baseline; "
                      f"{'lower' if lower_is_better(metric) else 'higher'} is better)")
-            doc.table(["experiment", "baseline", "pairs", "Δ mean [adjusted 95% CI]", "median Δ", "IQM Δ",
+            doc.table(["experiment", "baseline", "pairs", "Δ mean", "adjusted 95% CI", "median Δ", "IQM Δ",
                        "p (adjusted)", "d_z", "verdict", "P(improvement) [95% CI]", "failures"], [t[1] for t in table],
                       note=f"Intervals and p: {method} (a family is one metric against one kind of baseline); "
                            "IQM: the mean of the middle 50 % of the paired differences; verdict: better/worse when "
@@ -393,17 +393,18 @@ def _section_comparisons(doc: Doc, summ: Summary, comp) -> None:
 
 
 def _cmp_row(r) -> list[str]:
-    """A ``comparisons.csv`` row as cells: Δ [CI], median, IQM, p, d_z, verdict, P(improvement)."""
+    """A ``comparisons.csv`` row as cells: Δ, its CI, median, IQM, p, d_z, verdict, P(improvement)."""
     def f(v, d=3, sign=True):
         return "n/a" if v is None or v != v else (f"{v:+.{d}f}" if sign else f"{v:.{d}f}")
 
-    ci = f"{f(r['estimate'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["ci_low"] == r["ci_low"] else f(r["estimate"])
+    ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["ci_low"] == r["ci_low"] else "n/a"
     marks = {"better": "better ✱", "worse": "worse ✱", "equivalent": f"equivalent (±{r['margin']:.3g}) ≈",
              "inconclusive": "inconclusive", "no verdict": f"no verdict (fewer than {MIN_PAIRS} pairs)"}
     p = "n/a" if r["p_adjusted"] != r["p_adjusted"] else "< 1e-4" if r["p_adjusted"] == 0 else f"{r['p_adjusted']:.2g}"
     pi = (f"{r['p_improvement']:.2f} [{r['p_improvement_low']:.2f}, {r['p_improvement_high']:.2f}]"
           if r["p_improvement"] == r["p_improvement"] else "n/a")
-    return [ci, f(r["median"]), f(r["iqm"]), p, f(r["effect_size"], 2), marks.get(r["verdict"], r["verdict"]), pi]
+    return [f(r["estimate"]), ci, f(r["median"]), f(r["iqm"]), p, f(r["effect_size"], 2),
+            marks.get(r["verdict"], r["verdict"]), pi]
 
 
 def _load_arrays(run: dict) -> dict[str, np.ndarray] | None:
