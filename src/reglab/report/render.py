@@ -382,11 +382,15 @@ def _section_comparisons(doc: Doc, summ: Summary, comp) -> None:
                 order = sign * r["estimate"] if r["estimate"] == r["estimate"] else math.inf
                 table.append((order, [f"`{e.key}`", f"`{r['baseline']}`", str(int(r["n"]))] + _cmp_row(r) + [fail]))
             table.sort(key=lambda t: t[0])
+            cells = [t[1] for t in table]
+            header = ["experiment", "baseline", "pairs", "Δ mean", "adjusted 95% CI", "median Δ", "IQM Δ",
+                      "p (adjusted)", "d_z", "verdict", "P(improvement) [95% CI]", "failures"]
+            if not any(c[-1] for c in cells):  # no failed run anywhere: no column for it
+                header, cells = header[:-1], [c[:-1] for c in cells]
             method = sub["method"].iloc[0] if len(sub) else ""
             doc.h(3, f"Δ {metric_label(metric)} (experiment − baseline; "
                      f"{'lower' if lower_is_better(metric) else 'higher'} is better)")
-            doc.table(["experiment", "baseline", "pairs", "Δ mean", "adjusted 95% CI", "median Δ", "IQM Δ",
-                       "p (adjusted)", "d_z", "verdict", "P(improvement) [95% CI]", "failures"], [t[1] for t in table],
+            doc.table(header, cells,
                       note=f"Intervals and p: {method} (a family is one metric against one kind of baseline); "
                            "IQM: the mean of the middle 50 % of the paired differences; verdict: better/worse when "
                            "the interval excludes 0, equivalent when it lies within the margin, else inconclusive.")
@@ -398,7 +402,7 @@ def _cmp_row(r) -> list[str]:
         return "n/a" if v is None or v != v else (f"{v:+.{d}f}" if sign else f"{v:.{d}f}")
 
     ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" if r["ci_low"] == r["ci_low"] else "n/a"
-    marks = {"better": "better ✱", "worse": "worse ✱", "equivalent": f"equivalent (±{r['margin']:.3g}) ≈",
+    marks = {"better": "better ✱", "worse": "worse ✱", "equivalent": f"equivalent ≈ ±{r['margin']:.2g}",
              "inconclusive": "inconclusive", "no verdict": f"no verdict (fewer than {MIN_PAIRS} pairs)"}
     p = "n/a" if r["p_adjusted"] != r["p_adjusted"] else "< 1e-4" if r["p_adjusted"] == 0 else f"{r['p_adjusted']:.2g}"
     pi = (f"{r['p_improvement']:.2f} [{r['p_improvement_low']:.2f}, {r['p_improvement_high']:.2f}]"
