@@ -68,11 +68,11 @@ def _units(files):
     return plan_units(load_experiments([str(f) for f in files]))
 
 
-def _cli(files, out: Path, *args: str, env=None) -> subprocess.Popen:
+def _cli(files, out: Path, *args: str, env=None, cwd=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "reglab.cli", "--threads", "1", "run", *map(str, files),
                              "--out", str(out), "--no-progress", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or RAY_ENV,
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +88,26 @@ def local_reference(tmp_path_factory):
 
 
 def test_join_a_cluster_started_with_ray_start(tmp_path, local_reference):
-    """``ray start --head``, then ``reglab run --backend ray --address auto``: the runs equal the local ones."""
+    """``ray start --head`` (in another folder), then ``reglab run --backend ray --address auto``
+    with relative paths: the runs land in the command's OUT (the tasks once resolved it from the
+    cluster's folder and lost them) and equal the local ones."""
     files, ref = local_reference
     ray_bin = Path(sys.executable).parent / "ray"
     env = RAY_ENV
+    (tmp_path / "head").mkdir()
     subprocess.run([str(ray_bin), "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120,
+                   cwd=tmp_path / "head")
     try:
-        p = _cli(files, tmp_path / "out", "--backend", "ray", "--address", "auto", env=env)
+        work = files[0].parent.parent
+        rel = [f.relative_to(work) for f in files]
+        p = _cli(rel, Path("out"), "--backend", "ray", "--address", "auto", env=env, cwd=work)
         so, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         assert "16 runs trained, 0 already done" in so
         assert "ran on Ray: " in err and "6 task(s)" in err
-        assert _results(tmp_path / "out") == ref
+        assert _results(work / "out") == ref
+        assert not (tmp_path / "head" / "out").exists()
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
@@ -189,6 +196,7 @@ def test_interrupted_on_one_backend_resumed_on_the_other(tmp_path, local_referen
     os.kill(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted:" in err, err
+    assert "Traceback" not in err and "InvalidStateError" not in err, err
     kept = _results(out)
     assert 0 < len(kept) < 16
     for rid, row in kept.items():
@@ -199,3 +207,12 @@ def test_interrupted_on_one_backend_resumed_on_the_other(tmp_path, local_referen
     assert q.returncode == 0, err
     assert f"{16 - len(kept)} runs trained, {len(kept)} already done" in so
     assert _results(out) == ref
+
+
+def test_a_task_larger_than_the_cluster_is_refused(tmp_path, local_reference, ray_cluster):
+    from reglab.experiments.runner import execute
+
+    files, _ = local_reference
+    with pytest.raises(ValueError, match=r"each Ray task asks for 3 CPU\(s\) \(--threads\) but the cluster has 2"):
+        execute(_units(files), tmp_path / "out", progress=False, threads=3, backend="ray")
+    assert not list(tmp_path.glob("out/runs/*/*.json"))

@@ -69,15 +69,15 @@ def test_step_work_leaves_the_model_as_it_was():
     assert float(reglab.penalty(m)) == 0.0                              # the count left no activity term
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", 10**6])
 def test_a_bad_thread_count_is_refused_before_training(bad):
     ds = reglab.datasets.blobs(random_state=0)
     m = _mlp()
     w = m[0].weight.detach().clone()
-    with pytest.raises(ValueError, match=r"threads must be a positive int or None .*threads=" + repr(bad).replace(".", r"\.")):
+    with pytest.raises(ValueError, match=r"threads must be an int from 1 to 1024 or None .*threads=" + repr(bad).replace(".", r"\.")):
         reglab.fit(m, ds.x_train, ds.y_train, loss="binary_crossentropy", epochs=1, progress=False, threads=bad)
     assert torch.equal(m[0].weight, w)
-    with pytest.raises(ValueError, match="threads must be a positive int"):
+    with pytest.raises(ValueError, match="threads must be an int from 1 to 1024"):
         reglab.fit_many(_mlp, ds.x_train, ds.y_train, seeds=[0], loss="binary_crossentropy", progress=False,
                         threads=bad)
 

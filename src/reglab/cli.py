@@ -152,6 +152,10 @@ def _execute(units, out: Path, **kw) -> dict:
             click.echo("ran on Ray: " + (", ".join(f"{node}: {n} task(s)" for node, n in sorted(info["where"].items()))
                                          or "no task"), err=True)
         return info
+    except ValueError as e:
+        if type(e).__name__ == "RayBackendError":
+            raise click.ClickException(str(e)) from None
+        raise
     except KeyboardInterrupt:
         done = sum(Unit.done(u, out) for u in units)
         click.echo(f"interrupted: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "

@@ -39,6 +39,9 @@ from torch import nn
 #: a small CNN and a deep-MLP stack, alone and in groups of 20 (``benchmarks/bench_threads.py``, RESULTS.md)
 PARALLEL_WORK = 5e7
 
+#: the most threads a run may ask for (torch would try to start them all)
+MAX = 1024
+
 #: seconds over which idle cores are measured
 IDLE_WINDOW = 0.05
 
@@ -144,9 +147,9 @@ def explicit() -> int | None:
 
 
 def check(threads: Any) -> int | None:
-    """``threads`` validated: a positive int, or None (the default rule)."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive int or None (the default rule); got threads={threads!r}")
+    """``threads`` validated: an int from 1 to ``MAX``, or None (the default rule)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX):
+        raise ValueError(f"threads must be an int from 1 to {MAX} or None (the default rule); got threads={threads!r}")
     return threads
 
 

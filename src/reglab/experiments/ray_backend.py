@@ -13,9 +13,10 @@ set to that many threads, under the thread rule (``reglab.threads``), as a local
 with its share of the cores. The runner trains on CPU, so tasks ask for no GPU.
 
 Storage: ``OUT``, the experiment files and any builder code or data they name are read and
-written by the tasks at the driver's absolute paths, so on a cluster they must be on a
-filesystem every node mounts at the same path (Ray >= 2.7 syncs no files to the head node).
-A task that cannot see them fails with that message.
+written by the tasks at the driver's paths -- each task runs in the driver's working directory,
+so a relative path means the same there -- so on a cluster they must be on a filesystem every
+node mounts at the same path (Ray >= 2.7 syncs no files to the head node). A task that cannot
+see them fails with that message.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import concurrent.futures as cf
 import os
 from pathlib import Path
 from typing import Any
+
+class RayBackendError(ValueError):
+    """The Ray backend cannot run this study as asked (said before any task starts)."""
+
 
 #: retries of a task whose worker process or node died (Python exceptions are not retried)
 MAX_RETRIES = 3
@@ -36,14 +41,21 @@ def _where() -> str:
     return f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
 
 
-def _ray_task(fn, args: tuple, cpus: int, explicit: int | None) -> tuple[Any, str]:
-    """What a Ray worker runs: ``fn(*args)`` with ``cpus`` torch threads (the thread rule's cap)
-    and the driver's ``--threads``; returns the result and where it ran."""
+def _ray_task(fn, args: tuple, cpus: int, explicit: int | None, cwd: str) -> tuple[Any, str]:
+    """What a Ray worker runs: ``fn(*args)`` in the driver's working directory ``cwd`` (so that a
+    relative OUT or study path means what it means to the driver), with ``cpus`` torch threads
+    (the thread rule's cap) and the driver's ``--threads``; returns the result and where it ran."""
     import torch
 
     from .. import threads
     from ..training.engine import keep_flushing_denormals
 
+    try:
+        os.chdir(cwd)
+    except OSError:
+        raise FileNotFoundError(f"{cwd}: the driver's working directory is not found on the Ray node {_where()}; "
+                                "put the study folder and OUT on a filesystem every node mounts at the same "
+                                "path, and run reglab from there") from None
     for a in args:
         if isinstance(a, str) and os.path.isabs(a) and not os.path.exists(a):
             raise FileNotFoundError(f"{a}: not found on the Ray node {_where()}; put the study folder and OUT on "
@@ -73,25 +85,28 @@ class RayPool:
             self._started = True
         self.cpus = int(cpus_per_task)
         self.explicit = explicit
+        self._refs: dict[cf.Future, Any] = {}
         total = int(ray.cluster_resources().get("CPU", 1))
         if total < self.cpus:
             self.shutdown()
-            raise ValueError(f"each Ray task asks for {self.cpus} CPU(s) (--threads) but the cluster has {total}")
+            raise RayBackendError(f"each Ray task asks for {self.cpus} CPU(s) (--threads) but the cluster has "
+                                  f"{total}")
         #: tasks that fit on the cluster at once (the driver keeps one more queued)
         self.slots = max(1, total // self.cpus)
         self._remote = ray.remote(_ray_task).options(num_cpus=self.cpus, max_retries=MAX_RETRIES,
                                                      retry_exceptions=False)
-        self._refs: dict[cf.Future, Any] = {}
         #: where each finished task ran: node address -> number of tasks
         self.where: collections.Counter[str] = collections.Counter()
 
     def submit(self, fn, *args) -> cf.Future:
-        ref = self._remote.remote(fn, args, self.cpus, self.explicit)
+        ref = self._remote.remote(fn, args, self.cpus, self.explicit, os.getcwd())
         out: cf.Future = cf.Future()
         self._refs[out] = ref
 
         def done(f: cf.Future) -> None:
             self._refs.pop(out, None)
+            if out.done():  # cancelled by the driver (Ctrl-C, another task's error): nothing to hand over
+                return
             try:
                 result, where = f.result()
             except BaseException as e:  # noqa: BLE001 (handed to the driver's future)
