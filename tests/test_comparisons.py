@@ -191,9 +191,17 @@ def test_study_statistics_method_is_validated(tmp_path):
     assert load_study(folder).methods == "bootstrap"
     toml.write_text(text + '\n[statistics]\nmethod = {test_mse = "bootstrap"}\n')
     assert load_study(folder).methods == {"test_mse": "bootstrap"}
-    for bad in ('method = "wilcoxon"', 'method = {mse = "bootstrap"}', 'resamples = 10'):
+    for bad in ('method = "wilcoxon"', 'method = {test_mse = "Bootstrap"}', 'resamples = 10'):
         toml.write_text(text + f"\n[statistics]\n{bad}\n")
         with pytest.raises(ConfigError, match=r"study.toml: statistics: expected method = \"t\" or \"bootstrap\""):
+            load_study(folder)
+    for bad in ('test_fooo', 'val_mse', 'mse'):   # a typo, a metric never compared: refused, not ignored
+        toml.write_text(text + f'\n[statistics]\nmethod = {{{bad} = "bootstrap"}}\n')
+        with pytest.raises(ConfigError, match=rf"statistics: method: '{bad}' is no compared metric; the compared "
+                                              r"ones: excess_log_loss, test_accuracy"):
+            load_study(folder)
+        toml.write_text(text + f"\n[margins]\n{bad} = 0.1\n")
+        with pytest.raises(ConfigError, match=rf"margins: '{bad}' is no compared metric"):
             load_study(folder)
 
 
@@ -211,3 +219,23 @@ def test_findings_name_an_inconclusive_row_that_no_number_of_seeds_would_settle(
     text = doc.markdown(tmp_path)
     assert "**1 is inconclusive** with these seeds: `zero`" in text
     assert "seeds would settle it" not in text
+
+
+def test_a_study_mixing_tasks_gets_findings_and_a_forest_plot_per_task(tmp_path):
+    """Findings took the first row's metric only: a regression experiment beside classification
+    ones appeared in neither the findings nor the forest plot."""
+    from reglab.report.render import Doc, _section_findings
+
+    reg = frame({"reg_l1": DIFFS["helps"]}, BASE)
+    cls = frame({"cls_l2": DIFFS["hurts"]}, BASE).rename(columns={"test_mse": "test_log_loss"})
+    cls = cls.assign(experiment=cls.experiment.replace({"b": "bc"}), baseline=cls.baseline.replace({"b": "bc"}),
+                     task="binary", test_accuracy=0.8, test_brier=0.2, test_ece=0.05).drop(columns=["test_mae",
+                                                                                                  "test_r2"])
+    df = comparisons_frame(pd.concat([cls, reg], ignore_index=True))
+    doc = Doc()
+    _section_findings(doc, df, tmp_path)
+    md = doc.markdown(tmp_path)
+    assert md.count("## Findings") == 1
+    assert "On the test log-loss (lower is better), each of 1 experiments" in md and "`cls_l2` +1" in md
+    assert "On the test mean squared error (lower is better), each of 1 experiments" in md and "`reg_l1` -1" in md
+    assert "(forest.png)" in md and "(forest_1.png)" in md

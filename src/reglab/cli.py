@@ -247,6 +247,15 @@ def report(out, study_dir) -> None:
             raise click.ClickException(str(e)) from None
         kw = {"title": st.title, "intro": st.intro, "sections": st.sections, "margins": st.margins,
               "methods": st.methods}
+    else:
+        try:
+            made_by = json.loads((Path(out) / "study.json").read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            made_by = None
+        if isinstance(made_by, str):  # named, never read: the study's settings come only from --study
+            click.echo(f"note: {out} holds the runs of the study {made_by!r}; without --study this report uses the "
+                       "default margins and paired-t intervals and none of the study's own sections -- give "
+                       "--study to apply its [margins], [statistics] and sections", err=True)
     try:
         paths = write_report(out, **kw)
     except ValueError as e:

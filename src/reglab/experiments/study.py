@@ -110,23 +110,31 @@ def load_study(folder: str | Path) -> Study:
                                   1 <= seeds <= LIMITS["seeds"]):
         raise ConfigError(f"{file}: seeds: expected an integer from 1 to {LIMITS['seeds']}; got {seeds!r}")
     study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds)
+    from ..report.summary import compared_metrics
+
+    compared = sorted({m for t in ("binary", "regression") for k in (True, False) for m in compared_metrics(t, k)})
     margins = raw.get("margins", {})
     if not isinstance(margins, dict) or not all(
-            isinstance(k, str) and re.fullmatch(r"(val|test|fresh|excess)_[a-z0-9_]+", k) and
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
-            for k, v in margins.items()):
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and
+            v != float("inf") for k, v in margins.items()):
         raise ConfigError(f"{file}: margins: expected {{<metric column> = <non-negative number>}}, e.g. "
                           f"{{test_log_loss = 0.01}}; got {margins!r}")
+    for k in margins:
+        if k not in compared:
+            raise ConfigError(f"{file}: margins: {k!r} is no compared metric; the compared ones: {', '.join(compared)}")
     study.margins = {k: float(v) for k, v in margins.items()}
     st = raw.get("statistics", {})
     method = st.get("method", "t") if isinstance(st, dict) else None
     ok = isinstance(st, dict) and not set(st) - {"method"} and (
         method in ("t", "bootstrap") or isinstance(method, dict) and all(
-            isinstance(k, str) and re.fullmatch(r"(val|test|fresh|excess)_[a-z0-9_]+|default", k) and
-            v in ("t", "bootstrap") for k, v in method.items()))
+            isinstance(k, str) and v in ("t", "bootstrap") for k, v in method.items()))
     if not ok:
         raise ConfigError(f"{file}: statistics: expected method = \"t\" or \"bootstrap\", or method = "
                           f"{{<metric column> = \"t\" | \"bootstrap\"}}; got {st!r}")
+    for k in method if isinstance(method, dict) else ():
+        if k not in compared and k != "default":
+            raise ConfigError(f"{file}: statistics: method: {k!r} is no compared metric; the compared ones: "
+                              f"{', '.join(compared)} (or default)")
     study.methods = method
     for i, p in enumerate(raw.get("path", [])):
         where = f"path[{i}]"

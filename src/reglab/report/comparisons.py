@@ -203,13 +203,14 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
         if n:
             lo, hi = _wilson(wins, n)
             row.update(p_improvement=wins / n, p_improvement_low=lo, p_improvement_high=hi)
+        if n >= 2 and float(d.std(ddof=1)) > 0:
+            row["effect_size"] = float(d.mean() / d.std(ddof=1))
         if n < MIN_PAIRS:
             row.update(ci_low=math.nan, ci_high=math.nan, p_adjusted=math.nan, verdict="no verdict", mde=math.nan,
                        n_needed=None)
             out.append(row)
             continue
         sd = float(d.std(ddof=1))
-        row["effect_size"] = row["estimate"] / sd if sd > 0 else math.nan
         if method == "bootstrap" and sd > 0:
             lo, hi, p = bootstrap_interval(d, a)
             p_adj = min(1.0, m * p)

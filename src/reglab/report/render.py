@@ -206,7 +206,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     doc.toc()
     if intro:
         doc.p(intro)
-    _section_protocol(doc, summ)
+    _section_protocol(doc, summ, comp)
     _section_table(doc, summ)
     _section_comparisons(doc, summ, comp)
     for sec_title, fn in sections:
@@ -238,18 +238,29 @@ def _baseline_kinds(runs: list[dict]) -> dict[str, str]:
     return out
 
 
-def _headline(comp) -> str | None:
-    """The first metric compared (the task's headline: excess log-loss where the distribution is
-    known, else test log-loss or test MSE)."""
-    return None if comp.empty else str(comp["metric"].iloc[0])
+def _headlines(comp) -> list[str]:
+    """Each task's headline metric: the first metric compared for an experiment (excess log-loss
+    where the distribution is known, else test log-loss or test MSE), in order of appearance --
+    one per task in a study that mixes tasks."""
+    if comp.empty:
+        return []
+    firsts = comp.groupby("experiment", sort=False)["metric"].first()
+    return list(dict.fromkeys(firsts))
 
 
 def _section_findings(doc: Doc, comp, figs: Path, validation_is_test: bool = False) -> None:
-    """Findings first: sentences made from ``comparisons.csv`` on the headline metric, and a
-    forest plot of the same rows."""
-    metric = _headline(comp)
-    if metric is None:
-        return
+    """Findings first: sentences made from ``comparisons.csv`` on each task's headline metric,
+    and a forest plot of the same rows."""
+    heads = _headlines(comp)
+    if heads:
+        doc.h(2, "Findings")
+    for k, metric in enumerate(heads):
+        firsts = comp.groupby("experiment", sort=False)["metric"].first()
+        _findings(doc, comp[comp["experiment"].isin(firsts[firsts == metric].index)], metric, figs,
+                  validation_is_test, "forest.png" if k == 0 else f"forest_{k}.png")
+
+
+def _findings(doc: Doc, comp, metric: str, figs: Path, validation_is_test: bool, png: str) -> None:
     rows = comp[(comp["metric"] == metric) & (comp["comparison"] == "own baseline")]
     label = metric_label(metric)
     sweep = [c for c in comp.columns if "/" in c]
@@ -265,10 +276,9 @@ def _section_findings(doc: Doc, comp, figs: Path, validation_is_test: bool = Fal
     by = {v: [r for _, r in rows.iterrows() if r["verdict"] == v]
           for v in ("better", "worse", "equivalent", "inconclusive", "no verdict")}
     better = rows["better"].iloc[0]
-    doc.h(2, "Findings")
+    method = rows["method"].iloc[0]  # e.g. "paired t, Bonferroni over 12": the family's, as comparisons.csv says
     text = [f"On the {label} ({better} is better), each of {len(rows)} experiments against its own unregularized "
-            f"baseline, paired over seeds (difference [95% interval, Bonferroni-adjusted over the {len(rows)} "
-            "comparisons]):"]
+            f"baseline, paired over seeds (difference [95% interval: {method}]):"]
     if by["better"]:
         text.append(f"**{len(by['better'])} help{'s' if len(by['better']) == 1 else ''}**: " + "; ".join(cite(r) for r in sorted(
             by["better"], key=lambda r: r["estimate"] if better == "lower" else -r["estimate"])) + ".")
@@ -304,11 +314,11 @@ def _section_findings(doc: Doc, comp, figs: Path, validation_is_test: bool = Fal
 
     forest_rows = [(name(r).replace("`", ""), r["estimate"], r["ci_low"], r["ci_high"], r["margin"], r["verdict"],
                     best_of(r)) for _, r in rows.iterrows()]
-    doc.img(doc.figure(plots.forest, forest_rows, label, better, figs / "forest.png"),
+    doc.img(doc.figure(plots.forest, forest_rows, label, better, figs / png),
             f"forest plot: {label}, each experiment minus its own baseline, with intervals")
 
 
-def _section_protocol(doc: Doc, summ: Summary) -> None:
+def _section_protocol(doc: Doc, summ: Summary, comp) -> None:
     doc.h(2, "Protocol")
     items = []
     for task in summ.tasks:
@@ -331,11 +341,16 @@ def _section_protocol(doc: Doc, summ: Summary) -> None:
         else:
             items.append("Training decisions (early stopping, best weights) use the validation split only; every "
                          "reported score comes from the test split, which no training decision saw.")
-    items.append("Intervals are 95% Student-t intervals of the mean over the seeds that finished. Each experiment is "
+    boot = sorted({r["metric"] for _, r in comp.iterrows() if str(r["method"]).startswith("bootstrap")}) \
+        if len(comp) else []
+    items.append("Intervals of a mean are 95% Student-t intervals over the seeds that finished. Each experiment is "
                  "compared with **its own unregularized baseline** (the same data, model without its regularizers, "
                  "loss, optimizer settings, epochs and batch size) on the same seeds: paired differences with "
                  "intervals and p-values Bonferroni-adjusted over the family of one metric (an interval excludes 0 "
-                 f"exactly when p < 0.05), Cohen's d_z; fewer than {MIN_PAIRS} finished pairs get no verdict. Failed (diverged) runs are kept out of the statistics and counted per row.")
+                 f"exactly when p < 0.05) -- paired t intervals" + (
+                     f", except the percentile bootstrap (9,999 resamples of the seeds) on {', '.join(boot)}"
+                     if boot else "") + f" -- and Cohen's d_z; fewer than {MIN_PAIRS} finished pairs get no "
+                 "verdict. Failed (diverged) runs are kept out of the statistics and counted per row.")
     doc.bullets(items)
 
 
@@ -552,7 +567,14 @@ def _path(doc: Doc, pd: dict, figs: Path) -> None:
 def _section_env(doc: Doc, meta: dict, summ: Summary) -> None:
     doc.h(2, "Environment")
     env = meta.get("environment", {})
-    items = [f"{k}: {v}" for k, v in (env.items() if isinstance(env, dict) else [])]
+    items = [f"{k}: {v}" + (" (the process that ran the command)" if k == "torch threads" else "")
+             for k, v in (env.items() if isinstance(env, dict) else [])]
+    used: dict[Any, int] = {}
+    for e in summ.rows.values():
+        for r in e.runs:
+            used[r.get("threads", "not recorded")] = used.get(r.get("threads", "not recorded"), 0) + 1
+    items.append("torch threads each run trained with (reglab.threads): " + ", ".join(
+        f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(used.items(), key=lambda kv: str(kv[0]))))
     if isinstance(meta.get("wall_seconds"), (int, float)):
         items.append(f"wall time of the study: {meta['wall_seconds']:.1f} s ({meta.get('trained', '?')} runs trained, "
                      f"{meta.get('skipped', '?')} reused from earlier)")
