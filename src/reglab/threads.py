@@ -37,7 +37,7 @@ from torch import nn
 
 #: floating-point operations per optimizer step from which a second thread pays: measured on
 #: a small CNN and a deep-MLP stack, alone and in groups of 20 (``benchmarks/bench_threads.py``, RESULTS.md)
-PARALLEL_WORK = 5e7
+PARALLEL_WORK = 5e6
 
 #: the most threads a run may ask for (torch would try to start them all)
 MAX = 1024
