@@ -84,3 +84,30 @@ def test_torch_loss_callable_is_accepted():
     loss = Ls.get(nn.MSELoss())
     a, b = torch.randn(4, 2), torch.randn(4, 2)
     assert float(loss(a, b)) == pytest.approx(float(((a - b) ** 2).mean()))
+
+
+def test_a_loss_config_as_experiment_files_write_it():
+    """fit(loss={"name": ..., "from_logits": True}) was refused though experiment files take it."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import reglab
+    from reglab import losses as L
+
+    lo = L.get({"name": "sparse_categorical_crossentropy", "from_logits": True})
+    assert isinstance(lo, L.SparseCategoricalCrossentropy) and lo.from_logits is True
+    assert isinstance(L.get({"name": "mse"}), L.MeanSquaredError)
+    with pytest.raises(ValueError, match=r"loss 'mse' takes no option 'from_logits'; its options: none"):
+        L.get({"name": "mse", "from_logits": True})
+    with pytest.raises(ValueError, match=r"a loss config needs name = one of \['bce', "):
+        L.get({"name": "hinge"})
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)).astype("float32"), rng.integers(0, 3, 40)
+    h1 = reglab.fit(nn.Linear(4, 3), x, y, loss={"name": "sparse_categorical_crossentropy", "from_logits": True},
+                    epochs=2, seed=0, progress=False)
+    torch.manual_seed(0)
+    h2 = reglab.fit(nn.Linear(4, 3), x, y, loss=L.SparseCategoricalCrossentropy(from_logits=True), epochs=2, seed=0,
+                    progress=False)
+    assert np.array_equal(h1["loss"], h2["loss"]) and len(h1["loss"]) == 2

@@ -319,9 +319,25 @@ _LOSSES: dict[str, Callable[[], Loss]] = {
 
 
 def get(identifier: Any) -> Loss:
-    """A Keras loss name, a reglab ``Loss``, or a torch loss callable ``fn(y_pred, y_true)``."""
+    """A Keras loss name, a config ``{"name": ..., **options}`` (e.g. ``{"name":
+    "sparse_categorical_crossentropy", "from_logits": True}``, as experiment files write it), a
+    reglab ``Loss``, or a torch loss callable ``fn(y_pred, y_true)``."""
     if isinstance(identifier, Loss):
         return identifier
+    if isinstance(identifier, dict):
+        import inspect
+
+        opts = dict(identifier)
+        name = opts.pop("name", None)
+        if not isinstance(name, str) or name not in _LOSSES:
+            raise ValueError(f"a loss config needs name = one of {sorted(_LOSSES)}; got {identifier!r}")
+        cls = _LOSSES[name]
+        allowed = [k for k in inspect.signature(cls).parameters if k not in ("self", "args", "kwargs")]
+        bad = sorted(set(opts) - set(allowed))
+        if bad:
+            raise ValueError(f"loss {name!r} takes no option {', '.join(map(repr, bad))}; its options: "
+                             f"{', '.join(allowed) or 'none'}")
+        return cls(**opts)
     if isinstance(identifier, str):
         try:
             return _LOSSES[identifier]()
@@ -329,7 +345,7 @@ def get(identifier: Any) -> Loss:
             raise ValueError(f"unknown loss {identifier!r}; expected one of {sorted(_LOSSES)} or a callable") from None
     if callable(identifier):
         return TorchLoss(identifier)
-    raise ValueError(f"loss must be a name, a reglab Loss or a callable; got {identifier!r}")
+    raise ValueError(f"loss must be a name, a {{'name': ...}} config, a reglab Loss or a callable; got {identifier!r}")
 
 
 #: Per-tensor regularizer codes (an ``r_list``): 1 = L1, 2 = L2, 12 = L1 and L2 (unit strength), -1/0 = none.
