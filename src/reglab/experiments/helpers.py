@@ -57,17 +57,23 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init(parent: int, threads: int, explicit: int | None = None) -> None:
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit() for the start-up
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="reglab-parent-watch").start()
+    set_up_trainer(threads, explicit)
+
+
+def set_up_trainer(threads: int, explicit: int | None) -> None:
+    """What a process that trains for another does first (a helper, a Ray task): denormals flushed,
+    torch on ``threads`` threads (the thread rule's cap), the driver's ``--threads`` (``explicit``)."""
     import torch
 
     from .. import threads as _threads
     from ..training.engine import keep_flushing_denormals
 
-    signal.signal(signal.SIGINT, _on_sigint)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit() for the start-up
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="reglab-parent-watch").start()
     keep_flushing_denormals()
     torch.set_num_threads(threads)
-    _threads.set_explicit(explicit)  # the parent's --threads
+    _threads.set_explicit(explicit)
 
 
 _warm: tuple[int, int, cf.ProcessPoolExecutor] | None = None

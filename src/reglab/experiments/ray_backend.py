@@ -45,10 +45,7 @@ def _ray_task(fn, args: tuple, cpus: int, explicit: int | None, cwd: str) -> tup
     """What a Ray worker runs: ``fn(*args)`` in the driver's working directory ``cwd`` (so that a
     relative OUT or study path means what it means to the driver), with ``cpus`` torch threads
     (the thread rule's cap) and the driver's ``--threads``; returns the result and where it ran."""
-    import torch
-
-    from .. import threads
-    from ..training.engine import keep_flushing_denormals
+    from .helpers import set_up_trainer
 
     try:
         os.chdir(cwd)
@@ -60,9 +57,7 @@ def _ray_task(fn, args: tuple, cpus: int, explicit: int | None, cwd: str) -> tup
         if isinstance(a, str) and os.path.isabs(a) and not os.path.exists(a):
             raise FileNotFoundError(f"{a}: not found on the Ray node {_where()}; put the study folder and OUT on "
                                     "a filesystem every node mounts at the same path")
-    keep_flushing_denormals()
-    threads.set_explicit(explicit)
-    torch.set_num_threads(cpus)
+    set_up_trainer(cpus, explicit)
     return fn(*args), _where()
 
 

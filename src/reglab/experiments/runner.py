@@ -548,6 +548,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         for f in done:
             finish(running.pop(f), f.result())  # re-raises a helper's error; finished groups stay written
 
+    def send(task: _Task) -> None:
+        fn, args = task.call(out, threads)
+        running[pool_submit(fn, *args)] = task
+
     def run_here(task: _Task) -> None:
         fn, args = task.call(out, threads)
         if task.units is not None:
@@ -562,8 +566,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                 while tasks and len(running) <= n_helpers:  # one queued ahead: no helper waits on us
                     task = claim(tasks.popleft())
                     if task is not None:
-                        fn, args = task.call(out, threads)
-                        running[pool_submit(fn, *args)] = task
+                        send(task)
             if tasks and here:
                 task = claim(tasks.pop())  # this process: the cheapest left
                 if task is not None:
@@ -575,8 +578,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                 if task is not None and here:
                     run_here(task)
                 elif task is not None:
-                    fn, args = task.call(out, threads)
-                    running[pool_submit(fn, *args)] = task
+                    send(task)
     except BaseException:
         if pool is not None:
             for f in running:

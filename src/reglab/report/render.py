@@ -238,24 +238,21 @@ def _baseline_kinds(runs: list[dict]) -> dict[str, str]:
     return out
 
 
-def _headlines(comp) -> list[str]:
-    """Each task's headline metric: the first metric compared for an experiment (excess log-loss
-    where the distribution is known, else test log-loss or test MSE), in order of appearance --
-    one per task in a study that mixes tasks."""
-    if comp.empty:
-        return []
-    firsts = comp.groupby("experiment", sort=False)["metric"].first()
-    return list(dict.fromkeys(firsts))
+def _headlines(comp):
+    """Each experiment's headline metric: the first metric it is compared on (excess log-loss
+    where the distribution is known, else test log-loss or test MSE) -- one per task in a study
+    that mixes tasks. A Series, experiment -> metric, in order of appearance."""
+    return comp.groupby("experiment", sort=False)["metric"].first()
 
 
 def _section_findings(doc: Doc, comp, figs: Path, validation_is_test: bool = False) -> None:
     """Findings first: sentences made from ``comparisons.csv`` on each task's headline metric,
     and a forest plot of the same rows."""
-    heads = _headlines(comp)
-    if heads:
-        doc.h(2, "Findings")
-    for k, metric in enumerate(heads):
-        firsts = comp.groupby("experiment", sort=False)["metric"].first()
+    if comp.empty:
+        return
+    firsts = _headlines(comp)
+    doc.h(2, "Findings")
+    for k, metric in enumerate(dict.fromkeys(firsts)):
         _findings(doc, comp[comp["experiment"].isin(firsts[firsts == metric].index)], metric, figs,
                   validation_is_test, "forest.png" if k == 0 else f"forest_{k}.png")
 
