@@ -628,16 +628,13 @@ def test_a_unit_does_not_depend_on_its_group(tmp_path, threads):
     assert other["metrics"]["val_log_loss"] != alone["metrics"]["val_log_loss"]  # seeds do differ
 
 
-def test_a_unit_redone_on_the_vmap_path_gets_its_uninterrupted_numbers(tmp_path):
-    """On the vmap path a unit's numbers depend on its group (dropout masks are drawn for the
-    whole group); a missing unit is therefore redone by training its whole planned group again,
-    writing only what is missing -- so it equals the run that was lost, bit for bit."""
+def _cnn_spec(tmp_path, module_text):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, size=60)
     np.savez(tmp_path / "images.npz", x=(rng.normal(size=(60, 1, 4, 4)) + y[:, None, None, None]).astype(np.float32),
              y=y)
-    (tmp_path / "cnn.py").write_text(CNN.replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), nn.Dropout(0.3), nn.Flatten()"))
-    spec = one(write(tmp_path, """
+    (tmp_path / "cnn.py").write_text(module_text)
+    return one(write(tmp_path, """
 name = "cnn"
 [data]
 file = "images.npz"
@@ -648,26 +645,75 @@ batch_size = 16
 [model]
 builder = "cnn.py:build"
 """, "cnn.toml"))
-    from reglab.experiments.runner import group_independent
 
-    assert not group_independent(spec) and group_independent(validate(tomllib.loads(TINY), "t.toml"))
+
+def _numbers(path):
+    run = json.loads(path.read_text())
+    return run["metrics"], run["history"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_vmap_unit_gets_the_same_numbers_in_any_group(tmp_path, threads):
+    """On the vmap path (a CNN with batch norm and dropout) a unit's numbers do not depend on its
+    group: 4 seeds together, 2 of them together, a lost unit redone (beside a twin, not the whole
+    group), one seed alone, and ``--seeds 2`` grown to 4 -- all bit-identical, at 1 and 2 threads."""
+    from reglab.experiments.runner import group_rule
+
+    spec = _cnn_spec(tmp_path, CNN.replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), nn.Dropout(0.3), nn.Flatten()"))
+    assert group_rule(spec) == "pairs" and group_rule(validate(tomllib.loads(TINY), "t.toml")) == "any"
+    units = [Unit(spec, s) for s in range(4)]
+    out = tmp_path / "out"
+    execute(units, out, progress=False, threads=threads)
+    ref = {u.seed: _numbers(u.path(out)) for u in units}
+    first = json.loads(units[2].path(out).read_text())
+    assert first["engine"] == "vmap" and first["group_size"] == 4 and first["threads"] == threads
+    assert len({json.dumps(r[0]) for r in ref.values()}) == 4  # four different models
+    # a lost unit is redone beside a twin, the others are not rewritten
+    others = {u.seed: u.path(out).stat().st_mtime_ns for u in units if u.seed != 2}
+    units[2].path(out).unlink()
+    info = execute(units, out, progress=False, threads=threads)
+    assert info["trained"] == 1 and info["skipped"] == 3
+    assert json.loads(units[2].path(out).read_text())["group_size"] == 2
+    assert _numbers(units[2].path(out)) == ref[2]
+    assert {u.seed: u.path(out).stat().st_mtime_ns for u in units if u.seed != 2} == others
+    # one seed alone (a study of --seeds 1), and --seeds 2 grown to --seeds 4
+    alone = tmp_path / "alone"
+    assert execute([units[2]], alone, progress=False, threads=threads)["trained"] == 1
+    assert _numbers(units[2].path(alone)) == ref[2]
+    grown = tmp_path / "grown"
+    execute(units[:2], grown, progress=False, threads=threads)
+    assert execute(units, grown, progress=False, threads=threads)["trained"] == 2
+    assert {u.seed: _numbers(u.path(grown)) for u in units} == ref
+
+
+def test_a_unit_with_other_randomness_is_redone_in_its_whole_group(tmp_path):
+    """A forward pass that draws noise itself (not ``nn.Dropout``) gets it from ``vmap``'s draws
+    for the whole group: a lost unit is then redone by training its whole planned group again,
+    writing only what is missing -- so it equals the run that was lost, bit for bit; alone it
+    would differ."""
+    from reglab.experiments.runner import group_rule
+
+    noisy = CNN.replace("from torch import nn", """import torch
+from torch import nn
+
+class Noise(nn.Module):
+    def forward(self, x):
+        return x + 0.3 * torch.randn_like(x) if self.training else x
+""").replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), Noise(), nn.Flatten()")
+    spec = _cnn_spec(tmp_path, noisy)
+    assert group_rule(spec) == "whole"
     units = [Unit(spec, s) for s in range(4)]
     out = tmp_path / "out"
     execute(units, out, progress=False)
-    lost = units[2].path(out)
-    before = json.loads(lost.read_text())
-    assert before["engine"] == "vmap" and before["group_size"] == 4
-    others = {u.seed: u.path(out).stat().st_mtime_ns for u in units if u.seed != 2}
-    lost.unlink()
+    before = _numbers(units[2].path(out))
+    units[2].path(out).unlink()
     info = execute(units, out, progress=False)
     assert info["trained"] == 1 and info["skipped"] == 3
-    again = json.loads(lost.read_text())
-    assert again["metrics"] == before["metrics"] and again["history"] == before["history"]
-    assert {u.seed: u.path(out).stat().st_mtime_ns for u in units if u.seed != 2} == others  # not rewritten
-    # trained alone, the same seed gets other numbers: why the whole group is redone
+    assert json.loads(units[2].path(out).read_text())["group_size"] == 4
+    assert _numbers(units[2].path(out)) == before
     alone = execute([units[2]], tmp_path / "alone", progress=False)
     assert alone["trained"] == 1
-    assert json.loads(units[2].path(tmp_path / "alone").read_text())["metrics"] != before["metrics"]
+    assert _numbers(units[2].path(tmp_path / "alone"))[0] != before[0]
 
 
 def test_two_workers_give_one_worker_results_and_concurrent_runs_share_groups(tmp_path):

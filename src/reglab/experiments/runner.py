@@ -376,21 +376,30 @@ def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], o
     return len(write)
 
 
-def group_independent(spec: ExperimentSpec) -> bool:
-    """Whether a unit's numbers are the same in any group: models on the Dense-stack engine
-    (2-D inputs, a supported module) are (tested, at 1 and 2 threads); on the vmap path dropout
-    masks are drawn for the whole group and batched kernels round differently, and one model
-    alone trains on the plain autograd path."""
+def group_rule(spec: ExperimentSpec) -> str:
+    """How a unit's numbers depend on the ``fit_many`` group it trains in (bit for bit, at a given
+    thread count; each tested at 1 and 2 threads):
+
+    - ``"any"``: not at all -- the Dense-stack engine (2-D inputs, a supported module), alone or
+      in a group of any size;
+    - ``"pairs"``: the same in every group of two or more -- the vmap path, whose optimizer steps
+      each model's tensors apart and whose dropout masks come from each model's own generator;
+      one model alone trains on the plain autograd path, whose kernels (a convolution, a batch
+      norm) round differently from their batched forms;
+    - ``"whole"``: only the same group gives the same numbers -- the vmap path with a random op
+      other than ``nn.Dropout`` in the forward pass (``vmap`` draws it for the whole group)."""
     from .. import losses as _losses
     from ..vectorized.dense import unsupported_reason
+    from ..vectorized.stack import random_calls
 
     sp = splits_of(spec, 0)
-    if len(sp.input_shape) != 1:
-        return False
     torch.manual_seed(0)
     out = builder(spec, sp.input_shape, sp.n_outputs)()
     model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
-    return unsupported_reason(model, _losses.get(lo)) is None
+    if len(sp.input_shape) == 1 and unsupported_reason(model, _losses.get(lo)) is None:
+        return "any"
+    example = torch.as_tensor(np.asarray(sp.x_train[:2]), dtype=next(model.parameters()).dtype)
+    return "whole" if random_calls(model, example)[1] else "pairs"
 
 
 def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
@@ -404,7 +413,7 @@ class _Task:
     units: list[Unit] | None = None
     side: tuple[int, Callable[..., Any], tuple] | None = None
     write: list[int] | None = None
-    whole: bool = False  # train every planned unit of the grid point (a group-dependent engine)
+    planned: list[Unit] | None = None  # every unit of the grid point (what ``compose`` draws on)
 
     @property
     def written(self) -> list[int]:
@@ -423,6 +432,19 @@ class _Task:
                                    threads)
 
 
+def compose(left: list[Unit], planned: list[Unit], rule: str) -> _Task:
+    """The task that trains the units ``left`` (of a grid point's ``planned`` ones) so that each
+    gets the numbers it gets in any other run (``rule``: ``group_rule``'s): on the whole planned
+    group (``"whole"``), or beside a twin where one would train alone (``"pairs"``); only
+    ``left`` is written."""
+    if rule == "whole" and len(left) < len(planned):
+        return _Task(units=planned, write=[u.seed for u in left], planned=planned)
+    if rule == "pairs" and len(left) == 1:
+        twin = next((v for v in planned if v.seed != left[0].seed), None) or Unit(left[0].spec, left[0].seed + 1)
+        return _Task(units=[left[0], twin], write=[left[0].seed], planned=planned)
+    return _Task(units=left, planned=planned)
+
+
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
             workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = (),
@@ -439,9 +461,11 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     (picklable ``(function, args)``, e.g. a regularization path) are scheduled first; their
     results are returned in ``"side"``, in order.
 
-    A grid point on a group-dependent engine (``group_independent``) with some units finished
-    trains its whole planned group again and writes only the missing units, so they get the
-    numbers an uninterrupted run gives them.
+    A unit gets the numbers it gets in any other run of the study, whatever else is pending
+    (``group_rule``): where one model alone would train on other kernels it trains beside a twin
+    (written only if pending itself); where only the same group gives the same numbers, a grid
+    point with some units finished trains its whole planned group again and writes only the
+    missing units.
 
     Each group is trained under its lock (``locks.py``): a group another process holds is left
     to it, waited for at the end, and only the units it left unfinished are trained. On Ctrl-C
@@ -474,14 +498,17 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             skipped += 1
         else:
             pending.setdefault(key, []).append(u)
-    group_tasks = []
-    for key, us in pending.items():
-        if len(us) < len(planned[key]) and not group_independent(us[0].spec):
-            # a group-dependent engine: train the whole planned group, as an uninterrupted run
-            # did, and write only the missing units -- so they get that run's numbers
-            group_tasks.append(_Task(units=planned[key], write=[u.seed for u in us], whole=True))
-        else:
-            group_tasks.append(_Task(units=us))
+    rules: dict[str, str] = {}
+
+    def rule(left: list[Unit], planned: list[Unit]) -> str:
+        if len(left) > 1 and len(left) == len(planned):
+            return "any"  # a whole group of two or more: its numbers under every rule
+        key = left[0].spec.digest()
+        if key not in rules:
+            rules[key] = group_rule(left[0].spec)
+        return rules[key]
+
+    group_tasks = [compose(us, planned[key], rule(us, planned[key])) for key, us in pending.items()]
     group_tasks.sort(key=lambda t: -_group_cost(t.units[0].spec, len(t.units)))
     tasks = collections.deque([_Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] + group_tasks)
     bar = tqdm(total=sum(len(t.written) for t in group_tasks), desc="study", unit="run",
@@ -529,9 +556,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         if not left:
             locks.release(task.key)
             return None
-        if task.whole:
-            return _Task(units=task.units, write=[u.seed for u in left], whole=True)
-        return _Task(units=left)
+        return compose(left, task.planned, rule(left, task.planned))
 
     def finish(task: _Task, result: Any) -> None:
         if task.units is None:

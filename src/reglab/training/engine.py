@@ -50,7 +50,8 @@ class Stack(Protocol):
     training, ``objective`` returns no penalty values; ``penalty_totals()`` gives, at the epoch's
     end, each source's values summed over its steps times their batch sizes, ``(K, M)``),
     ``eval_batches(data, batch_size)`` (how to split validation data), ``state_dict(snap)``,
-    ``merge_snapshot``, ``write_back()``."""
+    ``merge_snapshot``, ``write_back()``, ``optimized`` (the tensors the optimizer steps, sharing
+    storage with ``params``; default ``params``)."""
 
     n_models: int
     params: list[torch.Tensor]

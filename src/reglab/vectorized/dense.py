@@ -21,8 +21,8 @@ values (only logged) are summed over an epoch's steps and mapped to their source
 (``penalty_totals``; the loop's ``defers_penalties`` protocol). ``nn.Dropout`` layers
 draw their masks exactly as ``nn.Dropout`` does, so ``fit`` gives the autograd path's numbers; in
 a stack of M > 1 each model draws from its own generator, holding the global state it had right
-after its build, so a model gets the masks it gets alone (the vmap path draws all models' masks
-at once: there, a model's masks depend on its group).
+after its build, so a model gets the masks it gets alone (the vmap path does the same,
+``reglab.vectorized.stack``).
 
 Layout: row m of one ``(M, P)`` buffer holds all of model m's parameters (P padded to a multiple
 of 64), each biased layer as one ``(out, in + 1)`` block ``[W | b]`` at an aligned offset (its

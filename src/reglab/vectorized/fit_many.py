@@ -107,7 +107,9 @@ def fit_many(
 
     Model i, for the pair ``(seed_i, grid_i)`` in ``itertools.product(seeds, grid)``, is
     ``build(**grid_i)`` called right after ``torch.manual_seed(seed_i)`` and trained with
-    ``seed=seed_i`` -- its history equals ``reglab.fit`` on that model (tested). ``build`` may
+    ``seed=seed_i`` -- its history equals ``reglab.fit`` on that model (tested): bit for bit on the
+    Dense-stack engine; on the vmap path (any other module) with the same shuffles and dropout
+    masks, up to the rounding of batched kernels, and bit for bit in any group of two or more. ``build`` may
     return ``(model, loss)`` (e.g. a ``RegularizedLoss`` bound to the model). Regularizer strengths
     are read from each built model and stacked, so a grid over strengths trains in one run.
 
@@ -169,8 +171,11 @@ def fit_many(
 
     bar = tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
     result = ManyResult([], [], configs, chunks=n_chunks)
-    for c0 in range(0, M, chunk):
-        idx = list(range(c0, min(M, c0 + chunk)))
+    # chunks of near-equal size (none of one model beside larger ones: a lone model trains on
+    # other kernels than a stacked one, see ``VmapStack``)
+    bounds = [round(k * M / n_chunks) for k in range(n_chunks + 1)]
+    for c0, c1 in zip(bounds, bounds[1:]):
+        idx = list(range(c0, c1))
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]
         models = [b[0] for b in built]
         losses = [b[1] for b in built]
@@ -214,7 +219,9 @@ def fit_many(
             elif stack is None:
                 stack = VmapStack(models, losses, with_acc, x_dim, y_dim)
                 result.engine = "vmap"
-            opt = _optimizers.get(optimizer, stack.params)
+                if dev.type == "cpu":
+                    stack.dropout_generators = [_generator(rngs[i]) for i in idx]
+            opt = _optimizers.get(optimizer, getattr(stack, "optimized", stack.params))
             es = None
             if stoppers:
                 es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in ("monitor", "patience", "mode", "baseline",

@@ -3,12 +3,27 @@
 The per-model objective is ``reglab.training.objective.model_objective`` -- the same function
 ``fit`` calls -- run through ``torch.func.functional_call`` under ``torch.vmap``; regularizer
 strengths enter as per-model tensors (``hparams``), so one run sweeps them. The number of torch
-operations per step does not depend on M.
+operations per step does not depend on M (but for drawing dropout masks, one call per model).
+
+A model's numbers are the same in every group of two or more (bit for bit at a given thread
+count; tested at 1 and 2 threads): the optimizer steps one row-padded buffer (see ``VmapStack``)
+and dropout masks come from each model's own generator (below). One model alone trains on the
+plain autograd path instead (``fit_many``), whose convolution and batch-norm kernels round
+differently from their batched forms.
+
+Dropout: ``torch.vmap(randomness="different")`` draws all models' masks from the global generator
+at once, so a model's masks would depend on its group. Instead each ``nn.Dropout`` call takes a
+mask made outside ``vmap`` by torch's own CPU recipe (``noise = empty_like(x).bernoulli_(1 - p)
+/ (1 - p)``, ``x * noise``), drawn from the model's own generator (``dropout_generators``: the
+global state right after the model's build, as ``fit`` would use it). The shapes of a step's
+dropout calls come from one probe forward of model 0 per input shape (``random_calls``). A model
+with no other random op then trains to the same numbers in any group, or alone (tested).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +32,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from .. import regularizers as _regularizers
+from .._lanes import LANES
 from ..attach import PenaltyPlan, constraint_sources
 from ..losses import Loss, RegularizedLoss
 from ..training.objective import model_objective
@@ -97,6 +113,59 @@ def shared_constraints(models: Sequence[nn.Module]) -> list[tuple[str, Any]]:
     return first
 
 
+def _dropouts(model: nn.Module) -> list[nn.Dropout]:
+    """The ``nn.Dropout`` modules whose masks ``VmapStack`` draws itself (p > 0; exactly that type:
+    a subclass may draw differently)."""
+    return [m for m in model.modules() if type(m) is nn.Dropout and m.p > 0]
+
+
+@contextlib.contextmanager
+def _dropout_as(drops: Sequence[nn.Dropout], apply: Any) -> Iterator[None]:
+    """Within: every module of ``drops`` computes ``apply(module, x)`` instead of its forward."""
+    for d in drops:
+        d.forward = lambda x, _d=d: apply(_d, x)
+    try:
+        yield
+    finally:
+        for d in drops:
+            del d.forward
+
+
+def random_calls(model: nn.Module, x: torch.Tensor,
+                 state: dict[str, torch.Tensor] | None = None) -> tuple[list[tuple[nn.Dropout, torch.Size]], bool]:
+    """One training-mode forward of ``model`` on ``x`` (with ``state``'s weights, functional; no
+    grad, no penalty recorded, buffers copied, the generators left as they were): the
+    ``nn.Dropout`` calls it makes ``[(module, input shape)]`` in order, and whether anything else
+    in it drew from the global generator (then its numbers depend on its group under ``vmap``)."""
+    drops = _dropouts(model)
+    calls: list[tuple[nn.Dropout, torch.Size]] = []
+
+    def record(d, h):
+        calls.append((d, h.shape))
+        return h
+
+    if state is None:
+        state = dict(model.named_parameters())
+        state.update(model.named_buffers())
+    state = {k: v.detach().clone() for k, v in state.items()}
+    was = model.training
+    devices = [x.device] if x.device.type == "cuda" else []
+
+    def states():
+        return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
+
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), PenaltyPlan(model).collect(), \
+                _dropout_as(drops, record):
+            before = states()
+            model.train(True)
+            functional_call(model, state, (x,))
+            other = any(not torch.equal(a, b) for a, b in zip(before, states()))
+    finally:
+        model.train(was)
+    return calls, other
+
+
 class _Objective(nn.Module):
     """Wraps a model so that ``functional_call`` runs the whole objective with swapped weights."""
 
@@ -106,13 +175,27 @@ class _Objective(nn.Module):
         self.plan = plan
         self.loss = loss
         self.with_accuracy = with_accuracy
+        self.dropouts = _dropouts(model)
 
-    def forward(self, xb, yb, hp_vec, hp_keys):
+    def forward(self, xb, yb, hp_vec, hp_keys, masks=None):
         # strengths travel as one (H,) tensor per model (cheap for vmap to batch), unpacked here
         hparams: dict[str, dict[str, torch.Tensor]] = {}
         for (src, key), v in zip(hp_keys, hp_vec.unbind(0)):
             hparams.setdefault(src, {})[key] = v
-        data, correct, pens = model_objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy, hparams)
+        with contextlib.ExitStack() as stack:
+            if masks:
+                given = iter(masks)
+
+                def apply(d, h):
+                    want, mask = next(given)
+                    if want is not d:
+                        raise RuntimeError("the model's dropout calls differ from its probe's (a forward "
+                                           "whose dropout calls depend on the data cannot be stacked)")
+                    return h * mask
+
+                stack.enter_context(_dropout_as(self.dropouts, apply))
+            data, correct, pens = model_objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy,
+                                                  hparams)
         stacked = torch.stack([v.reshape(()) for v in pens.values()]) if pens else data.new_zeros(0)
         if correct is None:
             correct = data.new_zeros(0)
@@ -140,14 +223,36 @@ class VmapStack:
         self.hp_vec = (torch.stack([self.hparams[s][k] for s, k in self.hp_keys], dim=1) if self.hp_keys
                        else torch.zeros(self.n_models, 0, dtype=p0.dtype, device=p0.device))
         params, buffers = stack_module_state(self.models)
-        self.param_dict = params
+        # the optimizer steps one (M, P) buffer whose row m holds model m's parameters, P padded to
+        # whole SIMD vectors (``reglab._lanes``): torch's fused and foreach kernels compute the last
+        # elements of a tensor by scalar code that rounds otherwise, and the last elements of a
+        # stacked tensor are another model's for each M. The stacked parameters the forward pass
+        # sees are views of it (leaves of their own); ``backward`` writes their gradients into it.
+        sizes = [v[0].numel() for v in params.values()]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        p0 = next(iter(params.values()))
+        width = offsets[-1] + (-offsets[-1]) % LANES
+        self.flat = p0.new_zeros(self.n_models, width)
+        self.flat_grad = torch.zeros_like(self.flat)
+        self._spans = list(zip(offsets, offsets[1:]))
+        self.param_dict = {}
+        for (name, v), (a, b) in zip(params.items(), self._spans):
+            view = self.flat[:, a:b].view(v.shape)
+            view.copy_(v.detach())
+            self.param_dict[name] = view.requires_grad_(True)
         self.buffer_dict = buffers
-        self.params = list(params.values())
+        self.params = list(self.param_dict.values())
+        self.optimized = [self.flat]
         self.wrapper = _Objective(base, self.plan, self.loss, with_accuracy)
         self.with_accuracy = with_accuracy
         self.x_dim, self.y_dim = x_dim, y_dim
         self.constraints = shared_constraints(self.models)
         self._fns: dict[tuple, Any] = {}
+        #: one random stream per model for its dropout masks (``fit_many`` sets them on CPU: each
+        #: model then gets the masks it gets alone); None: ``vmap``'s draws from the global generator
+        self.dropout_generators: list[torch.Generator] | None = None
+        self._calls: dict[tuple, list[tuple[nn.Dropout, torch.Size]]] = {}
+        self._step_dropouts: list[nn.Dropout] = []  # this step's dropout calls, in order
 
     # -- the stack protocol
     def train(self, mode: bool) -> None:
@@ -158,18 +263,46 @@ class VmapStack:
         if key not in self._fns:
             keys = self.hp_keys
 
-            def one(params, buffers, hp, xb, yb):
+            def one(params, buffers, hp, xb, yb, noise):
                 named = {f"model.{k}": v for k, v in params.items()}
                 named.update({f"model.{k}": v for k, v in buffers.items()})
-                return functional_call(self.wrapper, named, (xb, yb, hp, keys))
+                masks = list(zip(self._step_dropouts, noise)) if noise else None
+                return functional_call(self.wrapper, named, (xb, yb, hp, keys, masks))
 
-            self._fns[key] = torch.vmap(one, in_dims=(0, 0, 0, in_x, in_y), randomness="different")
+            self._fns[key] = torch.vmap(one, in_dims=(0, 0, 0, in_x, in_y, 0), randomness="different")
         return self._fns[key]
+
+    def _masks(self, xb, in_x) -> list[tuple[nn.Dropout, torch.Size]]:
+        """This step's dropout calls (probed once per input shape)."""
+        key = (tuple(xb.shape), in_x)
+        if key not in self._calls:
+            state = {k: v[0] for k, v in {**self.param_dict, **self.buffer_dict}.items()}
+            self._calls[key] = random_calls(self.base, xb[0] if in_x == 0 else xb, state)[0]
+        return self._calls[key]
+
+    def _noise(self, calls) -> list[torch.Tensor]:
+        """Each model's masks for ``calls``, from its own generator, stacked: torch's CPU recipe."""
+        p0 = self.params[0]
+        out = []
+        for d, shape in calls:
+            noise = torch.empty((self.n_models,) + tuple(shape), dtype=p0.dtype, device=p0.device)
+            if d.p == 1:  # torch: the input times zero, nothing drawn
+                noise.zero_()
+            elif noise.numel():
+                for m, g in enumerate(self.dropout_generators):
+                    noise[m].bernoulli_(1.0 - d.p, generator=g)
+                noise.div_(1.0 - d.p)
+            out.append(noise)
+        return out
 
     def objective(self, xb, yb):
         in_x = 0 if xb.dim() == self.x_dim + 1 else None
         in_y = 0 if yb.dim() == self.y_dim + 1 else None
-        data, correct, pens = self._fn(in_x, in_y)(self.param_dict, self.buffer_dict, self.hp_vec, xb, yb)
+        calls = (self._masks(xb, in_x) if self.dropout_generators is not None and self.base.training
+                 and self.wrapper.dropouts else [])
+        self._step_dropouts = [d for d, _ in calls]
+        data, correct, pens = self._fn(in_x, in_y)(self.param_dict, self.buffer_dict, self.hp_vec, xb, yb,
+                                                   self._noise(calls))
         return (data, correct if self.with_accuracy else None, self.names,
                 pens.transpose(0, 1) if pens.shape[1] else None)
 
@@ -177,7 +310,14 @@ class VmapStack:
         return take_rows(data, idx, per_model)
 
     def backward(self, total, active) -> None:
-        total.sum().backward()
+        grads = torch.autograd.grad(total.sum(), self.params, allow_unused=True)
+        for p, g, (a, b) in zip(self.params, grads, self._spans):
+            dest = self.flat_grad[:, a:b]
+            if g is None:
+                dest.zero_()
+            else:
+                dest.view(p.shape).copy_(g)
+        self.flat.grad = self.flat_grad
 
     @torch.no_grad()
     def after_step(self) -> None:
