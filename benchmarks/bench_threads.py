@@ -14,6 +14,13 @@ machine and with a CPU-bound process (started here) busy on the machine; the med
 is reported with its ratio to the best setting of that row. Target: default <= 1.2x the best in
 every row.
 
+Each setting runs in a process of its own, started once and warmed up, which the driver asks
+for one workload at a time (interleaved as above): a process that switches torch's thread count
+back and forth between runs -- as one process measuring all three settings would -- slows down
+after a switch, which no user's process does, and it made two columns of one setting differ by
+up to 1.75x in earlier runs of this benchmark. (The default's process still switches whenever
+the rule picks another count than torch's 2: that is the default's own cost.)
+
     python benchmarks/bench_threads.py [--rounds 5]
 """
 
@@ -72,18 +79,53 @@ def workloads():
     }
 
 
-def measure(cases, rounds: int) -> dict[str, dict[str, float]]:
-    settings = [None, 1, 2]
-    times: dict[str, dict[str, list[float]]] = {n: {str(s): [] for s in settings} for n in cases}
-    for name, fn in cases.items():
-        fn(1)  # warm-up (imports, first optimizer, caches)
+SETTINGS = [None, 1, 2]
+
+
+class Worker:
+    """A process that runs the workloads at one setting (``--worker``), on request."""
+
+    def __init__(self, setting: int | None):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", str(setting)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self.ask("ready") == "ready"
+
+    def ask(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve(setting: int | None) -> None:
+    """The worker's loop: ``run NAME`` -> seconds, ``pick NAME`` -> the rule's count, ``ready``."""
+    if setting is not None:
+        torch.set_num_threads(setting)  # the process's own setting: never switched
+    cases = workloads()
+    for fn in cases.values():
+        fn(setting)  # warm-up (imports, first optimizer, caches)
+    for line in sys.stdin:
+        cmd, _, name = line.strip().partition(" ")
+        if cmd == "ready":
+            out = "ready"
+        elif cmd == "pick":
+            out = str(pick(name, cases[name]))
+        else:
+            t0 = time.perf_counter()
+            cases[name](setting)
+            out = f"{time.perf_counter() - t0:.6f}"
+        print(out, flush=True)
+
+
+def measure(workers: dict, names: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    times: dict[str, dict[str, list[float]]] = {n: {str(s): [] for s in SETTINGS} for n in names}
     for r in range(rounds):
-        for name, fn in cases.items():
-            order = settings[r % 3:] + settings[:r % 3]
+        for name in names:
+            order = SETTINGS[r % 3:] + SETTINGS[:r % 3]
             for s in order:
-                t0 = time.perf_counter()
-                fn(s)
-                times[name][str(s)].append(time.perf_counter() - t0)
+                times[name][str(s)].append(float(workers[s].ask(f"run {name}")))
     return {n: {s: statistics.median(v) for s, v in d.items()} for n, d in times.items()}
 
 
@@ -104,8 +146,11 @@ def busy() -> subprocess.Popen:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    cases = workloads()
+    if args.worker is not None:
+        return serve(None if args.worker == "None" else int(args.worker))
+    names = list(workloads())
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -113,22 +158,27 @@ def main() -> None:
         pass
     print(f"machine: {cpu}, {os.cpu_count()} logical cores, usable {reglab.threads.usable_cores()}; "
           f"torch {torch.__version__}, default intra-op threads {torch.get_num_threads()}; "
-          f"W_PAR = {reglab.threads.PARALLEL_WORK:.0e} flop/step")
+          f"W_PAR = {reglab.threads.PARALLEL_WORK:.0e} flop/step; one process per setting")
+    workers = {s: Worker(s) for s in SETTINGS}
     rows = []
-    for load in ("idle", "busy"):
-        spin = busy() if load == "busy" else None
-        try:
-            if spin is not None:
-                time.sleep(1.0)
-            picks = {n: pick(n, fn) for n, fn in cases.items()}
-            med = measure(cases, args.rounds)
-        finally:
-            if spin is not None:
-                spin.kill()
-                spin.wait()
-        for n, m in med.items():
-            best = min(m.values())
-            rows.append((load, n, m["None"], m["1"], m["2"], m["None"] / best, picks[n], m[str(picks[n])] / best))
+    try:
+        for load in ("idle", "busy"):
+            spin = busy() if load == "busy" else None
+            try:
+                if spin is not None:
+                    time.sleep(1.0)
+                picks = {n: int(workers[None].ask(f"pick {n}")) for n in names}
+                med = measure(workers, names, args.rounds)
+            finally:
+                if spin is not None:
+                    spin.kill()
+                    spin.wait()
+            for n, m in med.items():
+                best = min(m.values())
+                rows.append((load, n, m["None"], m["1"], m["2"], m["None"] / best, picks[n], m[str(picks[n])] / best))
+    finally:
+        for w in workers.values():
+            w.close()
     print("\n| load | workload | default (s) | threads=1 (s) | threads=2 (s) | default / best | rule picked "
           "| picked setting / best |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

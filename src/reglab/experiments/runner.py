@@ -219,14 +219,17 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` atomically: a unique temporary file in its folder, then a rename -- a
+    reader, a concurrent writer or a killed process never sees it half-written. Not fsynced
+    (40 fsyncs cost a 20-model group 0.4 s): after an operating-system crash a file may come
+    back empty or short, which the sha256 digests in its run's JSON (``Unit.done``) detect, and
+    the run is redone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

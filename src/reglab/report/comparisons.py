@@ -41,6 +41,7 @@ runs finished (``estimate`` = their mean, ``experiment - baseline``):
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -90,18 +91,21 @@ def _wilson(wins: float, n: int, confidence: float = 0.95) -> tuple[float, float
 
 
 def _n_needed(effect: float, sd: float, alpha: float, limit: int = 100_000) -> int | None:
+    """The smallest n in 2..limit with ``_mde(n) <= |effect|`` (mde falls with n), or None."""
     if not (effect and sd > 0 and math.isfinite(effect)):
         return None
-    lo, hi = 2, limit
-    if _mde(hi, sd, alpha) > abs(effect):
-        return None
-    while lo < hi:  # the smallest n with mde(n) <= |effect| (mde falls with n)
-        mid = (lo + hi) // 2
-        if _mde(mid, sd, alpha) <= abs(effect):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    n, per_sd = _mde_per_sd(alpha, limit)
+    # _mde(n) <= |effect| as per_sd(n) * sd <= |effect| (the same quantiles, one vector call)
+    ok = np.flatnonzero(per_sd * sd <= abs(effect))
+    return int(n[ok[0]]) if ok.size else None
+
+
+@functools.lru_cache(maxsize=8)
+def _mde_per_sd(alpha: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n = 2..limit`` and ``_mde(n, 1, alpha)`` for each, the t quantiles computed at once."""
+    n = np.arange(2, limit + 1)
+    df = n - 1
+    return n, (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df)) / np.sqrt(n)
 
 
 def bootstrap_interval(d: np.ndarray, a: float, seed: int = 0) -> tuple[float, float, float]:

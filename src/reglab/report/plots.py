@@ -106,11 +106,26 @@ def boundaries(items: list[tuple[str, dict[str, np.ndarray], int]], path: Path) 
     decision boundary (p = 0.5) and the Bayes boundary."""
     cols = min(4, len(items))
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
+    # one set of limits for every panel, set once (shared axes would re-propagate every
+    # autoscale to all panels: quadratic in their number, 5 s for 17 panels)
+    lim = [(min(float(a[k].min()) for _, a, _ in items), max(float(a[k].max()) for _, a, _ in items))
+           for k in ("grid_x", "grid_y")]
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
     for ax, (key, arrays, seed) in zip(axes.ravel(), items):
         _boundary(ax, key, arrays, seed)
-    for ax in axes.ravel()[len(items):]:
-        ax.axis("off")
+        ax.set_xlim(*lim[0])
+        ax.set_ylim(*lim[1])
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(items):
+            ax.axis("off")
+            continue
+        r, c = divmod(i, cols)
+        if i + cols < len(items):  # a panel below: its x tick labels say the same
+            ax.tick_params(labelbottom=False)
+            ax.set_xlabel("")
+        if c:
+            ax.tick_params(labelleft=False)
+            ax.set_ylabel("")
     return save(fig, path)
 
 

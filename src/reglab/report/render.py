@@ -42,7 +42,7 @@ class Doc:
         return args[-1]
 
     def draw(self, workers: int = 2) -> None:
-        if workers > 1 and len(self.jobs) > 8 and "fork" in mp.get_all_start_methods():
+        if workers > 1 and len(self.jobs) > 1 and "fork" in mp.get_all_start_methods():
             # fork: the children need only matplotlib and the data already in memory
             with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
                 for f in [pool.submit(fn, *args) for fn, args in self.jobs]:
