@@ -120,3 +120,25 @@ def test_random_calls_lists_dropout_calls_and_finds_other_randomness():
     rng = torch.get_rng_state()
     assert random_calls(noisy, x) == ([], True)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_frozen_parameters_stay_frozen_on_the_vmap_path():
+    """A parameter with ``requires_grad=False`` (a frozen first layer) is left out of the
+    optimizer's buffer: AdamW's weight decay does not touch it, as in ``fit``."""
+    x, y = images()
+
+    def build():
+        m = cnn()
+        m[0].weight.requires_grad_(False)
+        return m
+
+    kw = dict(loss=LOSS, optimizer={"name": "adamw", "weight_decay": 0.5}, epochs=2, batch_size=16, threads=1)
+    res = reglab.fit_many(build, x, y, seeds=[0, 1], progress=False, **kw)
+    assert res.engine == "vmap"
+    for seed, model in zip([0, 1], res.models):
+        torch.manual_seed(seed)
+        fresh = build()
+        assert torch.equal(model[0].weight, fresh[0].weight)  # frozen: bit for bit its initial value
+        assert not torch.equal(model[5].weight, fresh[5].weight)
+        reglab.fit(fresh, x, y, seed=seed, progress=False, **kw)
+        np.testing.assert_allclose(model[5].weight.detach(), fresh[5].weight.detach(), rtol=1e-4, atol=2e-5)

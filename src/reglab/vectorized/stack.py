@@ -228,18 +228,19 @@ class VmapStack:
         # elements of a tensor by scalar code that rounds otherwise, and the last elements of a
         # stacked tensor are another model's for each M. The stacked parameters the forward pass
         # sees are views of it (leaves of their own); ``backward`` writes their gradients into it.
-        sizes = [v[0].numel() for v in params.values()]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        p0 = next(iter(params.values()))
+        # (frozen parameters, ``requires_grad=False``, stay outside it, as stacked tensors)
+        trained = [n for n, v in params.items() if v.requires_grad]
+        offsets = np.concatenate([[0], np.cumsum([params[n][0].numel() for n in trained])]).astype(int).tolist()
         width = offsets[-1] + (-offsets[-1]) % LANES
         self.flat = p0.new_zeros(self.n_models, width)
         self.flat_grad = torch.zeros_like(self.flat)
-        self._spans = list(zip(offsets, offsets[1:]))
-        self.param_dict = {}
-        for (name, v), (a, b) in zip(params.items(), self._spans):
-            view = self.flat[:, a:b].view(v.shape)
-            view.copy_(v.detach())
+        self.param_dict = dict(params)
+        self._trained: list[tuple[torch.Tensor, int, int]] = []  # (stacked view, its columns in flat)
+        for name, a, b in zip(trained, offsets, offsets[1:]):
+            view = self.flat[:, a:b].view(params[name].shape)
+            view.copy_(params[name].detach())
             self.param_dict[name] = view.requires_grad_(True)
+            self._trained.append((view, a, b))
         self.buffer_dict = buffers
         self.params = list(self.param_dict.values())
         self.optimized = [self.flat]
@@ -310,8 +311,9 @@ class VmapStack:
         return take_rows(data, idx, per_model)
 
     def backward(self, total, active) -> None:
-        grads = torch.autograd.grad(total.sum(), self.params, allow_unused=True)
-        for p, g, (a, b) in zip(self.params, grads, self._spans):
+        views = [v for v, _, _ in self._trained]
+        grads = torch.autograd.grad(total.sum(), views, allow_unused=True) if views else []
+        for (p, a, b), g in zip(self._trained, grads):
             dest = self.flat_grad[:, a:b]
             if g is None:
                 dest.zero_()
