@@ -686,6 +686,26 @@ def test_a_vmap_unit_gets_the_same_numbers_in_any_group(tmp_path, threads):
     assert {u.seed: _numbers(u.path(grown)) for u in units} == ref
 
 
+def test_a_redone_vmap_unit_trains_at_the_thread_count_its_grid_point_recorded(tmp_path):
+    """Numbers on the vmap path depend on the thread count; a lost unit redone without
+    ``--threads`` trains at the count its grid point's finished units recorded (here 2, given
+    explicitly the first time; the rule alone would give this tiny CNN 1), so it gets the
+    numbers of the run that was lost."""
+    spec = _cnn_spec(tmp_path, CNN)
+    units = [Unit(spec, s) for s in range(3)]
+    out = tmp_path / "out"
+    execute(units, out, progress=False, threads=2)
+    before = _numbers(units[1].path(out))
+    units[1].path(out).unlink()
+    assert execute(units, out, progress=False)["trained"] == 1
+    again = json.loads(units[1].path(out).read_text())
+    assert again["threads"] == 2 and again["group_size"] == 2
+    assert (again["metrics"], again["history"]) == before
+    alone = tmp_path / "alone"  # a fresh run, by the rule
+    execute(units[1:2], alone, progress=False)
+    assert json.loads(units[1].path(alone).read_text())["threads"] == 1
+
+
 def test_a_unit_with_other_randomness_is_redone_in_its_whole_group(tmp_path):
     """A forward pass that draws noise itself (not ``nn.Dropout``) gets it from ``vmap``'s draws
     for the whole group: a lost unit is then redone by training its whole planned group again,

@@ -142,3 +142,39 @@ def test_frozen_parameters_stay_frozen_on_the_vmap_path():
         assert not torch.equal(model[5].weight, fresh[5].weight)
         reglab.fit(fresh, x, y, seed=seed, progress=False, **kw)
         np.testing.assert_allclose(model[5].weight.detach(), fresh[5].weight.detach(), rtol=1e-4, atol=2e-5)
+
+
+def test_a_model_that_stopped_keeps_its_batch_norm_statistics():
+    """Early stopping with batch norm: a model that stopped keeps its running statistics while its
+    partners train on, so its numbers do not depend on how long they train (seed 1 beside seed 0,
+    which stops at another epoch than seed 3)."""
+    from reglab import EarlyStopping
+
+    x, y = images()
+    kw = dict(loss=LOSS, epochs=12, batch_size=16, validation_data=(x[:20], y[:20]), threads=1, progress=False)
+    seen = []
+    for seeds in ([1, 0], [1, 3]):
+        res = reglab.fit_many(cnn, x, y, seeds=seeds, callbacks=[EarlyStopping(monitor="loss", patience=0)], **kw)
+        seen.append(([len(h) for h in res.histories], weights(res.models[0]), res.models[0][1].num_batches_tracked))
+    assert seen[0][0][0] == seen[1][0][0] < 12 and seen[0][0][1] != seen[1][0][1]  # partners stop at other epochs
+    assert torch.equal(seen[0][1], seen[1][1]) and int(seen[0][2]) == int(seen[1][2])
+
+
+def test_an_unused_parameter_is_not_decayed():
+    """A parameter the forward pass never uses gets no update (torch skips a None gradient), on
+    the vmap path too: AdamW's weight decay leaves it alone."""
+    class Spare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.spare = cnn(), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.net(x)
+
+    x, y = images()
+    res = reglab.fit_many(Spare, x, y, seeds=[0, 1], loss=LOSS, optimizer={"name": "adamw", "weight_decay": 0.5},
+                          epochs=2, batch_size=16, threads=1, progress=False)
+    assert res.engine == "vmap"
+    for seed, model in zip([0, 1], res.models):
+        torch.manual_seed(seed)
+        assert torch.equal(model.spare.weight, Spare().spare.weight)

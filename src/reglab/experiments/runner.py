@@ -417,6 +417,7 @@ class _Task:
     side: tuple[int, Callable[..., Any], tuple] | None = None
     write: list[int] | None = None
     planned: list[Unit] | None = None  # every unit of the grid point (what ``compose`` draws on)
+    threads: int | None = None  # the count its finished units recorded (used when none is given)
 
     @property
     def written(self) -> list[int]:
@@ -432,20 +433,26 @@ class _Task:
             return _side_task, self.side[1:]
         s = self.units[0].spec
         return _train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out), self.written,
-                                   threads)
+                                   self.threads if threads is None else threads)
 
 
-def compose(left: list[Unit], planned: list[Unit], rule: str) -> _Task:
+def compose(left: list[Unit], planned: list[Unit], rule: str, out: Path) -> _Task:
     """The task that trains the units ``left`` (of a grid point's ``planned`` ones) so that each
     gets the numbers it gets in any other run (``rule``: ``group_rule``'s): on the whole planned
     group (``"whole"``), or beside a twin where one would train alone (``"pairs"``); only
-    ``left`` is written."""
+    ``left`` is written. Where numbers depend on the thread count (not ``"any"``), at the count
+    the grid point's finished units recorded, unless one is given (``--threads``)."""
+    threads = None
+    if rule != "any" and len(left) < len(planned):
+        pending = {u.seed for u in left}
+        rows = (_verified(v.path(out)) for v in planned if v.seed not in pending)
+        threads = next((r["threads"] for r in rows if r is not None and isinstance(r.get("threads"), int)), None)
     if rule == "whole" and len(left) < len(planned):
-        return _Task(units=planned, write=[u.seed for u in left], planned=planned)
+        return _Task(units=planned, write=[u.seed for u in left], planned=planned, threads=threads)
     if rule == "pairs" and len(left) == 1:
         twin = next((v for v in planned if v.seed != left[0].seed), None) or Unit(left[0].spec, left[0].seed + 1)
-        return _Task(units=[left[0], twin], write=[left[0].seed], planned=planned)
-    return _Task(units=left, planned=planned)
+        return _Task(units=[left[0], twin], write=[left[0].seed], planned=planned, threads=threads)
+    return _Task(units=left, planned=planned, threads=threads)
 
 
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
@@ -511,7 +518,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             rules[key] = group_rule(left[0].spec)
         return rules[key]
 
-    group_tasks = [compose(us, planned[key], rule(us, planned[key])) for key, us in pending.items()]
+    group_tasks = [compose(us, planned[key], rule(us, planned[key]), out) for key, us in pending.items()]
     group_tasks.sort(key=lambda t: -_group_cost(t.units[0].spec, len(t.units)))
     tasks = collections.deque([_Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] + group_tasks)
     bar = tqdm(total=sum(len(t.written) for t in group_tasks), desc="study", unit="run",
@@ -559,7 +566,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         if not left:
             locks.release(task.key)
             return None
-        return compose(left, task.planned, rule(left, task.planned))
+        return compose(left, task.planned, rule(left, task.planned), out)
 
     def finish(task: _Task, result: Any) -> None:
         if task.units is None:
@@ -625,12 +632,12 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
 
 def run_unit(unit: Unit, out: str | Path) -> dict:
-    """Run one unit on its own (what a distributed executor would call per task)."""
+    """Run one unit on its own (what a distributed executor would call per task): its JSON row,
+    with the numbers ``execute`` gives it (``compose``: beside a twin where that matters)."""
     out = Path(out)
-    row = _verified(unit.path(out))
-    if row is not None:
-        return row
-    return train_group(unit.spec, [unit.seed], out)[0]
+    if _verified(unit.path(out)) is None:
+        execute([unit], out, progress=False)
+    return _verified(unit.path(out))
 
 
 def load_runs(out: str | Path) -> list[dict]:

@@ -51,7 +51,9 @@ class Stack(Protocol):
     end, each source's values summed over its steps times their batch sizes, ``(K, M)``),
     ``eval_batches(data, batch_size)`` (how to split validation data), ``state_dict(snap)``,
     ``merge_snapshot``, ``write_back()``, ``optimized`` (the tensors the optimizer steps, sharing
-    storage with ``params``; default ``params``)."""
+    storage with ``params``; default ``params``), ``buffers`` (stacked ``(M, ...)`` buffers a
+    training forward pass updates, e.g. batch-norm statistics: held, like ``params``, for models
+    that stopped or failed)."""
 
     n_models: int
     params: list[torch.Tensor]
@@ -336,6 +338,7 @@ def run(
     bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
     interrupted = False
     sets_grad = getattr(stack, "sets_grad", False)
+    buffers = list(getattr(stack, "buffers", ()))
     defers = getattr(stack, "defers_penalties", False)
     grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
 
@@ -382,6 +385,8 @@ def run(
             names: list[str] = []
             with grad_mode:  # a stack that sets its own gradients needs no autograd graph
                 for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
+                    # the buffers a stopped or failed model keeps (the forward pass updates them)
+                    kept = [t.detach().clone() for t in buffers] if frozen_any and buffers else None
                     data, correct, names, pens = stack.objective(xb, yb)
                     # per model, this batch: [data loss mean, accuracy?, each penalty] -- the epoch's loss
                     # and penalty totals are sums of these rows' batch-weighted means (linear)
@@ -396,7 +401,7 @@ def run(
                         check_finite(row, epoch, b, total, pens)
                         if not active.any():
                             break
-                    if frozen_any:
+                    if frozen_any:  # stopped and failed models keep their weights
                         before = [p.detach().clone() for p in stack.params]
                     if not sets_grad:
                         # autograd stacks differentiate the objective summed over models (frozen ones: 0)
@@ -411,7 +416,8 @@ def run(
                     if frozen_any:
                         keep = torch.as_tensor(~active, device=device)
                         with torch.no_grad():
-                            for p, old in zip(stack.params, before):
+                            held = list(zip(stack.params, before)) + (list(zip(buffers, kept)) if kept else [])
+                            for p, old in held:
                                 p.copy_(torch.where(keep.reshape((-1,) + (1,) * (p.dim() - 1)), old, p))
                     if not sets_grad:
                         row = row.detach()

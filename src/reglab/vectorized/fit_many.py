@@ -109,7 +109,8 @@ def fit_many(
     ``build(**grid_i)`` called right after ``torch.manual_seed(seed_i)`` and trained with
     ``seed=seed_i`` -- its history equals ``reglab.fit`` on that model (tested): bit for bit on the
     Dense-stack engine; on the vmap path (any other module) with the same shuffles and dropout
-    masks, up to the rounding of batched kernels, and bit for bit in any group of two or more. ``build`` may
+    masks (CPU), up to the rounding of batched kernels, and on CPU bit for bit in any group of two
+    or more. ``build`` may
     return ``(model, loss)`` (e.g. a ``RegularizedLoss`` bound to the model). Regularizer strengths
     are read from each built model and stacked, so a grid over strengths trains in one run.
 
@@ -166,14 +167,17 @@ def fit_many(
         # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
         chunk = min(chunk, CPU_CHUNK)
     n_chunks = math.ceil(M / chunk)
+    example_dims = len(np.shape(x[0] if x_per else x))
+    if M > 1 and (example_dims != 2 or unsupported_reason(first, first_loss) is not None):
+        # the vmap path: chunks of two models at least (even past the memory budget), as a lone
+        # model trains on other kernels than a stacked one (``reglab.vectorized.stack``)
+        n_chunks = min(n_chunks, M // 2)
     from tqdm.auto import tqdm
     import sys
 
     bar = tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
     result = ManyResult([], [], configs, chunks=n_chunks)
-    # chunks of near-equal size (none of one model beside larger ones: a lone model trains on
-    # other kernels than a stacked one, see ``VmapStack``)
-    bounds = [round(k * M / n_chunks) for k in range(n_chunks + 1)]
+    bounds = [round(k * M / n_chunks) for k in range(n_chunks + 1)]  # chunks of near-equal size
     for c0, c1 in zip(bounds, bounds[1:]):
         idx = list(range(c0, c1))
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]

@@ -5,11 +5,12 @@ The per-model objective is ``reglab.training.objective.model_objective`` -- the 
 strengths enter as per-model tensors (``hparams``), so one run sweeps them. The number of torch
 operations per step does not depend on M (but for drawing dropout masks, one call per model).
 
-A model's numbers are the same in every group of two or more (bit for bit at a given thread
-count; tested at 1 and 2 threads): the optimizer steps one row-padded buffer (see ``VmapStack``)
-and dropout masks come from each model's own generator (below). One model alone trains on the
-plain autograd path instead (``fit_many``), whose convolution and batch-norm kernels round
-differently from their batched forms.
+On CPU a model's numbers are the same in every group of two or more (bit for bit at a given
+thread count; tested at 1 and 2 threads): the optimizer steps one row-padded buffer (see
+``VmapStack``), dropout masks come from each model's own generator (below), and a model that
+stopped early or failed keeps its batch-norm statistics while the others go on. One model alone
+trains on the plain autograd path instead (``fit_many``), whose convolution and batch-norm
+kernels round differently from their batched forms. (On CUDA, dropout masks are ``vmap``'s.)
 
 Dropout: ``torch.vmap(randomness="different")`` draws all models' masks from the global generator
 at once, so a model's masks would depend on its group. Instead each ``nn.Dropout`` call takes a
@@ -17,7 +18,7 @@ mask made outside ``vmap`` by torch's own CPU recipe (``noise = empty_like(x).be
 / (1 - p)``, ``x * noise``), drawn from the model's own generator (``dropout_generators``: the
 global state right after the model's build, as ``fit`` would use it). The shapes of a step's
 dropout calls come from one probe forward of model 0 per input shape (``random_calls``). A model
-with no other random op then trains to the same numbers in any group, or alone (tested).
+with no other random op then gets the masks it gets in any group, or alone (tested).
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ class VmapStack:
             self.param_dict[name] = view.requires_grad_(True)
             self._trained.append((view, a, b))
         self.buffer_dict = buffers
+        self.buffers = list(buffers.values())
         self.params = list(self.param_dict.values())
         self.optimized = [self.flat]
         self.wrapper = _Objective(base, self.plan, self.loss, with_accuracy)
@@ -254,6 +256,7 @@ class VmapStack:
         self.dropout_generators: list[torch.Generator] | None = None
         self._calls: dict[tuple, list[tuple[nn.Dropout, torch.Size]]] = {}
         self._step_dropouts: list[nn.Dropout] = []  # this step's dropout calls, in order
+        self._unused: list[tuple[torch.Tensor, torch.Tensor]] = []  # parameters this step left unused
 
     # -- the stack protocol
     def train(self, mode: bool) -> None:
@@ -313,16 +316,20 @@ class VmapStack:
     def backward(self, total, active) -> None:
         views = [v for v, _, _ in self._trained]
         grads = torch.autograd.grad(total.sum(), views, allow_unused=True) if views else []
+        self._unused = []
         for (p, a, b), g in zip(self._trained, grads):
             dest = self.flat_grad[:, a:b]
-            if g is None:
+            if g is None:  # the forward pass did not use it: no update (as torch skips a None grad)
                 dest.zero_()
+                self._unused.append((p, p.detach().clone()))
             else:
                 dest.view(p.shape).copy_(g)
         self.flat.grad = self.flat_grad
 
     @torch.no_grad()
     def after_step(self) -> None:
+        for p, kept in self._unused:  # weight decay would have moved it
+            p.copy_(kept)
         for name, c in self.constraints:
             p = self.param_dict[name]
             p.copy_(torch.vmap(c)(p))
