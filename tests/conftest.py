@@ -1,7 +1,14 @@
 import os
+import signal
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Ctrl-C reaches the processes the tests start (the interrupt tests send SIGINT as a terminal
+# would): a suite started in the background of a non-interactive shell (`make test &`) inherits
+# SIGINT ignored, and so would every `reglab run` it starts -- which then rightly ignores it too
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
