@@ -174,15 +174,16 @@ def test_dense_engine_numbers_do_not_depend_on_threads(dropout):
 
 
 def test_cli_threads_reach_every_run(tmp_path):
-    """``reglab --threads 2 run`` (two workers): every run records 2 threads; without it the rule
-    gives this tiny MLP one."""
+    """``reglab --threads 2 run`` and ``reglab run ... --threads 2`` (two workers): every run
+    records 2 threads; without it the rule gives this tiny MLP one."""
     exp = tmp_path / "tiny.toml"
     exp.write_text('name = "tiny"\nseeds = 2\n[data]\nname = "blobs"\n[train]\nloss = "binary_crossentropy"\n'
                    'epochs = 2\nbatch_size = 50\n[[model.layers]]\nunits = 4\nactivation = "relu"\n'
                    '[[model.layers]]\nunits = 1\nactivation = "sigmoid"\nkernel_regularizer = {name = "L2", l2 = 0.01}\n')
     env = {**os.environ, "KERAS_BACKEND": "torch"}
-    for args, out, expect in ((["--threads", "2"], "a", 2), ([], "b", 1)):
-        subprocess.run([sys.executable, "-m", "reglab.cli", *args, "run", str(exp), "--out", str(tmp_path / out),
-                        "--workers", "2"], check=True, env=env, capture_output=True, timeout=300)
+    for before, after, out, expect in ((["--threads", "2"], [], "a", 2), ([], ["--threads", "2"], "c", 2),
+                                       ([], [], "b", 1)):
+        subprocess.run([sys.executable, "-m", "reglab.cli", *before, "run", str(exp), "--out", str(tmp_path / out),
+                        "--workers", "2", *after], check=True, env=env, capture_output=True, timeout=300)
         rows = [json.loads(p.read_text()) for p in (tmp_path / out / "runs").glob("*/*.json")]
         assert len(rows) == 4 and {r["threads"] for r in rows} == {expect}

@@ -163,22 +163,34 @@ def _execute(units, out: Path, **kw) -> dict:
         sys.exit(130)
 
 
-@click.group()
-@click.version_option(__version__, prog_name="reglab")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="torch intra-op threads of every training process (default: reglab.threads' rule: one for "
-                   "small models, never more than the idle cores or a worker's share).")
-def main(threads: int | None) -> None:
-    """Regularize PyTorch models the Keras way, and measure what regularization does."""
-    from . import threads as _threads
-    from .training.engine import keep_flushing_denormals
+def _threads_option(f):
+    """``--threads N``: before the command (``reglab --threads 2 run ...``) or after it
+    (``reglab run ... --threads 2``); the command's own wins."""
+    return click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                        help="torch intra-op threads of every training process (default: reglab.threads' rule: "
+                             "one for small models, never more than the idle cores or a worker's share).")(f)
 
-    keep_flushing_denormals()  # see reglab.training.engine._FlushDenormals
+
+def _set_threads(threads: int | None) -> None:
+    """The explicit thread count for this process and every process it starts (``reglab.threads``)."""
+    from . import threads as _threads
+
     _threads.set_explicit(threads)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="reglab")
+@_threads_option
+def main(threads: int | None) -> None:
+    """Regularize PyTorch models the Keras way, and measure what regularization does."""
+    from .training.engine import keep_flushing_denormals
+
+    keep_flushing_denormals()  # see reglab.training.engine._FlushDenormals
+    _set_threads(threads)
 
 
 @main.command("list")
@@ -210,12 +222,15 @@ def list_cmd(paths: tuple[str, ...]) -> None:
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 @_backend_options
-def run(paths, seeds, out, baselines, workers, progress, backend, address) -> None:
+@_threads_option
+def run(paths, seeds, out, baselines, workers, progress, backend, address, threads) -> None:
     """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
     skipping finished runs; writes OUT/results.csv."""
     from .experiments.results import write_results_csv
     from .experiments.runner import plan_units
 
+    if threads is not None:
+        _set_threads(threads)
     _pooled(workers if backend == "local" else 1)
     specs = _load(paths)
     _prepare(specs, baselines)
@@ -303,7 +318,8 @@ def path(path, strengths, seeds, out) -> None:
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 @_backend_options
-def study(study_dir, seeds, out, workers, progress, backend, address) -> None:
+@_threads_option
+def study(study_dir, seeds, out, workers, progress, backend, address, threads) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     from .experiments.path import path_file, path_key, regularization_path
@@ -312,6 +328,8 @@ def study(study_dir, seeds, out, workers, progress, backend, address) -> None:
     from .experiments.study import analysis_key, load_study, reusable, run_analysis
     from .report.render import write_report
 
+    if threads is not None:
+        _set_threads(threads)
     t0 = time.perf_counter()
     _pooled(workers if backend == "local" else 1)
     if study_dir is None:
