@@ -29,6 +29,7 @@ terms explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import fnmatch
 import functools
@@ -504,6 +505,20 @@ class _Collect:
 
     def __exit__(self, *exc) -> None:
         _COLLECTOR.reset(self._token)
+
+
+@contextlib.contextmanager
+def quiet(model: nn.Module, training: bool = False) -> Iterator[None]:
+    """Within: forward passes of ``model`` that leave nothing behind -- no grad, no activity
+    penalty recorded -- in training or evaluation mode, the model's own mode restored after (for
+    probes: an output's shape, a flop count, the dropout calls)."""
+    was = model.training
+    model.train(training)
+    try:
+        with torch.no_grad(), PenaltyPlan(model).collect():
+            yield
+    finally:
+        model.train(was)
 
 
 def penalties(model: nn.Module) -> dict[str, torch.Tensor]:

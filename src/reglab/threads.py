@@ -110,15 +110,10 @@ def step_work(model: nn.Module, example: torch.Tensor, batch_size: int, n_models
     axis; the model is run in eval mode without grad, and left as it was)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .attach import PenaltyPlan
+    from .attach import quiet
 
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), PenaltyPlan(model).collect(), FlopCounterMode(display=False) as fc:
-            model(example)
-    finally:
-        model.train(was)
+    with quiet(model), FlopCounterMode(display=False) as fc:
+        model(example)
     return 3.0 * fc.get_total_flops() * batch_size * n_models
 
 

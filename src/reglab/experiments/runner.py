@@ -392,14 +392,14 @@ def group_rule(spec: ExperimentSpec) -> str:
     - ``"whole"``: only the same group gives the same numbers -- the vmap path with a random op
       other than ``nn.Dropout`` in the forward pass (``vmap`` draws it for the whole group)."""
     from .. import losses as _losses
-    from ..vectorized.dense import unsupported_reason
+    from ..vectorized.dense import takes
     from ..vectorized.stack import random_calls
 
     sp = splits_of(spec, 0)
     torch.manual_seed(0)
     out = builder(spec, sp.input_shape, sp.n_outputs)()
     model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
-    if len(sp.input_shape) == 1 and unsupported_reason(model, _losses.get(lo)) is None:
+    if takes(model, _losses.get(lo), len(sp.input_shape)):
         return "any"
     example = torch.as_tensor(np.asarray(sp.x_train[:2]), dtype=next(model.parameters()).dtype)
     return "whole" if random_calls(model, example)[1] else "pairs"

@@ -13,7 +13,7 @@ from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import threads as _threads
-from ..attach import PenaltyPlan, refresh_constraints
+from ..attach import quiet, refresh_constraints
 from . import data as _data
 from .callbacks import Callback, EarlyStopping
 from .engine import ArrayData, LoaderData, SingleStack, run
@@ -65,16 +65,11 @@ PROBE = 32
 def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
     """The model's output on ``xb`` in eval mode, without grad or a recorded penalty (the model is
     left as it was); a failure names ``what`` it ran on."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), PenaltyPlan(model).collect():
-            try:
-                return model(xb)
-            except Exception as e:
-                raise ValueError(f"the model could not run on {what}: {e}") from e
-    finally:
-        model.train(was)
+    with quiet(model):
+        try:
+            return model(xb)
+        except Exception as e:
+            raise ValueError(f"the model could not run on {what}: {e}") from e
 
 
 def _loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device, prefix: str) -> int | None:
@@ -267,10 +262,10 @@ def dense_eligible(model: nn.Module, loss: _losses.Loss, optimizer: Any, train: 
     a plain ``Sequential`` of Dense/activation layers, a loss with a written derivative, array data
     with one feature axis, and an optimizer given by name or config (an instance is bound to the
     model's own parameters, so it gets the autograd path)."""
-    from ..vectorized.dense import unsupported_reason
+    from ..vectorized.dense import takes
 
     if isinstance(optimizer, torch.optim.Optimizer):
         return False
-    if not isinstance(train, ArrayData) or train.x.dim() != 2 or not (val is None or isinstance(val, ArrayData)):
+    if not isinstance(train, ArrayData) or not (val is None or isinstance(val, ArrayData)):
         return False
-    return unsupported_reason(model, loss) is None
+    return takes(model, loss, train.x.dim() - 1)

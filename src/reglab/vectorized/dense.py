@@ -55,7 +55,7 @@ from ..training.objective import correct_per_example
 from .penalties import PenaltyGroups, elementwise_terms
 from .stack import shared_constraints, stacked_hparams, take_rows
 
-__all__ = ["DenseStack", "NotTransformable", "unsupported_reason"]
+__all__ = ["DenseStack", "NotTransformable", "takes", "unsupported_reason"]
 
 
 # ----------------------------------------------------------------------------- activations
@@ -345,6 +345,13 @@ def _check_hooks(model: nn.Module) -> None:
             raise _Unsupported(f"module {name!r} has hooks")
         if any(h not in (_activity_hook, _call_ends) for h in mod._forward_hooks.values()):
             raise _Unsupported(f"module {name!r} has a forward hook")
+
+
+def takes(model: nn.Module, loss: Loss, example_ndim: int) -> bool:
+    """Whether the Dense-stack engine trains ``model`` with ``loss`` on examples of
+    ``example_ndim`` dimensions (one feature axis, a supported module and loss) -- the one rule
+    ``fit``, ``fit_many`` and the study runner ask."""
+    return example_ndim == 1 and unsupported_reason(model, loss) is None
 
 
 def unsupported_reason(model: nn.Module, loss: Loss) -> str | None:

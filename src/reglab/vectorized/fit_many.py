@@ -21,7 +21,7 @@ from ..attach import refresh_constraints
 from ..training.engine import ArrayData, SingleStack, run
 from ..training.fit import check_metrics, prepare_arrays
 from ..training.history import History
-from .dense import DenseStack, NotTransformable, unsupported_reason
+from .dense import DenseStack, NotTransformable, takes
 from .stack import VmapStack
 
 __all__ = ["fit_many", "ManyResult"]
@@ -167,8 +167,7 @@ def fit_many(
         # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
         chunk = min(chunk, CPU_CHUNK)
     n_chunks = math.ceil(M / chunk)
-    example_dims = len(np.shape(x[0] if x_per else x))
-    if M > 1 and (example_dims != 2 or unsupported_reason(first, first_loss) is not None):
+    if M > 1 and not takes(first, first_loss, len(np.shape(x[0] if x_per else x)) - 1):
         # the vmap path: chunks of two models at least (even past the memory budget), as a lone
         # model trains on other kernels than a stacked one (``reglab.vectorized.stack``)
         n_chunks = min(n_chunks, M // 2)
@@ -207,7 +206,7 @@ def fit_many(
         with _threads.using(n_threads):
             with_acc = "accuracy" in metrics and losses[0].task is not None
             stack = None
-            if x_dim == 2 and unsupported_reason(models[0], losses[0]) is None:
+            if takes(models[0], losses[0], x_dim - 1):
                 try:
                     stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
                     result.engine = "dense"

@@ -34,7 +34,7 @@ from torch.func import functional_call, stack_module_state
 
 from .. import regularizers as _regularizers
 from .._lanes import LANES
-from ..attach import PenaltyPlan, constraint_sources
+from ..attach import PenaltyPlan, constraint_sources, quiet
 from ..losses import Loss, RegularizedLoss
 from ..training.objective import model_objective
 
@@ -149,21 +149,15 @@ def random_calls(model: nn.Module, x: torch.Tensor,
         state = dict(model.named_parameters())
         state.update(model.named_buffers())
     state = {k: v.detach().clone() for k, v in state.items()}
-    was = model.training
     devices = [x.device] if x.device.type == "cuda" else []
 
     def states():
         return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
 
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), PenaltyPlan(model).collect(), \
-                _dropout_as(drops, record):
-            before = states()
-            model.train(True)
-            functional_call(model, state, (x,))
-            other = any(not torch.equal(a, b) for a, b in zip(before, states()))
-    finally:
-        model.train(was)
+    with torch.random.fork_rng(devices=devices), quiet(model, training=True), _dropout_as(drops, record):
+        before = states()
+        functional_call(model, state, (x,))
+        other = any(not torch.equal(a, b) for a, b in zip(before, states()))
     return calls, other
 
 
@@ -276,7 +270,7 @@ class VmapStack:
             self._fns[key] = torch.vmap(one, in_dims=(0, 0, 0, in_x, in_y, 0), randomness="different")
         return self._fns[key]
 
-    def _masks(self, xb, in_x) -> list[tuple[nn.Dropout, torch.Size]]:
+    def _dropout_calls(self, xb, in_x) -> list[tuple[nn.Dropout, torch.Size]]:
         """This step's dropout calls (probed once per input shape)."""
         key = (tuple(xb.shape), in_x)
         if key not in self._calls:
@@ -302,7 +296,7 @@ class VmapStack:
     def objective(self, xb, yb):
         in_x = 0 if xb.dim() == self.x_dim + 1 else None
         in_y = 0 if yb.dim() == self.y_dim + 1 else None
-        calls = (self._masks(xb, in_x) if self.dropout_generators is not None and self.base.training
+        calls = (self._dropout_calls(xb, in_x) if self.dropout_generators is not None and self.base.training
                  and self.wrapper.dropouts else [])
         self._step_dropouts = [d for d, _ in calls]
         data, correct, pens = self._fn(in_x, in_y)(self.param_dict, self.buffer_dict, self.hp_vec, xb, yb,
