@@ -93,6 +93,44 @@ def test_constraint_applies_after_each_optimizer_step_and_is_removable():
     assert float(model[0].weight.norm(dim=1).max()) > 2.0
 
 
+def test_the_step_hook_leaves_an_engines_own_optimizer_alone_and_the_engine_projects():
+    """An optimizer a training engine marks as stepping only its own buffers is skipped by the
+    constraint hook (which would find nothing there); the stacked engines project themselves:
+    max-norm holds after fit_many and fit, and fit_many's weights equal fit's bit for bit."""
+    model = torch.nn.Linear(3, 2)
+    reglab.constrain(model, {"weight": C.MaxNorm(0.1)})
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    model.weight.grad = torch.zeros_like(model.weight)
+    marked = torch.optim.SGD(model.parameters(), lr=0.0)
+    attach.engine_owned(marked)
+    marked.step()
+    assert torch.equal(model.weight, torch.ones(2, 3))  # the hook skipped it
+    torch.optim.SGD(model.parameters(), lr=0.0).step()
+    assert torch.allclose(model.weight.norm(dim=1), torch.full((2,), 0.1))  # any other optimizer: projected
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2)).astype(np.float32) * 3
+    y = (x[:, :1] > 0).astype(np.float32)
+
+    def build():
+        m = torch.nn.Sequential(reglab.Dense(2, 8, activation="relu"), reglab.Dense(8, 1, activation="sigmoid"))
+        reglab.constrain(m, {"*.weight": C.MaxNorm(0.5)})
+        return m
+    kw = dict(loss="binary_crossentropy", optimizer={"name": "sgd", "learning_rate": 0.5}, epochs=3, batch_size=8)
+    many = reglab.fit_many(build, x, y, seeds=[0, 1], **kw)
+    assert many.engine == "dense"
+    for m in many.models:
+        for name, p in m.named_parameters():
+            if name.endswith("weight"):
+                assert float(p.norm(dim=1).max()) <= 0.5 + 1e-6, name
+    torch.manual_seed(1)
+    alone = build()
+    reglab.fit(alone, x, y, seed=1, **kw)
+    for a, b in zip(alone.parameters(), many.models[1].parameters()):
+        assert torch.equal(a, b)
+
+
 def test_apply_constraints_for_hand_written_loops():
     model = torch.nn.Linear(2, 2)
     reglab.constrain(model, {"weight": C.UnitNorm()})

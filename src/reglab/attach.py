@@ -342,6 +342,17 @@ def _resolve(value: Any, where: str, get: Any, what: str) -> Any:
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 _STEP_HOOK: Any = None
 _ROOT = "_reglab_constraint_root"
+#: optimizers that step a training engine's own buffers, never a module's parameters (the
+#: engine projects its stacked weights itself, in ``after_step``): the hook has nothing to find
+#: there and skips the walk over every live model's modules (measured: 3.6 of 12.6 s of a
+#: 20-model max-norm group, 200 epochs of 12 steps)
+_ENGINE_OWNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def engine_owned(optimizer: torch.optim.Optimizer) -> None:
+    """Mark ``optimizer`` as one that steps only a training engine's own buffers, which apply
+    their constraints themselves: the constraint step hook leaves its steps alone."""
+    _ENGINE_OWNED.add(optimizer)
 
 
 def _register_live(module: nn.Module, args: Any) -> None:
@@ -360,7 +371,7 @@ def _step_post_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) ->
     """After any optimizer's step: project each constrained parameter it stepped. Constraints
     are read from the modules (``constraint_sources``), so they hold for copies, converted and
     reloaded models; no table of parameter identities is kept."""
-    if not _LIVE:
+    if not _LIVE or optimizer in _ENGINE_OWNED:
         return
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}  # this step's
     done: set[int] = set()

@@ -467,7 +467,9 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     one each on this 2-core machine) -- a group of small models is bound by per-step overhead,
     not arithmetic, so two cores train two groups in the time of one. ``threads`` is passed to
     every group's ``fit_many`` (None: the thread rule, capped by that share). The
-    helpers take the costliest tasks first, this process the cheapest. ``side_tasks``
+    tasks go costliest first (estimated: ``_group_cost``), to this process as to the helpers, so
+    the last to finish are the cheapest and the processes end close together; each helper has one
+    task queued ahead, so none waits while this process trains. ``side_tasks``
     (picklable ``(function, args)``, e.g. a regularization path) are scheduled first; their
     results are returned in ``"side"``, in order.
 
@@ -603,7 +605,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
                     if task is not None:
                         send(task)
             if tasks and here:
-                task = claim(tasks.pop())  # this process: the cheapest left
+                task = claim(tasks.popleft())  # the costliest left, as the helpers
                 if task is not None:
                     run_here(task)
             elif running:

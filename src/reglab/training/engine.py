@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..attach import engine_owned
 from ..losses import Loss
 from ..optimizers import unhooked_step
 from .callbacks import Callback, EarlyStopping
@@ -53,7 +54,9 @@ class Stack(Protocol):
     ``merge_snapshot``, ``write_back()``, ``optimized`` (the tensors the optimizer steps, sharing
     storage with ``params``; default ``params``), ``buffers`` (stacked ``(M, ...)`` buffers a
     training forward pass updates, e.g. batch-norm statistics: held, like ``params``, for models
-    that stopped or failed)."""
+    that stopped or failed), ``applies_constraints = True`` (the optimizer steps only the stack's
+    own buffers and ``after_step`` projects every constrained weight: ``reglab.constrain``'s
+    step hook skips that optimizer)."""
 
     n_models: int
     params: list[torch.Tensor]
@@ -341,6 +344,8 @@ def run(
     buffers = list(getattr(stack, "buffers", ()))
     defers = getattr(stack, "defers_penalties", False)
     grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
+    if getattr(stack, "applies_constraints", False):
+        engine_owned(optimizer)
 
     def check_finite(table: torch.Tensor, epoch: int, b: int, total: torch.Tensor, pens,
                      where: str | None = None) -> None:

@@ -382,6 +382,8 @@ class DenseStack:
     require gradients, so no step builds an autograd graph (the engine also runs the steps of a
     ``sets_grad`` stack under ``torch.no_grad``)."""
 
+    applies_constraints = True  # after_step projects; the optimizer steps only this stack's buffers
+
     def __init__(self, models: Sequence[nn.Module], losses: Sequence[Loss], with_accuracy: bool, x_dim: int, y_dim: int):
         self.models = list(models)
         M = self.n_models = len(self.models)

@@ -206,6 +206,8 @@ class VmapStack:
     differing regularizer types, arguments or constraints are reported as errors.
     """
 
+    applies_constraints = True  # after_step projects; the optimizer steps only this stack's buffers
+
     def __init__(self, models: Sequence[nn.Module], losses: Sequence[Loss], with_accuracy: bool, x_dim: int, y_dim: int):
         self.models = list(models)
         self.n_models = len(self.models)
