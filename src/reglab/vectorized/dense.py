@@ -52,6 +52,7 @@ from ..attach import _activity_hook
 from ..layers import Activation, Dense
 from ..losses import Loss, RegularizedLoss
 from ..training.objective import correct_per_example
+from .masks import draw
 from .penalties import PenaltyGroups, elementwise_terms
 from .stack import shared_constraints, stacked_hparams, take_rows
 
@@ -275,6 +276,7 @@ class _Frame:
     gconst: torch.Tensor | None
     bwd: list[tuple]
     xcopy: torch.Tensor | None  # where the batch goes when the first layer takes [x, 1]
+    drops: list[tuple[float, tuple[int, int]]]  # the dropout calls of a step, (p, (B, width)) in order
 
 
 @dataclass
@@ -747,7 +749,13 @@ class DenseStack:
                     bwd.append((j, _ACT, _ACTS[op.act][1], -1, None, None, None, gs, None))
                 else:
                     bwd.append((j, _DROPOUT, None, -1, None, None, None, gs, None))
-        return _Frame(abuf, fwd, G, gmaps, gconst, bwd, xcopy)
+        drops, width = [], self.shapes[next(op.w for op in self.ops if op.kind == "affine")][1]
+        for op in self.ops:
+            if op.kind == "affine":
+                width = self.shapes[op.w][0]
+            elif op.kind == "dropout":
+                drops.append((op.p, (B, width)))
+        return _Frame(abuf, fwd, G, gmaps, gconst, bwd, xcopy, drops)
 
     def objective(self, xb, yb):
         M = self.n_models
@@ -776,6 +784,9 @@ class DenseStack:
             singles.append(v)
             grads.append((i, g))
         activity_at = self.activity_at
+        # each model's masks from its own generator, all of a step's at once (``masks.draw``)
+        masks = iter(draw(self.dropout_generators, fr.drops, self.flat.dtype, self.flat.device)) if (
+            training and fr.drops and self.dropout_generators is not None) else None
         if fr.xcopy is not None:
             fr.xcopy.copy_(h)
         for j, kind, a, b, dest in fr.fwd:
@@ -791,13 +802,12 @@ class DenseStack:
                 torch.sigmoid(a, out=b[0])
                 h = outputs[j] = b[1] if dest is None else dest.copy_(b[1])
             elif kind == _DROPOUT:  # torch's own recipe (same draws as nn.Dropout)
-                noise = torch.empty_like(h)
-                if self.dropout_generators is None:
-                    noise.bernoulli_(1.0 - a)
+                if masks is not None:
+                    noise = next(masks)
+                elif a == 1:  # torch: the input times zero, nothing drawn
+                    noise = torch.zeros_like(h)
                 else:
-                    for m, g in enumerate(self.dropout_generators):
-                        noise[m].bernoulli_(1.0 - a, generator=g)
-                noise.div_(1.0 - a)
+                    noise = torch.empty_like(h).bernoulli_(1.0 - a).div_(1.0 - a)
                 h = torch.mul(h, noise, out=dest)
                 outputs[j] = noise
             elif dest is not None:  # dropout in evaluation: the identity

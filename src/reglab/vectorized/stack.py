@@ -37,6 +37,7 @@ from .._lanes import LANES
 from ..attach import PenaltyPlan, constraint_sources, quiet
 from ..losses import Loss, RegularizedLoss
 from ..training.objective import model_objective
+from .masks import draw
 
 
 def _structure(reg: _regularizers.Regularizer) -> Any:
@@ -281,19 +282,9 @@ class VmapStack:
         return self._calls[key]
 
     def _noise(self, calls) -> list[torch.Tensor]:
-        """Each model's masks for ``calls``, from its own generator, stacked: torch's CPU recipe."""
+        """Each model's masks for ``calls``, from its own generator, stacked (``masks.draw``)."""
         p0 = self.params[0]
-        out = []
-        for d, shape in calls:
-            noise = torch.empty((self.n_models,) + tuple(shape), dtype=p0.dtype, device=p0.device)
-            if d.p == 1:  # torch: the input times zero, nothing drawn
-                noise.zero_()
-            elif noise.numel():
-                for m, g in enumerate(self.dropout_generators):
-                    noise[m].bernoulli_(1.0 - d.p, generator=g)
-                noise.div_(1.0 - d.p)
-            out.append(noise)
-        return out
+        return draw(self.dropout_generators, [(d.p, shape) for d, shape in calls], p0.dtype, p0.device)
 
     def objective(self, xb, yb):
         in_x = 0 if xb.dim() == self.x_dim + 1 else None
