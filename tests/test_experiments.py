@@ -751,10 +751,14 @@ def test_two_workers_give_one_worker_results_and_concurrent_runs_share_groups(tm
     rows = {o: {r["run_id"]: (r["metrics"], r["history"]) for r in load_runs(tmp_path / o)} for o in ("one", "two")}
     assert rows["one"] == rows["two"] and len(rows["one"]) == 4
     # another process holds tiny_b's lock: this run trains tiny, then waits for tiny_b, which
-    # the other process "finishes" (copies in) before it releases the lock
-    out = tmp_path / "shared"
-    key = b.digest() + "/" + b.name
-    script = f"""
+    # the other process "finishes" (copies in) before it releases the lock -- with one worker,
+    # and with two (where the pool's thread claims for the helper and meets the lock)
+    import sys
+
+    for workers in (1, 2):
+        out = tmp_path / f"shared{workers}"
+        key = b.digest() + "/" + b.name
+        script = f"""
 import shutil, sys, time
 from reglab.experiments.locks import GroupLocks
 locks = GroupLocks({str(out)!r})
@@ -764,14 +768,13 @@ time.sleep(1.5)
 shutil.copytree({str(tmp_path / "one" / "runs" / "tiny_b")!r}, {str(out / "runs" / "tiny_b")!r})
 locks.release_all()
 """
-    import sys
-
-    other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert other.stdout.readline().strip() == "held"
-    info = execute(units, out, progress=False, workers=1)
-    assert other.wait(timeout=60) == 0
-    assert info["trained"] == 2 and info["skipped"] == 2  # tiny_b came from the other run
-    assert {r["run_id"] for r in load_runs(out)} == set(rows["one"])
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "held"
+        info = execute(units, out, progress=False, workers=workers)
+        assert other.wait(timeout=60) == 0
+        assert info["trained"] == 2 and info["skipped"] == 2, workers  # tiny_b came from the other run
+        assert {r["run_id"] for r in load_runs(out)} == set(rows["one"])
+        assert not list((out / "locks").glob("*.lock")) or GroupLocks(out).try_acquire(a.digest() + "/" + a.name)
 
 
 def test_a_finished_run_reloads_from_its_experiment_file_without_pickle(tmp_path):

@@ -28,7 +28,8 @@ class GroupLocks:
     def _lock(self, key: str) -> FileLock:
         name = hashlib.sha256(key.encode()).hexdigest()[:24]
         self.folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.folder / f"{name}.lock"))
+        # not thread-local: a lock this object took is released by it from any thread
+        return FileLock(str(self.folder / f"{name}.lock"), thread_local=False)
 
     def try_acquire(self, key: str) -> bool:
         """Take the group's lock if no other process holds it."""

@@ -468,8 +468,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     not arithmetic, so two cores train two groups in the time of one. ``threads`` is passed to
     every group's ``fit_many`` (None: the thread rule, capped by that share). The
     tasks go costliest first (estimated: ``_group_cost``), to this process as to the helpers, so
-    the last to finish are the cheapest and the processes end close together; each helper has one
-    task queued ahead, so none waits while this process trains. ``side_tasks``
+    the last to finish are the cheapest and the processes end close together. A helper gets its
+    next task the moment it finishes one, claimed and sent from the pool's thread while this
+    process trains; nothing is handed to a helper before it is free, so at the end no task waits
+    on a busy helper while this process idles. ``side_tasks``
     (picklable ``(function, args)``, e.g. a regularization path) are scheduled first; their
     results are returned in ``"side"``, in order.
 
@@ -490,6 +492,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     """
     import collections
     import concurrent.futures as cf
+    import threading
 
     from tqdm.auto import tqdm
 
@@ -549,9 +552,20 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     running: dict[cf.Future, _Task] = {}
     t0 = time.perf_counter()
 
-    def claim(task: _Task, wait: bool = False) -> _Task | None:
+    # With helpers (local backend), a helper gets its next task the moment it finishes one: its
+    # future's done-callback, in the pool's thread, claims and sends it while this process trains
+    # (``feed``). ``handoff`` guards what both threads touch: the line of tasks, ``running``,
+    # ``waiting``, the locks, the counts. A task whose group rule is not known yet stays for this
+    # thread (``group_rule`` builds a model, drawing from the global generator this thread's
+    # training may use).
+    handoff = threading.RLock()
+    stop = threading.Event()
+
+    def claim(task: _Task, wait: bool = False, ahead: bool = False) -> _Task | None:
         """The task with its lock held and only its unfinished units, or None (nothing to do, or
-        another process holds it: then it waits in ``waiting``)."""
+        another process holds it: then it waits in ``waiting``; ``ahead``, from the pool's
+        thread: also where its rule would have to be found, and then it goes back to the front
+        of the line). Called with ``handoff`` held."""
         if task.units is None:
             return task
         if wait:
@@ -561,6 +575,11 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             return None
         todo = [u for u in task.units if u.seed in set(task.written)]
         left = [u for u in todo if not u.done(out)]  # another run may have finished some
+        if ahead and left and not (len(left) > 1 and len(left) == len(task.planned)) and \
+                left[0].spec.digest() not in rules:
+            locks.release(task.key)
+            tasks.appendleft(task)
+            return None
         for u in left:
             u.clear_partial(out)
         counts["skipped"] += len(todo) - len(left)
@@ -574,20 +593,49 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         if task.units is None:
             side[task.side[0]] = result
             return
-        locks.release(task.key)
-        counts["trained"] += len(task.written)
-        bar.update(len(task.written))
+        with handoff:
+            locks.release(task.key)
+            counts["trained"] += len(task.written)
+            bar.update(len(task.written))
         if on_group_done is not None:
             on_group_done(task.units[0].spec, task.written)
 
+    def busy() -> int:
+        return sum(not f.done() for f in running)
+
+    def feed(_done: cf.Future | None = None) -> None:
+        """Claim and send tasks to the helpers that have none."""
+        with handoff:
+            while tasks and not stop.is_set() and busy() < n_helpers:
+                head = tasks[0]
+                task = claim(tasks.popleft(), ahead=True)
+                if task is not None:
+                    send(task)
+                elif tasks and tasks[0] is head:
+                    break  # its rule is to be found: left for this thread
+
+    def quiet_feed(f: cf.Future) -> None:
+        try:
+            feed(f)
+        except BaseException:  # this thread's own feed() raises it again
+            pass
+
     def collect(block: bool) -> None:
-        done, _ = cf.wait(list(running), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
+        with handoff:
+            futures = list(running)
+        done, _ = cf.wait(futures, timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
         for f in done:
-            finish(running.pop(f), f.result())  # re-raises a helper's error; finished groups stay written
+            with handoff:
+                task = running.pop(f)
+            finish(task, f.result())  # re-raises a helper's error; finished groups stay written
 
     def send(task: _Task) -> None:
         fn, args = task.call(out, threads)
-        running[pool_submit(fn, *args)] = task
+        with handoff:
+            f = pool_submit(fn, *args)
+            running[f] = task
+        if here:
+            f.add_done_callback(quiet_feed)
 
     def run_here(task: _Task) -> None:
         fn, args = task.call(out, threads)
@@ -600,29 +648,37 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         while tasks or running or waiting:
             if pool is not None:
                 collect(block=False)
-                while tasks and len(running) <= n_helpers:  # one queued ahead: no helper waits on us
-                    task = claim(tasks.popleft())
-                    if task is not None:
-                        send(task)
-            if tasks and here:
-                task = claim(tasks.popleft())  # the costliest left, as the helpers
-                if task is not None:
-                    run_here(task)
+                if here:
+                    feed()
+                else:
+                    while tasks and len(running) <= n_helpers:  # one queued ahead: no worker waits
+                        task = claim(tasks.popleft())
+                        if task is not None:
+                            send(task)
+            with handoff:
+                task = claim(tasks.popleft()) if here and tasks else None  # the costliest left, as the helpers
+            if task is not None:
+                run_here(task)
+            elif here and tasks:
+                continue
             elif running:
                 collect(block=True)
             elif waiting:
-                task = claim(waiting.pop(0), wait=True)
+                with handoff:
+                    task = claim(waiting.pop(0), wait=True)
                 if task is not None and here:
                     run_here(task)
                 elif task is not None:
                     send(task)
     except BaseException:
+        stop.set()
         if pool is not None:
-            for f in running:
+            for f in list(running):
                 f.cancel()
             pool_interrupt()
         raise
     finally:
+        stop.set()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         locks.release_all()
