@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import os
-from pathlib import Path
 from typing import Any
 
 class RayBackendError(ValueError):
