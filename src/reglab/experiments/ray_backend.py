@@ -26,6 +26,7 @@ import concurrent.futures as cf
 import os
 from typing import Any
 
+
 class RayBackendError(ValueError):
     """The Ray backend cannot run this study as asked (said before any task starts)."""
 
