@@ -604,21 +604,33 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         return sum(not f.done() for f in running)
 
     def feed(_done: cf.Future | None = None) -> None:
-        """Claim and send tasks to the helpers that have none."""
+        """Claim and send tasks to the helpers that have none. A task whose claim or send fails
+        goes back to the front of the line, its lock released, and the error is raised (in the
+        pool's thread it is kept for this thread, ``feed_errors``)."""
         with handoff:
             while tasks and not stop.is_set() and busy() < n_helpers:
-                head = tasks[0]
-                task = claim(tasks.popleft(), ahead=True)
-                if task is not None:
-                    send(task)
-                elif tasks and tasks[0] is head:
+                head = tasks.popleft()
+                try:
+                    task = claim(head, ahead=True)
+                    if task is not None:
+                        send(task)
+                except BaseException:
+                    if head.units is not None:
+                        locks.release(head.key)
+                    tasks.appendleft(head)
+                    raise
+                if task is None and tasks and tasks[0] is head:
                     break  # its rule is to be found: left for this thread
 
+    feed_errors: list[BaseException] = []
+
     def quiet_feed(f: cf.Future) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return  # a helper failed: this thread collects it and stops the run; nothing more is sent
         try:
             feed(f)
-        except BaseException:  # this thread's own feed() raises it again
-            pass
+        except BaseException as e:  # noqa: BLE001 (raised in this thread by the loop)
+            feed_errors.append(e)
 
     def collect(block: bool) -> None:
         with handoff:
@@ -646,6 +658,8 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
     try:
         while tasks or running or waiting:
+            if feed_errors:
+                raise feed_errors[0]
             if pool is not None:
                 collect(block=False)
                 if here:

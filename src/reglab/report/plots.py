@@ -13,6 +13,7 @@ from .summary import RowSummary
 
 matplotlib.use("Agg")  # files only; pyplot is imported after this, inside the functions' module scope
 import matplotlib.pyplot as plt  # noqa: E402  (must follow use("Agg"))
+from matplotlib.font_manager import FontProperties  # noqa: E402
 
 
 
@@ -22,7 +23,7 @@ def _lit(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
-__all__ = ["save", "grid", "forest", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
+__all__ = ["save", "grid", "tick_inches", "forest", "curves", "histories", "boundaries", "activation_histograms", "weight_histograms", "path_plot"]
 
 
 def _band(ax, arr: np.ndarray, color: str, label: str, dashed: bool = False) -> None:
@@ -60,6 +61,18 @@ def save(fig, path: Path, layout: dict[str, float] | None = None) -> Path:
     fig.savefig(path, dpi=144)
     plt.close(fig)
     return path
+
+
+def tick_inches(ax, fontsize: float, axis: str = "y") -> float:
+    """The width in inches of ``ax``'s widest tick label on ``axis``, estimated without drawing:
+    its formatter's labels for the ticks inside the limits, at 0.65 em a character (DejaVu Sans
+    digits are 0.64 em, its minus sign 0.84). For a fixed layout's margins (linear axes)."""
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = sorted(ax.get_ylim() if axis == "y" else ax.get_xlim())
+    ticks = [t for t in a.get_majorticklocs() if lo <= t <= hi]
+    fmt = a.get_major_formatter()
+    fmt.set_locs(ticks)
+    return max((len(t) for t in fmt.format_ticks(ticks)), default=1) * 0.65 * fontsize / 72
 
 
 def grid(fig, rows: int, cols: int, left: float, right: float, bottom: float, top: float, wgap: float,
@@ -113,9 +126,13 @@ def curves(items: list[tuple[str, dict[str, np.ndarray]]], loss: str, path: Path
         ax.set_xlabel("epoch", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, fontsize=8)
-    # the legend row (0.3 in) above the first row's titles; y tick labels only in the first column
-    return save(fig, path, dict(rows=rows, cols=cols, left=0.6, right=0.1, bottom=0.45, top=0.6, wgap=0.12,
-                                hgap=0.45))
+    # the legend row (0.3 in) above the first row's titles; y tick labels (7 pt) and the y label
+    # (8 pt) only in the first column
+    shown = axes.ravel()[:len(items)]
+    left = max(tick_inches(ax, 7) for ax in axes[:, 0]) + 0.42
+    xw = max(tick_inches(ax, 7, "x") for ax in shown)  # edge x tick labels reach half out of a panel
+    return save(fig, path, dict(rows=rows, cols=cols, left=left, right=max(0.1, xw / 2 + 0.05), bottom=0.45, top=0.6,
+                                wgap=max(0.12, xw + 0.05), hgap=0.45))
 
 
 def boundaries(items: list[tuple[str, dict[str, np.ndarray], int]], path: Path) -> Path:
@@ -143,8 +160,13 @@ def boundaries(items: list[tuple[str, dict[str, np.ndarray], int]], path: Path) 
         if c:
             ax.tick_params(labelleft=False)
             ax.set_ylabel("")
-    return save(fig, path, dict(rows=rows, cols=cols, left=0.7, right=0.1, bottom=0.5, top=0.3, wgap=0.12,
-                                hgap=0.3))
+    # y tick labels and the y label (7 pt) in the first column; gaps and a right margin wide enough
+    # for the edge x tick labels, which reach half out of their panel
+    size = FontProperties(size=plt.rcParams["ytick.labelsize"]).get_size_in_points()
+    left = max(tick_inches(ax, size) for ax in axes[:, 0]) + 0.42
+    xw = max(tick_inches(ax, size, "x") for ax in axes.ravel()[:len(items)])
+    return save(fig, path, dict(rows=rows, cols=cols, left=left, right=max(0.15, xw / 2 + 0.05), bottom=0.5, top=0.3,
+                                wgap=max(0.3, xw + 0.1), hgap=0.3))
 
 
 def _boundary(ax, key: str, arrays: dict[str, np.ndarray], seed: int) -> None:
@@ -177,7 +199,7 @@ def activation_histograms(items: list[tuple[str, dict]], rho: float | None, path
         ax.set_title(_lit(label), fontsize=9)
         ax.set_xlabel("activation")
         ax.legend(fontsize=8, frameon=False)
-    return save(fig, path, dict(rows=1, cols=len(items), left=0.6, right=0.15, bottom=0.5, top=0.3, wgap=0.65,
+    return save(fig, path, dict(rows=1, cols=len(items), left=0.6, right=0.35, bottom=0.5, top=0.3, wgap=0.75,
                                 hgap=0.0))
 
 
