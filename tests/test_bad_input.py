@@ -75,6 +75,8 @@ BAD_FILES = {
         _r('loss = "binary_crossentropy"',
            'loss = {name = "regularized", data_loss = "binary_crossentropy", codes = [2], strength = 0.001}'),
         ["codes"]),
+    # a linear output (logits) with a loss that expects probabilities: fit's own check, before training
+    "16_logits_with_probability_loss": (_r(LAST, "units = 1"), ["train.loss", "probabilities", "sigmoid"]),
 }
 
 

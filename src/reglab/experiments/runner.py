@@ -35,6 +35,7 @@ from ..diagnostics.evaluate import predict
 from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
+from ..training.fit import PROBE, check_targets_and_outputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
 from .code import file_sha256
@@ -160,7 +161,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         p0 = next(model.parameters(), None)
         if p0 is None:
             raise ConfigError(f"{spec.path}: model: the model has no parameters")
-        xb = torch.as_tensor(np.asarray(sp.x_train[:2])).to(p0.dtype)
+        xb = torch.as_tensor(np.asarray(sp.x_train[:PROBE])).to(p0.dtype)  # as many as fit probes
         try:
             with torch.no_grad():
                 model.eval()
@@ -178,12 +179,17 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
                      if "layers" in spec.config["model"] else "model")
             raise ConfigError(f"{spec.path}: {where}: the model outputs {width} value(s) per example but the "
                               f"{sp.task} task of the data needs {hint}")
-        yb = torch.as_tensor(np.asarray(sp.y_train[:2]))
+        yb = torch.as_tensor(np.asarray(sp.y_train[:len(xb)]))
         try:
             loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
         except ValueError as e:
-            raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for 2 examples does not fit the "
-                              f"{sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
+            raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for {len(xb)} examples does not "
+                              f"fit the {sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
+        try:  # fit's own check: labels in range, probabilities where the loss wants them
+            check_targets_and_outputs(loss, pred, torch.as_tensor(np.asarray(sp.y_train)).to(p0.dtype))
+        except ValueError as e:
+            hint = (f' (here: loss = {{name = "{loss.name}", from_logits = true}})' if "from_logits" in str(e) else "")
+            raise ConfigError(f"{spec.path}: train.loss: {e}{hint}") from None
         _check_constraints(spec, model)
         es = spec.config["train"].get("early_stopping", {})
         if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
@@ -515,6 +521,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             pending.setdefault(key, []).append(u)
     rules: dict[str, str] = {}
 
+    def rule_known(left: list[Unit], planned: list[Unit]) -> bool:
+        """Whether ``rule`` can answer without ``group_rule`` (which builds a model)."""
+        return len(left) > 1 and len(left) == len(planned) or left[0].spec.digest() in rules
+
     def rule(left: list[Unit], planned: list[Unit]) -> str:
         if len(left) > 1 and len(left) == len(planned):
             return "any"  # a whole group of two or more: its numbers under every rule
@@ -575,8 +585,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             return None
         todo = [u for u in task.units if u.seed in set(task.written)]
         left = [u for u in todo if not u.done(out)]  # another run may have finished some
-        if ahead and left and not (len(left) > 1 and len(left) == len(task.planned)) and \
-                left[0].spec.digest() not in rules:
+        if ahead and left and not rule_known(left, task.planned):
             locks.release(task.key)
             tasks.appendleft(task)
             return None
