@@ -87,21 +87,27 @@ def _check_writable(out: Path) -> None:
         raise click.ClickException(f"{out}: the output folder is not writable: {e}") from None
 
 
-def _pooled(workers: int) -> None:
-    """With more than one worker every training process gets its share of the cores
-    (``reglab.threads.per_worker``; ``--threads`` wins); this one is set so before it first uses
+def _start(workers: int = 1) -> None:
+    """What a command that trains or reports does first. With more than one worker the helpers
+    start now (``helpers.prestart``), before this process imports torch: they import while it
+    does and while it loads and checks the experiments. Every training process gets its share of
+    the cores (``reglab.threads.per_worker``; ``--threads`` wins), this one before it first uses
     torch: a process that has run torch ops on two threads trains slower (measured 30%) after
-    switching to one. The helpers start now, importing while this process loads and checks the
-    experiments (``helpers.prestart``)."""
-    if workers > 1:
-        import torch
+    switching to one. Denormals are flushed (``reglab.training.engine._FlushDenormals``)."""
+    from . import threads
 
-        from . import threads
+    share = threads.explicit() or (threads.per_worker(workers) if workers > 1 else None)
+    if workers > 1:
         from .experiments.helpers import prestart
 
-        share = threads.explicit() or threads.per_worker(workers)
-        torch.set_num_threads(share)
         prestart(workers - 1, share)
+    import torch
+
+    from .training.engine import keep_flushing_denormals
+
+    keep_flushing_denormals()
+    if share is not None:
+        torch.set_num_threads(share)
 
 
 def _backend_options(f):
@@ -172,14 +178,11 @@ def _threads_option(f):
 
 
 def _set_threads(threads: int | None) -> None:
-    """The explicit thread count for this process and every process it starts (``reglab.threads``)."""
+    """The explicit thread count for this process and every process it starts (``reglab.threads``);
+    ``_start`` sets torch to it."""
     from . import threads as _threads
 
     _threads.set_explicit(threads)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 @click.group()
@@ -187,10 +190,10 @@ def _set_threads(threads: int | None) -> None:
 @_threads_option
 def main(threads: int | None) -> None:
     """Regularize PyTorch models the Keras way, and measure what regularization does."""
-    from .training.engine import keep_flushing_denormals
+    from .experiments.helpers import skip_final_collection
 
-    keep_flushing_denormals()  # see reglab.training.engine._FlushDenormals
-    _set_threads(threads)
+    skip_final_collection()
+    _set_threads(threads)  # light: torch is imported by the command (``_start``), after any helpers start
 
 
 @main.command("list")
@@ -226,12 +229,12 @@ def list_cmd(paths: tuple[str, ...]) -> None:
 def run(paths, seeds, out, baselines, workers, progress, backend, address, threads) -> None:
     """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
     skipping finished runs; writes OUT/results.csv."""
+    if threads is not None:
+        _set_threads(threads)
+    _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.results import write_results_csv
     from .experiments.runner import plan_units
 
-    if threads is not None:
-        _set_threads(threads)
-    _pooled(workers if backend == "local" else 1)
     specs = _load(paths)
     _prepare(specs, baselines)
     units = plan_units(specs, seeds, baselines)
@@ -254,6 +257,7 @@ def report(out, study_dir) -> None:
     from .experiments.study import load_study
     from .report.render import write_report
 
+    _start()
     kw = {}
     if study_dir is not None:
         try:
@@ -298,6 +302,7 @@ def path(path, strengths, seeds, out) -> None:
     hparams()) replaced by each value of --strengths; lambda chosen on the validation split."""
     from .experiments.path import regularization_path
 
+    _start()
     specs = _load((path,))
     if len(specs) != 1:
         raise click.ClickException(f"{path}: a path needs an experiment without [[sweep]] ({len(specs)} grid points)")
@@ -322,16 +327,16 @@ def path(path, strengths, seeds, out) -> None:
 def study(study_dir, seeds, out, workers, progress, backend, address, threads) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
+    t0 = time.perf_counter()
+    if threads is not None:
+        _set_threads(threads)
+    _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.path import path_file, path_key, regularization_path
     from .experiments.runner import plan_units
     from .experiments.schema import ConfigError
     from .experiments.study import analysis_key, load_study, reusable, run_analysis
     from .report.render import write_report
 
-    if threads is not None:
-        _set_threads(threads)
-    t0 = time.perf_counter()
-    _pooled(workers if backend == "local" else 1)
     if study_dir is None:
         pointer = Path("studies") / "default"
         if not pointer.is_file():

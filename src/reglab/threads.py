@@ -30,10 +30,11 @@ import contextlib
 import math
 import os
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 #: floating-point operations per optimizer step from which a second thread pays: measured on
 #: a small CNN and a deep-MLP stack, alone and in groups of 20 (``benchmarks/bench_threads.py``, RESULTS.md)
@@ -153,6 +154,8 @@ def decide(threads: int | None, model: nn.Module, example: torch.Tensor | None, 
     """The thread count of a run: ``threads`` when given (else ``set_explicit``'s), else the rule (``choose``) for ``n_models``
     copies of ``model`` stepping on batches of ``batch_size`` (``example``: one input with its batch
     axis, or None when unknown). The work is only counted when more than one thread is possible."""
+    import torch  # here, not at the top: the CLI reads this module's rule before it imports torch
+
     threads = check(threads) if threads is not None else _explicit
     if threads is not None:
         return threads
@@ -166,6 +169,8 @@ def decide(threads: int | None, model: nn.Module, example: torch.Tensor | None, 
 @contextlib.contextmanager
 def using(n: int) -> Iterator[None]:
     """torch's intra-op thread count set to ``n`` inside, restored after."""
+    import torch
+
     before = torch.get_num_threads()
     if n != before:
         torch.set_num_threads(n)

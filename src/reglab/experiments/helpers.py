@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-__all__ = ["helper_pool", "interrupt", "run_task", "submit", "prestart"]
+__all__ = ["helper_pool", "interrupt", "run_task", "submit", "prestart", "skip_final_collection"]
 
 _POLL_S = 0.5
 _busy = False
@@ -57,10 +57,29 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init(parent: int, threads: int, explicit: int | None = None) -> None:
+    skip_final_collection()
     signal.signal(signal.SIGINT, _on_sigint)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit() for the start-up
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="reglab-parent-watch").start()
     set_up_trainer(threads, explicit)
+
+
+def skip_final_collection() -> None:
+    """At exit, before the interpreter's final garbage collections, move every object to the
+    permanent generation (``gc.freeze``), so the process ends without walking the millions of
+    objects torch and its compiler stack made (1.3-1.9 s measured here, on the critical path:
+    the pool's shutdown waits for its helpers, the shell for the CLI). Only cyclic garbage left
+    at exit goes uncollected; reglab closes its files with ``with``."""
+    import atexit
+    import gc
+
+    global _final_collection_skipped
+    if not _final_collection_skipped:
+        atexit.register(gc.freeze)
+        _final_collection_skipped = True
+
+
+_final_collection_skipped = False
 
 
 def set_up_trainer(threads: int, explicit: int | None) -> None:

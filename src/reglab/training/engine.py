@@ -445,15 +445,16 @@ def run(
                 break
             tr = (acc / seen).cpu().numpy().astype(np.float64)
             tr = _with_totals(tr, correct is not None)
-            logs = [dict() for _ in range(M)]
             keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if correct is not None else []) + [
                 f"penalty/{n}" for n in names]
-            for i in range(M):
-                logs[i] = {k: float(tr[j, i]) for j, k in enumerate(keys)}
+            # per model, its row of Python floats (one tolist for the stack, not M x K float() calls)
+            logs = [dict(zip(keys, row)) for row in tr.T.tolist()]
             if val is not None:
                 vl = evaluate_stack(stack, val, batch_size)
-                for i in range(M):
-                    logs[i].update({k: float(v[i]) for k, v in vl.items()})
+                if vl:
+                    vkeys = list(vl)
+                    for lg, row in zip(logs, np.stack([vl[k] for k in vkeys], 1).tolist()):
+                        lg.update(zip(vkeys, row))
             for i in np.flatnonzero(active):
                 histories[i].append(epoch, logs[i])
             for cb in callbacks:

@@ -47,12 +47,18 @@ class History:
 
     # -- building
     def append(self, epoch: int, logs: Mapping[str, float]) -> None:
-        n = len(self.epoch)
-        for k in logs:
-            if k not in self.history:
-                self.history[k] = [math.nan] * n
-        for k, col in self.history.items():
-            col.append(float(logs.get(k, math.nan)))
+        h = self.history
+        if logs.keys() != h.keys():  # a new key (NaN before this epoch) or a missing one (NaN now)
+            n = len(self.epoch)
+            for k in logs:
+                if k not in h:
+                    h[k] = [math.nan] * n
+            get = logs.get
+            for k, col in h.items():
+                col.append(float(get(k, math.nan)))
+        else:
+            for k, col in h.items():
+                col.append(float(logs[k]))
         self.epoch.append(int(epoch))
 
     # -- reading
