@@ -289,3 +289,49 @@ def test_a_diverging_model_fails_alone_for_every_loss(loss, out_act):
     m = build(1e-3)
     with pytest.raises(reglab.TrainingDiverged):
         reglab.fit(m, ds.x_train, y, **{**kw, "optimizer": {"name": "sgd", "learning_rate": 1e12}, "epochs": 5})
+
+
+@pytest.mark.parametrize("seeds,grid", [([0, 1, 2, 3], [{"l2": 1e-4}, {"l2": 3e-2}]), ([5, 1], [{"l2": 1e-4}])])
+def test_stopped_models_leave_the_stack_and_the_others_train_on_bit_for_bit(monkeypatch, seeds, grid):
+    # 8 (or 2) models with their own data, dropout, an L2 strength each and early stopping with restored
+    # best weights stop at different epochs; once a quarter of the stack has stopped the engine
+    # goes on with the others' rows only (DenseStack.keep). Each model must still equal `fit` of
+    # it alone, bit for bit, history and weights, and the stopped ones keep their best weights.
+    from reglab.vectorized.dense import DenseStack
+
+    kept = []
+    real_keep = DenseStack.keep
+
+    def spy(self, rows, snap=None):
+        kept.append((self.n_models, len(rows)))
+        return real_keep(self, rows, snap)
+
+    monkeypatch.setattr(DenseStack, "keep", spy)
+    M = len(seeds) * len(grid)
+    sets = [blobs(s) for s in range(M)]
+
+    def build(l2=0.0):
+        return reglab.models.mlp(2, [dict(units=16, activation="relu", kernel_regularizer=reglab.L2(l2), dropout=0.2),
+                                     dict(units=8, activation="relu"), dict(units=1, activation="sigmoid")])
+
+    stopper = dict(patience=3, restore_best_weights=True, start_from_epoch=2)
+    common = dict(loss="binary_crossentropy", optimizer={"name": "adam", "learning_rate": 0.01}, epochs=60,
+                  batch_size=32, progress=False)
+    res = fit_many(build, [d[0] for d in sets], [d[1] for d in sets], seeds=seeds, grid=grid,
+                   validation_data=([d[2] for d in sets], [d[3] for d in sets]),
+                   callbacks=[EarlyStopping(**stopper)], threads=1, **common)
+    assert res.engine == "dense"
+    assert kept and kept[0][0] == M and all(n > k for n, k in kept)  # rows dropped (down to one model with 2)
+    runs = [len(h) for h in res.histories]
+    assert min(runs) < max(runs) <= 60
+    for i, (cfg, h, m) in enumerate(zip(res.configs, res.histories, res.models)):
+        torch.manual_seed(cfg["seed"])
+        alone = build(cfg["l2"])
+        ha = fit(alone, sets[i][0], sets[i][1], validation_data=(sets[i][2], sets[i][3]), seed=cfg["seed"],
+                 callbacks=[EarlyStopping(**stopper)], threads=1, **common)
+        assert h.keys() == ha.keys() and len(h) == len(ha), i
+        for k in h.keys():
+            np.testing.assert_array_equal(h[k], ha[k], err_msg=f"model {i}: {k}")
+        assert h.meta["best_epoch"] == ha.meta["best_epoch"] and h.meta["stopped_epoch"] == ha.meta["stopped_epoch"]
+        for p, q in zip(alone.parameters(), m.parameters()):
+            np.testing.assert_array_equal(p.detach().numpy(), q.detach().numpy(), err_msg=f"model {i}")

@@ -8,7 +8,10 @@ under ``torch.vmap``, used by ``fit_many`` otherwise).
 The loop asks the stack for per-model objectives, steps the optimizer, applies constraints and
 keeps, per model, the epoch statistics that become its ``History``. Everything per model is an
 array of shape ``(M,)``: finished (early-stopped) and failed (diverged) models are frozen while
-the others go on.
+the others go on; a stack that can (``keep``) drops their rows once a quarter of its models have
+stopped, so a 20-seed early-stopping group costs the epochs its models run, not 20 times the
+longest (the lecture's: 1178 of 4000 model-epochs; its group trained in 2.3-2.5 s, 4.4-5.6 s
+before).
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ class Stack(Protocol):
     training forward pass updates, e.g. batch-norm statistics: held, like ``params``, for models
     that stopped or failed), ``applies_constraints = True`` (the optimizer steps only the stack's
     own buffers and ``after_step`` projects every constrained weight: ``reglab.constrain``'s
-    step hook skips that optimizer)."""
+    step hook skips that optimizer), ``keep(rows, snap)`` (a stack of those rows' models only,
+    whose numbers are those they would have had here, and ``snap``'s rows; its ``params`` are
+    this stack's tensors, now with only those rows, so the optimizer steps them on once the loop
+    has sliced its state)."""
 
     n_models: int
     params: list[torch.Tensor]
@@ -89,6 +95,13 @@ class ArrayData:
     @property
     def n(self) -> int:
         return self.x.shape[1] if self.per_model else self.x.shape[0]
+
+    def rows(self, take: torch.Tensor) -> ArrayData:
+        """The data of the models ``take`` (per-model data; shared data serves any models)."""
+        if not self.per_model:
+            return self
+        return ArrayData(self.x.index_select(0, take.to(self.x.device)), self.y.index_select(0, take.to(self.y.device)),
+                         per_model=True)
 
     def example(self) -> torch.Tensor:
         """One input, with its batch axis (what ``reglab.threads.step_work`` runs)."""
@@ -297,6 +310,7 @@ class LoopResult:
     histories: list[History]
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
+    stack: Any = None  # the stack that trained last (``Stack.keep`` may have replaced the one given)
 
 
 def _permutations(gens: list[torch.Generator], n: int, device) -> torch.Tensor:
@@ -330,6 +344,8 @@ def run(
         g.manual_seed(int(s) if s is not None else int(torch.randint(0, 2**62, ()).item()))
         gens.append(g)
     histories = [History() for _ in range(M)]
+    every = histories  # by model; ``histories``, ``gens``, ``active`` follow the stack's rows
+    ids = np.arange(M)  # each stack row's model (rows go once their models stop: ``compact``)
     active = np.ones(M, dtype=bool)
     failed: dict[int, dict[str, Any]] = {}
     frozen_any = False
@@ -346,6 +362,30 @@ def run(
     grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
     if getattr(stack, "applies_constraints", False):
         engine_owned(optimizer)
+    # a stack that can drop rows does so once a quarter of its models (at least one) have stopped
+    # or failed, so they cost nothing more (``Stack.keep``); not with callbacks, which see row 0
+    can_compact = hasattr(stack, "keep") and not callbacks and not buffers and M > 1
+
+    def compact() -> None:
+        """Go on with the active models' rows only: the stack's (``keep``), the optimizer state's,
+        the data's and the shuffling generators'. Stopped models keep their weights, their best
+        ones where those are restored (as at the end)."""
+        nonlocal stack, best, gens, train, val, histories, ids, active, frozen_any
+        rows = np.flatnonzero(active)
+        if best is not None and early_stopping.restore_best_weights:
+            stack.restore(best, ~active & early_stopping.has_best_weights[ids])
+        state = optimizer.state_dict()
+        n, take = len(ids), torch.as_tensor(rows)
+        for per_param in state["state"].values():
+            for k, v in per_param.items():
+                if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
+                    per_param[k] = v.index_select(0, take.to(v.device))
+        stack, best = stack.keep(rows.tolist(), best)
+        optimizer.load_state_dict(state)
+        gens = [gens[i] for i in rows]
+        train, val = (d.rows(take) if isinstance(d, ArrayData) else d for d in (train, val))
+        histories = [histories[i] for i in rows]
+        ids, active, frozen_any = ids[rows], active[rows], False
 
     def check_finite(table: torch.Tensor, epoch: int, b: int, total: torch.Tensor, pens,
                      where: str | None = None) -> None:
@@ -364,14 +404,14 @@ def run(
             state = stack.snapshot()
             if not stack.all_finite().all():
                 state = epoch_start
-                stack.restore(state, np.ones(M, dtype=bool))
+                stack.restore(state, np.ones(stack.n_models, dtype=bool))
             raise TrainingDiverged(
                 f"training diverged {where or f'at epoch {epoch} (0-based), batch {b}'}: {what} became "
                 f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
                 "weights are kept on this exception (.history, .state_dict) and in the model",
                 histories[0], stack.state_dict(state), epoch, b)
         for i in np.flatnonzero(newly):
-            failed[int(i)] = {"epoch": epoch, "batch": b, "value": float(total[i])}
+            failed[int(ids[i])] = {"epoch": epoch, "batch": b, "value": float(total[i])}
         broken = newly & ~stack.all_finite()
         if broken.any():  # keep the epoch-start weights of models whose weights are not finite
             stack.restore(epoch_start, broken)
@@ -466,7 +506,12 @@ def run(
                 if early_stopping.monitor not in logs[0]:
                     raise ValueError(f"EarlyStopping monitors {early_stopping.monitor!r}, which is not logged; "
                                      f"logged: {sorted(logs[0])}")
-                snap, stop = early_stopping.update(epoch, cur, active)
+                if len(ids) < M:  # the early stopper keeps every model's state, by model
+                    cur_all, active_all = np.full(M, math.nan), np.zeros(M, dtype=bool)
+                    cur_all[ids], active_all[ids] = cur, active
+                    snap, stop = (a[ids] for a in early_stopping.update(epoch, cur_all, active_all))
+                else:
+                    snap, stop = early_stopping.update(epoch, cur, active)
                 if best is not None and snap.any():
                     best = _merge(stack, best, snap)
                 if stop.any():
@@ -477,9 +522,11 @@ def run(
             if intr.flag:
                 interrupted = True
                 break
+            if can_compact and (~active).sum() >= max(1, len(ids) // 4):
+                compact()
     if best is not None and early_stopping is not None:
-        stack.restore(best, early_stopping.has_best_weights)
-    for i, h in enumerate(histories):
+        stack.restore(best, early_stopping.has_best_weights[ids])
+    for i, h in enumerate(every):
         if early_stopping is not None:
             h.meta["stopped_epoch"] = int(early_stopping.stopped_epoch[i])
             h.meta["best_epoch"] = int(early_stopping.best_epoch[i])
@@ -491,7 +538,7 @@ def run(
     for cb in callbacks:
         cb.on_train_end({})
     bar.close()
-    return LoopResult(histories, failed, interrupted)
+    return LoopResult(every, failed, interrupted, stack)
 
 
 def _with_totals(rows: np.ndarray, with_accuracy: bool) -> np.ndarray:

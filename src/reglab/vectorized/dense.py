@@ -391,6 +391,7 @@ class DenseStack:
         M = self.n_models = len(self.models)
         base = self.base = self.models[0]
         self.loss = losses[0]
+        self.losses = list(losses)
         self.with_accuracy = with_accuracy
         self.x_dim, self.y_dim = x_dim, y_dim
         self.ops, out_of = _ops(base)
@@ -967,6 +968,27 @@ class DenseStack:
 
     def all_finite(self) -> np.ndarray:
         return torch.isfinite(self.flat).all(1).cpu().numpy()
+
+    @torch.no_grad()
+    def keep(self, rows: Sequence[int], snap: torch.Tensor | None = None) -> tuple[DenseStack, torch.Tensor | None]:
+        """A stack of the models at ``rows`` only, with their current weights and dropout
+        streams, and ``snap``'s rows for them: the engine goes on with it once other models have
+        stopped, so those cost nothing more. A model's numbers do not depend on the models beside
+        it (``group_rule`` "any"), so the kept ones train on exactly as they would have here. The
+        others keep their current weights in their modules (``write_back``). The new stack's
+        parameter is this one's tensor, holding only the kept rows now, so the optimizer steps it
+        on (its state is sliced by the engine)."""
+        self.write_back()
+        new = DenseStack([self.models[i] for i in rows], [self.losses[i] for i in rows], self.with_accuracy,
+                         self.x_dim, self.y_dim)
+        new.train(self._training)
+        if self.dropout_generators is not None:
+            new.dropout_generators = [self.dropout_generators[i] for i in rows]
+        self.flat.data = new.flat  # the same tensor object for the optimizer; new's views share its storage
+        new.flat = self.flat
+        new.params = [self.flat]
+        kept = None if snap is None else snap[torch.as_tensor(list(rows), device=snap.device)]
+        return new, kept
 
     @torch.no_grad()
     def write_back(self) -> None:

@@ -116,7 +116,8 @@ def fit_many(
 
     ``x, y`` and ``validation_data`` are shared arrays, or lists with one array per model (same
     shapes). ``optimizer`` is a Keras name/config (an instance is bound to one model).
-    ``callbacks`` may hold one ``EarlyStopping``, applied per model. A model whose objective
+    ``callbacks`` may hold one ``EarlyStopping``, applied per model (on the Dense-stack engine a
+    stopped model leaves the stack, so it costs nothing more). A model whose objective
     becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
     CPU chunks also hold at most ``CPU_CHUNK`` (512) models, the measured sweet spot (``None``: no chunking).
@@ -232,6 +233,7 @@ def fit_many(
                                    min_delta=abs(stoppers[0].min_delta))
             res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                       seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False, desc="fit_many")
+            stack = res.stack  # the stack that trained last (the engine drops stopped models' rows)
             if hasattr(stack, "write_back"):
                 stack.write_back()
         result.histories.extend(res.histories)
