@@ -335,3 +335,50 @@ def test_stopped_models_leave_the_stack_and_the_others_train_on_bit_for_bit(monk
         assert h.meta["best_epoch"] == ha.meta["best_epoch"] and h.meta["stopped_epoch"] == ha.meta["stopped_epoch"]
         for p, q in zip(alone.parameters(), m.parameters()):
             np.testing.assert_array_equal(p.detach().numpy(), q.detach().numpy(), err_msg=f"model {i}")
+
+
+def test_dropping_rows_keeps_the_stacks_own_numbers(monkeypatch):
+    # the same group with and without dropping stopped models' rows: equal bit for bit, also where
+    # the validation pass depends on the stack's size (one pass or batch by batch: 8 models x
+    # 18,000 points x 32 units is past eval_batches' limit, 6 models are not); and a stack whose
+    # dropout masks come from one generator for all models (CUDA) keeps its rows
+    from reglab.vectorized.dense import DenseStack
+
+    rng = np.random.default_rng(0)
+    xv = rng.normal(size=(18_000, 2)).astype(np.float32)
+    yv = (xv.sum(1) > 0).astype(np.float32)[:, None]
+    sets = [blobs(s) for s in range(8)]
+
+    def build():
+        return reglab.models.mlp(2, [dict(units=32, activation="relu"), dict(units=1, activation="sigmoid")])
+
+    def train():
+        return fit_many(build, [d[0] for d in sets], [d[1] for d in sets], seeds=range(8), validation_data=(xv, yv),
+                        loss="binary_crossentropy", optimizer={"name": "adam", "learning_rate": 0.02}, epochs=25,
+                        batch_size=64, callbacks=[EarlyStopping(patience=2, min_delta=1e-3)], threads=1, progress=False)
+
+    dropped = []
+    real_keep = DenseStack.keep
+    monkeypatch.setattr(DenseStack, "keep", lambda self, rows, snap=None: dropped.append(len(rows)) or real_keep(self, rows, snap))
+    a = train()
+    assert dropped and dropped[0] <= 6 and min(len(h) for h in a.histories) < max(len(h) for h in a.histories)
+    monkeypatch.setattr(DenseStack, "can_keep", property(lambda self: False))
+    n = len(dropped)
+    b = train()
+    assert len(dropped) == n  # no rows dropped
+    for i, (ha, hb) in enumerate(zip(a.histories, b.histories)):
+        assert len(ha) == len(hb)
+        for k in ha.keys():
+            np.testing.assert_array_equal(ha[k], hb[k], err_msg=f"model {i}: {k}")
+    monkeypatch.undo()
+    model = reglab.models.mlp(2, [dict(units=4, activation="relu", dropout=0.5), dict(units=1)])
+    stack = DenseStack([model, build_twin(model)], [reglab.losses.get("mse")] * 2, False, 2, 2)
+    assert not stack.can_keep  # masks from the global generator, drawn for the whole stack
+    stack.dropout_generators = [torch.Generator(), torch.Generator()]
+    assert stack.can_keep
+
+
+def build_twin(model):
+    import copy
+
+    return copy.deepcopy(model)

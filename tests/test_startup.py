@@ -40,13 +40,15 @@ def test_every_public_name_resolves_lazily_and_star_import_gets_them_all():
         import reglab
         print(fit.__module__, L2.__name__, fit_many.__name__, load_results.__name__, reglab.threads.__name__)
         print(all(hasattr(reglab, n) for n in reglab.__all__), set(reglab.__all__) <= set(dir(reglab)))
+        print(reglab.experiments.schema.LIMITS is not None, reglab.attach.quiet.__name__, reglab.report.comparisons.__name__)
         try:
             reglab.no_such_thing
         except AttributeError as e:
             print(e)
     """).splitlines()
     assert shown == ["reglab.training.fit L2 fit_many load_results reglab.threads", "True True",
-                     "module 'reglab' has no attribute 'no_such_thing'"]
+                     "True quiet reglab.report.comparisons", "module 'reglab' has no attribute 'no_such_thing'"]
+    assert "threads" not in reglab.__all__ and "experiments" not in reglab.__all__  # star-import as before
     # the same objects as their modules'
     assert reglab.fit is reglab.training.fit and reglab.MaxNorm is reglab.constraints.MaxNorm
     assert reglab.load_comparisons is __import__("reglab.report.comparisons", fromlist=["x"]).load_comparisons

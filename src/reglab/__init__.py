@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # first: submodules read it (run ids hash it)
 
-#: the subpackages and modules the root exposes
-_MODULES = ("activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
-            "selectors", "models", "training", "diagnostics", "datasets", "vectorized", "threads")
+#: the subpackages and modules star-imported with the API
+_PUBLIC = ("activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
+           "selectors", "models", "training", "diagnostics", "datasets", "vectorized")
+#: every subpackage and module ``reglab.<name>`` reaches after a bare ``import reglab``
+_MODULES = _PUBLIC + ("threads", "attach", "experiments", "report")
 
 #: public name -> the module that defines it (relative to this package)
 _NAMES = {
@@ -33,7 +35,7 @@ _NAMES = {
     "load_comparisons": ".report.comparisons",
 }
 
-__all__ = ["__version__", *_MODULES, *_NAMES]
+__all__ = ["__version__", *_PUBLIC, *_NAMES]
 
 
 def __getattr__(name: str) -> Any:
@@ -52,8 +54,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static analysis and IDEs see
-    from . import (activations, constraints, datasets, diagnostics, initializers, layers, losses, models,
-                   optimizers, regularizers, selectors, threads, training, vectorized)
+    from . import (activations, attach, constraints, datasets, diagnostics, experiments, initializers, layers, losses,
+                   models, optimizers, regularizers, report, selectors, threads, training, vectorized)
     from .attach import (Handle, accumulate_activity, apply_constraints, apply_spec, clear_activity, constrain,
                          penalties, penalty, refresh_constraints, regularization_spec, regularize)
     from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm

@@ -105,9 +105,9 @@ def _start(workers: int = 1) -> None:
 
     from .training.engine import keep_flushing_denormals
 
-    keep_flushing_denormals()
     if share is not None:
         torch.set_num_threads(share)
+    keep_flushing_denormals()  # after: it starts torch's thread pool
 
 
 def _backend_options(f):
@@ -193,7 +193,7 @@ def main(threads: int | None) -> None:
     from .experiments.helpers import skip_final_collection
 
     skip_final_collection()
-    _set_threads(threads)  # light: torch is imported by the command (``_start``), after any helpers start
+    _set_threads(threads)  # light: a command that trains imports torch in ``_start``, after any helpers start
 
 
 @main.command("list")
@@ -253,11 +253,11 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, threa
               help="The study folder whose title, intro and sections the report carries (never read from OUT).")
 def report(out, study_dir) -> None:
     """Write report.html and report.md (and results.csv) from finished runs in OUT."""
+    _start()
     from .experiments.schema import ConfigError
     from .experiments.study import load_study
     from .report.render import write_report
 
-    _start()
     kw = {}
     if study_dir is not None:
         try:
@@ -300,9 +300,9 @@ def _strength_list(text: str) -> list[float]:
 def path(path, strengths, seeds, out) -> None:
     """Regularization path of one experiment: every strength (found through each regularizer's
     hparams()) replaced by each value of --strengths; lambda chosen on the validation split."""
+    _start()
     from .experiments.path import regularization_path
 
-    _start()
     specs = _load((path,))
     if len(specs) != 1:
         raise click.ClickException(f"{path}: a path needs an experiment without [[sweep]] ({len(specs)} grid points)")

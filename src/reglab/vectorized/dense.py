@@ -485,6 +485,7 @@ class DenseStack:
                 w = self.shapes[op.w][0]
             widths.append(w)
         self._widest = max(self.shapes[op.w][0] for op in self.ops if op.kind == "affine")  # for eval_batches
+        self._eval_models = M  # eval_batches' size rule: the first stack's M, kept by ``keep`` (same bits)
         self.activity_at: dict[int, list[tuple[str, Any, bool]]] = {}
         self.agroups: PenaltyGroups | None = None
         grouped = {}
@@ -894,7 +895,7 @@ class DenseStack:
         batch, and an element-wise activity penalty over batches b sums to
         ``sum_b bs_b * R(h_b) / bs_b = R(h_all)``. A non-decomposable activity penalty (KL
         sparsity) or a large set is evaluated batch by batch."""
-        if self._one_pass and data.n * self.n_models * self._widest <= 2**22:
+        if self._one_pass and data.n * self._eval_models * self._widest <= 2**22:
             return [(data.x, data.y, data.n)]
         return data.batches(self, batch_size, None)
 
@@ -969,12 +970,20 @@ class DenseStack:
     def all_finite(self) -> np.ndarray:
         return torch.isfinite(self.flat).all(1).cpu().numpy()
 
+    @property
+    def can_keep(self) -> bool:
+        """Whether ``keep`` leaves every kept model's numbers as they are: not where dropout masks
+        come from one generator for the whole stack (no per-model ``dropout_generators``, e.g. on
+        CUDA), as a smaller stack would then draw other masks."""
+        return self.dropout_generators is not None or not any(op.kind == "dropout" for op in self.ops)
+
     @torch.no_grad()
     def keep(self, rows: Sequence[int], snap: torch.Tensor | None = None) -> tuple[DenseStack, torch.Tensor | None]:
         """A stack of the models at ``rows`` only, with their current weights and dropout
         streams, and ``snap``'s rows for them: the engine goes on with it once other models have
         stopped, so those cost nothing more. A model's numbers do not depend on the models beside
-        it (``group_rule`` "any"), so the kept ones train on exactly as they would have here. The
+        it (``group_rule`` "any"), so the kept ones train on exactly as they would have here
+        (where ``can_keep``; ``eval_batches`` keeps this stack's rule). The
         others keep their current weights in their modules (``write_back``). The new stack's
         parameter is this one's tensor, holding only the kept rows now, so the optimizer steps it
         on (its state is sliced by the engine)."""
@@ -984,9 +993,13 @@ class DenseStack:
         new.train(self._training)
         if self.dropout_generators is not None:
             new.dropout_generators = [self.dropout_generators[i] for i in rows]
+        new._eval_models = self._eval_models
         self.flat.data = new.flat  # the same tensor object for the optimizer; new's views share its storage
         new.flat = self.flat
         new.params = [self.flat]
+        # this stack is done: its buffers go now (the caller may hold it until the loop ends)
+        self.gflat = self.gviews = self.gblocks = self._cache = None
+        self._frames = {}
         kept = None if snap is None else snap[torch.as_tensor(list(rows), device=snap.device)]
         return new, kept
 

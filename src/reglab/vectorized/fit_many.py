@@ -116,8 +116,8 @@ def fit_many(
 
     ``x, y`` and ``validation_data`` are shared arrays, or lists with one array per model (same
     shapes). ``optimizer`` is a Keras name/config (an instance is bound to one model).
-    ``callbacks`` may hold one ``EarlyStopping``, applied per model (on the Dense-stack engine a
-    stopped model leaves the stack, so it costs nothing more). A model whose objective
+    ``callbacks`` may hold one ``EarlyStopping``, applied per model (on the Dense-stack engine
+    stopped models leave the stack once a quarter of it has stopped, and then cost nothing more). A model whose objective
     becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
     CPU chunks also hold at most ``CPU_CHUNK`` (512) models, the measured sweet spot (``None``: no chunking).
