@@ -119,15 +119,14 @@ def _backend_options(f):
                         help="Where groups train: this machine's processes, or Ray tasks (pip install 'reglab[ray]').")(f)
 
 
-def _echo_failures(units, out: Path) -> None:
+def _echo_failures(units, runs: list[dict]) -> None:
     """Name each experiment with runs that diverged (kept, marked failed and left out of the
-    statistics), on stderr."""
-    from .experiments.runner import _verified
-
+    statistics), on stderr (``runs``: ``load_runs``' rows)."""
+    by_id = {(r["experiment"], Path(r["_path"]).stem): r for r in runs}  # where each unit's file lies
     failed: dict[str, list[int]] = {}
     total: dict[str, int] = {}
     for u in units:
-        row = _verified(u.path(out))
+        row = by_id.get((u.spec.name, u.run_id))
         total[u.spec.name] = total.get(u.spec.name, 0) + 1
         if row is not None and row.get("failed"):
             failed.setdefault(u.spec.name, []).append(u.seed)
@@ -139,8 +138,9 @@ def _echo_failures(units, out: Path) -> None:
 
 def _execute(units, out: Path, **kw) -> dict:
     """``execute``; on Ctrl-C, say what was kept and exit non-zero (130): finished runs stay, the
-    interrupted groups wrote nothing and are redone by the next run."""
-    from .experiments.runner import Unit, execute
+    interrupted groups wrote nothing and are redone by the next run. ``info["runs"]``: every
+    finished run under ``out`` (``load_runs``), read once for the messages and what follows."""
+    from .experiments.runner import Unit, execute, load_runs
 
     units = list(units)
     _check_writable(out)
@@ -153,7 +153,8 @@ def _execute(units, out: Path, **kw) -> dict:
             raise click.ClickException("--backend ray needs Ray: pip install 'reglab[ray]'")
     try:
         info = execute(units, out, **kw)
-        _echo_failures(units, out)
+        info["runs"] = load_runs(out)
+        _echo_failures(units, info["runs"])
         if "where" in info:
             click.echo("ran on Ray: " + (", ".join(f"{node}: {n} task(s)" for node, n in sorted(info["where"].items()))
                                          or "no task"), err=True)
@@ -242,7 +243,7 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, threa
     t0 = time.perf_counter()
     info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
-    csv = write_results_csv(out_p)
+    csv = write_results_csv(out_p, info["runs"])
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
                f"results in {out_p}/runs and {csv}")
 
@@ -369,7 +370,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
                  seeds=seeds or st.seeds, study=str(st.folder))
     paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections, margins=st.margins,
-                         methods=st.methods)
+                         methods=st.methods, runs=info["runs"])
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")
     click.echo(f"        {Path(paths['markdown']).resolve()}")

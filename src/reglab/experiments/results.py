@@ -63,8 +63,9 @@ def load_results(out: str | Path):
     return results_frame(load_runs(out))
 
 
-def write_results_csv(out: str | Path) -> Path:
-    """``out/results.csv``: the table of ``load_results`` (empty cells where a figure is missing)."""
+def write_results_csv(out: str | Path, runs: list[dict] | None = None) -> Path:
+    """``out/results.csv``: the table of ``load_results`` (empty cells where a figure is missing);
+    ``runs``: ``load_runs(out)``, where the caller has just read them."""
     p = Path(out) / "results.csv"
-    load_results(out).to_csv(p, index=False, na_rep="")
+    (load_results(out) if runs is None else results_frame(runs)).to_csv(p, index=False, na_rep="")
     return p
