@@ -565,3 +565,25 @@ def test_penalty_groups_property_sums_and_derivatives(data):
             np.testing.assert_allclose(float(vals[m, n]), float(own), rtol=1e-10, atol=1e-12)
     _assert_grad_maps_equal_autograd(pg, xs[1], layers, 1e-10)
 
+
+
+def test_keras_adam_resumed_from_its_state_dict_steps_as_the_uninterrupted_one():
+    """Keras's epsilon depends on the step count (``epsilon / sqrt(1 - beta_2**t)`` in torch's
+    form): an optimizer loaded from a state dict must go on at the saved step, not at step 1."""
+    from reglab.optimizers import KerasAdam
+
+    torch.manual_seed(0)
+    a = torch.randn(4, 3, dtype=torch.float64)
+    grads = [torch.randn(4, 3, dtype=torch.float64) * 1e-3 for _ in range(8)]
+    whole = KerasAdam([a], learning_rate=0.01, epsilon=1e-3)  # a large epsilon: its scaling shows
+    for g in grads[:5]:
+        a.grad = g.clone()
+        whole.step()
+    b = a.clone()
+    resumed = KerasAdam([b], learning_rate=0.01, epsilon=1e-3)
+    resumed.load_state_dict(copy.deepcopy(whole.state_dict()))
+    for g in grads[5:]:
+        for p, opt in ((a, whole), (b, resumed)):
+            p.grad = g.clone()
+            opt.step()
+    assert torch.equal(a, b)

@@ -65,6 +65,10 @@ class KerasAdam(torch.optim.AdamW):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._fast_lists = None  # the state tensors are new
+        # the step count Keras's epsilon scaling uses goes on from the saved state's (every
+        # parameter steps together; it was 0 here, so a resumed optimizer scaled it as at step 1)
+        steps = [float(s["step"]) for s in self.state.values() if "step" in s]
+        self._t = int(max(steps, default=0))
 
     def _fast_step(self) -> bool:
         """The same update as ``AdamW.step`` with ``fused=True``: torch's ``_fused_adamw_`` kernel
