@@ -521,13 +521,17 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             pending.setdefault(key, []).append(u)
     rules: dict[str, str] = {}
 
+    def whole(left: list[Unit], planned: list[Unit]) -> bool:
+        """A whole group of two or more: its numbers are the same under every rule."""
+        return len(left) > 1 and len(left) == len(planned)
+
     def rule_known(left: list[Unit], planned: list[Unit]) -> bool:
         """Whether ``rule`` can answer without ``group_rule`` (which builds a model)."""
-        return len(left) > 1 and len(left) == len(planned) or left[0].spec.digest() in rules
+        return whole(left, planned) or left[0].spec.digest() in rules
 
     def rule(left: list[Unit], planned: list[Unit]) -> str:
-        if len(left) > 1 and len(left) == len(planned):
-            return "any"  # a whole group of two or more: its numbers under every rule
+        if whole(left, planned):
+            return "any"
         key = left[0].spec.digest()
         if key not in rules:
             rules[key] = group_rule(left[0].spec)

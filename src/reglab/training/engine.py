@@ -372,7 +372,7 @@ def run(
         ones where those are restored (as at the end)."""
         nonlocal stack, best, gens, train, val, histories, ids, active, frozen_any
         rows = np.flatnonzero(active)
-        if best is not None and early_stopping.restore_best_weights:
+        if best is not None:  # kept only with restore_best_weights
             stack.restore(best, ~active & early_stopping.has_best_weights[ids])
         state = optimizer.state_dict()
         n, take = len(ids), torch.as_tensor(rows)
@@ -506,12 +506,10 @@ def run(
                 if early_stopping.monitor not in logs[0]:
                     raise ValueError(f"EarlyStopping monitors {early_stopping.monitor!r}, which is not logged; "
                                      f"logged: {sorted(logs[0])}")
-                if len(ids) < M:  # the early stopper keeps every model's state, by model
-                    cur_all, active_all = np.full(M, math.nan), np.zeros(M, dtype=bool)
-                    cur_all[ids], active_all[ids] = cur, active
-                    snap, stop = (a[ids] for a in early_stopping.update(epoch, cur_all, active_all))
-                else:
-                    snap, stop = early_stopping.update(epoch, cur, active)
+                # the early stopper keeps every model's state, by model (rows may have gone)
+                cur_all, active_all = np.full(M, math.nan), np.zeros(M, dtype=bool)
+                cur_all[ids], active_all[ids] = cur, active
+                snap, stop = (a[ids] for a in early_stopping.update(epoch, cur_all, active_all))
                 if best is not None and snap.any():
                     best = _merge(stack, best, snap)
                 if stop.any():
