@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -176,6 +177,18 @@ def test_bad_config_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_a_bad_file_ends_two_workers_with_its_error_alone(tmp_path):
+    """The helpers start before the files are read (``reglab run`` defaults to two workers): a
+    command that stops at a bad file shuts them down quietly -- its error is all it prints (a
+    traceback from the pool's teardown followed it before)."""
+    (tmp_path / "models.py").write_text(BUILDER)
+    p = write(tmp_path, TINY.split("[[model.layers]]")[0] + '[model]\nbuilder = "models.py:nope"\n')
+    res = subprocess.run([sys.executable, "-m", "reglab.cli", "run", str(p), "--out", str(tmp_path / "out"),
+                          "--workers", "2", "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr == f"Error: {p}: model.builder: 'models.py' has no function 'nope'\n"
+
+
 def test_errors_found_only_by_building_are_reported_before_anything_trains(tmp_path):
     (tmp_path / "models.py").write_text(BUILDER)
     out = tmp_path / "out"
@@ -335,7 +348,12 @@ def test_split_files_and_a_loader(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("a,b,target\n1,2,0\n3,nan,1\n", r"1 empty/NaN input value\(s\), the first in column 'b', line 3 of the file"),
+    ("a,b,target\n1,2,0\n3,nan,1\n", r"d.toml: data.file: '.*d.csv': 1 empty/NaN/inf input value\(s\), the first in "
+                                     r"column 'b', line 3 of the file"),
+    ("a,b,target\n1,2,0\n3,4,1\n5,inf,0\n", r"data.file: '.*d.csv': 1 empty/NaN/inf input value\(s\), the first in "
+                                           r"column 'b', line 4 of the file"),
+    ("a,b,target\n1,2,0\n3,4,\n5,6,1\n", r"data.target: '.*d.csv': 1 empty/NaN/inf target value\(s\), the first in "
+                                        r"column 'target', line 3 of the file"),
     ("a,b,target\n1,2,0\n3,?,1\n", r"non-numeric input column\(s\) \['b'\]"),
     ("a,b,label\n1,2,0\n3,4,1\n", r"data.target: column 'target' not in"),
     ("a,b,target\n1,2,0\n3,4,2\n5,6,1\n7,8,1.5\n", None),
@@ -357,13 +375,25 @@ def test_labels_that_do_not_fit_the_task_and_missing_files(tmp_path):
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.npz"\ntask = "binary"'), "d.toml")
     with pytest.raises(ConfigError, match=r"binary needs two classes"):
         prepare([one(p)])
-    np.savez(tmp_path / "e.npz", x=np.zeros((6, 2)), y=np.array([0, 1, 5, 0, 1, 2]))
+    np.savez(tmp_path / "e.npz", x=np.zeros((6, 2)), y=np.array([0, 1, 5, 3, 4, 2]))
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "e.npz"\ntask = "multiclass"'), "e.toml")
     with pytest.raises(ConfigError, match=r"binary_crossentropy is a binary loss but the data have 6 classes"):
         prepare([one(p)])
+    # a class with no example anywhere: a gap in the labels (it trained before, on an empty class)
+    np.savez(tmp_path / "e.npz", x=np.zeros((6, 2)), y=np.array([0, 1, 5, 0, 1, 5]))
+    with pytest.raises(ConfigError, match=r"e.toml: data: multiclass labels must be 0..K-1 with an example of every "
+                                          r"class; class\(es\) \[2, 3, 4\] of 0..5 have none \(labels present: "
+                                          r"\[0, 1, 5\]\): relabel them 0..2"):
+        prepare([one(p)])
     np.savez(tmp_path / "f.npz", x=np.zeros((6, 2)), y=np.zeros(5))
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "f.npz"'), "f.toml")
-    with pytest.raises(ConfigError, match=r"f.toml: data: x has 6 examples of shape \(2,\) but y has shape \(5,\)"):
+    with pytest.raises(ConfigError, match=r"f.toml: data.file \('.*f.npz'\): x has 6 examples of shape \(2,\) but "
+                                          r"y has shape \(5,\)"):
+        prepare([one(p)])
+    np.savez(tmp_path / "h.npz", x=np.array([[0.0, 1.0]] * 5 + [[np.inf, 0.0]]), y=np.array([0, 1, 0, 1, 0, 1]))
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "h.npz"'), "h.toml")
+    with pytest.raises(ConfigError, match=r"data.file \('.*h.npz'\): x has 1 NaN/inf value\(s\), the first in "
+                                          r"example 5 \(counting from 0: x\[5\]\)"):
         prepare([one(p)])
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "gone.csv"\ntarget = "y"'), "g.toml")
     with pytest.raises(ConfigError, match=r"g.toml: data.file: no such file"):
@@ -857,3 +887,109 @@ def test_a_run_reads_its_finished_runs_once_after_training(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     assert len(reads) == 3 * 3 and len(set(reads)) == 3
     assert len(reglab.load_results(out)) == 3
+
+
+# ----------------------------------------------------------------------------- earlier versions of a file
+
+
+def test_runs_of_an_edited_experiment_replace_the_earlier_ones_in_every_table(tmp_path):
+    """After an edit (here: the builder's source), the earlier version's runs stay on disk but
+    are never mixed with the new ones: results, comparisons and the report hold the current
+    files' runs only, and say how many were left out. Reverting the edit makes the first
+    version's runs current again (reused, not retrained)."""
+    (tmp_path / "models.py").write_text(BUILDER)
+    text = TINY.split("[[model.layers]]")[0].replace('"binary_crossentropy"', '{name = "binary_crossentropy", '
+                                                     'from_logits = true}')
+    text += '[model]\nbuilder = "models.py:build"\n[regularize]\nparams = {"@kernels" = {name = "L2", l2 = 0.01}}\n'
+    p = write(tmp_path, text)
+    other = write(tmp_path, TINY.replace('name = "tiny"', 'name = "other"'), "other.toml")
+    out = tmp_path / "out"
+    res = run([p, other], out)
+    assert res.exit_code == 0, res.output
+    first = reglab.load_results(out)
+    assert len(first) == 8  # tiny, other and their two baselines, 2 seeds each
+    (tmp_path / "models.py").write_text(BUILDER + "\n# edited\n")
+    res = run([p], out)  # only tiny: other's runs stay current
+    assert res.exit_code == 0, res.output
+    assert "4 runs trained, 0 already done" in res.output
+    assert "4 run(s) of earlier versions" in res.output  # tiny's and its baseline's first runs
+    df = reglab.load_results(out)
+    assert len(df) == 8 and sorted(df.groupby("experiment").size()) == [2, 2, 2, 2]
+    new_base = df.loc[df.experiment == "tiny", "baseline"].iloc[0]
+    assert new_base != first.loc[first.experiment == "tiny", "baseline"].iloc[0]
+    assert set(df.experiment) == {"tiny", "other", new_base, df.loc[df.experiment == "other", "baseline"].iloc[0]}
+    assert len(load_runs(out)) == 8
+    left: list = []
+    load_runs(out, left_out=left)
+    assert len(left) == 4 and {r["experiment"] for r in left} == {"tiny", first.loc[first.experiment == "tiny", "baseline"].iloc[0]}
+    rep = CliRunner().invoke(main, ["report", str(out)])
+    assert rep.exit_code == 0, rep.output
+    comp = reglab.load_comparisons(out)
+    assert set(comp.loc[comp.experiment == "tiny", "n"]) == {2}  # 2 pairs, not 4 mixed ones
+    md = (out / "report.md").read_text()
+    line = next(x for x in md.splitlines() if "runs of earlier versions" in x)
+    assert "4 runs of earlier versions of the experiment files (baseline." in line and ", tiny) lie under" in line
+    (tmp_path / "models.py").write_text(BUILDER)  # reverted: the first version is current again
+    res = run([p], out)
+    assert "0 runs trained, 4 already done" in res.output
+    again = reglab.load_results(out)
+    assert again.equals(first)
+
+
+def test_a_damaged_record_of_the_current_runs_is_named(tmp_path):
+    p = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert run([p], out).exit_code == 0
+    (out / "current.json").write_text("{not json")
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code != 0 and "current.json" in res.output and "damaged" in res.output
+    res = run([p], out)
+    assert res.exit_code != 0 and "current.json" in res.output and "damaged" in res.output
+
+
+def test_a_sweep_over_tables_gives_a_column_of_their_json(tmp_path):
+    text = TINY + '\n[[sweep]]\npath = ["model", "layers", 0, "kernel_regularizer"]\n' \
+                  'values = ["l1", {name = "L2", l2 = 0.001}]\n'
+    out = tmp_path / "out"
+    res = run([write(tmp_path, text)], out, "--seeds", "1")
+    assert res.exit_code == 0, res.output
+    df = reglab.load_results(out)
+    col = df.loc[~df.is_baseline, "model/layers/0/kernel_regularizer"]
+    assert sorted(col) == ["l1", '{"l2": 0.001, "name": "L2"}']
+    assert CliRunner().invoke(main, ["report", str(out)]).exit_code == 0
+    assert len(reglab.load_comparisons(out).query("experiment == 'tiny'")["model/layers/0/kernel_regularizer"].unique()) == 2
+
+
+def test_run_and_list_of_a_study_folder_use_its_seeds(tmp_path):
+    """``study.toml``'s ``seeds`` overrides each file's, in ``reglab run STUDY_DIR`` and
+    ``reglab list STUDY_DIR`` as in ``reglab study``; ``--seeds`` overrides both; a file given
+    by itself keeps its own."""
+    (tmp_path / "st" / "experiments").mkdir(parents=True)
+    write(tmp_path / "st" / "experiments", TINY.replace("seeds = 2", "seeds = 4"))
+    (tmp_path / "st" / "study.toml").write_text('title = "t"\nseeds = 1\n')
+    listed = CliRunner().invoke(main, ["list", str(tmp_path / "st")])
+    assert listed.exit_code == 0 and "1 seeds" in listed.output, listed.output
+    res = run([tmp_path / "st"], tmp_path / "out")
+    assert res.exit_code == 0 and "2 runs trained, 0 already done" in res.output, res.output  # tiny + baseline
+    res = run([tmp_path / "st"], tmp_path / "out", "--seeds", "2")
+    assert "2 runs trained, 2 already done" in res.output, res.output
+    res = run([tmp_path / "st" / "experiments" / "tiny.toml"], tmp_path / "out")
+    assert "4 runs trained, 4 already done" in res.output, res.output
+
+
+def test_split_fractions_are_of_all_examples_and_split_files_are_checked_for_classes(tmp_path):
+    """``validation = 0.1, test = 0.3`` of 400 examples: 40 and 120 (the validation share of the
+    rest, 0.1 / 0.7 of 280, came out as 41); labels 1..4 across split files start at 1."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype(int))
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.npz"') +
+              "[split]\nvalidation = 0.1\ntest = 0.3\n", "d.toml")
+    sp = splits_of(one(p), 3)
+    assert (len(sp.x_train), len(sp.x_val), len(sp.x_test)) == (240, 40, 120)
+    for k, n in (("train", 30), ("test", 12)):
+        np.savez(tmp_path / f"{k}.npz", x=rng.normal(size=(n, 2)), y=np.arange(n) % 4 + 1)
+    p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'files = {train = "train.npz", test = "test.npz"}\n'
+                                     'task = "multiclass"'), "m.toml")
+    with pytest.raises(ConfigError, match=r"m.toml: data: multiclass labels must be 0..K-1; these start at 1"):
+        prepare([one(p)])

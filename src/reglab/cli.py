@@ -36,14 +36,13 @@ def _environment() -> dict[str, str]:
 
 def _load(paths):
     from .experiments.schema import ConfigError, load_experiments
-    from .experiments.study import experiment_files
+    from .experiments.study import experiment_files, with_study_seeds
 
     try:
         files = experiment_files(paths)
         if not files:
             raise click.UsageError(f"no experiment files found in {list(paths)}")
-        specs = load_experiments(files)
-        return specs
+        return with_study_seeds(paths, load_experiments(files))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -136,10 +135,22 @@ def _echo_failures(units, runs: list[dict]) -> None:
                    "counted in the report", err=True)
 
 
+def _echo_earlier(earlier: list[dict], out: Path) -> None:
+    """Say, on stderr, how many runs of earlier versions of the experiment files lie under
+    ``out`` and are left out (``reglab.experiments.current``)."""
+    if earlier:
+        names = sorted({r["experiment"] for r in earlier})
+        click.echo(f"note: {len(earlier)} run(s) of earlier versions of {', '.join(names[:6])}"
+                   f"{', ...' if len(names) > 6 else ''} are kept under {out}/runs and left out of the results and "
+                   "the report (the experiment files, their builders or data changed since)", err=True)
+
+
 def _execute(units, out: Path, **kw) -> dict:
     """``execute``; on Ctrl-C, say what was kept and exit non-zero (130): finished runs stay, the
     interrupted groups wrote nothing and are redone by the next run. ``info["runs"]``: every
-    finished run under ``out`` (``load_runs``), read once for the messages and what follows."""
+    finished run under ``out`` of the files as they are now (``load_runs``), read once for the
+    messages and what follows; ``info["earlier"]``: those of earlier versions, left out."""
+    from .experiments.current import CurrentRecordError, mark_current
     from .experiments.runner import Unit, execute, load_runs
 
     units = list(units)
@@ -152,9 +163,15 @@ def _execute(units, out: Path, **kw) -> dict:
         if importlib.util.find_spec("ray") is None:
             raise click.ClickException("--backend ray needs Ray: pip install 'reglab[ray]'")
     try:
+        mark_current(out, units)  # before training: an interrupted run's finished units are current
+    except CurrentRecordError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         info = execute(units, out, **kw)
-        info["runs"] = load_runs(out)
+        info["earlier"] = []
+        info["runs"] = load_runs(out, left_out=info["earlier"])
         _echo_failures(units, info["runs"])
+        _echo_earlier(info["earlier"], out)
         if "where" in info:
             click.echo("ran on Ray: " + (", ".join(f"{node}: {n} task(s)" for node, n in sorted(info["where"].items()))
                                          or "no task"), err=True)
@@ -370,7 +387,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
                  seeds=seeds or st.seeds, study=str(st.folder))
     paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections, margins=st.margins,
-                         methods=st.methods, runs=info["runs"])
+                         methods=st.methods, runs=info["runs"], earlier=info["earlier"])
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")
     click.echo(f"        {Path(paths['markdown']).resolve()}")

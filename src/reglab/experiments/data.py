@@ -20,6 +20,7 @@ must be 0/1, multiclass labels 0..K-1.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,8 @@ def check_data(data: Any, file: str) -> dict[str, Any]:
     if "name" in data and (not isinstance(data["name"], str) or data["name"] not in _datasets.names()):
         _fail(file, "data.name", f"expected one of {_datasets.names()}; got {data['name']!r}")
     if "test_size" in data or "validation_size" in data:
-        _fail(file, "data.test_size", "the split is set in [split] (validation = 0.2, test = 0.2); remove it here")
+        _fail(file, "data.test_size", "the splits come from data.files; remove it here" if "files" in data else
+              "the split is set in [split] (validation = 0.2, test = 0.2); remove it here")
     if bad:
         _fail(file, "data", f"unknown key(s) {sorted(bad)}; expected some of {sorted(DATA_KEYS)}")
     if "random_state" in data:
@@ -217,15 +219,16 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
     non_num = [c for c in xdf.columns if not pd.api.types.is_numeric_dtype(xdf[c])]
     if non_num:
         _fail(file, key, f"{str(path)!r}: non-numeric input column(s) {non_num}")
-    nan = xdf.isna().to_numpy()
-    if nan.any():
-        r, c = np.argwhere(nan)[0]
-        _fail(file, key, f"{str(path)!r}: {int(nan.sum())} empty/NaN input value(s), the first in column "
-              f"{xdf.columns[c]!r}, line {r + 2} of the file")
-    y = df[target].to_numpy()
     if not pd.api.types.is_numeric_dtype(df[target]):
         _fail(file, "data.target", f"{str(path)!r}: column {target!r} is not numeric")
-    return xdf.to_numpy(dtype=np.float32), y
+    for cols, what in ((xdf, "input"), (df[[target]], "target")):
+        bad = ~np.isfinite(cols.to_numpy(dtype=np.float64))
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            _fail(file, key if what == "input" else "data.target",
+                  f"{str(path)!r}: {int(bad.sum())} empty/NaN/inf {what} value(s), the first in column "
+                  f"{cols.columns[c]!r}, line {r + 2} of the file")
+    return xdf.to_numpy(dtype=np.float32), df[target].to_numpy()
 
 
 def _pair(v: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +250,8 @@ def _check_xy(x: np.ndarray, y: np.ndarray, file: str, key: str) -> None:
         bad = ~np.isfinite(a.astype(np.float64))
         if bad.any():
             i = int(np.argwhere(bad)[0][0])
-            _fail(file, key, f"{name} has {int(bad.sum())} NaN/inf value(s), the first in example {i}")
+            _fail(file, key, f"{name} has {int(bad.sum())} NaN/inf value(s), the first in example {i} "
+                  f"(counting from 0: {name}[{i}])")
 
 
 def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dict[str, tuple], Any, str | None]:
@@ -298,15 +302,41 @@ def _labels(y: np.ndarray, task: str, n_classes: int | None, file: str, key: str
         _fail(file, key, f"{task} labels must be integers; label {flat[i]!r} at index {i} is not")
     lab = flat.astype(np.int64)
     hi = 1 if task == "binary" else (n_classes - 1 if n_classes else lab.max())
-    if task == "multiclass" and lab.size and lab.min() > 0 and key == "data":
-        _fail(file, key, f"multiclass labels must be 0..K-1; these start at {lab.min()} (class 0 would have no "
-              "example): relabel them, or set data.task = \"regression\" for a count or measurement")
     bad = np.argwhere((lab < 0) | (lab > hi))
     if bad.size:
         i = int(bad[0][0])
         want = "0 or 1" if task == "binary" else f"0..{hi}"
         _fail(file, key, f"{task} labels must be {want}; label {lab[i]} at index {i} is not")
     return lab.astype(np.float32).reshape(-1, 1) if task == "binary" else lab
+
+
+def _source_key(data: Mapping[str, Any], base: Path, role: str) -> str:
+    """Where the examples of ``role`` (``"all"`` for one pool) come from, for an error message:
+    the key, and the file where there is one."""
+    if "file" in data:
+        return f"data.file ({str((base / data['file']).resolve())!r})"
+    if "files" in data:
+        return f"data.files.{role} ({str((base / data['files'][role]).resolve())!r})"
+    if "loader" in data:
+        return "data.loader" + ("" if role == "all" else f" ({role!r})")
+    return "data.name"
+
+
+def _every_class(labels: np.ndarray, n_classes: int, file: str) -> None:
+    """Multiclass labels are 0..K-1 with K = the largest + 1, and every class has an example
+    somewhere in the data (all splits together): a class without one is a label that does not
+    fit (labels 1..K, a gap), not a class to predict."""
+    present = set(np.unique(labels.astype(np.int64)).tolist())
+    missing = [c for c in range(n_classes) if c not in present]
+    if not missing:
+        return
+    lo = min(present)
+    if lo > 0 and missing[:lo] == list(range(lo)) and len(missing) == lo:
+        _fail(file, "data", f"multiclass labels must be 0..K-1; these start at {lo} (class 0 would have no example): "
+              "relabel them, or set data.task = \"regression\" for a count or measurement")
+    _fail(file, "data", f"multiclass labels must be 0..K-1 with an example of every class; class(es) "
+          f"{missing[:10]}{' ...' if len(missing) > 10 else ''} of 0..{n_classes - 1} have none (labels present: "
+          f"{sorted(present)[:10]}{' ...' if len(present) > 10 else ''}): relabel them 0..{len(present) - 1}")
 
 
 def _stratify(y: np.ndarray, task: str) -> np.ndarray | None:
@@ -333,8 +363,9 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     resample = bool(split.get("resample", True))
     data_seed = seed if resample else 0
     roles, dist, known_task = _raw(data, base, file, data_seed)
+    key = lambda r: _source_key(data, base, r)  # noqa: E731
     for role, (x, y) in roles.items():
-        _check_xy(np.asarray(x), np.asarray(y), file, "data" if role == "all" else f"data ({role})")
+        _check_xy(np.asarray(x), np.asarray(y), file, key(role))
     all_y = np.concatenate([np.asarray(y).reshape(np.asarray(y).shape[0], -1) for _, y in roles.values()])
     task = data.get("task") or known_task or infer_task(all_y if all_y.shape[1] > 1 else all_y.reshape(-1))
     n_classes = None
@@ -342,7 +373,8 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         n_classes = int(all_y.max()) + 1 if _integral(all_y) else None
     if task == "binary" and all_y.shape[1] == 1 and _integral(all_y) and np.unique(all_y).size > 2:
         _fail(file, "data.task", f"binary needs two classes; the targets have {np.unique(all_y).size} values")
-    key = lambda r: "data" if r == "all" else f"data ({r})"  # noqa: E731
+    if task == "multiclass" and n_classes:
+        _every_class(all_y.reshape(-1), n_classes, file)
     roles = {r: (np.asarray(x), _labels(np.asarray(y), task, n_classes, file, key(r))) for r, (x, y) in roles.items()}
     vfrac = split.get("validation", DEFAULT_SPLIT["validation"] if "all" in roles else None)
     val_is_test = vfrac == "test"
@@ -352,8 +384,9 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         xr, xte, yr, yte = _split_off(x, y, tfrac, data_seed, task)
         if val_is_test:
             xtr, ytr, xv, yv = xr, yr, xte, yte
-        else:
-            xtr, xv, ytr, yv = _split_off(xr, yr, vfrac / (1 - tfrac), data_seed + 7919, task)
+        else:  # a fraction of all the examples, rounded up as scikit-learn rounds the test share
+            n_val = math.ceil(round(vfrac * x.shape[0], 6))
+            xtr, xv, ytr, yv = _split_off(xr, yr, n_val, data_seed + 7919, task)
     else:
         ignored = [k for k in ("test", "validation") if k in split and split[k] != "test" and
                    (k == "test" or "validation" in roles)]

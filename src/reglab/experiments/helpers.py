@@ -119,11 +119,17 @@ def prestart(n: int, threads: int = 1) -> None:
     experiments; the next ``helper_pool(n, threads)`` returns them."""
     global _warm
     if _warm is None and n > 0:
+        import atexit
+
         pool = cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
                                       initargs=(os.getpid(), threads, _explicit()))
         for _ in range(n):
             submit(pool, _warm_up)
         _warm = (n, threads, pool)
+        # a command that stops before training (a bad file) leaves them unused: shut down while
+        # the interpreter still runs (freed at its teardown, the pool's callback fails with a
+        # traceback after the command's own error message)
+        atexit.register(discard_prestarted)
 
 
 def helper_pool(n: int, threads: int = 1) -> cf.ProcessPoolExecutor:

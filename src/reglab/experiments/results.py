@@ -2,7 +2,7 @@
 
 Columns: ``experiment``, ``is_baseline``, ``baseline`` (the baseline this experiment is compared
 with; empty for a baseline), ``seed``, ``task``, ``loss_name``, ``epochs_run``, ``failed``, one
-column per sweep path (keys joined by "/"), and the metrics ``val_<m>``, ``test_<m>`` (plus
+column per sweep path (keys joined by "/"; a swept table or array as its JSON), and the metrics ``val_<m>``, ``test_<m>`` (plus
 ``fresh_<m>``, ``bayes_<m>``, ``excess_<m>`` where the distribution is known), ``<m>`` in the
 task's metrics (``log_loss, accuracy, brier, ece`` or ``mse, mae, r2``). A figure that could not
 be computed (a failed run, a metric that does not apply) is empty (NaN in the frame, an empty cell
@@ -11,13 +11,14 @@ in ``results.csv``), never a made-up number.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 from .runner import load_runs
 
-__all__ = ["load_results", "results_frame", "write_results_csv", "METRIC_PREFIXES"]
+__all__ = ["load_results", "results_frame", "write_results_csv", "sweep_cell", "sweep_order", "METRIC_PREFIXES"]
 
 METRIC_PREFIXES = ("val_", "test_", "fresh_", "bayes_", "excess_")
 ID_COLUMNS = ["experiment", "is_baseline", "baseline", "seed", "task", "loss_name", "epochs_run", "failed"]
@@ -25,6 +26,17 @@ ID_COLUMNS = ["experiment", "is_baseline", "baseline", "seed", "task", "loss_nam
 
 def _finite(v: Any) -> Any:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+
+
+def sweep_cell(v: Any) -> Any:
+    """A sweep point's value as a table cell: a number or string as it is, a swept table or
+    array as its JSON (keys sorted), so that it can be compared, grouped and sorted."""
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def sweep_order(v: Any) -> tuple:
+    """A sort key for ``sweep_cell`` values of one column, numbers (by value) before strings."""
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
 
 def results_frame(rows: list[dict]):
@@ -40,7 +52,7 @@ def results_frame(rows: list[dict]):
                "seed": int(r["seed"]), "task": r.get("task"), "loss_name": r.get("loss_name"),
                "epochs_run": int(m.get("epochs_run", 0)), "failed": failed}
         for k, v in (r.get("sweep") or {}).items():
-            rec[k] = v
+            rec[k] = sweep_cell(v)
             if k not in sweep_cols:
                 sweep_cols.append(k)
         for k, v in m.items():

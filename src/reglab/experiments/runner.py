@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,7 +37,9 @@ from ..training.fit import PROBE, check_targets_and_outputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
 from .code import file_sha256
+from .current import split_current
 from .data import DataError, Splits, load_splits
+from .files import atomic_write, write_json
 from .schema import ConfigError, ExperimentSpec
 
 __all__ = ["Unit", "plan_units", "prepare", "execute", "run_unit", "load_runs", "load_model", "FRESH_SAMPLES",
@@ -67,7 +67,7 @@ class Unit:
         return _verified(self.path(out)) is not None
 
     def clear_partial(self, out: Path) -> None:
-        """Remove the temporary files a killed writer of this unit left (``_atomic``'s names);
+        """Remove the temporary files a killed writer of this unit left (``atomic_write``'s names);
         called with the unit's group lock held, so no live writer owns them."""
         p = self.path(out)
         for suffix in (".json", ".pt", ".npz"):
@@ -219,29 +219,6 @@ def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:
                               f"{e}") from None
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a unique temporary file in the same folder, then a rename)."""
-    _atomic(path, lambda f: f.write(json.dumps(obj).encode()))
-
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` atomically: a unique temporary file in its folder, then a rename -- a
-    reader, a concurrent writer or a killed process never sees it half-written. Not fsynced
-    (40 fsyncs cost a 20-model group 0.4 s): after an operating-system crash a file may come
-    back empty or short, which the sha256 digests in its run's JSON (``Unit.done``) detect, and
-    the run is redone."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _FRESH: dict[str, tuple[np.ndarray, np.ndarray, dict[str, float]]] = {}
 
 
@@ -356,10 +333,10 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
         path = unit.path(out)
         files = {}
         if arrays:
-            _atomic(path.with_suffix(".npz"), lambda f: np.savez_compressed(f, **arrays))
+            atomic_write(path.with_suffix(".npz"), lambda f: np.savez_compressed(f, **arrays))
             files[".npz"] = file_sha256(path.with_suffix(".npz"))
         state = {k: v.detach().cpu() for k, v in res.models[i].state_dict().items()}
-        _atomic(path.with_suffix(".pt"), lambda f: torch.save(state, f))
+        atomic_write(path.with_suffix(".pt"), lambda f: torch.save(state, f))
         files[".pt"] = file_sha256(path.with_suffix(".pt"))
         row["files"] = files
         write_json(path, row)  # last: a verified JSON marks the unit done
@@ -725,8 +702,10 @@ def run_unit(unit: Unit, out: str | Path) -> dict:
     return _verified(unit.path(out))
 
 
-def load_runs(out: str | Path) -> list[dict]:
-    """Every finished, verified run under ``out/runs`` as a dict (anything else is skipped)."""
+def load_runs(out: str | Path, left_out: list[dict] | None = None) -> list[dict]:
+    """Every finished, verified run under ``out/runs`` of the experiment files as they are now
+    (``current.py``), as a dict (anything else is skipped). The runs of earlier versions are
+    appended to ``left_out`` where one is given."""
     rows = []
     root = Path(out).resolve() / "runs"
     for p in sorted(root.glob("*/*.json")):
@@ -737,7 +716,10 @@ def load_runs(out: str | Path) -> list[dict]:
             continue
         row["_path"] = str(p)
         rows.append(row)
-    return rows
+    current, earlier = split_current(out, rows)
+    if left_out is not None:
+        left_out.extend(earlier)
+    return current
 
 
 def load_model(run: dict, experiment_file: str | Path) -> torch.nn.Module:

@@ -37,6 +37,7 @@ that is a list of strings is a bulleted list. Code is named as in experiment fil
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -47,9 +48,9 @@ from typing import Any
 
 from .code import resolve
 from .runner import write_json
-from .schema import ConfigError, LIMITS, read_toml
+from .schema import ConfigError, ExperimentSpec, LIMITS, read_toml
 
-__all__ = ["Study", "load_study", "experiment_files", "run_analysis"]
+__all__ = ["Study", "load_study", "experiment_files", "with_study_seeds", "run_analysis"]
 
 STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins", "statistics"}
 
@@ -81,6 +82,20 @@ def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
         else:
             files.append(p)
     return files
+
+
+def with_study_seeds(paths: tuple[str, ...] | list[str], specs: list[ExperimentSpec]) -> list[ExperimentSpec]:
+    """``specs`` (loaded from ``experiment_files(paths)``) with the ``seeds`` of the study
+    folders among ``paths``, where their ``study.toml`` sets it, in place of each file's own
+    (``seeds`` is no part of a run's identity; ``--seeds`` still overrides both)."""
+    count: dict[str, int] = {}
+    for p in paths:
+        if os.path.isdir(p) and os.path.isfile(os.path.join(p, "study.toml")):
+            st = load_study(p)
+            if st.seeds is not None:
+                count.update({os.path.realpath(f): st.seeds for f in st.files})
+    return [dataclasses.replace(s, config={**s.config, "seeds": count[os.path.realpath(s.path)]})
+            if os.path.realpath(s.path) in count else s for s in specs]
 
 
 def load_study(folder: str | Path) -> Study:

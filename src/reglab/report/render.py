@@ -176,14 +176,18 @@ def _ci(stat: tuple[float, float, float] | None, digits: int = 3, metric: str = 
 
 def write_report(out: str | Path, meta: dict | None = None, title: str | None = None, intro: str | None = None,
                  sections: list[Section] = (), margins: dict[str, float] | None = None,
-                 methods: str | dict[str, str] | None = None, runs: list[dict] | None = None) -> dict[str, Path]:
+                 methods: str | dict[str, str] | None = None, runs: list[dict] | None = None,
+                 earlier: list[dict] | None = None) -> dict[str, Path]:
     """Read the finished runs under ``out`` (and analyses written there) and write
     ``report.html``, ``report.md``, ``results.csv`` and ``comparisons.csv``. ``title``,
     ``intro``, ``sections``, ``margins`` and ``methods`` (``comparisons_frame``'s) come from the
     study (``reglab study``); the rest follows the study's contents and task. ``runs``:
-    ``load_runs(out)``, where the caller has just read them (each read checks 340 runs: ~0.7 s)."""
+    ``load_runs(out)``, where the caller has just read them (each read checks 340 runs: ~0.7 s),
+    and ``earlier`` the runs of earlier versions it left out (``reglab.experiments.current``)."""
     out = Path(out)
-    runs = load_runs(out) if runs is None else runs
+    if runs is None:
+        earlier = []
+        runs = load_runs(out, left_out=earlier)
     if not runs:
         raise ValueError(f"no finished runs under {out / 'runs'}; run `reglab run` first")
     summ = summarize(runs)
@@ -207,7 +211,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     doc.toc()
     if intro:
         doc.p(intro)
-    _section_protocol(doc, summ, comp)
+    _section_protocol(doc, summ, comp, earlier or [])
     _section_table(doc, summ)
     _section_comparisons(doc, summ, comp)
     for sec_title, fn in sections:
@@ -316,9 +320,14 @@ def _findings(doc: Doc, comp, metric: str, figs: Path, validation_is_test: bool,
             f"forest plot: {label}, each experiment minus its own baseline, with intervals")
 
 
-def _section_protocol(doc: Doc, summ: Summary, comp) -> None:
+def _section_protocol(doc: Doc, summ: Summary, comp, earlier: list[dict]) -> None:
     doc.h(2, "Protocol")
     items = []
+    if earlier:
+        names = sorted({r["experiment"] for r in earlier})
+        items.append(f"{len(earlier)} runs of earlier versions of the experiment files ({', '.join(names[:6])}"
+                     f"{', ...' if len(names) > 6 else ''}) lie under `runs/` and are left out: every table and figure "
+                     "holds the runs of the files as they are now (their builders and data included).")
     for task in summ.tasks:
         rows = [e for e in summ.rows.values() if e.task == task]
         ms = [r["metrics"] for e in rows for r in e.runs]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..diagnostics.metrics import LABELS, METRICS
 from ..diagnostics.statistics import mean_ci, paired_comparison
+from ..experiments.results import sweep_cell, sweep_order
 
 __all__ = ["Summary", "RowSummary", "summarize", "metric_label", "lower_is_better", "compared_metrics",
            "selection_by_loss_vs_accuracy", "MIN_PAIRS"]
@@ -89,7 +90,8 @@ class Summary:
     rows: dict[str, RowSummary]
 
     def ordered(self) -> list[RowSummary]:
-        return sorted(self.rows.values(), key=lambda e: (e.is_baseline, e.name, sorted(e.sweep.items(), key=str)))
+        return sorted(self.rows.values(), key=lambda e: (e.is_baseline, e.name,
+                                                           [(k, sweep_order(v)) for k, v in sorted(e.sweep.items())]))
 
     @property
     def tasks(self) -> list[str]:
@@ -106,7 +108,7 @@ def _key(row: dict) -> str:
     if not sweep:
         return row["experiment"]
     return row["experiment"] + " [" + ", ".join(f"{k.rsplit('/', 1)[-1]}={v:g}" if isinstance(v, float) else
-                                                f"{k.rsplit('/', 1)[-1]}={v}" for k, v in sweep.items()) + "]"
+                                                f"{k.rsplit('/', 1)[-1]}={sweep_cell(v)}" for k, v in sweep.items()) + "]"
 
 
 def summarize(rows: list[dict]) -> Summary:
@@ -117,7 +119,8 @@ def summarize(rows: list[dict]) -> Summary:
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         r0 = rs[0]
-        e = RowSummary(key, r0["experiment"], r0.get("title", r0["experiment"]), r0["config"], r0.get("sweep") or {},
+        sweep = {k: sweep_cell(v) for k, v in (r0.get("sweep") or {}).items()}  # as in the results table
+        e = RowSummary(key, r0["experiment"], r0.get("title", r0["experiment"]), r0["config"], sweep,
                        rs, r0.get("task", "binary"), r0.get("baseline"), bool(r0.get("is_baseline")))
         keys = {k for r in e.finished for k in r["metrics"] if k.startswith(("val_", "test_", "fresh_", "excess_",
                                                                               "bayes_"))}
