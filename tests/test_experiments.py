@@ -278,6 +278,13 @@ def test_csv_regression_gets_mse_metrics_and_an_mse_baseline(tmp_path):
     assert csv[0].startswith("experiment,is_baseline,baseline,seed,task,loss_name,epochs_run,failed")
     # the regularized rows name their baseline; the baseline trains with MSE too
     assert set(df.loc[~df.is_baseline, "baseline"]) == set(df.loc[df.is_baseline, "experiment"])
+    # the report of one experiment: its grammar, what "±" means, where R²'s comparison is
+    assert CliRunner().invoke(main, ["report", str(out)]).exit_code == 0
+    md = (out / "report.md").read_text()
+    assert "(lower is better), the one experiment against its own unregularized baseline" in md
+    assert "mean [low, high]: the interval itself, where mean ± half-width would leave the metric's range" in md
+    assert "The comparisons on test R² are rows of `comparisons.csv`, like these." in md
+    assert "each of 1 experiments" not in md
 
 
 def test_builder_from_a_file_with_baseline_args_and_a_multiclass_npz_of_images(tmp_path):
@@ -497,6 +504,15 @@ def test_sweep_grid_points_are_their_own_rows(tmp_path):
     assert sorted(zip(exp["model/layers/0/kernel_regularizer/l2"], exp["train/optimizer/learning_rate"])) == [
         (0.001, 0.01), (0.001, 0.02), (0.1, 0.01), (0.1, 0.02)]
     assert df.loc[df.is_baseline, "model/layers/0/kernel_regularizer/l2"].isna().all()
+    # an integer sweep stays integer beside the baselines' empty cells (it came out as 4.0)
+    text = TINY + '\n[[sweep]]\npath = ["model", "layers", 0, "units"]\nvalues = [4, 8]\n'
+    assert run([write(tmp_path, text)], tmp_path / "o2", "--seeds", "1").exit_code == 0
+    df = reglab.load_results(tmp_path / "o2")
+    assert str(df["model/layers/0/units"].dtype) == "Int64"
+    assert sorted(df["model/layers/0/units"].dropna().tolist()) == [4, 8] and df["model/layers/0/units"].isna().sum() == 2
+    rows = (tmp_path / "o2" / "results.csv").read_text().splitlines()
+    col = rows[0].split(",").index("model/layers/0/units")
+    assert sorted(r.split(",")[col] for r in rows[1:]) == ["", "", "4", "8"]  # two baselines: units shape them
 
 
 def test_known_distribution_adds_fresh_bayes_and_excess(tmp_path):
@@ -538,6 +554,13 @@ def test_no_nan_reaches_results_or_report_and_failed_runs_are_left_out(tmp_path)
     assert res.exit_code == 0, res.output
     md = (out / "report.md").read_text()
     assert "0 / 2" in md
+    # a sweep: the grid point that diverged is named, not merged with the one that did not
+    swept = diverge.replace('name = "boom"', 'name = "swept"') + \
+        '\n[[sweep]]\npath = ["train", "optimizer", "learning_rate"]\nvalues = [1e-3, 1e5]\n'
+    res = run([write(tmp_path, swept, "swept.toml")], tmp_path / "o2", "--seeds", "2", "--no-baselines")
+    assert res.exit_code == 0, res.output
+    assert "diverged: swept [train/optimizer/learning_rate = 100000.0]: 2 of 2 seed(s) (0, 1)" in res.output
+    assert "learning_rate = 0.001" not in res.output
     for bad in ("nan", "inf", "–"):
         assert bad not in md.replace("info", "").replace("Infinity", "").lower().replace("inferred", ""), bad
 

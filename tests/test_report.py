@@ -49,6 +49,13 @@ def test_report_has_every_experiment_and_baseline_row(study):
         # the comparison rows name the baseline each experiment is judged against
         assert any(line.startswith(f"| `{s.name}` | `{s.baseline().name}`") for line in table_rows)
     assert "Task: binary" in md and "Validation data = test data" in md
+    # the study's intro says how many seeds ran (its "{seeds}"; 20 in study.toml, 2 here)
+    assert "re-run on PyTorch with reglab, each over 2 seeds." in md and "{seeds}" not in md
+    # both forms of an interval in the results table, each explained under it
+    results = md[md.index("## Results over seeds"):md.index("## Paired comparisons")]
+    assert " ± " in results and " [" in results
+    assert ("*mean ± the half-width of its 95% t-interval over the finished seeds; mean [low, high]: the interval "
+            "itself, where mean ± half-width would leave the metric's range") in results
 
 
 def test_the_lecture_sections_come_from_the_study_folder(study, tmp_path):

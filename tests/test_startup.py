@@ -52,6 +52,10 @@ def test_every_public_name_resolves_lazily_and_star_import_gets_them_all():
     # the same objects as their modules'
     assert reglab.fit is reglab.training.fit and reglab.MaxNorm is reglab.constraints.MaxNorm
     assert reglab.load_comparisons is __import__("reglab.report.comparisons", fromlist=["x"]).load_comparisons
+    from reglab import RegularizedMLPClassifier, RegularizedMLPRegressor  # the estimators too (an ImportError before)
+
+    assert RegularizedMLPClassifier is reglab.sklearn.RegularizedMLPClassifier
+    assert RegularizedMLPRegressor.__module__ == "reglab.sklearn"
 
 
 def test_helpers_start_before_this_process_imports_torch():

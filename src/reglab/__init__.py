@@ -16,7 +16,7 @@ __version__ = "0.1.0"  # first: submodules read it (run ids hash it)
 _PUBLIC = ("activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
            "selectors", "models", "training", "diagnostics", "datasets", "vectorized")
 #: every subpackage and module ``reglab.<name>`` reaches after a bare ``import reglab``
-_MODULES = _PUBLIC + ("threads", "attach", "experiments", "report")
+_MODULES = _PUBLIC + ("threads", "attach", "experiments", "report", "sklearn")
 
 #: public name -> the module that defines it (relative to this package)
 _NAMES = {
@@ -33,6 +33,7 @@ _NAMES = {
     "regularization_path": ".experiments.path",
     "load_results": ".experiments.results",
     "load_comparisons": ".report.comparisons",
+    **dict.fromkeys(("RegularizedMLPClassifier", "RegularizedMLPRegressor"), ".sklearn"),
 }
 
 __all__ = ["__version__", *_PUBLIC, *_NAMES]
@@ -55,7 +56,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static analysis and IDEs see
     from . import (activations, attach, constraints, datasets, diagnostics, experiments, initializers, layers, losses,
-                   models, optimizers, regularizers, report, selectors, threads, training, vectorized)
+                   models, optimizers, regularizers, report, selectors, sklearn, threads, training, vectorized)
     from .attach import (Handle, accumulate_activity, apply_constraints, apply_spec, clear_activity, constrain,
                          penalties, penalty, refresh_constraints, regularization_spec, regularize)
     from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm
@@ -66,5 +67,6 @@ if TYPE_CHECKING:  # what static analysis and IDEs see
     from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, Regularizer
     from .report.comparisons import load_comparisons
     from .selectors import BIASES, KERNELS, select
+    from .sklearn import RegularizedMLPClassifier, RegularizedMLPRegressor
     from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
     from .vectorized import ManyResult, fit_many

@@ -126,9 +126,11 @@ def _echo_failures(units, runs: list[dict]) -> None:
     total: dict[str, int] = {}
     for u in units:
         row = by_id.get((u.spec.name, u.run_id))
-        total[u.spec.name] = total.get(u.spec.name, 0) + 1
+        point = ", ".join(f"{k} = {v}" for k, v in u.spec.sweep_point.items())
+        name = u.spec.name + (f" [{point}]" if point else "")  # each grid point on its own
+        total[name] = total.get(name, 0) + 1
         if row is not None and row.get("failed"):
-            failed.setdefault(u.spec.name, []).append(u.seed)
+            failed.setdefault(name, []).append(u.seed)
     for name, seeds in failed.items():
         click.echo(f"diverged: {name}: {len(seeds)} of {total[name]} seed(s) ({', '.join(map(str, seeds[:10]))}"
                    f"{', ...' if len(seeds) > 10 else ''}); kept as failed runs, left out of the statistics and "

@@ -3,7 +3,8 @@
 ``study.toml``::
 
     title = "..."                      # the report's title
-    intro = "..."                      # its first paragraph (Markdown: **bold**, `code`)
+    intro = "..."                      # its first paragraph (Markdown: **bold**, `code`); "{seeds}"
+                                       # stands for the seeds each row of the report ran
     experiments = "experiments"        # a folder of experiment files, or a list of files (relative)
     seeds = 20                         # seeds per experiment (default: each file's own)
 

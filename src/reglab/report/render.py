@@ -209,8 +209,9 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     doc.h(1, title or "reglab study report")
     _section_findings(doc, comp, figs, any(r.get("validation_is_test") for r in runs))
     doc.toc()
-    if intro:
-        doc.p(intro)
+    if intro:  # "{seeds}": the seeds of the study's rows, as run (--seeds included)
+        n = sorted({len(e.runs) for e in summ.rows.values()})
+        doc.p(intro.replace("{seeds}", "/".join(map(str, n))))
     _section_protocol(doc, summ, comp, earlier or [])
     _section_table(doc, summ)
     _section_comparisons(doc, summ, comp)
@@ -279,7 +280,8 @@ def _findings(doc: Doc, comp, metric: str, figs: Path, validation_is_test: bool,
           for v in ("better", "worse", "equivalent", "inconclusive", "no verdict")}
     better = rows["better"].iloc[0]
     method = rows["method"].iloc[0]  # e.g. "paired t, Bonferroni over 12": the family's, as comparisons.csv says
-    text = [f"On the {label} ({better} is better), each of {len(rows)} experiments against its own unregularized "
+    each = f"each of {len(rows)} experiments" if len(rows) > 1 else "the one experiment"
+    text = [f"On the {label} ({better} is better), {each} against its own unregularized "
             f"baseline, paired over seeds (difference [95% interval: {method}]):"]
     if by["better"]:
         text.append(f"**{len(by['better'])} help{'s' if len(by['better']) == 1 else ''}**: " + "; ".join(cite(r) for r in sorted(
@@ -296,7 +298,8 @@ def _findings(doc: Doc, comp, metric: str, figs: Path, validation_is_test: bool,
             f"{cite(r)}" + (f", about {int(r['n_needed'])} seeds would settle it" if pd.notna(r["n_needed"])
                             else "") for r in by["inconclusive"]) + ".")
     if by["no verdict"]:
-        text.append(f"{len(by['no verdict'])} have fewer than {MIN_PAIRS} finished pairs and no verdict.")
+        text.append(f"{len(by['no verdict'])} {'has' if len(by['no verdict']) == 1 else 'have'} fewer than "
+                    f"{MIN_PAIRS} finished pairs and no verdict.")
     plain = comp[(comp["metric"] == metric) & (comp["comparison"] == "best plain baseline")]
     vs_plain = {(r["experiment"], *(r[c] for c in sweep)): r for _, r in plain.iterrows()}
     if len(plain):
@@ -373,8 +376,14 @@ def _section_table(doc: Doc, summ: Summary) -> None:
             table.append([f"`{e.key}`", e.title, f"{len(e.finished)} / {len(e.runs)}"] +
                          [_ci(e.stats.get(k), 4 if k.startswith("excess") else 3, k) for k in keys])
         flat = " ".join(c for r in table for c in r)
-        doc.table(header, table, note="n/a: no finished run has this figure; \"(one run)\": no interval from one run"
-                  if "n/a" in flat or "(one run)" in flat else None)
+        notes = ["mean ± the half-width of its 95% t-interval over the finished seeds"] if "±" in flat else []
+        if "[" in flat:
+            notes.append("mean [low, high]: the interval itself, where mean ± half-width would leave the metric's range")
+        if "n/a" in flat:
+            notes.append("n/a: no finished run has this figure")
+        if "(one run)" in flat:
+            notes.append("\"(one run)\": no interval from one run")
+        doc.table(header, table, note="; ".join(notes) + "." if notes else None)
 
 
 def _section_comparisons(doc: Doc, summ: Summary, comp) -> None:
@@ -416,6 +425,9 @@ def _section_comparisons(doc: Doc, summ: Summary, comp) -> None:
                       note=f"Intervals and p: {method} (a family is one metric against one kind of baseline); "
                            "IQM: the mean of the middle 50 % of the paired differences; verdict: better/worse when "
                            "the interval excludes 0, equivalent when it lies within the margin, else inconclusive.")
+        rest = [metric_label(m) for m in compared_metrics(task, known)[2:]]
+        if rest:
+            doc.p(f"The comparisons on {', '.join(rest)} are rows of `comparisons.csv`, like these.")
 
 
 def _cmp_row(r) -> list[str]:
