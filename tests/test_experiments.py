@@ -504,15 +504,6 @@ def test_sweep_grid_points_are_their_own_rows(tmp_path):
     assert sorted(zip(exp["model/layers/0/kernel_regularizer/l2"], exp["train/optimizer/learning_rate"])) == [
         (0.001, 0.01), (0.001, 0.02), (0.1, 0.01), (0.1, 0.02)]
     assert df.loc[df.is_baseline, "model/layers/0/kernel_regularizer/l2"].isna().all()
-    # an integer sweep stays integer beside the baselines' empty cells (it came out as 4.0)
-    text = TINY + '\n[[sweep]]\npath = ["model", "layers", 0, "units"]\nvalues = [4, 8]\n'
-    assert run([write(tmp_path, text)], tmp_path / "o2", "--seeds", "1").exit_code == 0
-    df = reglab.load_results(tmp_path / "o2")
-    assert str(df["model/layers/0/units"].dtype) == "Int64"
-    assert sorted(df["model/layers/0/units"].dropna().tolist()) == [4, 8] and df["model/layers/0/units"].isna().sum() == 2
-    rows = (tmp_path / "o2" / "results.csv").read_text().splitlines()
-    col = rows[0].split(",").index("model/layers/0/units")
-    assert sorted(r.split(",")[col] for r in rows[1:]) == ["", "", "4", "8"]  # two baselines: units shape them
 
 
 def test_known_distribution_adds_fresh_bayes_and_excess(tmp_path):
@@ -957,6 +948,51 @@ def test_runs_of_an_edited_experiment_replace_the_earlier_ones_in_every_table(tm
     assert "0 runs trained, 4 already done" in res.output
     again = reglab.load_results(out)
     assert again.equals(first)
+
+
+def test_a_folder_without_a_record_and_the_python_api_leave_earlier_versions_out(tmp_path):
+    """A folder written before ``current.json`` existed (or with it deleted): after an edit, the
+    old version's experiment and baseline runs are left out (the baseline had no entry of its
+    own and is named by no current run); ``execute`` records as the CLI does, so the Python API
+    gets the same tables; ``run_unit`` (one task of a distributed run) records nothing."""
+    p = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert run([p], out).exit_code == 0
+    (out / "current.json").unlink()
+    old_base = reglab.load_results(out).query("is_baseline").experiment.iloc[0]
+    edited = one(write(tmp_path, TINY.replace("units = 4", "units = 5"), "edited.toml"))  # the same name, edited
+    execute(plan_units([edited]), out, progress=False)
+    df = reglab.load_results(out)
+    assert len(df) == 4 and old_base not in set(df.experiment) and set(df.baseline.dropna()) == {edited.baseline().name}
+    record = json.loads((out / "current.json").read_text())["experiments"]
+    assert record["tiny"] == {"digests": [edited.digest()], "baselines": [edited.baseline().name]}
+    assert json.loads((out / "current.json").read_text())["only"] is False
+    from reglab.experiments.runner import run_unit
+
+    run_unit(Unit(one(p), 3), out)  # the first version's seed 3: written, not recorded
+    assert json.loads((out / "current.json").read_text())["experiments"] == record
+    assert len(reglab.load_results(out)) == 4
+
+
+def test_a_study_reports_only_the_experiments_it_lists(tmp_path):
+    """``reglab study`` replaces the record: an experiment the study no longer lists (its file
+    removed) is left out of its next report, with its baseline where no other experiment has it."""
+    (tmp_path / "st" / "experiments").mkdir(parents=True)
+    write(tmp_path / "st" / "experiments", TINY)
+    gone = write(tmp_path / "st" / "experiments", TINY.replace('name = "tiny"', 'name = "gone"').replace(
+        "epochs = 3", "epochs = 2"), "gone.toml")
+    (tmp_path / "st" / "study.toml").write_text('title = "t"\nseeds = 1\n')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["study", str(tmp_path / "st"), "--out", str(out), "--no-progress", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert set(reglab.load_results(out).experiment.str.split(".").str[0]) == {"tiny", "gone", "baseline"}
+    assert len(reglab.load_results(out)) == 4  # gone's 2 epochs give it its own baseline
+    gone.unlink()
+    res = CliRunner().invoke(main, ["study", str(tmp_path / "st"), "--out", str(out), "--no-progress", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    df = reglab.load_results(out)
+    assert len(df) == 2 and "gone" not in set(df.experiment)
+    assert "`gone`" not in (out / "report.md").read_text()
 
 
 def test_a_damaged_record_of_the_current_runs_is_named(tmp_path):

@@ -152,7 +152,7 @@ def _execute(units, out: Path, **kw) -> dict:
     interrupted groups wrote nothing and are redone by the next run. ``info["runs"]``: every
     finished run under ``out`` of the files as they are now (``load_runs``), read once for the
     messages and what follows; ``info["earlier"]``: those of earlier versions, left out."""
-    from .experiments.current import CurrentRecordError, mark_current
+    from .experiments.current import CurrentRecordError
     from .experiments.runner import Unit, execute, load_runs
 
     units = list(units)
@@ -165,10 +165,6 @@ def _execute(units, out: Path, **kw) -> dict:
         if importlib.util.find_spec("ray") is None:
             raise click.ClickException("--backend ray needs Ray: pip install 'reglab[ray]'")
     try:
-        mark_current(out, units)  # before training: an interrupted run's finished units are current
-    except CurrentRecordError as e:
-        raise click.ClickException(str(e)) from None
-    try:
         info = execute(units, out, **kw)
         info["earlier"] = []
         info["runs"] = load_runs(out, left_out=info["earlier"])
@@ -179,7 +175,7 @@ def _execute(units, out: Path, **kw) -> dict:
                                          or "no task"), err=True)
         return info
     except ValueError as e:
-        if type(e).__name__ == "RayBackendError":
+        if type(e).__name__ == "RayBackendError" or isinstance(e, CurrentRecordError):
             raise click.ClickException(str(e)) from None
         raise
     except KeyboardInterrupt:
@@ -383,7 +379,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
         if not reusable(out_p / "analyses" / f"{name}.json", analysis_key(ref, st.folder, args)):
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
     info = _execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
-                    backend=backend, address=address)
+                    backend=backend, address=address, record="replace")  # the folder is the study's
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],

@@ -1,19 +1,26 @@
-"""Which finished runs under a results folder belong to the experiment files as they are now.
+"""Which finished runs under a results folder belong to the experiment files as last run there.
 
 A run's id hashes its experiment's digest (the validated file, its builder's source, its data
 files), so an edited file trains new runs; the earlier version's runs stay under ``runs/`` (never
 deleted: nothing finished is lost) but must never be mixed with the new ones -- a table with both
-would pair old-code runs with a new baseline. ``reglab run`` and ``reglab study`` record, before
-anything trains, the digests of every experiment they plan (``mark_current``) in
+would pair old-code runs with a new baseline. ``execute`` (so ``reglab run`` and ``reglab study``)
+records, before anything trains, the digests of every experiment it is given (``mark_current``) in
 ``<out>/current.json``::
 
-    {"experiments": {"<name>": {"digests": ["<digest>", ...], "baselines": ["<baseline name>", ...]}}}
+    {"experiments": {"<name>": {"digests": ["<digest>", ...], "baselines": ["<baseline name>", ...]}},
+     "only": false}
 
-replacing the entries of the experiments they plan and keeping the others (a folder may hold the
-runs of several commands). A run is *current* (``split_current``) when its experiment has no
-entry (a folder written without one), or its digest is in its experiment's entry and, for a
-baseline, some entry names it among its baselines (one per grid point; an edited model gives
-its experiment a new baseline: the old one is then no experiment's). Reverting an edit makes the first version current
+Each experiment it is given gets its entry replaced (give it every grid point of a file, as
+``plan_units`` does); the other entries are kept (a folder may hold the runs of several
+commands), unless ``replace`` (``reglab study``: the folder is the study's, and an experiment
+it no longer lists is no longer current): then the record holds its experiments alone and says
+``"only": true``, which later merges keep.
+
+A non-baseline run is *current* (``split_current``) when its digest is in its experiment's entry,
+or its experiment has no entry and the record is not ``only`` (a folder written before the record
+existed, or by code that does not record). A baseline run is current when, besides that, some entry lists it among its baselines or
+some current run names it as its baseline: an edited model gives its experiment a new baseline,
+and the old one is then no experiment's. Reverting an edit makes the first version current
 again, and its runs are reused. Only names and digests are read from the record, never a path.
 """
 
@@ -37,7 +44,7 @@ class CurrentRecordError(ValueError):
     """``<out>/current.json`` cannot be read as the record it should be."""
 
 
-def _read(out: Path) -> dict[str, dict[str, Any]] | None:
+def _read(out: Path) -> tuple[dict[str, dict[str, Any]], bool] | None:
     p = Path(out) / RECORD
     try:
         text = p.read_text()
@@ -47,23 +54,24 @@ def _read(out: Path) -> dict[str, dict[str, Any]] | None:
         raise CurrentRecordError(f"{p}: cannot be read ({e})") from None
     try:
         doc = json.loads(text)
-        entries = doc["experiments"]
-        ok = isinstance(entries, dict) and all(
+        entries, only = doc["experiments"], doc.get("only", False)
+        ok = isinstance(only, bool) and isinstance(entries, dict) and all(
             isinstance(e, dict) and all(isinstance(e.get(k), list) and all(isinstance(d, str) for d in e[k])
                                         for k in ("digests", "baselines")) for e in entries.values())
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
         raise CurrentRecordError(f"{p}: damaged (expected {{\"experiments\": {{name: {{\"digests\": [...], "
-                                 f"\"baselines\": [...]}}}}}}); delete it to count every finished run under {p.parent} "
-                                 f"as current, or run the experiment files again to rewrite it")
-    return entries
+                                 f"\"baselines\": [...]}}}}, \"only\": true|false}}); delete it to count every "
+                                 f"finished run under {p.parent} as current, or run the experiment files again to "
+                                 "rewrite it")
+    return entries, only
 
 
-def mark_current(out: str | Path, units: Iterable[Any]) -> None:
+def mark_current(out: str | Path, units: Iterable[Any], replace: bool = False) -> None:
     """Record the planned ``units``' experiments as the current ones (see the module): each
-    experiment named by a unit gets the digests of its planned units; other entries are kept.
-    Under a lock, so concurrent runs on one folder each add their own."""
+    experiment named by a unit gets the digests of its planned units; other entries are kept
+    (``replace``: dropped). Under a lock, so concurrent runs on one folder each add their own."""
     out = Path(out)
     planned: dict[str, dict[str, Any]] = {}
     for u in units:
@@ -75,21 +83,27 @@ def mark_current(out: str | Path, units: Iterable[Any]) -> None:
                 e["baselines"].append(s.baseline().name)
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out / f".{RECORD}.lock")):
-        entries = _read(out) or {}
+        entries, only = ({}, True) if replace else (_read(out) or ({}, False))
         entries.update(planned)
-        write_json(out / RECORD, {"experiments": entries})
+        write_json(out / RECORD, {"experiments": entries, "only": only})
 
 
 def split_current(out: str | Path, rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """``(current, earlier)``: the finished runs ``rows`` (``load_runs``') of the experiment files
     as recorded, and those of earlier versions (see the module)."""
-    entries = _read(Path(out))
-    if entries is None:
+    got = _read(Path(out))
+    if got is None:
         return list(rows), []
-    named = {b for e in entries.values() for b in e["baselines"]}
+    entries, only = got
+
+    def recorded(r: dict) -> bool:
+        e = entries.get(r["experiment"])
+        return not only if e is None else r.get("digest") in e["digests"]
+
+    kept = [r for r in rows if not r.get("is_baseline") and recorded(r)]
+    named = {b for e in entries.values() for b in e["baselines"]} | {r.get("baseline") for r in kept}
     current, earlier = [], []
     for r in rows:
-        e = entries.get(r["experiment"])
-        keep = e is None or (r.get("digest") in e["digests"] and (not r.get("is_baseline") or r["experiment"] in named))
+        keep = recorded(r) and (not r.get("is_baseline") or r["experiment"] in named)
         (current if keep else earlier).append(r)
     return current, earlier

@@ -328,8 +328,8 @@ def _every_class(labels: np.ndarray, n_classes: int, file: str) -> None:
     fit (labels 1..K, a gap), not a class to predict."""
     present = set(np.unique(labels.astype(np.int64)).tolist())
     missing = [c for c in range(n_classes) if c not in present]
-    if not missing:
-        return
+    if not missing or min(present) < 0:
+        return  # a negative label: named by the label check (``_labels``)
     lo = min(present)
     if lo > 0 and missing[:lo] == list(range(lo)) and len(missing) == lo:
         _fail(file, "data", f"multiclass labels must be 0..K-1; these start at {lo} (class 0 would have no example): "

@@ -65,9 +65,6 @@ def results_frame(rows: list[dict]):
     metric_cols = sorted({c for c in df.columns if c.startswith(METRIC_PREFIXES)},
                          key=lambda c: (METRIC_PREFIXES.index(c[:c.index("_") + 1]), c))
     df = df[ID_COLUMNS + sweep_cols + metric_cols]
-    for c in sweep_cols:  # integers stay integers where some rows (the baselines) have no value
-        if all(isinstance(r[c], int) and not isinstance(r[c], bool) for r in records if c in r):
-            df[c] = df[c].astype("Int64")
     return df.sort_values(["is_baseline", "experiment", *sweep_cols, "seed"], kind="stable").reset_index(drop=True)
 
 

@@ -37,7 +37,7 @@ from ..training.fit import PROBE, check_targets_and_outputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
 from .code import file_sha256
-from .current import split_current
+from .current import mark_current, split_current
 from .data import DataError, Splits, load_splits
 from .files import atomic_write, write_json
 from .schema import ConfigError, ExperimentSpec
@@ -441,9 +441,14 @@ def compose(left: list[Unit], planned: list[Unit], rule: str, out: Path) -> _Tas
 def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
             workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = (),
-            threads: int | None = None, backend: str = "local", address: str | None = None) -> dict[str, Any]:
+            threads: int | None = None, backend: str = "local", address: str | None = None,
+            record: str | None = "merge") -> dict[str, Any]:
     """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
     are skipped (resume).
+
+    First the units' experiments are recorded as the current ones in ``out/current.json``
+    (``current.py``; ``record="replace"``: they alone, ``None``: not recorded), so the tables
+    never mix their runs with an earlier version's: give it every grid point of each experiment.
 
     ``workers`` processes train at once: this one and ``workers - 1`` helpers (``helpers.py``),
     each on its share of the cores when there is more than one (``reglab.threads.per_worker``:
@@ -484,8 +489,12 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}")
+    if record not in ("merge", "replace", None):
+        raise ValueError(f"record must be 'merge', 'replace' or None; got {record!r}")
     out = Path(out)
     units = list(units)
+    if record is not None:
+        mark_current(out, units, replace=record == "replace")  # before training: finished units are current
     pending: dict[str, list[Unit]] = {}
     planned: dict[str, list[Unit]] = {}
     skipped = 0
@@ -697,13 +706,13 @@ def run_unit(unit: Unit, out: str | Path) -> dict:
     """Run one unit on its own (what a distributed executor would call per task): its JSON row,
     with the numbers ``execute`` gives it (``compose``: beside a twin where that matters)."""
     out = Path(out)
-    if _verified(unit.path(out)) is None:
-        execute([unit], out, progress=False)
+    if _verified(unit.path(out)) is None:  # not recorded: the driver records the whole plan (``execute``)
+        execute([unit], out, progress=False, record=None)
     return _verified(unit.path(out))
 
 
 def load_runs(out: str | Path, left_out: list[dict] | None = None) -> list[dict]:
-    """Every finished, verified run under ``out/runs`` of the experiment files as they are now
+    """Every finished, verified run under ``out/runs`` of the experiment files as last run there
     (``current.py``), as a dict (anything else is skipped). The runs of earlier versions are
     appended to ``left_out`` where one is given."""
     rows = []
