@@ -392,6 +392,9 @@ def test_labels_that_do_not_fit_the_task_and_missing_files(tmp_path):
                                           r"class; class\(es\) \[2, 3, 4\] of 0..5 have none \(labels present: "
                                           r"\[0, 1, 5\]\): relabel them 0..2"):
         prepare([one(p)])
+    np.savez(tmp_path / "e.npz", x=np.zeros((6, 2)), y=np.array([-1, 1, 2, 1, 1, 2]))  # named as negative, not as a gap
+    with pytest.raises(ConfigError, match=r"multiclass labels must be 0..2; label -1 at index 0 is not"):
+        prepare([one(p)])
     np.savez(tmp_path / "f.npz", x=np.zeros((6, 2)), y=np.zeros(5))
     p = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "f.npz"'), "f.toml")
     with pytest.raises(ConfigError, match=r"f.toml: data.file \('.*f.npz'\): x has 6 examples of shape \(2,\) but "
