@@ -507,6 +507,13 @@ def test_sweep_grid_points_are_their_own_rows(tmp_path):
     assert sorted(zip(exp["model/layers/0/kernel_regularizer/l2"], exp["train/optimizer/learning_rate"])) == [
         (0.001, 0.01), (0.001, 0.02), (0.1, 0.01), (0.1, 0.02)]
     assert df.loc[df.is_baseline, "model/layers/0/kernel_regularizer/l2"].isna().all()
+    # the note under the results table explains the forms its metric cells have (one run each
+    # here), not the "[" of a grid point's name
+    assert CliRunner().invoke(main, ["report", str(out)]).exit_code == 0
+    md = (out / "report.md").read_text()
+    results = md[md.index("## Results over seeds"):md.index("## Paired comparisons")]
+    assert "| `tiny [l2=0.001, learning_rate=0.01]` |" in results
+    assert '*"(one run)": no interval from one run.*' in results and "[low, high]" not in results
 
 
 def test_known_distribution_adds_fresh_bayes_and_excess(tmp_path):

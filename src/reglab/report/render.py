@@ -375,7 +375,7 @@ def _section_table(doc: Doc, summ: Summary) -> None:
         for e in rows:
             table.append([f"`{e.key}`", e.title, f"{len(e.finished)} / {len(e.runs)}"] +
                          [_ci(e.stats.get(k), 4 if k.startswith("excess") else 3, k) for k in keys])
-        flat = " ".join(c for r in table for c in r)
+        flat = " ".join(c for r in table for c in r[3:])  # the metric cells (a grid point's key has "[")
         notes = ["mean ± the half-width of its 95% t-interval over the finished seeds"] if "±" in flat else []
         if "[" in flat:
             notes.append("mean [low, high]: the interval itself, where mean ± half-width would leave the metric's range")
