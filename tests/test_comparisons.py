@@ -236,6 +236,6 @@ def test_a_study_mixing_tasks_gets_findings_and_a_forest_plot_per_task(tmp_path)
     _section_findings(doc, df, tmp_path)
     md = doc.markdown(tmp_path)
     assert md.count("## Findings") == 1
-    assert "On the test log-loss (lower is better), each of 1 experiments" in md and "`cls_l2` +1" in md
-    assert "On the test mean squared error (lower is better), each of 1 experiments" in md and "`reg_l1` -1" in md
+    assert "On the test log-loss (lower is better), the one experiment against" in md and "`cls_l2` +1" in md
+    assert "On the test mean squared error (lower is better), the one experiment against" in md and "`reg_l1` -1" in md
     assert "(forest.png)" in md and "(forest_1.png)" in md
