@@ -123,6 +123,8 @@ def test_baseline_keeps_every_optimizer_setting_but_weight_decay(tmp_path):
     [
         (lambda t: "foo = 1\n" + t, r"tiny.toml: the file: unknown key\(s\) \['foo'\]"),
         (lambda t: t.replace("epochs = 3", 'epochs = "3"'), r"tiny.toml: train.epochs: expected an integer from 1"),
+        (lambda t: t.replace("batch_size = 20\n", ""), r"tiny.toml: train.batch_size: missing; every experiment sets "
+                                                       r"it \(e.g. batch_size = 32\)"),
         (lambda t: t.replace("epochs = 3", "epochs = 9223372036854775807"), r"train.epochs: expected an integer from 1 to 100000"),
         (lambda t: t.replace("seeds = 2", "seeds = 1000000000"), r"seeds: expected an integer from 1 to 10000"),
         (lambda t: t.replace("l2 = 0.01", "l2 = -0.01"),
@@ -187,6 +189,15 @@ def test_a_bad_file_ends_two_workers_with_its_error_alone(tmp_path):
                           "--workers", "2", "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 1
     assert res.stderr == f"Error: {p}: model.builder: 'models.py' has no function 'nope'\n"
+
+
+def test_a_builder_that_raises_is_named_with_where_in_its_code(tmp_path):
+    (tmp_path / "badb.py").write_text("def build(input_shape, n_outputs):\n    raise RuntimeError('boom in builder')\n")
+    p = write(tmp_path, TINY.split("[[model.layers]]")[0] + '[model]\nbuilder = "badb.py:build"\n')
+    res = run([p], tmp_path / "out")
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output  # not a traceback
+    assert (f"Error: {p}: model.builder: badb.py:build raised RuntimeError: boom in builder (at "
+            f"{tmp_path / 'badb.py'}, line 2)") in res.output
 
 
 def test_errors_found_only_by_building_are_reported_before_anything_trains(tmp_path):
@@ -956,6 +967,11 @@ def test_runs_of_an_edited_experiment_replace_the_earlier_ones_in_every_table(tm
     (tmp_path / "models.py").write_text(BUILDER)  # reverted: the first version is current again
     res = run([p], out)
     assert "0 runs trained, 4 already done" in res.output
+    # the report of the edited version is removed, not left beside the first version's results
+    assert not (out / "comparisons.csv").exists() and not (out / "report.md").exists()
+    assert "removed comparisons.csv, report.md, report.html of the earlier runs" in res.output
+    res = run([p], out)  # nothing changed: nothing to say
+    assert "removed" not in res.output
     again = reglab.load_results(out)
     assert again.equals(first)
 

@@ -137,6 +137,18 @@ def _echo_failures(units, runs: list[dict]) -> None:
                    "counted in the report", err=True)
 
 
+def _drop_stale_report(out: Path, changed: bool) -> None:
+    """After ``reglab run`` changed the results: remove the report and ``comparisons.csv`` of the
+    runs before (they would sit beside the new results.csv, another version's numbers) and say how
+    to write them anew."""
+    stale = [p for p in (out / "comparisons.csv", out / "report.md", out / "report.html") if p.is_file()]
+    if changed and stale:
+        for p in stale:
+            p.unlink()
+        click.echo(f"note: the results changed: removed {', '.join(p.name for p in stale)} of the earlier runs; "
+                   f"`reglab report {out}` (with --study DIR for a study's settings) writes them anew", err=True)
+
+
 def _echo_earlier(earlier: list[dict], out: Path) -> None:
     """Say, on stderr, how many runs of earlier versions of the experiment files lie under
     ``out`` and are left out (``reglab.experiments.current``)."""
@@ -144,7 +156,8 @@ def _echo_earlier(earlier: list[dict], out: Path) -> None:
         names = sorted({r["experiment"] for r in earlier})
         click.echo(f"note: {len(earlier)} run(s) of earlier versions of {', '.join(names[:6])}"
                    f"{', ...' if len(names) > 6 else ''} are kept under {out}/runs and left out of the results and "
-                   "the report (the experiment files, their builders or data changed since)", err=True)
+                   "the report (the experiment files, their builders or data changed since, or the study no longer "
+                   "lists them)", err=True)
 
 
 def _execute(units, out: Path, **kw) -> dict:
@@ -258,7 +271,9 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, threa
     t0 = time.perf_counter()
     info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
+    before = (out_p / "results.csv").read_bytes() if (out_p / "results.csv").is_file() else None
     csv = write_results_csv(out_p, info["runs"])
+    _drop_stale_report(out_p, changed=before != csv.read_bytes())
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
                f"results in {out_p}/runs and {csv}")
 

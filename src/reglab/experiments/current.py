@@ -62,9 +62,9 @@ def _read(out: Path) -> tuple[dict[str, dict[str, Any]], bool] | None:
         ok = False
     if not ok:
         raise CurrentRecordError(f"{p}: damaged (expected {{\"experiments\": {{name: {{\"digests\": [...], "
-                                 f"\"baselines\": [...]}}}}, \"only\": true|false}}); delete it to count every "
-                                 f"finished run under {p.parent} as current, or run the experiment files again to "
-                                 "rewrite it")
+                                 f"\"baselines\": [...]}}}}, \"only\": true|false}}); delete it: then "
+                                 f"every finished run under {p.parent} counts, of every version, until each experiment "
+                                 "file is run there again")
     return entries, only
 
 

@@ -142,6 +142,13 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         except ValueError as e:
             where = "train.loss.codes" if "regularizers list" in str(e) else "model"
             raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: {where}: {e}") from None
+        except Exception as e:  # the user's builder failed: say where, in their code
+            import traceback
+
+            last = traceback.extract_tb(e.__traceback__)[-1]
+            ref = spec.config["model"].get("builder", "the model's layers")
+            raise ConfigError(f"{spec.path}: model.builder: {ref} raised {type(e).__name__}: {e} (at {last.filename}, "
+                              f"line {last.lineno})") from None
         model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
         loss = _losses.get(lo)
         if sp.task in ("binary", "multiclass") and loss.task is None:

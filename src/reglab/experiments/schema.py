@@ -364,6 +364,10 @@ def _loss(loss: Any, file: str) -> Any:
 def _train(train: Any, file: str) -> dict[str, Any]:
     _expect(isinstance(train, Mapping), file, "train", "a table", train)
     _unknown(train, TRAIN_KEYS, file, "train")
+    for k in ("epochs", "batch_size"):
+        if k not in train:
+            raise ConfigError(f"{file}: train.{k}: missing; every experiment sets it (e.g. {k} = "
+                              f"{200 if k == 'epochs' else 32})")
     tr: dict[str, Any] = {"epochs": _bounded_int(train.get("epochs"), file, "train.epochs", 1, LIMITS["epochs"]),
                           "batch_size": _bounded_int(train.get("batch_size"), file, "train.batch_size", 1,
                                                      LIMITS["batch_size"])}

@@ -211,7 +211,7 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     doc.toc()
     if intro:  # "{seeds}": the seeds of the study's rows, as run (--seeds included)
         n = sorted({len(e.runs) for e in summ.rows.values()})
-        doc.p(intro.replace("{seeds}", "/".join(map(str, n))))
+        doc.p(intro.replace("{seeds}", str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"))
     _section_protocol(doc, summ, comp, earlier or [])
     _section_table(doc, summ)
     _section_comparisons(doc, summ, comp)
