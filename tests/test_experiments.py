@@ -648,6 +648,22 @@ def test_cli_list_run_report_and_path(tmp_path):
     doc = json.loads((out / "paths" / "tiny.json").read_text())
     assert doc["strengths"] == [0.0, 0.01] and np.asarray(doc["metrics"]["excess_log_loss"]).shape == (2, 2)
     assert doc["select_metric"] == "val_log_loss"
+    assert f"written: {out / 'paths' / 'tiny.json'}" in res.output
+    # no known distribution: the held-out figure is the test log-loss, whose interval in the
+    # verdict stays inside [0, inf) (the raw t-interval of 2 seeds reaches below 0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(24, 2))
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] + 2 * rng.normal(size=24) > 0).astype(int))
+    npz = write(tmp_path, TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.npz"'), "npz.toml")
+    res = runner.invoke(main, ["path", str(npz), "--strengths", "0,0.01", "--seeds", "2", "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "o3" / "paths" / "tiny.json").read_text())
+    from reglab.diagnostics.statistics import mean_ci
+
+    held = np.asarray(doc["metrics"]["test_log_loss"])[doc["strengths"].index(doc["best_strength"])]
+    assert doc["held_out_metric"] == "test_log_loss" and mean_ci(held)[1] < 0  # the raw interval
+    lo = float(res.output.split("test log loss is ")[1].split("[")[1].split(",")[0])
+    assert lo == 0.0 and doc["chosen"][1] == 0.0
 
 
 def test_run_unit_is_the_single_task_entry_point(tmp_path):

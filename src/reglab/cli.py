@@ -332,7 +332,7 @@ def path(path, strengths, seeds, out) -> None:
     """Regularization path of one experiment: every strength (found through each regularizer's
     hparams()) replaced by each value of --strengths; lambda chosen on the validation split."""
     _start()
-    from .experiments.path import regularization_path
+    from .experiments.path import path_file, regularization_path
 
     specs = _load((path,))
     if len(specs) != 1:
@@ -343,6 +343,7 @@ def path(path, strengths, seeds, out) -> None:
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(doc["verdict"])
+    click.echo(f"written: {path_file(out, specs[0].name)}")
 
 
 @main.command()

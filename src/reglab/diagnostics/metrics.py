@@ -15,12 +15,13 @@ Tasks and their metrics (``METRICS[task]``; the key, and whether lower is better
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as _sk
 
-__all__ = ["METRICS", "TASKS", "score", "to_probabilities", "ECE_BINS"]
+__all__ = ["METRICS", "TASKS", "score", "to_probabilities", "ECE_BINS", "RANGES", "metric_range"]
 
 TASKS = ("binary", "multiclass", "regression")
 EPSILON = 1e-7
@@ -32,6 +33,18 @@ METRICS: dict[str, dict[str, bool]] = {
     "multiclass": {"log_loss": True, "accuracy": False, "brier": True, "ece": True},
     "regression": {"mse": True, "mae": True, "r2": False},
 }
+
+#: metric -> the range its values cannot leave (an interval is shown clipped to it)
+RANGES = {"accuracy": (0.0, 1.0), "ece": (0.0, 1.0), "brier": (0.0, 1.0), "log_loss": (0.0, math.inf),
+          "mse": (0.0, math.inf), "mae": (0.0, math.inf), "r2": (-math.inf, 1.0)}
+
+
+def metric_range(column: str) -> tuple[float, float]:
+    """The range of a results column's values (``test_log_loss`` -> ``(0, inf)``); unbounded for
+    an excess over the Bayes-optimal score (a sample can beat it) and for unknown names."""
+    prefix, _, m = column.partition("_")
+    return (-math.inf, math.inf) if prefix == "excess" else RANGES.get(m, (-math.inf, math.inf))
+
 
 #: metric -> words for reports
 LABELS = {"log_loss": "log-loss", "accuracy": "accuracy", "brier": "Brier score", "ece": "calibration error (ECE)",

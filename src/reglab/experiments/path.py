@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import regularizers as _regularizers
-from ..diagnostics.metrics import LABELS, METRICS
+from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, loss_of
@@ -117,8 +117,10 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     chosen = metrics[held][best]
     per_seed = metrics[held][per_seed_best, np.arange(len(seeds))]
     stats = {k: [list(mean_ci(row)) for row in v] for k, v in metrics.items()}
+    low, high = metric_range(held)  # the intervals in the verdict do not leave the metric's range
     m_sel, lo_sel, hi_sel = mean_ci(chosen)
     m_ps, lo_ps, hi_ps = mean_ci(per_seed)
+    lo_sel, hi_sel, lo_ps, hi_ps = max(lo_sel, low), min(hi_sel, high), max(lo_ps, low), min(hi_ps, high)
     zero = strengths.index(0.0) if 0.0 in strengths else None
     where = "the validation split" if not sp0.validation_is_test else "the validation data (which are the test data here)"
     held_words = ("a fresh sample from the known distribution" if sp0.distribution is not None else "the test split")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..diagnostics.metrics import LABELS, METRICS
+from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..experiments.results import results_frame
 from ..experiments.runner import load_runs
 from . import plots
@@ -154,11 +154,6 @@ def _num(v: float, digits: int = 3) -> str | None:
     return None if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-#: the range a metric cannot leave (by the name after its prefix); an interval is clipped to it
-_RANGES = {"accuracy": (0.0, 1.0), "ece": (0.0, 1.0), "brier": (0.0, 1.0), "log_loss": (0.0, math.inf),
-           "mse": (0.0, math.inf), "mae": (0.0, math.inf), "r2": (-math.inf, 1.0)}
-
-
 def _ci(stat: tuple[float, float, float] | None, digits: int = 3, metric: str = "") -> str:
     """``mean ± half-width``, or ``mean [lo, hi]`` where the t-interval leaves the metric's range
     (an accuracy of 0.99 ± 0.02 is shown as 0.990 [0.970, 1.000]); ``n/a`` where it cannot be
@@ -168,7 +163,7 @@ def _ci(stat: tuple[float, float, float] | None, digits: int = 3, metric: str = 
     m, lo, hi = stat
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{m:.{digits}f} (one run)"
-    low, high = _RANGES.get(metric.partition("_")[2] if not metric.startswith("excess_") else "", (-math.inf, math.inf))
+    low, high = metric_range(metric)
     if lo < low or hi > high:
         return f"{m:.{digits}f} [{max(lo, low):.{digits}f}, {min(hi, high):.{digits}f}]"
     return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
