@@ -35,14 +35,14 @@ def _environment() -> dict[str, str]:
 
 
 def _load(paths):
-    from .experiments.schema import ConfigError, load_experiments
-    from .experiments.study import experiment_files, with_study_seeds
+    from .experiments.schema import ConfigError
+    from .experiments.study import load_specs
 
     try:
-        files = experiment_files(paths)
-        if not files:
+        specs = load_specs(paths)
+        if not specs:
             raise click.UsageError(f"no experiment files found in {list(paths)}")
-        return with_study_seeds(paths, load_experiments(files))
+        return specs
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -60,7 +60,7 @@ def _prepare(specs, baselines: bool = True):
 
 
 def _meta_update(out: Path, **kw) -> dict:
-    from .experiments.runner import write_json
+    from .experiments.files import write_json
 
     p = out / "study.json"
     try:
@@ -152,12 +152,12 @@ def _drop_stale_report(out: Path, changed: bool) -> None:
 def _echo_earlier(earlier: list[dict], out: Path) -> None:
     """Say, on stderr, how many runs of earlier versions of the experiment files lie under
     ``out`` and are left out (``reglab.experiments.current``)."""
+    from .experiments.current import named
+
     if earlier:
-        names = sorted({r["experiment"] for r in earlier})
-        click.echo(f"note: {len(earlier)} run(s) of earlier versions of {', '.join(names[:6])}"
-                   f"{', ...' if len(names) > 6 else ''} are kept under {out}/runs and left out of the results and "
-                   "the report (the experiment files, their builders or data changed since, or the study no longer "
-                   "lists them)", err=True)
+        click.echo(f"note: {len(earlier)} run(s) of earlier versions of {named(earlier)} are kept under {out}/runs "
+                   "and left out of the results and the report (the experiment files, their builders or data "
+                   "changed since, or the study no longer lists them)", err=True)
 
 
 def _execute(units, out: Path, **kw) -> dict:

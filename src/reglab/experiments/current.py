@@ -18,10 +18,10 @@ it no longer lists is no longer current): then the record holds its experiments 
 
 A non-baseline run is *current* (``split_current``) when its digest is in its experiment's entry,
 or its experiment has no entry and the record is not ``only`` (a folder written before the record
-existed, or by code that does not record). A baseline run is current when, besides that, some entry lists it among its baselines or
-some current run names it as its baseline: an edited model gives its experiment a new baseline,
-and the old one is then no experiment's. Reverting an edit makes the first version current
-again, and its runs are reused. Only names and digests are read from the record, never a path.
+existed, or by code that does not record). A baseline run is current when, besides that, some
+entry lists it among its baselines or some current run names it as its baseline: an edited model
+gives its experiment a new baseline, and the old one is then no experiment's. Reverting an edit
+makes the first version current again, and its runs are reused. Only names and digests are read from the record, never a path.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from filelock import FileLock
 
 from .files import write_json
 
-__all__ = ["mark_current", "split_current", "CurrentRecordError", "RECORD"]
+__all__ = ["mark_current", "split_current", "named", "CurrentRecordError", "RECORD"]
 
 RECORD = "current.json"
 
@@ -107,3 +107,9 @@ def split_current(out: str | Path, rows: list[dict]) -> tuple[list[dict], list[d
         keep = recorded(r) and (not r.get("is_baseline") or r["experiment"] in named)
         (current if keep else earlier).append(r)
     return current, earlier
+
+
+def named(earlier: list[dict]) -> str:
+    """The experiments of ``earlier`` runs for a message: their names, sorted, the first six."""
+    names = sorted({r["experiment"] for r in earlier})
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")

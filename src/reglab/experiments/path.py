@@ -26,7 +26,8 @@ from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, loss_of
-from .runner import evaluate_run, splits_of, write_json
+from .files import write_json
+from .runner import evaluate_run, splits_of
 from .schema import ExperimentSpec
 
 __all__ = ["regularization_path", "with_strength", "path_file"]

@@ -2,9 +2,10 @@
 
 Columns: ``experiment``, ``is_baseline``, ``baseline`` (the baseline this experiment is compared
 with; empty for a baseline), ``seed``, ``task``, ``loss_name``, ``epochs_run``, ``failed``, one
-column per sweep path (keys joined by "/"; a swept table or array as its JSON), and the metrics ``val_<m>``, ``test_<m>`` (plus
-``fresh_<m>``, ``bayes_<m>``, ``excess_<m>`` where the distribution is known), ``<m>`` in the
-task's metrics (``log_loss, accuracy, brier, ece`` or ``mse, mae, r2``). A figure that could not
+column per sweep path (keys joined by "/"; a swept table or array as its JSON), and the metrics
+``val_<m>``, ``test_<m>`` (plus ``fresh_<m>``, ``bayes_<m>``, ``excess_<m>`` where the
+distribution is known), ``<m>`` in the task's metrics (``log_loss, accuracy, brier, ece`` or
+``mse, mae, r2``). A figure that could not
 be computed (a failed run, a metric that does not apply) is empty (NaN in the frame, an empty cell
 in ``results.csv``), never a made-up number.
 """

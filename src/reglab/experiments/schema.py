@@ -174,7 +174,8 @@ class ExperimentSpec:
         """Hash of what produces the results: the validated config (not the file's formatting or
         presentation keys) and the hashes of its input files."""
         cfg = {k: v for k, v in self.config.items() if k not in PRESENTATION + ("baseline_of", "name")}
-        if not isinstance(self.config.get("split", {}).get("validation", 0.2), str) and "files" not in self.config["data"]:
+        validation = self.config.get("split", {}).get("validation", 0.2)
+        if not isinstance(validation, str) and "files" not in self.config["data"]:
             # a validation fraction of one pool is ceil(fraction x all examples) since reglab 0.1.0's
             # second split rule (before: fraction / (1 - test) of the rest, one more at times): new ids
             cfg["split_rule"] = 2

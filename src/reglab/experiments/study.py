@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from .code import resolve
-from .runner import write_json
-from .schema import ConfigError, ExperimentSpec, LIMITS, read_toml
+from .files import write_json
+from .schema import ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
 
-__all__ = ["Study", "load_study", "experiment_files", "with_study_seeds", "run_analysis"]
+__all__ = ["Study", "load_study", "experiment_files", "load_specs", "run_analysis"]
 
 STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins", "statistics"}
 
@@ -70,31 +70,37 @@ class Study:
     methods: str | dict[str, str] = "t"  # comparisons.csv's interval method: for all families, or per metric
 
 
-def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
-    """Experiment files from files and folders (a folder's ``*.toml``; a study folder's
-    ``study.toml`` says which)."""
-    files: list[str] = []
+def _sources(paths: tuple[str, ...] | list[str]) -> list[tuple[str, int | None]]:
+    """``(experiment file, seeds of the study folder it came from or None)`` for files and
+    folders (a folder's ``*.toml``; a study folder's ``study.toml`` says which), each study read
+    once."""
+    out: list[tuple[str, int | None]] = []
     for p in paths:
         if os.path.isdir(p):
             if os.path.isfile(os.path.join(p, "study.toml")):
-                files.extend(load_study(p).files)
+                st = load_study(p)
+                out.extend((f, st.seeds) for f in st.files)
             else:
-                files.extend(sorted(glob.glob(os.path.join(p, "*.toml"))))
+                out.extend((f, None) for f in sorted(glob.glob(os.path.join(p, "*.toml"))))
         else:
-            files.append(p)
-    return files
+            out.append((p, None))
+    return out
 
 
-def with_study_seeds(paths: tuple[str, ...] | list[str], specs: list[ExperimentSpec]) -> list[ExperimentSpec]:
-    """``specs`` (loaded from ``experiment_files(paths)``) with the ``seeds`` of the study
-    folders among ``paths``, where their ``study.toml`` sets it, in place of each file's own
-    (``seeds`` is no part of a run's identity; ``--seeds`` still overrides both)."""
-    count: dict[str, int] = {}
-    for p in paths:
-        if os.path.isdir(p) and os.path.isfile(os.path.join(p, "study.toml")):
-            st = load_study(p)
-            if st.seeds is not None:
-                count.update({os.path.realpath(f): st.seeds for f in st.files})
+def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
+    """Experiment files from files and folders (a folder's ``*.toml``; a study folder's
+    ``study.toml`` says which)."""
+    return [f for f, _ in _sources(paths)]
+
+
+def load_specs(paths: tuple[str, ...] | list[str]) -> list[ExperimentSpec]:
+    """The experiments of ``paths`` (``experiment_files``), validated, with the ``seeds`` of the
+    study folders among them, where their ``study.toml`` sets it, in place of each file's own
+    (``seeds`` is no part of a run's identity; ``--seeds`` still overrides both). A
+    ``ConfigError`` for a bad file; an empty list where ``paths`` hold none."""
+    sources = _sources(paths)
+    count = {os.path.realpath(f): n for f, n in sources if n is not None}
+    specs = load_experiments([f for f, _ in sources])
     return [dataclasses.replace(s, config={**s.config, "seeds": count[os.path.realpath(s.path)]})
             if os.path.realpath(s.path) in count else s for s in specs]
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..diagnostics.metrics import LABELS, METRICS, metric_range
+from ..experiments.current import named
 from ..experiments.results import results_frame
 from ..experiments.runner import load_runs
 from . import plots
@@ -322,10 +323,9 @@ def _section_protocol(doc: Doc, summ: Summary, comp, earlier: list[dict]) -> Non
     doc.h(2, "Protocol")
     items = []
     if earlier:
-        names = sorted({r["experiment"] for r in earlier})
-        items.append(f"{len(earlier)} runs of earlier versions of the experiment files ({', '.join(names[:6])}"
-                     f"{', ...' if len(names) > 6 else ''}) lie under `runs/` and are left out: every table and figure "
-                     "holds the runs of the files as they are now (their builders and data included).")
+        items.append(f"{len(earlier)} runs of earlier versions of the experiment files ({named(earlier)}) lie under "
+                     "`runs/` and are left out: every table and figure holds the runs of the files as they are now "
+                     "(their builders and data included).")
     for task in summ.tasks:
         rows = [e for e in summ.rows.values() if e.task == task]
         ms = [r["metrics"] for e in rows for r in e.runs]
@@ -373,7 +373,8 @@ def _section_table(doc: Doc, summ: Summary) -> None:
         flat = " ".join(c for r in table for c in r[3:])  # the metric cells (a grid point's key has "[")
         notes = ["mean ± the half-width of its 95% t-interval over the finished seeds"] if "±" in flat else []
         if "[" in flat:
-            notes.append("mean [low, high]: the interval itself, where mean ± half-width would leave the metric's range")
+            notes.append("mean [low, high]: the interval itself, where mean ± half-width would leave the "
+                         "metric's range")
         if "n/a" in flat:
             notes.append("n/a: no finished run has this figure")
         if "(one run)" in flat:
