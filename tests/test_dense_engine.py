@@ -300,11 +300,16 @@ def test_a_regularizer_torch_func_cannot_transform_falls_back_in_fit_and_is_name
     assert len(h) == 2 and np.isfinite(h["penalty/0.weight"]).all() and h["penalty/0.weight"][0] > 0
     one = reglab.fit_many(build, data[0], data[1], seeds=[0], loss="binary_crossentropy", epochs=2, batch_size=20,
                           progress=False)
-    assert one.engine == "single"
+    assert one.engine == "loop"
     np.testing.assert_allclose(one.histories[0]["loss"], h["loss"], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"penalty source '0.weight'.*torch.func"):
+    # two models: vmap cannot batch it either, so the per-model engine trains them, each as fit
+    two = reglab.fit_many(build, data[0], data[1], seeds=[0, 1], loss="binary_crossentropy", epochs=2,
+                          batch_size=20, progress=False)
+    assert two.engine == "loop" and "vmap" in two.engine_reason
+    np.testing.assert_array_equal(two.histories[0]["loss"], h["loss"])
+    with pytest.raises(ValueError, match=r"engine='dense' cannot train this model: penalty source '0.weight'.*torch.func"):
         reglab.fit_many(build, data[0], data[1], seeds=[0, 1], loss="binary_crossentropy", epochs=1,
-                        progress=False)
+                        progress=False, engine="dense")
 
 
 def test_plain_torch_layers_root_activity_and_no_bias_match_autograd():

@@ -787,11 +787,12 @@ def test_a_redone_vmap_unit_trains_at_the_thread_count_its_grid_point_recorded(t
     assert json.loads(units[1].path(alone).read_text())["threads"] == 1
 
 
-def test_a_unit_with_other_randomness_is_redone_in_its_whole_group(tmp_path):
-    """A forward pass that draws noise itself (not ``nn.Dropout``) gets it from ``vmap``'s draws
-    for the whole group: a lost unit is then redone by training its whole planned group again,
-    writing only what is missing -- so it equals the run that was lost, bit for bit; alone it
-    would differ."""
+def test_a_unit_with_other_randomness_is_redone_alone_with_the_numbers_it_had(tmp_path):
+    """A forward pass that draws noise itself (not ``nn.Dropout``) trains on the per-model loop
+    engine, each model drawing from its own generator as it would alone: a lost unit is redone by
+    itself and equals the run that was lost, bit for bit, as does a run of it alone. (Under
+    ``vmap`` its noise came from draws for the whole group, and a lost unit needed its whole
+    group again.)"""
     from reglab.experiments.runner import group_rule
 
     noisy = CNN.replace("from torch import nn", """import torch
@@ -802,19 +803,21 @@ class Noise(nn.Module):
         return x + 0.3 * torch.randn_like(x) if self.training else x
 """).replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), Noise(), nn.Flatten()")
     spec = _cnn_spec(tmp_path, noisy)
-    assert group_rule(spec) == "whole"
+    assert group_rule(spec) == "threads"
     units = [Unit(spec, s) for s in range(4)]
     out = tmp_path / "out"
-    execute(units, out, progress=False)
+    execute(units, out, progress=False, threads=1)
     before = _numbers(units[2].path(out))
+    row = json.loads(units[2].path(out).read_text())
+    assert row["engine"] == "loop" and "outside nn.Dropout" in row["engine_reason"]
     units[2].path(out).unlink()
-    info = execute(units, out, progress=False)
+    info = execute(units, out, progress=False, threads=1)
     assert info["trained"] == 1 and info["skipped"] == 3
-    assert json.loads(units[2].path(out).read_text())["group_size"] == 4
+    assert json.loads(units[2].path(out).read_text())["group_size"] == 1
     assert _numbers(units[2].path(out)) == before
-    alone = execute([units[2]], tmp_path / "alone", progress=False)
+    alone = execute([units[2]], tmp_path / "alone", progress=False, threads=1)
     assert alone["trained"] == 1
-    assert _numbers(units[2].path(tmp_path / "alone"))[0] != before[0]
+    assert _numbers(units[2].path(tmp_path / "alone")) == before
 
 
 def test_two_workers_give_one_worker_results_and_concurrent_runs_share_groups(tmp_path):

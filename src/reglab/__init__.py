@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # first: submodules read it (run ids hash it)
+from ._version import __version__  # submodules read it from there (run ids hash it)
 
 #: the subpackages and modules star-imported with the API
 _PUBLIC = ("activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
-           "selectors", "models", "training", "diagnostics", "datasets", "vectorized")
+           "selectors", "models", "training", "diagnostics", "datasets", "vectorized", "engines")
 #: every subpackage and module ``reglab.<name>`` reaches after a bare ``import reglab``
 _MODULES = _PUBLIC + ("threads", "attach", "experiments", "report", "sklearn")
 
@@ -30,6 +30,7 @@ _NAMES = {
     **dict.fromkeys(("Regularizer", "L1", "L2", "L1L2", "Lp", "OrthogonalRegularizer", "KLSparsity"), ".regularizers"),
     **dict.fromkeys(("fit", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TrainingDiverged"), ".training"),
     **dict.fromkeys(("fit_many", "ManyResult"), ".vectorized"),
+    **dict.fromkeys(("choose_engine", "EngineChoice", "EngineUnavailable"), ".engines"),
     "regularization_path": ".experiments.path",
     "load_results": ".experiments.results",
     "load_comparisons": ".report.comparisons",
@@ -55,11 +56,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static analysis and IDEs see
-    from . import (activations, attach, constraints, datasets, diagnostics, experiments, initializers, layers, losses,
+    from . import (activations, attach, constraints, datasets, diagnostics, engines, experiments, initializers, layers, losses,
                    models, optimizers, regularizers, report, selectors, sklearn, threads, training, vectorized)
     from .attach import (Handle, accumulate_activity, apply_constraints, apply_spec, clear_activity, constrain,
                          penalties, penalty, refresh_constraints, regularization_spec, regularize)
     from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm
+    from .engines import EngineChoice, EngineUnavailable, choose_engine
     from .experiments.path import regularization_path
     from .experiments.results import load_results
     from .layers import Activation, Dense

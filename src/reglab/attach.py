@@ -58,6 +58,7 @@ __all__ = [
     "apply_spec",
     "PenaltyPlan",
     "refresh_constraints",
+    "engine_steps",
 ]
 
 _PARAMS = "_reglab_param_regularizers"
@@ -355,6 +356,20 @@ def engine_owned(optimizer: torch.optim.Optimizer) -> None:
     _ENGINE_OWNED.add(optimizer)
 
 
+@contextlib.contextmanager
+def engine_steps(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within: ``optimizer``'s steps are a training engine's, which projects the constrained
+    weights of the models it stepped itself (``apply_constraints``); the constraint step hook
+    leaves them alone. Outside, the optimizer is a plain one again (a user's instance)."""
+    owned = optimizer in _ENGINE_OWNED
+    _ENGINE_OWNED.add(optimizer)
+    try:
+        yield
+    finally:
+        if not owned:
+            _ENGINE_OWNED.discard(optimizer)
+
+
 def _register_live(module: nn.Module, args: Any) -> None:
     _LIVE.add(module)
 
@@ -563,11 +578,15 @@ def clear_activity(model: nn.Module) -> None:
 
 
 def apply_constraints(model: nn.Module) -> None:
-    """Project every constrained parameter now (for loops that do not call ``optimizer.step``)."""
+    """Project every constrained parameter now, once per tensor (for loops that do not call
+    ``optimizer.step``; the per-model engine calls it after each step)."""
+    done: set[int] = set()
     with torch.no_grad():
         for _, mod, attr, c in constraint_sources(model):
             p = getattr(mod, attr)
-            p.copy_(c(p))
+            if id(p) not in done:
+                done.add(id(p))
+                p.copy_(c(p))
 
 
 # ----------------------------------------------------------------------------- spec

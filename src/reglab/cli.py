@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 
 
 def _environment() -> dict[str, str]:
@@ -241,6 +241,18 @@ def list_cmd(paths: tuple[str, ...]) -> None:
         click.echo(f"{s.name:24s} {src}, {arch}, {opt['name']} lr {opt.get('learning_rate', 0.001):g}, "
                    f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds" + (f"  [{point}]" if point else ""))
         click.echo(f"{'':24s} {s.title}")
+        click.echo(f"{'':24s} engine: {_engine_line(s)}")
+
+
+def _engine_line(spec) -> str:
+    """``kind (reason)`` of the engine a group of the experiment's seeds trains on."""
+    from .experiments.runner import engine_choice
+
+    try:
+        choice = engine_choice(spec, max(2, spec.seeds))
+    except (ValueError, OSError, RuntimeError) as e:  # data or model that cannot be read: list the rest
+        return f"not known ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return f"{choice.kind} ({choice.reason})"
 
 
 @main.command()

@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import losses as _losses
 from ..attach import PenaltyPlan
+from ..training.data import model_inputs
 from ..training.objective import correct_per_example
 
 __all__ = ["evaluate", "compare_predictions", "log_loss", "accuracy", "predict"]
@@ -46,7 +47,7 @@ def compare_predictions(y: Any, yhat_a: Any, yhat_b: Any) -> dict[str, dict[str,
 def predict(model: nn.Module, x: Any, batch_size: int = 4096) -> np.ndarray:
     """Model outputs in eval mode as a NumPy array (batched; activity penalties not recorded)."""
     p0 = next(model.parameters())
-    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(p0.device, p0.dtype)
+    xt = model_inputs(model, x)
     was = model.training
     model.eval()
     outs = []

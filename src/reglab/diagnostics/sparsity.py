@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..attach import PenaltyPlan
+from ..training.data import model_inputs
 
 __all__ = ["sparsity", "activations"]
 
@@ -18,7 +19,7 @@ __all__ = ["sparsity", "activations"]
 def activations(model: nn.Module, x: Any, layers: Sequence[str]) -> dict[str, np.ndarray]:
     """Outputs of the named submodules on ``x`` (eval mode), flattened to ``(n, units)``."""
     p0 = next(model.parameters())
-    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(p0.device, p0.dtype)
+    xt = model_inputs(model, x)
     names = dict(model.named_modules())
     missing = [n for n in layers if n not in names]
     if missing:

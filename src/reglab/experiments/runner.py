@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from .. import threads as _threads
 from ..diagnostics.evaluate import predict
 from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
 from ..training.fit import PROBE, check_targets_and_outputs
+from ..training.data import as_input
+from ..training.fit import probe_inputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
 from .code import file_sha256
@@ -168,14 +170,14 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         p0 = next(model.parameters(), None)
         if p0 is None:
             raise ConfigError(f"{spec.path}: model: the model has no parameters")
-        xb = torch.as_tensor(np.asarray(sp.x_train[:PROBE])).to(p0.dtype)  # as many as fit probes
+        # as many as fit probes, integers kept where the model takes them (fit's rule)
+        xb = as_input(torch.as_tensor(np.asarray(sp.x_train[:PROBE])), p0.dtype)
         try:
-            with torch.no_grad():
-                model.eval()
-                pred = model(xb)
-        except Exception as e:  # any error of the user's forward
+            pred, _ = probe_inputs(model, xb, p0.dtype, "x")
+        except ValueError as e:  # any error of the user's forward
+            cause = e.__cause__ or e
             raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
-                              f"{type(e).__name__}: {e}") from None
+                              f"{type(cause).__name__}: {cause}") from None
         width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
         if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
             hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""
@@ -336,7 +338,8 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
                "task": sp0.task, "loss_name": loss_name(spec, sp0.task), "is_baseline": spec.is_baseline,
                "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,
                "history": res.histories[i].to_dict(), "failed": _jsonable(failed), "group_wall_time": wall,
-               "group_size": len(seeds), "engine": res.engine, "threads": res.threads, **result}
+               "group_size": len(seeds), "engine": res.engine, "engine_reason": res.engine_reason,
+               "threads": res.threads, **result}
         path = unit.path(out)
         files = {}
         if arrays:
@@ -369,30 +372,39 @@ def _train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], o
     return len(write)
 
 
-def group_rule(spec: ExperimentSpec) -> str:
-    """How a unit's numbers depend on the ``fit_many`` group it trains in (bit for bit, at a given
-    thread count; each tested at 1 and 2 threads):
-
-    - ``"any"``: not at all -- the Dense-stack engine (2-D inputs, a supported module), alone or
-      in a group of any size;
-    - ``"pairs"``: the same in every group of two or more -- the vmap path, whose optimizer steps
-      each model's tensors apart and whose dropout masks come from each model's own generator;
-      one model alone trains on the plain autograd path, whose kernels (a convolution, a batch
-      norm) round differently from their batched forms;
-    - ``"whole"``: only the same group gives the same numbers -- the vmap path with a random op
-      other than ``nn.Dropout`` in the forward pass (``vmap`` draws it for the whole group)."""
+def engine_choice(spec: ExperimentSpec, n_models: int = 2) -> Any:
+    """The engine ``choose_engine`` picks for a group of ``n_models`` of the experiment's models
+    (model 0 built as seed 0's, probed on seed 0's first examples): an ``EngineChoice``."""
     from .. import losses as _losses
-    from ..vectorized.dense import takes
-    from ..vectorized.stack import random_calls
+    from ..engines.choose import choose_engine
+    from ..training.engine import ArrayData
+    from ..training.fit import prepare_arrays
 
     sp = splits_of(spec, 0)
     torch.manual_seed(0)
     out = builder(spec, sp.input_shape, sp.n_outputs)()
     model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
-    if takes(model, _losses.get(lo), len(sp.input_shape)):
-        return "any"
-    example = torch.as_tensor(np.asarray(sp.x_train[:2]), dtype=next(model.parameters()).dtype)
-    return "whole" if random_calls(model, example)[1] else "pairs"
+    lo = _losses.get(lo)
+    p0 = next(model.parameters())
+    data = ArrayData(*prepare_arrays(model, sp.x_train[:2], sp.y_train[:2], lo, p0.dtype, p0.device))
+    return choose_engine(model, lo, data.probe_batch(), n_models=n_models, optimizer=spec.config["train"]["optimizer"])
+
+
+def group_rule(spec: ExperimentSpec) -> str:
+    """How a unit's numbers depend on the ``fit_many`` group it trains in: the rule of the engine
+    ``choose_engine`` picks for the experiment's group (``EngineChoice.group_rule``) --
+
+    - ``"any"``: not at all -- the Dense-stack engine, alone or in a group of any size (at 1
+      and 2 threads alike);
+    - ``"threads"``: not on the group, but on the thread count, as its kernels' own numbers do --
+      the per-model loop, each model as ``fit`` trains it alone;
+    - ``"pairs"``: at a given thread count, the same in every group of two or more -- the vmap
+      engine, whose optimizer steps each model's tensors apart and whose dropout masks come from
+      each model's own generator; one model alone trains on the loop, whose kernels (a
+      convolution, a batch norm) round differently from their batched forms.
+
+    Each tested at 1 and 2 threads."""
+    return engine_choice(spec).group_rule
 
 
 def _side_task(fn: Callable[..., Any], args: tuple) -> Any:
@@ -428,17 +440,15 @@ class _Task:
 
 def compose(left: list[Unit], planned: list[Unit], rule: str, out: Path) -> _Task:
     """The task that trains the units ``left`` (of a grid point's ``planned`` ones) so that each
-    gets the numbers it gets in any other run (``rule``: ``group_rule``'s): on the whole planned
-    group (``"whole"``), or beside a twin where one would train alone (``"pairs"``); only
-    ``left`` is written. Where numbers depend on the thread count (not ``"any"``), at the count
-    the grid point's finished units recorded, unless one is given (``--threads``)."""
+    gets the numbers it gets in any other run (``rule``: ``group_rule``'s): beside a twin where
+    one would train alone (``"pairs"``); only ``left`` is written. Where numbers depend on the
+    thread count (not ``"any"``), at the count the grid point's finished units recorded, unless
+    one is given (``--threads``)."""
     threads = None
     if rule != "any" and len(left) < len(planned):
         pending = {u.seed for u in left}
         rows = (_verified(v.path(out)) for v in planned if v.seed not in pending)
         threads = next((r["threads"] for r in rows if r is not None and isinstance(r.get("threads"), int)), None)
-    if rule == "whole" and len(left) < len(planned):
-        return _Task(units=planned, write=[u.seed for u in left], planned=planned, threads=threads)
     if rule == "pairs" and len(left) == 1:
         twin = next((v for v in planned if v.seed != left[0].seed), None) or Unit(left[0].spec, left[0].seed + 1)
         return _Task(units=[left[0], twin], write=[left[0].seed], planned=planned, threads=threads)

@@ -52,7 +52,9 @@ class EarlyStopping(Callback):
             raise ValueError(f"patience must be a non-negative integer; got patience={patience!r}")
         self.monitor = monitor
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
-        self.min_delta = abs(float(min_delta)) * (1 if self.mode == "min" else -1)
+        # Keras (MonitorCallback): the delta is negated for "min", so "current - min_delta < best"
+        # asks for a fall of more than |min_delta| (a rise of more than it for "max")
+        self.min_delta = abs(float(min_delta)) * (-1 if self.mode == "min" else 1)
         self.patience = patience
         self.baseline = baseline
         self.restore_best_weights = bool(restore_best_weights)

@@ -10,8 +10,9 @@ import torch
 from ..losses import Loss
 
 
-def as_tensor(a: Any, name: str, dtype: torch.dtype | None, device: Any) -> torch.Tensor:
-    """Array-like -> tensor; numeric, non-empty and finite, else a ValueError naming ``name``."""
+def as_tensor(a: Any, name: str, dtype: torch.dtype | None, device: Any, keep_ints: bool = False) -> torch.Tensor:
+    """Array-like -> tensor; numeric, non-empty and finite, else a ValueError naming ``name``.
+    Cast to ``dtype`` (when given), integers too unless ``keep_ints`` (``as_input``)."""
     if isinstance(a, torch.Tensor):
         t = a.detach()
     else:
@@ -29,9 +30,18 @@ def as_tensor(a: Any, name: str, dtype: torch.dtype | None, device: Any) -> torc
         if bool(bad.any()):
             first = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s); first at index {first}")
-    if dtype is not None and (t.is_floating_point() or t.dtype == torch.bool or not t.is_floating_point()):
-        t = t.to(dtype)
+    if dtype is not None:
+        t = as_input(t, dtype) if keep_ints else t.to(dtype)
     return t.to(device) if device is not None else t
+
+
+def as_input(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A model's input: floats and booleans in the model's float ``dtype``; integers stay
+    integers (an ``nn.Embedding``'s token ids). Where a model cannot take integer inputs, ``fit``
+    gives it floats instead (``reglab.training.fit.probe_inputs``)."""
+    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+        return t.to(dtype)
+    return t
 
 
 def targets(y: Any, name: str, loss: Loss, dtype: torch.dtype, device: Any) -> torch.Tensor:
@@ -53,3 +63,23 @@ def targets(y: Any, name: str, loss: Loss, dtype: torch.dtype, device: Any) -> t
 def check_lengths(x: torch.Tensor, y: torch.Tensor, xname: str, yname: str, axis: int = 0) -> None:
     if x.shape[axis] != y.shape[axis]:
         raise ValueError(f"{xname} has {x.shape[axis]} examples but {yname} has {y.shape[axis]}")
+
+
+def model_inputs(model: Any, x: Any) -> torch.Tensor:
+    """``x`` as ``model`` takes it, on its device: floats in its float dtype, integers kept where
+    the model runs on them, else floats (the rule ``fit`` applies: ``as_input``,
+    ``reglab.training.fit.probe_inputs``)."""
+    p0 = next(model.parameters())
+    t = as_input(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x), p0.dtype).to(p0.device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        return t
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(t[:1])
+        return t
+    except Exception:  # noqa: BLE001 -- a model that cannot take integers gets floats, as in fit
+        return t.to(p0.dtype)
+    finally:
+        model.train(was)

@@ -23,15 +23,17 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..attach import engine_owned
+from ..attach import engine_steps
+from ..engines.protocol import Engine
 from ..losses import Loss
 from ..optimizers import unhooked_step
 from .callbacks import Callback, EarlyStopping
+from .data import as_input
 from .history import History
 
 
@@ -48,37 +50,8 @@ class TrainingDiverged(RuntimeError):
         self.batch = batch
 
 
-class Stack(Protocol):
-    """What the loop needs from M models. Optional: ``sets_grad = True`` (``backward`` replaces
-    the gradient, so the loop skips ``optimizer.zero_grad``), ``defers_penalties = True`` (in
-    training, ``objective`` returns no penalty values; ``penalty_totals()`` gives, at the epoch's
-    end, each source's values summed over its steps times their batch sizes, ``(K, M)``),
-    ``eval_batches(data, batch_size)`` (how to split validation data), ``state_dict(snap)``,
-    ``merge_snapshot``, ``write_back()``, ``optimized`` (the tensors the optimizer steps, sharing
-    storage with ``params``; default ``params``), ``buffers`` (stacked ``(M, ...)`` buffers a
-    training forward pass updates, e.g. batch-norm statistics: held, like ``params``, for models
-    that stopped or failed), ``applies_constraints = True`` (the optimizer steps only the stack's
-    own buffers and ``after_step`` projects every constrained weight: ``reglab.constrain``'s
-    step hook skips that optimizer), ``can_keep`` and ``keep(rows, snap)`` (a stack of those rows' models only,
-    whose numbers are those they would have had here, and ``snap``'s rows; its ``params`` are
-    this stack's tensors, now with only those rows, so the optimizer steps them on once the loop
-    has sliced its state)."""
-
-    n_models: int
-    params: list[torch.Tensor]
-
-    def train(self, mode: bool) -> None: ...
-    def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str], torch.Tensor | None]:
-        """``(data loss per example (M, B), correct (M, B) or None, penalty names, penalties (K, M) or None)``."""
-    def take(self, data: torch.Tensor, idx: torch.Tensor, per_model: bool) -> torch.Tensor: ...
-    def backward(self, total: torch.Tensor | None, active: np.ndarray | None) -> None:
-        """Set the gradients of the objective summed over models, models outside ``active`` (when
-        given) contributing nothing. Autograd stacks get ``total`` (per model, already zero outside
-        ``active``); a stack with ``sets_grad`` gets ``None`` and uses its own last objective."""
-    def after_step(self) -> None: ...
-    def snapshot(self) -> Any: ...
-    def restore(self, snap: Any, mask: np.ndarray) -> None: ...
-    def all_finite(self) -> np.ndarray: ...
+#: the engine protocol (``reglab.engines.protocol``), by its old name
+Stack = Engine
 
 
 # ----------------------------------------------------------------------------- data
@@ -107,6 +80,15 @@ class ArrayData:
         """One input, with its batch axis (what ``reglab.threads.step_work`` runs)."""
         return self.x[0, :1] if self.per_model else self.x[:1]
 
+    def probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model 0's first two examples ``(x, y)`` (what ``choose_engine`` probes)."""
+        return (self.x[0, :2], self.y[0, :2]) if self.per_model else (self.x[:2], self.y[:2])
+
+    def dims(self) -> tuple[int, int]:
+        """The dimensions of one model's batch of inputs and of targets."""
+        per = 1 if self.per_model else 0
+        return self.x.dim() - per, self.y.dim() - per
+
     def batches(self, stack: Stack, batch_size: int, perms: torch.Tensor | None) -> Iterator[tuple[Any, Any, int]]:
         n = self.n
         x, y, per = self.x, self.y, self.per_model
@@ -130,7 +112,9 @@ class ArrayData:
 
 @dataclass
 class LoaderData:
-    """A ``torch.utils.data.DataLoader`` yielding ``(x, y)`` batches (single model only)."""
+    """A ``torch.utils.data.DataLoader`` yielding ``(x, y)`` batches, shared by every model; with
+    ``per_model``, one loader per model (``loaders``; a ``fit_many`` over a ``Dataset``: each
+    model shuffles as ``fit`` alone), their batches stacked ``(M, B, ...)``."""
 
     loader: Any
     dtype: torch.dtype
@@ -138,6 +122,48 @@ class LoaderData:
     #: labels of every batch must lie in 0..classes-1 (sparse cross-entropy); None: not checked
     classes: int | None = None
     name: str = "data"
+    #: integer inputs become floats (a model that cannot take integers: ``fit.probe_inputs``)
+    ints_as_float: bool = False
+    #: one loader per model, or None (``loader`` serves every model)
+    loaders: list[Any] | None = None
+
+    @property
+    def n(self) -> float:
+        """Examples per epoch (inf for a dataset without a length)."""
+        try:
+            return len(self.loader.dataset)
+        except TypeError:
+            return math.inf
+
+    def _input(self, xb: Any) -> torch.Tensor:
+        xb = torch.as_tensor(xb).to(self.device)
+        return xb.to(self.dtype) if self.ints_as_float else as_input(xb, self.dtype)
+
+    def probe_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The dataset's first two examples ``(x, y)`` as a batch (what ``choose_engine``
+        probes); None for an iterable dataset (drawing would advance it) or an unusual one."""
+        from torch.utils.data import IterableDataset
+
+        ds = self.loader.dataset
+        if isinstance(ds, IterableDataset):
+            return None
+        try:
+            batch = self.loader.collate_fn([ds[i] for i in range(min(2, len(ds)))])
+            xb, yb = self._input(batch[0]), torch.as_tensor(batch[1]).to(self.device)
+        except Exception:  # noqa: BLE001 -- an unusual dataset: trained, not probed
+            return None
+        return xb, (yb.to(self.dtype) if yb.is_floating_point() else yb)
+
+    def dims(self) -> tuple[int, int]:
+        probe = self.probe_batch()
+        return (probe[0].dim(), probe[1].dim()) if probe is not None else (-1, -1)
+
+    def rows(self, take: torch.Tensor) -> LoaderData:
+        if self.loaders is None:
+            return self
+        keep = take.tolist()
+        return LoaderData(self.loader, self.dtype, self.device, self.classes, self.name, self.ints_as_float,
+                          [self.loaders[i] for i in keep])
 
     def _check_labels(self, yb: torch.Tensor, b: int) -> None:
         k = self.classes
@@ -160,68 +186,35 @@ class LoaderData:
             x0 = ds[0][0]
         except Exception:  # an unusual dataset: the thread rule treats its work as unknown
             return None
-        return torch.as_tensor(x0).to(self.device, self.dtype).unsqueeze(0)
+        return self._input(x0).unsqueeze(0)
 
     def batches(self, stack: Stack, batch_size: int, perms: Any) -> Iterator[tuple[Any, Any, int]]:
-        for b, batch in enumerate(self.loader):
-            xb, yb = batch[0], batch[1]
-            xb = torch.as_tensor(xb).to(self.device, self.dtype)
-            yb = torch.as_tensor(yb).to(self.device)
+        for b, batch in enumerate(self.loader if self.loaders is None else _all_together(self.loaders)):
+            if self.loaders is None:
+                xb, yb = self._input(batch[0]), torch.as_tensor(batch[1]).to(self.device)
+            else:  # one batch per model, stacked
+                xb = torch.stack([self._input(one[0]) for one in batch])
+                yb = torch.stack([torch.as_tensor(one[1]) for one in batch]).to(self.device)
             if self.classes is not None:
                 self._check_labels(yb, b)
             if yb.is_floating_point():
                 yb = yb.to(self.dtype)
-            yield xb, yb, xb.shape[0]
+            yield xb, yb, xb.shape[1 if self.loaders is not None else 0]
 
 
-# ----------------------------------------------------------------------------- single model
-
-
-class SingleStack:
-    """One ``nn.Module``; constraints are applied by reglab's optimizer step hook."""
-
-    n_models = 1
-
-    def __init__(self, model: torch.nn.Module, loss: Loss, with_accuracy: bool):
-        from ..attach import PenaltyPlan
-        from .objective import model_objective
-
-        self.model = model
-        self.loss = loss
-        self.with_accuracy = with_accuracy
-        self.plan = PenaltyPlan(model)
-        self._objective = model_objective
-        self.params = [p for p in model.parameters() if p.requires_grad]
-
-    def train(self, mode: bool) -> None:
-        self.model.train(mode)
-
-    def objective(self, xb, yb):
-        data, correct, pens = self._objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy)
-        stacked = torch.stack(list(pens.values())).reshape(len(pens), 1) if pens else None
-        return data[None], (None if correct is None else correct[None]), list(pens), stacked
-
-    def take(self, data, idx, per_model=False):
-        return data[idx[0]]
-
-    def backward(self, total, active) -> None:
-        total.sum().backward()
-
-    def after_step(self) -> None:
-        pass  # reglab.constrain registered a torch optimizer step post-hook
-
-    def snapshot(self):
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def state_dict(self, snap):
-        return snap
-
-    def restore(self, snap, mask) -> None:
-        if mask[0]:
-            self.model.load_state_dict(snap)
-
-    def all_finite(self) -> np.ndarray:
-        return np.array([all(bool(torch.isfinite(p).all()) for p in self.model.parameters())])
+def _all_together(loaders: list[Any]) -> Iterator[list[Any]]:
+    """The loaders' batches side by side, each loader run to its end (``zip`` stops at the first
+    end, before a shuffling sampler of the others draws what it draws at its own end: a model's
+    next epoch would then be shuffled otherwise than ``fit`` shuffles it)."""
+    its = [iter(loader) for loader in loaders]
+    end = object()
+    while True:
+        batch = [next(it, end) for it in its]
+        if all(b is end for b in batch):
+            return
+        if any(b is end for b in batch):
+            raise ValueError("the models' loaders gave different numbers of batches")
+        yield batch
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -356,15 +349,12 @@ def run(
         cb.on_train_begin({})
     bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
     interrupted = False
-    sets_grad = getattr(stack, "sets_grad", False)
-    buffers = list(getattr(stack, "buffers", ()))
-    defers = getattr(stack, "defers_penalties", False)
+    caps = stack.caps
+    sets_grad, defers = caps.sets_grad, caps.defers_penalties
     grad_mode = torch.no_grad() if sets_grad else contextlib.nullcontext()
-    if getattr(stack, "applies_constraints", False):
-        engine_owned(optimizer)
     # a stack that can drop rows does so once a quarter of its models (at least one) have stopped
     # or failed, so they cost nothing more (``Stack.keep``); not with callbacks, which see row 0
-    can_compact = getattr(stack, "can_keep", False) and not callbacks and not buffers and M > 1
+    can_compact = caps.can_keep and not callbacks and M > 1
 
     def compact() -> None:
         """Go on with the active models' rows only: the stack's (``keep``), the optimizer state's,
@@ -417,7 +407,7 @@ def run(
             stack.restore(epoch_start, broken)
         active &= ok
         frozen_any = True
-    with _DeferredInterrupt() as intr, _FlushDenormals():
+    with _DeferredInterrupt() as intr, _FlushDenormals(), engine_steps(optimizer):
         for epoch in bar:
             for cb in callbacks:
                 cb.on_epoch_begin(epoch, {})
@@ -431,7 +421,7 @@ def run(
             with grad_mode:  # a stack that sets its own gradients needs no autograd graph
                 for b, (xb, yb, bs) in enumerate(train.batches(stack, batch_size, perms)):
                     # the buffers a stopped or failed model keeps (the forward pass updates them)
-                    kept = [t.detach().clone() for t in buffers] if frozen_any and buffers else None
+                    kept = stack.hold(~active, buffers=True) if frozen_any else None
                     data, correct, names, pens = stack.objective(xb, yb)
                     # per model, this batch: [data loss mean, accuracy?, each penalty] -- the epoch's loss
                     # and penalty totals are sums of these rows' batch-weighted means (linear)
@@ -447,7 +437,7 @@ def run(
                         if not active.any():
                             break
                     if frozen_any:  # stopped and failed models keep their weights
-                        before = [p.detach().clone() for p in stack.params]
+                        before = stack.hold(~active, buffers=False)
                     if not sets_grad:
                         # autograd stacks differentiate the objective summed over models (frozen ones: 0)
                         if total is None:
@@ -459,11 +449,9 @@ def run(
                     unhooked_step(optimizer)
                     stack.after_step()
                     if frozen_any:
-                        keep = torch.as_tensor(~active, device=device)
-                        with torch.no_grad():
-                            held = list(zip(stack.params, before)) + (list(zip(buffers, kept)) if kept else [])
-                            for p, old in held:
-                                p.copy_(torch.where(keep.reshape((-1,) + (1,) * (p.dim() - 1)), old, p))
+                        stack.release(before, ~active)
+                        if kept is not None:
+                            stack.release(kept, ~active)
                     if not sets_grad:
                         row = row.detach()
                     acc = row * bs if acc is None else torch.add(acc, row, alpha=bs)
@@ -549,9 +537,7 @@ def _with_totals(rows: np.ndarray, with_accuracy: bool) -> np.ndarray:
 
 def _merge(stack: Stack, best: Any, mask: np.ndarray) -> Any:
     """Take the current weights of the models in ``mask`` into the snapshot ``best``."""
-    if stack.n_models == 1:
-        return stack.snapshot() if mask[0] else best
-    return stack.merge_snapshot(best, mask)  # type: ignore[attr-defined]
+    return stack.merge_snapshot(best, mask)
 
 
 @torch.no_grad()
@@ -564,8 +550,7 @@ def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) 
     seen = 0
     names: list[str] = []
     has_acc = False
-    batches = stack.eval_batches(data, batch_size) if hasattr(stack, "eval_batches") and isinstance(
-        data, ArrayData) else data.batches(stack, batch_size, None)
+    batches = stack.eval_batches(data, batch_size)
     for xb, yb, bs in batches:
         d, correct, names, pens = stack.objective(xb, yb)
         # per model: [data loss sum, correct sum?, each penalty times the batch size]

@@ -16,7 +16,9 @@ from .. import threads as _threads
 from ..attach import quiet, refresh_constraints
 from . import data as _data
 from .callbacks import Callback, EarlyStopping
-from .engine import ArrayData, LoaderData, SingleStack, run
+from ..engines.choose import choose_engine
+from ..engines.make import make_engine
+from .engine import ArrayData, LoaderData, run
 from .history import History
 
 __all__ = ["fit", "prepare_arrays"]
@@ -35,16 +37,19 @@ def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
 def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, device, prefix: str = ""):
     """Validate and convert ``x, y``; check one forward pass against the loss's expected shapes.
 
-    ``x`` is cast to the model's parameter dtype (a Keras program's x is often float64, its y float32; both
-    become the model's dtype, float32 by default); float targets likewise.
+    A float ``x`` is cast to the model's parameter dtype (a Keras program's x is often float64, its
+    y float32; both become the model's dtype, float32 by default); float targets likewise. An
+    integer ``x`` stays integer (``probe_inputs``).
     """
     if y is None:
         raise ValueError(f"{prefix}y is required when {prefix}x is an array")
-    xt = _data.as_tensor(x, f"{prefix}x", dtype, device)
+    xt = _data.as_tensor(x, f"{prefix}x", dtype, device, keep_ints=True)
     yt = _data.targets(y, f"{prefix}y", loss, dtype, device)
     _data.check_lengths(xt, yt, f"{prefix}x", f"{prefix}y")
     probe = xt[:PROBE]
-    out = _probe(model, probe, f"{prefix}x of shape {tuple(xt.shape)}")
+    out, as_float = probe_inputs(model, probe, dtype, f"{prefix}x of shape {tuple(xt.shape)}")
+    if as_float:
+        xt = xt.to(dtype)
     if (yt.dim() == out.dim() - 1 and out.dim() >= 2 and out.shape[-1] == 1 and loss.task != "sparse"
             and not isinstance(getattr(loss, "data_loss", loss), _losses.TorchLoss)):
         yt = yt.unsqueeze(-1)  # Keras (squeeze_or_expand_to_same_rank): y of shape (n,) against outputs (n, 1)
@@ -62,6 +67,22 @@ def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, 
 PROBE = 32
 
 
+def probe_inputs(model: nn.Module, xb: torch.Tensor, dtype: torch.dtype, what: str) -> tuple[torch.Tensor, bool]:
+    """The model's output on ``xb`` (``_probe``) and whether integer inputs must become floats:
+    integers stay integers (token ids for an ``nn.Embedding``) where the model takes them; a
+    model that fails on them but runs on floats (an MLP on integer features) gets floats, as
+    Keras casts inputs to its ``Input`` layer's float dtype."""
+    try:
+        return _probe(model, xb, what), False
+    except ValueError as first:
+        if xb.is_floating_point():
+            raise
+        try:
+            return _probe(model, xb.to(dtype), what), True
+        except ValueError:
+            raise first from None
+
+
 def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
     """The model's output on ``xb`` in eval mode, without grad or a recorded penalty (the model is
     left as it was); a failure names ``what`` it ran on."""
@@ -72,25 +93,29 @@ def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
             raise ValueError(f"the model could not run on {what}: {e}") from e
 
 
-def _loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device, prefix: str) -> int | None:
+def loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device,
+                   prefix: str) -> tuple[int | None, bool]:
     """Before training on a ``DataLoader``: the model runs on its dataset's first example and its
     output has the range the loss expects (``check_targets_and_outputs``); returns the number of
-    classes whose labels every batch is then checked against (sparse cross-entropy), or None.
-    An iterable dataset is not probed (that would advance it)."""
+    classes whose labels every batch is then checked against (sparse cross-entropy), or None, and
+    whether integer inputs become floats (``probe_inputs``). An iterable dataset is not probed
+    (that would advance it)."""
     from torch.utils.data import IterableDataset
 
     if isinstance(loader.dataset, IterableDataset):
-        return None
+        return None, False
     try:
         item = loader.dataset[0]
         x0, y0 = item[0], item[1]
     except Exception:  # an unusual dataset: the batches are checked as they come
-        return None
-    out = _probe(model, torch.as_tensor(x0).to(device, dtype).unsqueeze(0), f"{prefix}dataset[0]'s x")
+        return None, False
+    x0 = _data.as_input(torch.as_tensor(x0), dtype).to(device).unsqueeze(0)
+    out, as_float = probe_inputs(model, x0, dtype, f"{prefix}dataset[0]'s x")
     y = torch.as_tensor(y0).to(device).reshape(1, -1)
     check_targets_and_outputs(loss, out, y[:, 0] if y.shape[1] == 1 else y, f"{prefix}dataset[0]: ")
     base = getattr(loss, "data_loss", loss)
-    return out.shape[-1] if isinstance(base, _losses.SparseCategoricalCrossentropy) and out.dim() >= 2 else None
+    sparse = isinstance(base, _losses.SparseCategoricalCrossentropy) and out.dim() >= 2
+    return (out.shape[-1] if sparse else None), as_float
 
 
 def check_targets_and_outputs(loss: _losses.Loss, out: torch.Tensor, yt: torch.Tensor, prefix: str = "") -> None:
@@ -122,8 +147,9 @@ def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, pref
             g.manual_seed(int(seed))
         x = DataLoader(x, batch_size=batch_size, shuffle=shuffle, generator=g)
     if isinstance(x, DataLoader):
-        classes = _loader_checks(model, x, loss, dtype, device, prefix)
-        return LoaderData(x, dtype, device, classes=classes, name=f"{prefix or 'training '}data"), False
+        classes, as_float = loader_checks(model, x, loss, dtype, device, prefix)
+        return LoaderData(x, dtype, device, classes=classes, name=f"{prefix or 'training '}data",
+                          ints_as_float=as_float), False
     xt, yt = prepare_arrays(model, x, y, loss, dtype, device, prefix)
     return ArrayData(xt, yt), shuffle
 
@@ -158,7 +184,8 @@ def fit(
       ``"adamw"``) meaning Keras's optimizer, defaults and update rule. The default is ``"adam"``,
       the optimizer of the Keras programs reproduced here (Keras's ``compile`` defaults to ``"rmsprop"``).
     - ``x``: an array/tensor (with ``y``), a ``Dataset`` or a ``DataLoader`` of ``(x, y)``.
-      Inputs are cast to the model's parameter dtype.
+      Float inputs are cast to the model's parameter dtype; integer inputs stay integers (token
+      ids for an ``nn.Embedding``) unless the model cannot take them (then floats, as before).
     - ``validation_split``: as Keras, the *last* fraction of ``x, y`` (before shuffling) is held out
       as validation data (arrays only; ignored when ``validation_data`` is given).
     - ``seed`` fixes the shuffling order only (initialize the model before ``fit``); the same seed
@@ -169,11 +196,13 @@ def fit(
       weights); Ctrl-C stops after the current step and returns the history marked
       ``meta["interrupted"]``.
 
-    A plain ``nn.Sequential`` of ``Dense``/``nn.Linear``, activation and ``nn.Dropout`` layers,
-    trained on arrays with an optimizer given by name or config, runs on the Dense-stack engine
-    (``reglab.vectorized.dense``: the same math with the backward pass written out, ~4x faster
-    than a hand-written autograd loop here (``benchmarks/bench_fit_overhead.py``), and bit-identical to the same model inside ``fit_many``); anything else
-    runs through autograd. Both give the same history to ~1e-12 in float64 (tested).
+    The engine is ``reglab.engines.choose_engine``'s: a plain ``nn.Sequential`` of
+    ``Dense``/``nn.Linear``, activation and ``nn.Dropout`` layers, trained on arrays with an
+    optimizer given by name or config, runs on the Dense-stack engine (``reglab.engines.dense``:
+    the same math with the backward pass written out, ~4x faster than a hand-written autograd
+    loop here (``benchmarks/bench_fit_overhead.py``), and bit-identical to the same model inside
+    ``fit_many``); anything else on the per-model engine (``reglab.engines.loop``: autograd).
+    Both give the same history to ~1e-12 in float64 (tested).
 
     See ``reglab.training.history`` for what each History key means.
     """
@@ -229,43 +258,20 @@ def fit(
 
 def _train(model, loss_fn, optimizer, train, val, metrics, epochs, batch_size, do_shuffle, seed, others, stoppers,
            progress) -> History:
-    """``fit`` past its checks: the engine is chosen (``dense_eligible``) and the model trained."""
+    """``fit`` past its checks: the engine is chosen (``choose_engine``) and the model trained."""
     with_acc = "accuracy" in metrics and loss_fn.task is not None
-    stack = None
-    if dense_eligible(model, loss_fn, optimizer, train, val):
-        from ..vectorized.dense import DenseStack, NotTransformable
-
-        try:
-            stack = DenseStack([model], [loss_fn], with_acc, 2, train.y.dim())
-        except NotTransformable:  # a custom regularizer torch.func cannot handle: autograd can
-            stack = None
-    if stack is None:
-        stack = SingleStack(model, loss_fn, with_acc)
+    choice = choose_engine(model, loss_fn, train.probe_batch(), n_models=1, optimizer=optimizer,
+                           arrays=isinstance(train, ArrayData) and (val is None or isinstance(val, ArrayData)))
+    stack = make_engine(choice.kind, [model], [loss_fn], with_acc, *train.dims())
     try:
-        opt = _optimizers.get(optimizer, stack.params)
+        opt = _optimizers.get(optimizer, stack.optimized)
     except ValueError:
-        if hasattr(stack, "write_back"):
-            stack.write_back()  # give the model its own storage back
+        stack.write_back()  # give the model its own storage back
         raise
     try:
         result = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=do_shuffle, seeds=[seed],
                      callbacks=others, early_stopping=stoppers[0] if stoppers else None, progress=progress,
                      raise_on_divergence=True)
     finally:
-        if hasattr(stack, "write_back"):
-            stack.write_back()
+        stack.write_back()
     return result.histories[0]
-
-
-def dense_eligible(model: nn.Module, loss: _losses.Loss, optimizer: Any, train: Any, val: Any) -> bool:
-    """Whether ``fit`` trains ``model`` with the Dense-stack engine (``reglab.vectorized.dense``):
-    a plain ``Sequential`` of Dense/activation layers, a loss with a written derivative, array data
-    with one feature axis, and an optimizer given by name or config (an instance is bound to the
-    model's own parameters, so it gets the autograd path)."""
-    from ..vectorized.dense import takes
-
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return False
-    if not isinstance(train, ArrayData) or not (val is None or isinstance(val, ArrayData)):
-        return False
-    return takes(model, loss, train.x.dim() - 1)

@@ -11,18 +11,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import threads as _threads
+from ..engines.choose import choose_engine
+from ..engines.loop import rng_state
+from ..engines.make import make_engine
+from ..engines.protocol import KINDS
 from ..training.callbacks import EarlyStopping
-from ..attach import refresh_constraints
-from ..training.engine import ArrayData, SingleStack, run
-from ..training.fit import check_metrics, prepare_arrays
+from ..training.engine import ArrayData, LoaderData, run
+from ..training.fit import check_metrics, loader_checks, prepare_arrays
 from ..training.history import History
-from .dense import DenseStack, NotTransformable, takes
-from .stack import VmapStack
 
 __all__ = ["fit_many", "ManyResult"]
 
@@ -40,8 +42,10 @@ class ManyResult:
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
     chunks: int = 1
-    #: "dense" (``reglab.vectorized.dense``), "vmap" or "single" (autograd, one model)
+    #: the engine that trained them (``reglab.engines.choose_engine``): "dense", "vmap" or "loop"
     engine: str = "dense"
+    #: why that engine, in words
+    engine_reason: str = ""
     #: torch threads the models trained with (the most over chunks; ``reglab.threads``)
     threads: int = 1
 
@@ -77,12 +81,6 @@ def _check_one_architecture(first, models, configs, first_config) -> None:
                              "separate fit_many calls")
 
 
-def _generator(state: torch.Tensor) -> torch.Generator:
-    g = torch.Generator()
-    g.set_state(state)
-    return g
-
-
 def fit_many(
     build: Callable[..., nn.Module | tuple[nn.Module, Any]],
     x: Any,
@@ -102,27 +100,38 @@ def fit_many(
     progress: bool = True,
     memory_budget: int | None = 2 * 1024**3,
     threads: int | None = None,
+    engine: str = "auto",
 ) -> ManyResult:
     """Train ``len(seeds) * len(grid)`` models of one architecture together.
 
     Model i, for the pair ``(seed_i, grid_i)`` in ``itertools.product(seeds, grid)``, is
     ``build(**grid_i)`` called right after ``torch.manual_seed(seed_i)`` and trained with
-    ``seed=seed_i`` -- its history equals ``reglab.fit`` on that model (tested): bit for bit on the
-    Dense-stack engine; on the vmap path (any other module) with the same shuffles and dropout
-    masks (CPU), up to the rounding of batched kernels, and on CPU bit for bit in any group of two
-    or more. ``build`` may
-    return ``(model, loss)`` (e.g. a ``RegularizedLoss`` bound to the model). Regularizer strengths
-    are read from each built model and stacked, so a grid over strengths trains in one run.
+    ``seed=seed_i`` -- its history and weights equal ``reglab.fit`` on that model (tested): bit
+    for bit on the Dense-stack and per-model engines; on the vmap engine with the same shuffles
+    and dropout masks (CPU), up to the rounding of batched kernels, and on CPU bit for bit in any
+    group of two or more. ``build`` may return ``(model, loss)`` (e.g. a ``RegularizedLoss``
+    bound to the model). Regularizer strengths are read from each built model and stacked, so a
+    grid over strengths trains in one run.
 
-    ``x, y`` and ``validation_data`` are shared arrays, or lists with one array per model (same
-    shapes). ``optimizer`` is a Keras name/config (an instance is bound to one model).
-    ``callbacks`` may hold one ``EarlyStopping``, applied per model (on the Dense-stack engine
-    stopped models leave the stack once a quarter of it has stopped, and then cost nothing more). A model whose objective
-    becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen; the others go on.
+    ``engine``: ``"auto"`` (``reglab.engines.choose_engine``: Dense-stack, vmap, or the
+    per-model loop for what vmap cannot batch or draw as each model alone -- recurrent layers,
+    attention dropout, custom autograd functions), or ``"dense"``/``"vmap"``/``"loop"`` to force
+    one (an ``EngineUnavailable`` error says why a forced one cannot train the model). The
+    choice and its reason are in ``ManyResult.engine`` and ``.engine_reason``.
+
+    ``x, y`` and ``validation_data``: shared arrays, lists with one array per model (same
+    shapes), a map-style ``Dataset`` of ``(x, y)`` (each model gets its own ``DataLoader``,
+    shuffled by its seed, as ``fit(model, dataset, seed=s)``) or a ``DataLoader`` (its batches,
+    in its own order, serve every model). Integer inputs stay integers (``fit``'s rule).
+    ``optimizer`` is a Keras name/config (an instance is bound to one model).
+    ``callbacks`` may hold one ``EarlyStopping``, applied per model (stopped models cost nothing
+    more: the Dense-stack engine drops their rows once a quarter of it has stopped, the loop
+    skips them). A model whose objective becomes NaN/inf is marked failed
+    (``ManyResult.failed``) and frozen; the others go on.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
     CPU chunks also hold at most ``CPU_CHUNK`` (512) models, the measured sweet spot (``None``: no chunking).
     ``threads``: torch's intra-op threads (restored after); None: the ``reglab.threads`` rule for
-    the chunk's work per step.
+    the chunk's work per step (one model's on the loop engine, as ``fit``).
     """
     grid = [dict(g) for g in (grid or [{}])]
     seeds = [int(s) for s in seeds]
@@ -130,6 +139,8 @@ def fit_many(
         raise ValueError("seeds must hold at least one seed")
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
+    if engine != "auto" and engine not in KINDS:
+        raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
@@ -139,15 +150,8 @@ def fit_many(
         raise ValueError("fit_many accepts only one EarlyStopping callback")
     configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]
     M = len(configs)
-    x, x_per = _per_model(x, M, "x")
-    y, _ = _per_model(y, M, "y")
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be (x_val, y_val)")
-        xv, v_per = _per_model(validation_data[0], M, "validation x")
-        yv, _ = _per_model(validation_data[1], M, "validation y")
-
-    rngs: dict[int, torch.Tensor] = {}
+    data = _Inputs(x, y, validation_data, M, batch_size, shuffle)
+    rngs: dict[int, Any] = {}
 
     def make(i: int):
         torch.manual_seed(configs[i]["seed"])
@@ -157,84 +161,49 @@ def fit_many(
             raise ValueError("give loss=..., or let build return (model, loss)")
         if device is not None:
             model.to(device)
-        rngs[i] = torch.get_rng_state()  # where a model trained alone draws its dropout masks from
+        # where a model trained alone draws its random numbers from
+        rngs[i] = rng_state([d for d in {p.device for p in model.parameters()} if d.type == "cuda"])
         return model, _losses.get(lo)
 
     first, first_loss = make(0)
-    per_model_bytes = _estimate_bytes(first, batch_size, int(np.shape(x[0] if x_per else x)[-1]))
-    chunk = M if not memory_budget else max(1, min(M, int(memory_budget // max(per_model_bytes, 1))))
-    if memory_budget and next(first.parameters()).device.type == "cpu":
-        # measured (benchmarks/RESULTS.md): on CPU a 32x5 MLP trains fastest per model at M ~ 512 (2 threads);
-        # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
-        chunk = min(chunk, CPU_CHUNK)
-    n_chunks = math.ceil(M / chunk)
-    if M > 1 and not takes(first, first_loss, len(np.shape(x[0] if x_per else x)) - 1):
-        # the vmap path: chunks of two models at least (even past the memory budget), as a lone
-        # model trains on other kernels than a stacked one (``reglab.vectorized.stack``)
-        n_chunks = min(n_chunks, M // 2)
+    p0 = next(first.parameters(), None)
+    if p0 is None:
+        raise ValueError("the built model has no parameters to train")
+    train0 = data.train(first, first_loss, [0], configs)
+    choice = choose_engine(first, first_loss, train0.probe_batch(), n_models=M, optimizer=optimizer,
+                           arrays=data.arrays, engine=engine)
+    bounds = _chunks(M, choice.kind, memory_budget, first, batch_size, train0)
     from tqdm.auto import tqdm
     import sys
 
     bar = tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
-    result = ManyResult([], [], configs, chunks=n_chunks)
-    bounds = [round(k * M / n_chunks) for k in range(n_chunks + 1)]  # chunks of near-equal size
+    result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
     for c0, c1 in zip(bounds, bounds[1:]):
         idx = list(range(c0, c1))
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]
         models = [b[0] for b in built]
         losses = [b[1] for b in built]
         _check_one_architecture(first, models, [configs[i] for i in idx], configs[0])
-        p0 = next(models[0].parameters())
-        dtype, dev = p0.dtype, p0.device
-
-        single = len(idx) == 1  # one model: the plain fit path (same numbers, less overhead than vmap)
-
-        def arrays(xa, ya, per, prefix):
-            if per and single:
-                return ArrayData(*prepare_arrays(models[0], xa[idx[0]], ya[idx[0]], losses[0], dtype, dev, prefix))
-            if per:
-                pairs = [prepare_arrays(models[0], xa[i], ya[i], losses[0], dtype, dev, prefix) for i in idx]
-                return ArrayData(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), per_model=True)
-            xt, yt = prepare_arrays(models[0], xa, ya, losses[0], dtype, dev, prefix)
-            return ArrayData(xt, yt)
-
-        train = arrays(x, y, x_per, "")
-        val = arrays(xv, yv, v_per, "validation_") if validation_data is not None else None
-        x_dim = train.x.dim() - (1 if train.per_model else 0)
-        y_dim = train.y.dim() - (1 if train.per_model else 0)
-        n_threads = _threads.decide(threads, models[0], train.example(), batch_size, len(idx))
+        train = data.train(models[0], losses[0], idx, configs)
+        val = data.validation(models[0], losses[0], idx)
+        work_models = 1 if choice.kind == "loop" else len(idx)  # the loop's kernels run one model's work
+        n_threads = _threads.decide(threads, models[0], train.example(), batch_size, work_models)
         result.threads = max(result.threads, n_threads) if c0 else n_threads
         with _threads.using(n_threads):
             with_acc = "accuracy" in metrics and losses[0].task is not None
-            stack = None
-            if takes(models[0], losses[0], x_dim - 1):
-                try:
-                    stack = DenseStack(models, losses, with_acc, x_dim, y_dim)
-                    result.engine = "dense"
-                    if not single and dev.type == "cpu":
-                        stack.dropout_generators = [_generator(rngs[i]) for i in idx]
-                except NotTransformable:
-                    if not single:  # vmap would fail on it too; one model can use autograd
-                        raise
-            if stack is None and single:
-                refresh_constraints(models[0])
-                stack = SingleStack(models[0], losses[0], with_acc)
-                result.engine = "single"
-            elif stack is None:
-                stack = VmapStack(models, losses, with_acc, x_dim, y_dim)
-                result.engine = "vmap"
-                if dev.type == "cpu":
-                    stack.dropout_generators = [_generator(rngs[i]) for i in idx]
-            opt = _optimizers.get(optimizer, getattr(stack, "optimized", stack.params))
             es = None
-            if stoppers:
-                es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in ("monitor", "patience", "mode", "baseline",
-                                                                         "restore_best_weights", "start_from_epoch")},
-                                   min_delta=abs(stoppers[0].min_delta))
-            res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                      seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False, desc="fit_many")
-            stack = res.stack  # the stack that trained last (the engine drops stopped models' rows)
-            if hasattr(stack, "write_back"):
+            if stoppers:  # a fresh one per chunk, with the user's settings
+                es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in (
+                    "monitor", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch")},
+                    min_delta=abs(stoppers[0].min_delta))
+            stack = make_engine(choice.kind, models, losses, with_acc, *train.dims(), [rngs[i] for i in idx])
+            try:
+                opt = _optimizers.get(optimizer, stack.optimized)
+                res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                          seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False,
+                          desc="fit_many")
+                stack = res.stack  # the stack that trained last (the engine drops stopped models' rows)
+            finally:
                 stack.write_back()
         result.histories.extend(res.histories)
         result.models.extend(models)
@@ -245,3 +214,85 @@ def fit_many(
             break
     bar.close()
     return result
+
+
+def _chunks(M: int, kind: str, memory_budget: int | None, first: nn.Module, batch_size: int, train: Any) -> list[int]:
+    """The bounds of the chunks of near-equal size the M models train in, one after another."""
+    ex = train.example()
+    per_model_bytes = _estimate_bytes(first, batch_size, int(ex.shape[-1]) if ex is not None and ex.dim() else 1)
+    chunk = M if not memory_budget else max(1, min(M, int(memory_budget // max(per_model_bytes, 1))))
+    if memory_budget and next(first.parameters()).device.type == "cpu":
+        # measured (benchmarks/RESULTS.md): on CPU a 32x5 MLP trains fastest per model at M ~ 512 (2 threads);
+        # beyond that the stacked tensors outgrow the caches and elementwise passes slow down
+        chunk = min(chunk, CPU_CHUNK)
+    n_chunks = math.ceil(M / chunk)
+    if kind == "vmap":
+        # chunks of two models at least (even past the memory budget), as a lone model trains
+        # on other kernels than a stacked one (``reglab.engines.vmap``)
+        n_chunks = max(1, min(n_chunks, M // 2))
+    return [round(k * M / n_chunks) for k in range(n_chunks + 1)]
+
+
+class _Inputs:
+    """``fit_many``'s data in the forms it takes (shared or per-model arrays, a ``Dataset``, a
+    ``DataLoader``), made into the sources the loop reads, chunk by chunk."""
+
+    def __init__(self, x: Any, y: Any, validation_data: Any, M: int, batch_size: int, shuffle: bool):
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.x, self.x_per = _per_model(x, M, "x")
+        self.y, _ = _per_model(y, M, "y")
+        self.loader = isinstance(x, (Dataset, DataLoader))
+        self.val = None
+        if validation_data is not None:
+            if isinstance(validation_data, (Dataset, DataLoader)):
+                self.val, self.v_per = validation_data, False
+            elif not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be (x_val, y_val), a Dataset or a DataLoader")
+            else:
+                xv, self.v_per = _per_model(validation_data[0], M, "validation x")
+                yv, _ = _per_model(validation_data[1], M, "validation y")
+                self.val = (xv, yv)
+        self.arrays = not self.loader and not isinstance(self.val, (Dataset, DataLoader))
+
+    def train(self, model: nn.Module, loss: Any, idx: list[int], configs: list[dict]) -> Any:
+        if isinstance(self.x, DataLoader):
+            return self._loader(model, loss, self.x, "")
+        if isinstance(self.x, Dataset):
+            one = self._loader(model, loss, self._dataloader(self.x, configs[idx[0]]["seed"], self.shuffle), "")
+            if len(idx) == 1:
+                return one
+            one.loaders = [self._dataloader(self.x, configs[i]["seed"], self.shuffle) for i in idx]
+            return one
+        return self._arrays(model, loss, self.x, self.y, self.x_per, idx, "")
+
+    def validation(self, model: nn.Module, loss: Any, idx: list[int]) -> Any:
+        if self.val is None:
+            return None
+        if isinstance(self.val, (Dataset, DataLoader)):
+            v = self.val if isinstance(self.val, DataLoader) else self._dataloader(self.val, None, False)
+            return self._loader(model, loss, v, "validation_")
+        return self._arrays(model, loss, self.val[0], self.val[1], self.v_per, idx, "validation_")
+
+    def _dataloader(self, ds: Dataset, seed: int | None, shuffle: bool) -> DataLoader:
+        g = torch.Generator()  # as ``fit`` makes it for a Dataset
+        if seed is not None:
+            g.manual_seed(int(seed))
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=g)
+
+    @staticmethod
+    def _loader(model, loss, loader, prefix):
+        p0 = next(model.parameters())
+        classes, as_float = loader_checks(model, loader, loss, p0.dtype, p0.device, prefix)
+        return LoaderData(loader, p0.dtype, p0.device, classes=classes, name=f"{prefix or 'training '}data",
+                          ints_as_float=as_float)
+
+    @staticmethod
+    def _arrays(model, loss, xa, ya, per, idx, prefix) -> ArrayData:
+        p0 = next(model.parameters())
+        dtype, dev = p0.dtype, p0.device
+        if per and len(idx) == 1:
+            return ArrayData(*prepare_arrays(model, xa[idx[0]], ya[idx[0]], loss, dtype, dev, prefix))
+        if per:
+            pairs = [prepare_arrays(model, xa[i], ya[i], loss, dtype, dev, prefix) for i in idx]
+            return ArrayData(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), per_model=True)
+        return ArrayData(*prepare_arrays(model, xa, ya, loss, dtype, dev, prefix))

@@ -1,0 +1,164 @@
+"""The one place that decides which engine trains a group of models.
+
+``choose_engine`` is asked by ``fit``, ``fit_many`` and the study runner alike, and answers with
+the engine's kind and the reason, in words a user can act on:
+
+- ``"dense"`` (``reglab.engines.dense``): a plain ``Sequential`` of Dense/``nn.Linear``,
+  activation and ``nn.Dropout`` layers, on arrays with one feature axis, a loss with a written
+  derivative and an optimizer given by name: the backward pass written out, M models stacked.
+- ``"vmap"`` (``reglab.engines.vmap``): M >= 2 models of any other architecture that
+  ``torch.vmap`` can batch, found by running the objective and its gradient of two stacked
+  models on the first examples (a probe; only vmap's own failures -- an op without a batching
+  rule, data-dependent control flow, an ``autograd.Function`` without ``setup_context`` -- send
+  the models elsewhere), and whose only random draws are ``nn.Dropout``'s (found by watching the
+  generators during one forward pass, not from module names): vmap gives each model the masks
+  it draws alone on the CPU only.
+- ``"loop"`` (``reglab.engines.loop``): everything else, and one model alone: each model
+  through autograd, exactly as ``fit`` trains it.
+
+How a model's numbers depend on the group it trains in follows from the kind
+(``EngineChoice.group_rule``): not at all on ``dense`` and ``loop`` (the loop's, like ``fit``'s,
+on the thread count); on ``vmap`` they are the same in every group of two or more (a model
+alone trains on the loop engine, whose kernels round otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..losses import Loss
+from .protocol import KINDS
+
+__all__ = ["EngineChoice", "EngineUnavailable", "choose_engine"]
+
+#: what torch says where vmap cannot batch a model (torch 2.x messages)
+_VMAP_LIMITS = ("Batching rule not implemented", "vmap:", "functorch transforms", "BatchedTensor")
+
+
+class EngineUnavailable(ValueError):
+    """A forced engine (``fit_many(engine=...)``) cannot train the model; the message says why."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that trains a group of models, and why."""
+
+    kind: str
+    reason: str
+
+    @property
+    def group_rule(self) -> str:
+        """How a model's numbers depend on its group, bit for bit: ``"any"`` -- not at all (the
+        Dense-stack engine, at 1 and 2 threads alike); ``"threads"`` -- not on the group, only on
+        the thread count, as the model's kernels' own numbers do (the loop); ``"pairs"`` -- at a
+        given thread count, the same in every group of two or more (vmap)."""
+        return {"dense": "any", "loop": "threads", "vmap": "pairs"}[self.kind]
+
+
+def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *, n_models: int = 1,
+                  optimizer: Any = "adam", arrays: bool = True, engine: str = "auto") -> EngineChoice:
+    """The engine that trains ``n_models`` models built like ``model`` (model 0) with ``loss``.
+
+    ``batch``: the first examples ``(x, y)`` as the model takes them (for the probes; None where
+    they cannot be drawn: no vmap). ``arrays``: the data are in-memory arrays (not a
+    ``DataLoader``). ``optimizer``: as given to ``fit`` (an instance is bound to the model's own
+    parameters). ``engine``: ``"auto"``, or a kind to force; a forced kind that cannot train the
+    model raises ``EngineUnavailable``, naming the engine, the module and the op."""
+    if engine != "auto" and engine not in KINDS:
+        raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
+    if engine in ("auto", "dense"):
+        why_not = _dense_refusal(model, loss, batch, optimizer, arrays)
+        if why_not is None:
+            return EngineChoice("dense", "a Sequential of Dense/Linear, activation and Dropout layers on arrays "
+                                         "with one feature axis: its backward pass written out, models stacked")
+        if engine == "dense":
+            raise EngineUnavailable(f"engine='dense' cannot train this model: {why_not}")
+    if engine == "loop":
+        return EngineChoice("loop", "asked for (engine='loop'): each model through autograd, as fit trains it")
+    if engine == "auto" and n_models < 2:
+        return EngineChoice("loop", "one model: autograd, as fit trains it")
+    why_not = _vmap_refusal(model, loss, batch)
+    if why_not is None:
+        return EngineChoice("vmap", "torch.vmap batches the models (one architecture, draws only by nn.Dropout)")
+    if engine == "vmap":
+        raise EngineUnavailable(f"engine='vmap' cannot train this model: {why_not}")
+    return EngineChoice("loop", f"{why_not}; each model through autograd, as fit trains it")
+
+
+def _dense_refusal(model: nn.Module, loss: Loss, batch: Any, optimizer: Any, arrays: bool) -> str | None:
+    """Why the Dense-stack engine cannot train the model (None: it can)."""
+    from .dense import unsupported_reason
+
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return "an optimizer instance is bound to the model's own parameters (give a name or config)"
+    if not arrays:
+        return "the data come from a DataLoader or Dataset, not arrays"
+    if batch is not None and torch.is_tensor(batch[0]) and batch[0].dim() != 2:
+        return f"its inputs have {batch[0].dim() - 1} axes per example (one feature axis needed)"
+    if batch is not None and torch.is_tensor(batch[0]) and not batch[0].is_floating_point():
+        return f"its inputs are {batch[0].dtype} (float needed)"
+    return unsupported_reason(model, loss)
+
+
+def _vmap_refusal(model: nn.Module, loss: Loss, batch: Any) -> str | None:
+    """Why the vmap engine cannot train two or more such models as each trains alone (None: it can)."""
+    from .vmap import VmapStack, random_calls
+
+    if batch is None or not torch.is_tensor(batch[0]):
+        return "its data cannot be probed for torch.vmap"
+    xb, yb = batch
+    p0 = next(model.parameters())
+    with torch.random.fork_rng(devices=[p0.device] if p0.device.type == "cuda" else []):
+        calls, other = random_calls(model, xb)
+        if other:
+            return ("it draws random numbers outside nn.Dropout (functional dropout, as in attention, or "
+                    "another random op), which torch.vmap cannot draw as each model draws them alone")
+        if calls and p0.device.type != "cpu":
+            return "it uses dropout on a GPU, whose masks torch.vmap cannot draw as each model draws them alone"
+        names = {id(m): (n or "the model", type(m).__name__) for n, m in model.named_modules()}
+        with _innermost(names) as where:
+            try:
+                stack = VmapStack([model, model], [loss, loss], False, xb.dim(), yb.dim())
+                data, _, _, pens = stack.objective(xb, yb)
+                total = data.mean(1) + (pens.sum(0) if pens is not None else 0)
+                stack.backward(total, None)
+            except (RuntimeError, NotImplementedError) as e:
+                msg = str(e)
+                if not any(k in msg for k in _VMAP_LIMITS):
+                    raise
+                op = re.search(r"aten::\w+(?:\.\w+)?", msg)
+                what = f"it has no batching rule for {op.group(0)}" if op else msg.split(". ")[0].strip()
+                at = where()
+                return f"torch.vmap cannot batch {at[0]!r} ({at[1]}): {what}" if at else f"torch.vmap: {what}"
+    return None
+
+
+@contextlib.contextmanager
+def _innermost(names: dict[int, tuple[str, str]]) -> Iterator[Any]:
+    """Within: forward hooks note which of the model's modules are running; yields a function
+    giving the innermost one (name, type) when called after a failure."""
+    from torch.nn.modules import module as _module
+
+    running: list[int] = []
+
+    def pre(mod, args):
+        if id(mod) in names:
+            running.append(id(mod))
+
+    def post(mod, args, out):
+        if id(mod) in names and running and running[-1] == id(mod):
+            running.pop()
+
+    handles = [_module.register_module_forward_pre_hook(pre), _module.register_module_forward_hook(post)]
+    try:
+        yield lambda: names[running[-1]] if running else None
+    finally:
+        for h in handles:
+            h.remove()
