@@ -48,7 +48,6 @@ def _no_global_flush_to_zero():
     """The CLI turns flush-to-zero on for its process; tests that invoke it in-process must not
     leak that into later tests (hypothesis refuses to generate floats under FTZ)."""
     yield
-    import reglab.training.engine as engine
+    from reglab.training.denormals import stop_flushing_denormals
 
-    engine._GLOBAL_FLUSH = False
-    engine._set_flush_denormal(False)
+    stop_flushing_denormals()

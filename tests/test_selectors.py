@@ -197,14 +197,14 @@ def test_selector_errors_name_the_problem():
 
 
 def test_match_without_a_model_says_the_selector_needs_one():
-    from reglab.attach import _match
+    from reglab.attach import match_names
 
-    assert _match(["a.weight", "b.bias"], {"*.weight": 1}, "parameter") == {"a.weight": ("*.weight", 1)}
+    assert match_names(["a.weight", "b.bias"], {"*.weight": 1}, "parameter") == {"a.weight": ("*.weight", 1)}
     with pytest.raises(ValueError, match=r"parameter pattern '@kernels' is a type selector; it needs the model"):
-        _match(["a.weight"], {"@kernels": 1}, "parameter")
+        match_names(["a.weight"], {"@kernels": 1}, "parameter")
     m = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
     names = [n for n, _ in m.named_parameters()]
-    assert _match(names, {"@kernels": 1, "1.*": 2}, "parameter", model=m) == {
+    assert match_names(names, {"@kernels": 1, "1.*": 2}, "parameter", model=m) == {
         "0.weight": ("@kernels", 1), "1.weight": ("1.*", 2), "1.bias": ("1.*", 2)}
 
 

@@ -96,7 +96,7 @@ class Handle:
 # ----------------------------------------------------------------------------- matching
 
 
-def _match(names: list[str], patterns: Mapping[str, Any], what: str,
+def match_names(names: list[str], patterns: Mapping[str, Any], what: str,
            model: nn.Module | None = None) -> dict[str, tuple[str, Any]]:
     """name -> (pattern, value); every pattern must match, no name may match two patterns.
 
@@ -112,7 +112,7 @@ def _match(names: list[str], patterns: Mapping[str, Any], what: str,
         if selector:
             if model is None:
                 raise ValueError(f"{what} pattern {pattern!r} is a type selector; it needs the model "
-                                 "(_match(..., model=model)); name globs do not")
+                                 "(match_names(..., model=model)); name globs do not")
             selected = set(_selectors.select(model, pattern, what))
             hits = [n for n in names if n in selected]
         else:
@@ -131,7 +131,7 @@ def _match(names: list[str], patterns: Mapping[str, Any], what: str,
     return chosen
 
 
-def _owner(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+def owner_of(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     mod_path, _, attr = dotted.rpartition(".")
     return (model.get_submodule(mod_path) if mod_path else model), attr
 
@@ -285,11 +285,11 @@ def regularize(
     resolved_a = {k: _resolve(v, f"activity[{k!r}]", _regularizers.get, "regularizer") for k, v in activity.items()}
     p_names = [n for n, _ in model.named_parameters()]
     m_names = [n for n, _ in model.named_modules()]
-    p_hits = _match(p_names, resolved_p, "parameter", model)
-    a_hits = _match(m_names, resolved_a, "module", model)
+    p_hits = match_names(p_names, resolved_p, "parameter", model)
+    a_hits = match_names(m_names, resolved_a, "module", model)
     # check everything before changing anything
     for name in p_hits:
-        owner, attr = _owner(model, name)
+        owner, attr = owner_of(model, name)
         if attr in getattr(owner, _PARAMS, {}):
             raise ValueError(f"parameter {name!r} already has a regularizer; remove its handle first or combine with +")
     for name in a_hits:
@@ -297,7 +297,7 @@ def regularize(
             raise ValueError(f"module {name!r} already has an activity regularizer; remove its handle first")
     try:
         for name, (_, reg) in p_hits.items():
-            owner, attr = _owner(model, name)
+            owner, attr = owner_of(model, name)
             table = owner.__dict__.setdefault(_PARAMS, {})
             table[attr] = reg
             handle._add(functools.partial(table.pop, attr, None))
@@ -421,14 +421,14 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
     resolved = {k: _resolve(v, f"constraints[{k!r}]", _constraints.get, "constraint")
                 for k, v in dict(constraints).items()}
     named = dict(model.named_parameters())
-    hits = _match(list(named), resolved, "parameter", model)
+    hits = match_names(list(named), resolved, "parameter", model)
     for name in hits:
-        owner, attr = _owner(model, name)
+        owner, attr = owner_of(model, name)
         if attr in getattr(owner, _CONSTRAINTS, {}):
             raise ValueError(f"parameter {name!r} already has a constraint; remove its handle first")
     handle = Handle()
     for name, (_, c) in hits.items():
-        owner, attr = _owner(model, name)
+        owner, attr = owner_of(model, name)
         table = owner.__dict__.setdefault(_CONSTRAINTS, {})
         table[attr] = c
         handle._add(functools.partial(table.pop, attr, None))
@@ -467,6 +467,24 @@ def param_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, _regu
                 continue
             seen.add(id(t))
             yield (f"{path}.{attr}" if path else attr), mod, attr, reg
+
+
+def activity_regularizer(module: nn.Module) -> _regularizers.Regularizer | None:
+    """The activity regularizer attached to ``module``'s output, or None."""
+    state = module.__dict__.get(_ACTIVITY)
+    return None if state is None else state.regularizer
+
+
+def foreign_hooks(module: nn.Module) -> str | None:
+    """What hooks ``module`` carries besides reglab's own (activity penalties, call tracking,
+    constraint registration), in words, or None: an engine that does not run the module's
+    ``forward`` cannot honour them."""
+    if any(h not in (_register_live, _call_begins) for h in module._forward_pre_hooks.values()) or \
+            module._backward_hooks or getattr(module, "_backward_pre_hooks", None):
+        return "hooks"
+    if any(h not in (_activity_hook, _call_ends) for h in module._forward_hooks.values()):
+        return "a forward hook"
+    return None
 
 
 def activity_sources(model: nn.Module) -> Iterator[tuple[str, nn.Module, _ActivityState]]:

@@ -92,7 +92,7 @@ def _start(workers: int = 1) -> None:
     does and while it loads and checks the experiments. Every training process gets its share of
     the cores (``reglab.threads.per_worker``; ``--threads`` wins), this one before it first uses
     torch: a process that has run torch ops on two threads trains slower (measured 30%) after
-    switching to one. Denormals are flushed (``reglab.training.engine._FlushDenormals``)."""
+    switching to one. Denormals are flushed (``reglab.training.denormals.FlushDenormals``)."""
     from . import threads
 
     share = threads.explicit() or (threads.per_worker(workers) if workers > 1 else None)
@@ -102,7 +102,7 @@ def _start(workers: int = 1) -> None:
         prestart(workers - 1, share)
     import torch
 
-    from .training.engine import keep_flushing_denormals
+    from .training.denormals import keep_flushing_denormals
 
     if share is not None:
         torch.set_num_threads(share)

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import regularizers as _regularizers
 from ._lanes import whole_vectors
-from .attach import _match, _owner
+from .attach import match_names, owner_of
 
 EPSILON = 1e-7  # keras.config.epsilon()
 
@@ -377,7 +377,7 @@ class RegularizedLoss(Loss):
         self.strength = float(strength)
         names = [n for n, _ in model.named_parameters()]
         if isinstance(regularizers, Mapping):
-            hits = _match(names, {k: _regularizers.get(v) for k, v in regularizers.items()}, "parameter", model)
+            hits = match_names(names, {k: _regularizers.get(v) for k, v in regularizers.items()}, "parameter", model)
             self.terms = [(n, hits[n][1]) for n in names if n in hits]
         else:
             regs = list(regularizers)
@@ -429,5 +429,5 @@ class RegularizedLoss(Loss):
 
 def _get_tensor(model: nn.Module, dotted: str) -> torch.Tensor:
     # getattr (not named_parameters) so that torch.func.functional_call's swapped tensors are seen
-    owner, attr = _owner(model, dotted)
+    owner, attr = owner_of(model, dotted)
     return getattr(owner, attr)

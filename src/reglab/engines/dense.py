@@ -48,7 +48,7 @@ from torch import nn
 from .. import activations as _activations
 from .. import regularizers as R
 from .._lanes import LANES, whole_vectors
-from ..attach import _activity_hook, activity_sources, param_sources
+from ..attach import activity_regularizer, activity_sources, foreign_hooks, param_sources
 from ..layers import Activation, Dense
 from ..losses import Loss, RegularizedLoss
 from .objective import correct_per_example
@@ -341,13 +341,10 @@ def _check_hooks(model: nn.Module) -> None:
                   "_global_backward_pre_hooks"):
         if getattr(_m, store, None):
             raise _Unsupported("global module hooks are registered")
-    from ..attach import _call_begins, _call_ends, _register_live
-
     for name, mod in model.named_modules():
-        if any(h not in (_register_live, _call_begins) for h in mod._forward_pre_hooks.values()) or mod._backward_hooks or getattr(mod, "_backward_pre_hooks", None):
-            raise _Unsupported(f"module {name!r} has hooks")
-        if any(h not in (_activity_hook, _call_ends) for h in mod._forward_hooks.values()):
-            raise _Unsupported(f"module {name!r} has a forward hook")
+        what = foreign_hooks(mod)
+        if what:
+            raise _Unsupported(f"module {name!r} has {what}")
 
 
 def takes(model: nn.Module, loss: Loss, example_ndim: int) -> bool:
@@ -520,7 +517,7 @@ class DenseStack:
         grouped = {}
         self._one_pass = True
         for name, mod in self.plan.activity:
-            reg = mod.__dict__["_reglab_activity"].regularizer
+            reg = activity_regularizer(mod)
             j = out_of[id(mod)]
             terms = elementwise_terms(reg, self.hparams.get(name, {}))
             if terms is None:

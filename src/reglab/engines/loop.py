@@ -2,7 +2,7 @@
 
 Every ``nn.Module`` that ``fit`` can train trains here: recurrent layers (``nn.GRU``,
 ``nn.LSTM``), attention with functional dropout, embeddings on integer inputs, custom
-``autograd.Function``\\ s, data-dependent control flow. Per step and model m (in turn, each on its
+``autograd.Function`` objects, data-dependent control flow. Per step and model m (in turn, each on its
 own batch):
 
     objective_m = mean_b loss(f_m(x_mb), y_mb) + sum_k penalty_mk      (``model_objective``)

@@ -34,7 +34,7 @@ from torch.func import functional_call, stack_module_state
 
 from .. import regularizers as _regularizers
 from .._lanes import LANES
-from ..attach import PenaltyPlan, constraint_sources, quiet
+from ..attach import PenaltyPlan, activity_regularizer, constraint_sources, quiet
 from ..losses import Loss, RegularizedLoss
 from .objective import model_objective
 from .masks import draw
@@ -74,7 +74,7 @@ def stacked_hparams(models: Sequence[nn.Module], losses: Sequence[Loss]) -> tupl
     per_model_regs = []
     for p in plans:
         d = {n: r for n, _, _, r in p.params}
-        d.update({n: m.__dict__["_reglab_activity"].regularizer for n, m in p.activity})
+        d.update({n: activity_regularizer(m) for n, m in p.activity})
         per_model_regs.append(d)
     for name in names:
         rs = [d[name] for d in per_model_regs]

@@ -19,6 +19,8 @@ import signal
 import threading
 import time
 
+from .worker import set_up_trainer
+
 __all__ = ["helper_pool", "interrupt", "run_task", "submit", "prestart", "skip_final_collection"]
 
 _POLL_S = 0.5
@@ -82,19 +84,6 @@ def skip_final_collection() -> None:
 _final_collection_skipped = False
 
 
-def set_up_trainer(threads: int, explicit: int | None) -> None:
-    """What a process that trains for another does first (a helper, a Ray task): denormals flushed,
-    torch on ``threads`` threads (the thread rule's cap), the driver's ``--threads`` (``explicit``)."""
-    import torch
-
-    from .. import threads as _threads
-    from ..training.engine import keep_flushing_denormals
-
-    keep_flushing_denormals()
-    torch.set_num_threads(threads)
-    _threads.set_explicit(explicit)
-
-
 _warm: tuple[int, int, cf.ProcessPoolExecutor] | None = None
 
 
@@ -103,7 +92,8 @@ def _warm_up() -> None:
     compiler stack, about 3 s, on the first optimizer a process builds)."""
     import torch
 
-    from . import runner  # noqa: F401
+    from ..diagnostics import metrics  # noqa: F401  -- the runner's heavy imports (not the runner:
+    from ..vectorized import fit_many  # noqa: F401  -- it imports this module)
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 

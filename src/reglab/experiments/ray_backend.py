@@ -45,7 +45,7 @@ def _ray_task(fn, args: tuple, cpus: int, explicit: int | None, cwd: str) -> tup
     """What a Ray worker runs: ``fn(*args)`` in the driver's working directory ``cwd`` (so that a
     relative OUT or study path means what it means to the driver), with ``cpus`` torch threads
     (the thread rule's cap) and the driver's ``--threads``; returns the result and where it ran."""
-    from .helpers import set_up_trainer
+    from .worker import set_up_trainer
 
     try:
         os.chdir(cwd)

@@ -154,6 +154,26 @@ def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, pref
     return ArrayData(xt, yt), shuffle
 
 
+def _split_off_validation(x: Any, y: Any, validation_data: Any, validation_split: float) -> tuple[Any, Any, Any]:
+    """``(x, y, validation_data)`` with Keras's ``validation_split``: the last fraction of the
+    arrays (before shuffling) held out, where no ``validation_data`` is given."""
+    if not validation_split:
+        return x, y, validation_data
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 < validation_split < 1:
+        raise ValueError(f"validation_split must be a number in (0, 1); got validation_split={validation_split!r}")
+    if isinstance(x, (Dataset, DataLoader)):
+        raise ValueError("validation_split needs array inputs; give validation_data for a Dataset/DataLoader")
+    if validation_data is None:
+        n = len(x)
+        cut = n - int(n * validation_split)  # Keras: the last samples are held out
+        if cut <= 0 or cut >= n:
+            raise ValueError(f"validation_split={validation_split} leaves no training or no validation data "
+                             f"with {n} examples")
+        validation_data = (x[cut:], y[cut:])
+        x, y = x[:cut], y[:cut]
+    return x, y, validation_data
+
+
 def fit(
     model: nn.Module,
     x: Any,
@@ -220,19 +240,7 @@ def fit(
     dtype, dev = p0.dtype, p0.device
     loss_fn = _losses.get(loss)
     refresh_constraints(model)
-    if validation_split:
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 < validation_split < 1:
-            raise ValueError(f"validation_split must be a number in (0, 1); got validation_split={validation_split!r}")
-        if isinstance(x, (Dataset, DataLoader)):
-            raise ValueError("validation_split needs array inputs; give validation_data for a Dataset/DataLoader")
-        if validation_data is None:
-            n = len(x)
-            cut = n - int(n * validation_split)  # Keras: the last samples are held out
-            if cut <= 0 or cut >= n:
-                raise ValueError(f"validation_split={validation_split} leaves no training or no validation data "
-                                 f"with {n} examples")
-            validation_data = (x[cut:], y[cut:])
-            x, y = x[:cut], y[:cut]
+    x, y, validation_data = _split_off_validation(x, y, validation_data, validation_split)
     train, do_shuffle = _as_source(model, x, y, loss_fn, dtype, dev, batch_size, shuffle, seed, "")
     val = None
     if validation_data is not None:

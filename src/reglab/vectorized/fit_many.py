@@ -134,36 +134,15 @@ def fit_many(
     the chunk's work per step (one model's on the loop engine, as ``fit``).
     """
     grid = [dict(g) for g in (grid or [{}])]
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
-    if isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
-    if engine != "auto" and engine not in KINDS:
-        raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
-    epochs = _checks.positive_int(epochs, "epochs")
-    batch_size = _checks.positive_int(batch_size, "batch_size")
-    metrics = check_metrics(metrics)
-    _threads.check(threads)
-    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
-    if len(stoppers) != len(list(callbacks)) or len(stoppers) > 1:
-        raise ValueError("fit_many accepts only one EarlyStopping callback")
+    seeds, epochs, batch_size, metrics, stoppers = _checked(seeds, optimizer, engine, epochs, batch_size, metrics,
+                                                            threads, callbacks)
     configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]
     M = len(configs)
     data = _Inputs(x, y, validation_data, M, batch_size, shuffle)
     rngs: dict[int, Any] = {}
 
     def make(i: int):
-        torch.manual_seed(configs[i]["seed"])
-        out = build(**grid[i % len(grid)])
-        model, lo = (out if isinstance(out, tuple) else (out, loss))
-        if lo is None:
-            raise ValueError("give loss=..., or let build return (model, loss)")
-        if device is not None:
-            model.to(device)
-        # where a model trained alone draws its random numbers from
-        rngs[i] = rng_state([d for d in {p.device for p in model.parameters()} if d.type == "cuda"])
-        return model, _losses.get(lo)
+        return _build(build, configs[i], grid[i % len(grid)], loss, device, rngs, i)
 
     first, first_loss = make(0)
     p0 = next(first.parameters(), None)
@@ -181,32 +160,12 @@ def fit_many(
     for c0, c1 in zip(bounds, bounds[1:]):
         idx = list(range(c0, c1))
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]
-        models = [b[0] for b in built]
-        losses = [b[1] for b in built]
-        _check_one_architecture(first, models, [configs[i] for i in idx], configs[0])
-        train = data.train(models[0], losses[0], idx, configs)
-        val = data.validation(models[0], losses[0], idx)
-        work_models = 1 if choice.kind == "loop" else len(idx)  # the loop's kernels run one model's work
-        n_threads = _threads.decide(threads, models[0], train.example(), batch_size, work_models)
-        result.threads = max(result.threads, n_threads) if c0 else n_threads
-        with _threads.using(n_threads):
-            with_acc = "accuracy" in metrics and losses[0].task is not None
-            es = None
-            if stoppers:  # a fresh one per chunk, with the user's settings
-                es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in (
-                    "monitor", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch")},
-                    min_delta=abs(stoppers[0].min_delta))
-            stack = make_engine(choice.kind, models, losses, with_acc, *train.dims(), [rngs[i] for i in idx])
-            try:
-                opt = _optimizers.get(optimizer, stack.optimized)
-                res = run(stack, opt, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                          seeds=[configs[i]["seed"] for i in idx], early_stopping=es, progress=False,
-                          desc="fit_many")
-                stack = res.stack  # the stack that trained last (the engine drops stopped models' rows)
-            finally:
-                stack.write_back()
+        _check_one_architecture(first, [b[0] for b in built], [configs[i] for i in idx], configs[0])
+        res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
+                           dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                threads=threads, metrics=metrics))
         result.histories.extend(res.histories)
-        result.models.extend(models)
+        result.models.extend(b[0] for b in built)
         result.failed.update({idx[k]: v for k, v in res.failed.items()})
         result.interrupted |= res.interrupted
         bar.update(len(idx))
@@ -214,6 +173,71 @@ def fit_many(
             break
     bar.close()
     return result
+
+
+def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, callbacks) -> tuple:
+    """``fit_many``'s arguments checked where they enter: ``(seeds, epochs, batch_size, metrics,
+    [the EarlyStopping])``."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
+    if engine != "auto" and engine not in KINDS:
+        raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
+    epochs = _checks.positive_int(epochs, "epochs")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    metrics = check_metrics(metrics)
+    _threads.check(threads)
+    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    if len(stoppers) != len(list(callbacks)) or len(stoppers) > 1:
+        raise ValueError("fit_many accepts only one EarlyStopping callback")
+    return seeds, epochs, batch_size, metrics, stoppers
+
+
+def _build(build: Callable[..., Any], config: dict, point: dict, loss: Any, device: Any, rngs: dict, i: int):
+    """Model i: ``build(**point)`` right after ``torch.manual_seed(seed)``, with its loss; its
+    random state right after the build goes into ``rngs[i]`` (where it draws from alone)."""
+    torch.manual_seed(config["seed"])
+    out = build(**point)
+    model, lo = (out if isinstance(out, tuple) else (out, loss))
+    if lo is None:
+        raise ValueError("give loss=..., or let build return (model, loss)")
+    if device is not None:
+        model.to(device)
+    rngs[i] = rng_state([d for d in {p.device for p in model.parameters()} if d.type == "cuda"])
+    return model, _losses.get(lo)
+
+
+def _train_chunk(kind: str, built: list, idx: list[int], configs: list[dict], data: Any, rngs: list, stoppers: list,
+                 result: ManyResult, settings: dict[str, Any]) -> Any:
+    """Train the models ``built`` (``(model, loss)``; models ``idx``) on engine ``kind``: the
+    loop's result. ``settings``: ``fit_many``'s optimizer, epochs, batch_size, shuffle, threads,
+    metrics; ``result.threads`` notes the thread count."""
+    models = [b[0] for b in built]
+    losses = [b[1] for b in built]
+    train = data.train(models[0], losses[0], idx, configs)
+    val = data.validation(models[0], losses[0], idx)
+    work_models = 1 if kind == "loop" else len(idx)  # the loop's kernels run one model's work
+    n_threads = _threads.decide(settings["threads"], models[0], train.example(), settings["batch_size"], work_models)
+    result.threads = max(result.threads, n_threads) if idx[0] else n_threads
+    with _threads.using(n_threads):
+        with_acc = "accuracy" in settings["metrics"] and losses[0].task is not None
+        es = None
+        if stoppers:  # a fresh one per chunk, with the user's settings
+            es = EarlyStopping(**{k: getattr(stoppers[0], k) for k in (
+                "monitor", "patience", "mode", "baseline", "restore_best_weights", "start_from_epoch")},
+                min_delta=abs(stoppers[0].min_delta))
+        stack = make_engine(kind, models, losses, with_acc, *train.dims(), rngs)
+        try:
+            opt = _optimizers.get(settings["optimizer"], stack.optimized)
+            res = run(stack, opt, train, val, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                      shuffle=settings["shuffle"], seeds=[configs[i]["seed"] for i in idx], early_stopping=es,
+                      progress=False, desc="fit_many")
+            stack = res.stack  # the stack that trained last (the engine drops stopped models' rows)
+        finally:
+            stack.write_back()
+    return res
 
 
 def _chunks(M: int, kind: str, memory_budget: int | None, first: nn.Module, batch_size: int, train: Any) -> list[int]:
