@@ -69,3 +69,21 @@ def test_penalties_and_constraints_on_cuda():
     p.backward()
     opt.step()
     torch.testing.assert_close(d.weight.norm(dim=1), torch.ones(3, device="cuda"), rtol=1e-5, atol=1e-5)
+
+
+def test_the_loop_engine_on_cuda_trains_each_model_as_fit_does():
+    """A GRU and attention with dropout (vmap cannot give each model its own draws on a GPU):
+    the per-model loop, each model's CUDA draws from its own state, equal to fit on CUDA."""
+    from .test_engines import SPARSE, Attention, Recurrent, sequences
+
+    x, y = sequences()
+    for build in (lambda: Recurrent("GRU"), Attention):
+        res = reglab.fit_many(build, x, y, seeds=[0, 1], loss=SPARSE, epochs=2, batch_size=16, device="cuda",
+                              progress=False, threads=1)
+        assert res.engine == "loop"
+        for i, s in enumerate([0, 1]):
+            torch.manual_seed(s)
+            m = build().to("cuda")
+            h = reglab.fit(m, x, y, loss=SPARSE, epochs=2, batch_size=16, seed=s, progress=False, threads=1)
+            assert res.histories[i].history == h.history
+            assert next(res.models[i].parameters()).device.type == "cuda"

@@ -181,10 +181,22 @@ def _batch_first(module: nn.Module, out: Any) -> torch.Tensor | None:
     return out
 
 
+def over_batch(value: Any, batch_size: int) -> Any:
+    """Keras's rule for activity penalties, written once: a layer's activity loss is
+    ``regularizer(output) / batch size``. ``value`` (a penalty, its derivative or a strength that
+    the penalty is linear in) divided by the batch size; ``batch_factor`` is the same rule as a
+    factor, for engines that scale by multiplying."""
+    return value / batch_size
+
+
+def batch_factor(batch_size: int) -> float:
+    """``1 / batch size``: Keras's activity-penalty rule (``over_batch``) as a factor."""
+    return 1.0 / batch_size
+
+
 def _activity_term(reg: _regularizers.Regularizer, y: torch.Tensor, hp: Mapping[str, Any] | None) -> torch.Tensor:
     value = reg.compute(y, **hp) if hp else reg(y)
-    # Keras: layer activity loss = regularizer(output) / batch size
-    return value / y.shape[0]
+    return over_batch(value, y.shape[0])
 
 
 _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("reglab_call_depth", default=0)

@@ -44,6 +44,19 @@ class Loss:
     #: True where ``per_example_grad`` is written (the Dense-stack engine needs it)
     native_grad = False
 
+    #: the penalty source this loss adds to its model's (``RegularizedLoss``: ``"loss:penalty"``),
+    #: or None; every engine treats it as one more source, through ``terms``, ``strength`` and
+    #: ``penalty``
+    source_name: str | None = None
+    #: that source's ``[(parameter name, regularizer)]`` at unit strength
+    terms: Sequence[tuple[str, Any]] = ()
+    #: that source's strength (the one number models trained together may differ in)
+    strength: float = 0.0
+
+    def penalty(self, model: nn.Module | None = None, strength: Any = None) -> torch.Tensor | None:
+        """The value of the loss's own penalty source on ``model`` (None: it has none)."""
+        return None
+
     def per_example(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -94,6 +94,9 @@ class Regularizer:
 
     #: True where ``value_and_grad`` is written by hand (no ``torch.func`` needed)
     native_grad = False
+    #: True where value and derivative are linear in the strength (an engine may then fold a
+    #: factor, such as Keras's 1 / batch size for activity penalties, into the strength)
+    linear_in_strength = False
 
     def value_and_grad(self, x: torch.Tensor, hparams: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The penalties of M models and their derivatives, in one call.
@@ -118,6 +121,22 @@ class Regularizer:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement get_config(), so it cannot be serialized"
         )
+
+    def structure(self) -> Any:
+        """What must agree between regularizers stacked over models: everything but the
+        strengths (``hparams``). A composite gives its terms' structures."""
+        try:
+            cfg = self.get_config()
+        except NotImplementedError:
+            return (type(self).__name__, id(type(self)))
+        hp = self.hparams()
+        return (type(self).__name__, tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in hp)))
+
+    def elementwise_sum(self, hp: Mapping[str, Any]) -> list[tuple[Any, Callable, Callable, Any]] | None:
+        """This regularizer as a sum of element-wise terms ``[(key, f, f', strength)]`` with
+        strengths ``hp`` (per-model tensors), or None where it is not one. Terms with one key
+        share ``f`` and ``f'``. A composite gives its terms' (the one walker of ``Sum``/``Scaled``)."""
+        return None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Regularizer:
@@ -176,6 +195,14 @@ class ElementwiseRegularizer(Regularizer):
 
     def elementwise_terms(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
         raise NotImplementedError
+
+    def elementwise_sum(self, hp):
+        out = []
+        for name, f, df in self.elementwise_terms():
+            local = "<locals>" in getattr(f, "__qualname__", "<locals>")
+            key = (f, df) if not local else (type(self), repr(self.get_config()), name)
+            out.append((key, f, df, hp[name]))
+        return out
 
     def compute(self, x, **hp):
         total = None
@@ -356,6 +383,8 @@ class KLSparsity(Regularizer):
     (Keras scaling), which is what a Keras program with this regularizer does.
     """
 
+    linear_in_strength = True
+
     def __init__(self, rho: float = 0.05, strength: float = 0.1):
         self.rho = _checks.open_unit_float(rho, "rho")
         self.strength = _checks.non_negative_float(strength, "strength")
@@ -432,6 +461,18 @@ class Sum(Regularizer):
     def with_hparams(self, **values):
         return Sum(*[t.with_hparams(**_split(values, f"{i}/")) for i, t in enumerate(self.terms)])
 
+    def structure(self):
+        return ("Sum", tuple(t.structure() for t in self.terms))
+
+    def elementwise_sum(self, hp):
+        out = []
+        for i, t in enumerate(self.terms):
+            part = t.elementwise_sum(_split(hp, f"{i}/"))
+            if part is None:
+                return None
+            out.extend(part)
+        return out
+
     def get_config(self):
         return {"terms": [serialize(t) for t in self.terms]}
 
@@ -472,6 +513,13 @@ class Scaled(Regularizer):
     def with_hparams(self, **values):
         inner = self.regularizer.with_hparams(**_split(values, "inner/"))
         return Scaled(float(values.get("factor", self.factor)), inner)
+
+    def structure(self):
+        return ("Scaled", self.regularizer.structure())
+
+    def elementwise_sum(self, hp):
+        inner = self.regularizer.elementwise_sum(_split(hp, "inner/"))
+        return None if inner is None else [(k, f, df, hp["factor"] * st) for k, f, df, st in inner]
 
     def get_config(self):
         return {"factor": self.factor, "regularizer": serialize(self.regularizer)}

@@ -46,7 +46,6 @@ def compare_predictions(y: Any, yhat_a: Any, yhat_b: Any) -> dict[str, dict[str,
 @torch.no_grad()
 def predict(model: nn.Module, x: Any, batch_size: int = 4096) -> np.ndarray:
     """Model outputs in eval mode as a NumPy array (batched; activity penalties not recorded)."""
-    p0 = next(model.parameters())
     xt = model_inputs(model, x)
     was = model.training
     model.eval()

@@ -18,7 +18,6 @@ __all__ = ["sparsity", "activations"]
 @torch.no_grad()
 def activations(model: nn.Module, x: Any, layers: Sequence[str]) -> dict[str, np.ndarray]:
     """Outputs of the named submodules on ``x`` (eval mode), flattened to ``(n, units)``."""
-    p0 = next(model.parameters())
     xt = model_inputs(model, x)
     names = dict(model.named_modules())
     missing = [n for n in layers if n not in names]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..attach import PenaltyPlan
-from ..losses import Loss, RegularizedLoss
+from ..losses import Loss
 
 
 def correct_per_example(out: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor | None:
@@ -47,7 +47,7 @@ def model_objective(
     with plan.collect(hparams) as collected:
         out = model(xb)
     pens = plan.terms(collected, hparams)
-    if isinstance(loss, RegularizedLoss):
+    if loss.source_name is not None:  # the loss's own penalty source (``RegularizedLoss``)
         s = hparams.get(loss.source_name, {}).get("strength") if hparams else None
         pens[loss.source_name] = loss.penalty(model, strength=s)
     data = loss.per_example(out, yb)

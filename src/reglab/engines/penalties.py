@@ -29,31 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import regularizers as R
 
 
 def elementwise_terms(reg: Any, hp: dict[str, torch.Tensor]) -> list[tuple[Any, Any, Any, torch.Tensor]] | None:
-    """``reg`` as ``[(key, f, f', strength (M,))]`` if it is a sum of element-wise terms, else None.
-    Terms with one key share ``f`` and ``f'``."""
-    if isinstance(reg, R.ElementwiseRegularizer):
-        out = []
-        for name, f, df in reg.elementwise_terms():
-            local = "<locals>" in getattr(f, "__qualname__", "<locals>")
-            key = (f, df) if not local else (type(reg), repr(reg.get_config()), name)
-            out.append((key, f, df, hp[name]))
-        return out
-    if isinstance(reg, R.Scaled):
-        inner = elementwise_terms(reg.regularizer, R._split(hp, "inner/"))
-        return None if inner is None else [(k, f, df, hp["factor"] * st) for k, f, df, st in inner]
-    if isinstance(reg, R.Sum):
-        out = []
-        for i, t in enumerate(reg.terms):
-            part = elementwise_terms(t, R._split(hp, f"{i}/"))
-            if part is None:
-                return None
-            out.extend(part)
-        return out
-    return None
+    """``reg`` as ``[(key, f, f', strength (M,))]`` if it is a sum of element-wise terms, else None
+    (``Regularizer.elementwise_sum``). Terms with one key share ``f`` and ``f'``."""
+    return reg.elementwise_sum(hp)
 
 
 def _index(spans: list[tuple[int, int]], device: Any) -> torch.Tensor:

@@ -32,31 +32,16 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from .. import regularizers as _regularizers
 from .._lanes import LANES
 from ..attach import PenaltyPlan, activity_regularizer, constraint_sources, quiet
-from ..losses import Loss, RegularizedLoss
+from ..losses import Loss
 from .objective import model_objective
 from .masks import draw
 from .protocol import Capabilities
 
 
-def _structure(reg: _regularizers.Regularizer) -> Any:
-    """What must agree between models whose regularizers are stacked (everything but strengths)."""
-    if isinstance(reg, _regularizers.Sum):
-        return ("Sum", tuple(_structure(t) for t in reg.terms))
-    if isinstance(reg, _regularizers.Scaled):
-        return ("Scaled", _structure(reg.regularizer))
-    try:
-        cfg = reg.get_config()
-    except NotImplementedError:
-        return (type(reg).__name__, id(type(reg)))
-    hp = reg.hparams()
-    return (type(reg).__name__, tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in hp)))
-
-
 def stacked_hparams(models: Sequence[nn.Module], losses: Sequence[Loss]) -> tuple[PenaltyPlan, list[str], dict[str, dict[str, torch.Tensor]]]:
-    """Model 0's ``PenaltyPlan``, the penalty source names (plus ``RegularizedLoss.source_name``)
+    """Model 0's ``PenaltyPlan``, the penalty source names (plus the loss's own, ``Loss.source_name``)
     and every source's strengths stacked over the models: ``{source: {hparam: tensor (M,)}}``.
 
     Everything but the strengths must agree between the models; a difference is an error that
@@ -78,22 +63,22 @@ def stacked_hparams(models: Sequence[nn.Module], losses: Sequence[Loss]) -> tupl
         per_model_regs.append(d)
     for name in names:
         rs = [d[name] for d in per_model_regs]
-        s0 = _structure(rs[0])
+        s0 = rs[0].structure()
         for i, r in enumerate(rs[1:], 1):
-            if _structure(r) != s0:
+            if r.structure() != s0:
                 raise ValueError(f"penalty source {name!r}: model {i} has {r!r}, model 0 has {rs[0]!r}; only "
                                  "strengths may differ between models trained together")
         hp = [r.hparams() for r in rs]
         if hp[0]:
             hparams[name] = {k: torch.tensor([h[k] for h in hp], dtype=p0.dtype, device=p0.device) for k in hp[0]}
-    if isinstance(loss0, RegularizedLoss):
+    src = loss0.source_name  # the loss's own penalty source (``RegularizedLoss``), if any
+    if src is not None:
         for i, lo in enumerate(losses):
-            if not isinstance(lo, RegularizedLoss) or [(n, _structure(r)) for n, r in lo.terms] != [
-                    (n, _structure(r)) for n, r in loss0.terms]:
-                raise ValueError(f"model {i}'s RegularizedLoss differs from model 0's in more than its strength")
-        hparams[RegularizedLoss.source_name] = {
-            "strength": torch.tensor([lo.strength for lo in losses], dtype=p0.dtype, device=p0.device)}
-    names = names + ([RegularizedLoss.source_name] if isinstance(loss0, RegularizedLoss) else [])
+            if lo.source_name != src or [(n, r.structure()) for n, r in lo.terms] != [
+                    (n, r.structure()) for n, r in loss0.terms]:
+                raise ValueError(f"model {i}'s {type(lo).__name__} differs from model 0's in more than its strength")
+        hparams[src] = {"strength": torch.tensor([lo.strength for lo in losses], dtype=p0.dtype, device=p0.device)}
+    names = names + ([src] if src is not None else [])
     return plans[0], names, hparams
 
 
@@ -323,7 +308,7 @@ class VmapStack:
             p.copy_(kept)
         for name, c in self.constraints:
             p = self.param_dict[name]
-            p.copy_(torch.vmap(c)(p))
+            p.copy_(c.stacked(p))  # the one projection of stacked weights (``Constraint.stacked``)
 
     def eval_batches(self, data, batch_size):
         return data.batches(self, batch_size, None)
