@@ -154,6 +154,30 @@ def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, pref
     return ArrayData(xt, yt), shuffle
 
 
+def _validation_source(model, validation_data, loss_fn, dtype, dev, batch_size):
+    """``validation_data`` (``(x_val, y_val)``, a ``Dataset`` or a ``DataLoader``) as a source, or None."""
+    if validation_data is None:
+        return None
+    if isinstance(validation_data, (DataLoader, Dataset)):
+        return _as_source(model, validation_data, None, loss_fn, dtype, dev, batch_size, False, None, "validation_")[0]
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise ValueError("validation_data must be (x_val, y_val), a Dataset or a DataLoader")
+    return _as_source(model, validation_data[0], validation_data[1], loss_fn, dtype, dev, batch_size, False, None,
+                      "validation_")[0]
+
+
+def _split_callbacks(model: nn.Module, callbacks: Sequence[Callback]) -> tuple[list[EarlyStopping], list[Callback]]:
+    """``(the EarlyStopping (at most one), the other callbacks, given the model)``."""
+    callbacks = list(callbacks)
+    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    if len(stoppers) > 1:
+        raise ValueError("give at most one EarlyStopping callback")
+    others = [c for c in callbacks if not isinstance(c, EarlyStopping)]
+    for c in others:
+        c.model = model
+    return stoppers, others
+
+
 def _split_off_validation(x: Any, y: Any, validation_data: Any, validation_split: float) -> tuple[Any, Any, Any]:
     """``(x, y, validation_data)`` with Keras's ``validation_split``: the last fraction of the
     arrays (before shuffling) held out, where no ``validation_data`` is given."""
@@ -242,22 +266,8 @@ def fit(
     refresh_constraints(model)
     x, y, validation_data = _split_off_validation(x, y, validation_data, validation_split)
     train, do_shuffle = _as_source(model, x, y, loss_fn, dtype, dev, batch_size, shuffle, seed, "")
-    val = None
-    if validation_data is not None:
-        if isinstance(validation_data, (DataLoader, Dataset)):
-            val, _ = _as_source(model, validation_data, None, loss_fn, dtype, dev, batch_size, False, None, "validation_")
-        else:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be (x_val, y_val), a Dataset or a DataLoader")
-            val, _ = _as_source(model, validation_data[0], validation_data[1], loss_fn, dtype, dev, batch_size, False,
-                                None, "validation_")
-    callbacks = list(callbacks)
-    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
-    if len(stoppers) > 1:
-        raise ValueError("give at most one EarlyStopping callback")
-    others = [c for c in callbacks if not isinstance(c, EarlyStopping)]
-    for c in others:
-        c.model = model
+    val = _validation_source(model, validation_data, loss_fn, dtype, dev, batch_size)
+    stoppers, others = _split_callbacks(model, callbacks)
     per_step = batch_size if isinstance(train, ArrayData) else (train.loader.batch_size or 1)
     with _threads.using(_threads.decide(threads, model, train.example(), per_step)):
         return _train(model, loss_fn, optimizer, train, val, metrics, epochs, batch_size, do_shuffle, seed, others,

@@ -1,5 +1,5 @@
 """Moved to ``reglab.engines.dense`` (kept so that old imports work)."""
 
-from ..engines.dense import NotTransformable, takes, unsupported_reason, DenseStack  # noqa: F401
+from ..engines.dense import NotTransformable, unsupported_reason, DenseStack  # noqa: F401
 
-__all__ = ['NotTransformable', 'takes', 'unsupported_reason', 'DenseStack']
+__all__ = ['NotTransformable', 'unsupported_reason', 'DenseStack']

@@ -49,6 +49,13 @@ class ManyResult:
     #: torch threads the models trained with (the most over chunks; ``reglab.threads``)
     threads: int = 1
 
+    def take(self, res: Any, idx: list[int], models: list[nn.Module]) -> None:
+        """Add the loop's result ``res`` for the models ``idx`` (a chunk)."""
+        self.histories.extend(res.histories)
+        self.models.extend(models)
+        self.failed.update({idx[k]: v for k, v in res.failed.items()})
+        self.interrupted |= res.interrupted
+
 
 def _per_model(a: Any, n_models: int, name: str) -> tuple[Any, bool]:
     if isinstance(a, (list, tuple)) and len(a) == n_models and all(
@@ -120,23 +127,20 @@ def fit_many(
     choice and its reason are in ``ManyResult.engine`` and ``.engine_reason``.
 
     ``x, y`` and ``validation_data``: shared arrays, lists with one array per model (same
-    shapes), a map-style ``Dataset`` of ``(x, y)`` (each model gets its own ``DataLoader``,
-    shuffled by its seed, as ``fit(model, dataset, seed=s)``) or a ``DataLoader`` (its batches,
-    in its own order, serve every model). Integer inputs stay integers (``fit``'s rule).
-    ``optimizer`` is a Keras name/config (an instance is bound to one model).
-    ``callbacks`` may hold one ``EarlyStopping``, applied per model (stopped models cost nothing
-    more: the Dense-stack engine drops their rows once a quarter of it has stopped, the loop
-    skips them). A model whose objective becomes NaN/inf is marked failed
-    (``ManyResult.failed``) and frozen; the others go on.
-    ``memory_budget`` (bytes) splits M into chunks trained one after another (same results); on
-    CPU chunks also hold at most ``CPU_CHUNK`` (512) models, the measured sweet spot (``None``: no chunking).
-    ``threads``: torch's intra-op threads (restored after); None: the ``reglab.threads`` rule for
-    the chunk's work per step (one model's on the loop engine, as ``fit``).
+    shapes), a map-style ``Dataset`` of ``(x, y)`` (each model its own ``DataLoader``, shuffled by
+    its seed, as ``fit(model, dataset, seed=s)``) or a ``DataLoader`` (its batches serve every
+    model). Integer inputs stay integers (``fit``'s rule). ``optimizer``: a Keras name/config.
+    ``callbacks``: one ``EarlyStopping`` at most, per model (stopped models cost nothing more).
+    A model whose objective becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen.
+    ``memory_budget`` (bytes) splits M into chunks trained one after another (same results; on
+    CPU at most ``CPU_CHUNK`` = 512 models, the measured sweet spot; ``None``: no chunking).
+    ``threads``: torch's intra-op threads (restored after); None: the ``reglab.threads`` rule
+    (for one model's work per step on the loop engine, as ``fit``).
     """
     grid = [dict(g) for g in (grid or [{}])]
     seeds, epochs, batch_size, metrics, stoppers = _checked(seeds, optimizer, engine, epochs, batch_size, metrics,
                                                             threads, callbacks)
-    configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]
+    configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]  # model i's
     M = len(configs)
     data = _Inputs(x, y, validation_data, M, batch_size, shuffle)
     rngs: dict[int, Any] = {}
@@ -145,17 +149,11 @@ def fit_many(
         return _build(build, configs[i], grid[i % len(grid)], loss, device, rngs, i)
 
     first, first_loss = make(0)
-    p0 = next(first.parameters(), None)
-    if p0 is None:
-        raise ValueError("the built model has no parameters to train")
     train0 = data.train(first, first_loss, [0], configs)
     choice = choose_engine(first, first_loss, train0.probe_batch(), n_models=M, optimizer=optimizer,
                            arrays=data.arrays, engine=engine)
     bounds = _chunks(M, choice.kind, memory_budget, first, batch_size, train0)
-    from tqdm.auto import tqdm
-    import sys
-
-    bar = tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
+    bar = _bar(M, progress)
     result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
     for c0, c1 in zip(bounds, bounds[1:]):
         idx = list(range(c0, c1))
@@ -164,15 +162,20 @@ def fit_many(
         res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
                            dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                                 threads=threads, metrics=metrics))
-        result.histories.extend(res.histories)
-        result.models.extend(b[0] for b in built)
-        result.failed.update({idx[k]: v for k, v in res.failed.items()})
-        result.interrupted |= res.interrupted
+        result.take(res, idx, [b[0] for b in built])
         bar.update(len(idx))
         if res.interrupted:
             break
     bar.close()
     return result
+
+
+def _bar(M: int, progress: bool) -> Any:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
 
 
 def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, callbacks) -> tuple:
@@ -203,6 +206,8 @@ def _build(build: Callable[..., Any], config: dict, point: dict, loss: Any, devi
     model, lo = (out if isinstance(out, tuple) else (out, loss))
     if lo is None:
         raise ValueError("give loss=..., or let build return (model, loss)")
+    if next(model.parameters(), None) is None:
+        raise ValueError("the built model has no parameters to train")
     if device is not None:
         model.to(device)
     rngs[i] = rng_state([d for d in {p.device for p in model.parameters()} if d.type == "cuda"])

@@ -41,7 +41,7 @@ product kernels and their alignment), ``eligibility`` (which models and losses i
 the penalties, and the backward pass), ``stack`` (the parameter layout and the engine protocol).
 """
 
-from .eligibility import NotTransformable, takes, unsupported_reason
+from .eligibility import NotTransformable, unsupported_reason
 from .stack import DenseStack
 
-__all__ = ["DenseStack", "NotTransformable", "takes", "unsupported_reason"]
+__all__ = ["DenseStack", "NotTransformable", "unsupported_reason"]

@@ -12,7 +12,7 @@ from ...layers import Dense
 from ...losses import Loss
 from .kernels import ACTS, act_name, fn_name
 
-__all__ = ["Op", "ops_of", "Unsupported", "NotTransformable", "takes", "unsupported_reason"]
+__all__ = ["Op", "ops_of", "Unsupported", "NotTransformable", "unsupported_reason"]
 
 
 @dataclass
@@ -80,13 +80,6 @@ def _check_hooks(model: nn.Module) -> None:
         what = foreign_hooks(mod)
         if what:
             raise Unsupported(f"module {name!r} has {what}")
-
-
-def takes(model: nn.Module, loss: Loss, example_ndim: int) -> bool:
-    """Whether the Dense-stack engine trains ``model`` with ``loss`` on examples of
-    ``example_ndim`` dimensions (one feature axis, a supported module and loss) -- the one rule
-    ``fit``, ``fit_many`` and the study runner ask."""
-    return example_ndim == 1 and unsupported_reason(model, loss) is None
 
 
 def unsupported_reason(model: nn.Module, loss: Loss) -> str | None:
