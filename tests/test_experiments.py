@@ -236,6 +236,23 @@ def test_run_ids_hash_config_seed_and_input_files(tmp_path):
     assert one(write(tmp_path, text)).digest() != a.digest()
 
 
+def test_runs_with_a_min_delta_get_new_ids_since_its_sign_follows_keras():
+    """Early stopping with min_delta > 0 stopped by another rule before (a smaller fall counted as
+    an improvement): such experiments' runs get new ids; those without min_delta keep theirs."""
+    import hashlib
+
+    def plain_digest(spec):  # the digest formula without the min_delta rule
+        cfg = {k: v for k, v in spec.config.items() if k not in ("title", "seeds", "baseline_of", "name")}
+        cfg["split_rule"] = 2
+        return hashlib.sha256(json.dumps({"config": cfg, "inputs": spec.inputs}, sort_keys=True).encode()).hexdigest()[:16]
+
+    es = "batch_size = 20\nearly_stopping = {patience = 2, min_delta = 0.01}"
+    with_delta = validate(tomllib.loads(TINY.replace("batch_size = 20", es)), "x.toml")
+    without = validate(tomllib.loads(TINY.replace("batch_size = 20", es.replace(", min_delta = 0.01", ""))), "x.toml")
+    assert without.digest() == plain_digest(without)
+    assert with_delta.digest() != plain_digest(with_delta)
+
+
 # ----------------------------------------------------------------------------- any model, any data
 
 

@@ -179,6 +179,10 @@ class ExperimentSpec:
             # a validation fraction of one pool is ceil(fraction x all examples) since reglab 0.1.0's
             # second split rule (before: fraction / (1 - test) of the rest, one more at times): new ids
             cfg["split_rule"] = 2
+        if (self.config.get("train", {}).get("early_stopping") or {}).get("min_delta"):
+            # early stopping's min_delta has Keras's sign since reglab 0.1.0's engine seam (before,
+            # a fall smaller than min_delta counted as an improvement): new ids for such runs
+            cfg["min_delta_rule"] = 2
         blob = json.dumps({"config": cfg, "inputs": self.inputs}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
