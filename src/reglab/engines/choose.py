@@ -76,8 +76,8 @@ def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *
     if engine in ("auto", "dense"):
         why_not = _dense_refusal(model, loss, batch, optimizer, arrays)
         if why_not is None:
-            return EngineChoice("dense", "a Sequential of Dense/Linear, activation and Dropout layers on arrays "
-                                         "with one feature axis: its backward pass written out, models stacked")
+            return EngineChoice("dense", "a Sequential of Dense/Linear, activation and Dropout layers on 2-D arrays: "
+                                         "backward pass written out")
         if engine == "dense":
             raise EngineUnavailable(f"engine='dense' cannot train this model: {why_not}")
     if engine == "loop":
