@@ -185,7 +185,8 @@ def test_the_vmap_refusal_names_the_module_and_the_op():
     ("vmap", lambda: Recurrent("GRU"), sequences,
      r"^engine='vmap' cannot train this model: torch.vmap cannot batch 'rnn' \(GRU\): it has no batching rule for "
      r"aten::gru.input$"),
-    ("vmap", Attention, sequences, r"^engine='vmap' cannot train this model: it draws random numbers outside nn.Dropout"),
+    ("vmap", Attention, sequences, r"^engine='vmap' cannot train this model: 'enc.self_attn' \(MultiheadAttention\) draws "
+     r"random numbers outside nn.Dropout"),
     ("dense", bn_cnn, images, r"^engine='dense' cannot train this model: its inputs have 3 axes per example"),
     ("dense", BagOfTokens, tokens, r"^engine='dense' cannot train this model: its inputs are torch.int64"),
 ])
@@ -492,3 +493,157 @@ def test_a_study_of_a_users_own_models_trains_each_as_fit_trains_it(tmp_path):
                     assert torch.equal(state[k], v), (name, seed, k)
                 else:
                     np.testing.assert_allclose(state[k].float(), v.float(), rtol=1e-4, atol=2e-5, err_msg=f"{name} {seed} {k}")
+
+
+# ----------------------------------------------------------------------------- found by a fresh-eyes trial
+
+
+class PaddedBag(nn.Module):
+    """An embedding with ``padding_idx``: its row stays zero (torch gives it no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(12, 4, padding_idx=0)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids).mean(1))
+
+
+class InputBranch(nn.Module):
+    """Control flow on the inputs only (vmap fails on it once each model has its own batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if bool((x.abs() > 10).any()):
+            x = x.clamp(-10, 10)
+        return self.lin(x)
+
+
+class LeavesAutograd(nn.Module):
+    """A forward that reads a tensor's numbers through numpy (no storage under vmap)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        scale = float(np.abs(h.detach().numpy()).mean())
+        return h * (1.0 + 0.0 * scale)
+
+
+@pytest.mark.parametrize("build, data, why", [
+    (PaddedBag, tokens, "'emb.weight'"),
+    (InputBranch, features, "control flow"),
+    (LeavesAutograd, features, "torch.vmap"),
+])
+def test_models_vmap_gets_wrong_or_fails_on_train_on_the_loop_as_fit(build, data, why):
+    """A batching rule that gives another gradient (an embedding's padding row), control flow on
+    the inputs (each model has its own shuffled batch), a forward that leaves torch: the probe
+    finds them and the loop trains each model exactly as fit (before: wrong numbers for every
+    model but the first; a raw RuntimeError in training; a raw error from the chooser)."""
+    x, y = data()
+    many = reglab.fit_many(build, x, y, seeds=[0, 1, 2], loss=SPARSE, epochs=2, batch_size=8, progress=False, threads=1)
+    assert many.engine == "loop" and why in many.engine_reason, many.engine_reason
+    for i, seed in enumerate([0, 1, 2]):
+        h, model = _fit_alone(build, seed, x, y, epochs=2, batch_size=8)
+        assert many.histories[i].history == h.history
+        for k, v in weights(model).items():
+            assert torch.equal(weights(many.models[i])[k], v), k
+    if build is PaddedBag:
+        assert all(bool((m.emb.weight[0] == 0).all()) for m in many.models)
+
+
+class Augmented(Dataset):
+    """A dataset whose examples get random noise (augmentation drawn from the global generator)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = torch.as_tensor(x), torch.as_tensor(y)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(self.x[i].shape), self.y[i]
+
+
+@pytest.mark.parametrize("build", [lambda: Recurrent("GRU"), lambda: reglab.models.mlp(
+    18, [dict(units=5, activation="relu"), dict(units=3)])], ids=["gru", "mlp"])
+def test_a_dataset_that_augments_gives_each_model_its_own_draws_as_fit(build):
+    """Each model's augmentation comes from its own random state, in the order fit draws it (with
+    its own dropout and shuffling): fit_many equals fit alone, and model 0's numbers do not
+    depend on the models beside it (before: 1e-3-1e-2 apart, and other for M = 1, 2, 3)."""
+    x, y = sequences(n=24)
+    if not isinstance(build(), Recurrent):
+        x = x.reshape(len(x), -1)
+    ds = Augmented(x, y)
+    runs = {M: reglab.fit_many(build, ds, seeds=list(range(M)), loss=SPARSE, epochs=2, batch_size=8, progress=False,
+                               threads=1) for M in (1, 3)}
+    assert runs[3].engine == "loop" and "Dataset draws random numbers" in runs[3].engine_reason
+    for i in range(3):
+        torch.manual_seed(i)
+        model = build()
+        h = reglab.fit(model, ds, loss=SPARSE, epochs=2, batch_size=8, seed=i, progress=False, threads=1)
+        assert runs[3].histories[i].history == h.history
+    assert runs[1].histories[0].history == runs[3].histories[0].history
+
+
+def test_a_model_returning_a_tuple_is_a_clear_error_in_fit_and_fit_many():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.lin(x)
+            return h, h.detach()
+
+    x, y = features()
+    msg = r"the model returns a tuple, not a tensor: reglab trains a model whose forward returns its predictions"
+    with pytest.raises(ValueError, match=msg):
+        reglab.fit(Pair(), x, y, loss=SPARSE, progress=False)
+    with pytest.raises(ValueError, match=msg):
+        reglab.fit_many(Pair, x, y, seeds=[0, 1], loss=SPARSE, progress=False)
+
+
+def test_the_reason_names_the_module_that_draws_and_a_diverging_model_warns_nothing():
+    class StackedGRU(nn.Module):
+        def __init__(self, gain=1.0):
+            super().__init__()
+            self.gain = gain
+            self.rnn = nn.GRU(3, 5, num_layers=2, dropout=0.3, batch_first=True)
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1]) * self.gain
+
+    x, y = sequences()
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        many = reglab.fit_many(StackedGRU, x, y, seeds=[0], grid=[{"gain": 1.0}, {"gain": float("inf")}], loss=SPARSE,
+                               epochs=1, batch_size=16, progress=False, threads=1)
+    assert many.engine == "loop" and "'rnn' (GRU) draws random numbers" in many.engine_reason, many.engine_reason
+    assert list(many.failed) == [1]
+    assert not [w for w in caught if "reglab" in w.filename], [str(w.message) for w in caught]
+
+
+def test_choosing_an_engine_leaves_the_model_and_the_random_generators_as_they_were():
+    """The probes (training-mode passes, gradients, vmap) touch no batch-norm statistic, no
+    weight and no global random state (the models' numbers come after them)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Dropout(0.2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(48, 3))
+    x, y = images()
+    before = weights(model)
+    rng = torch.get_rng_state()
+    choice = choose_engine(model, get_loss(SPARSE), (torch.as_tensor(x[:2]), torch.as_tensor(y[:2])), n_models=3)
+    assert choice.kind == "vmap" and model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in weights(model).items():
+        assert torch.equal(v, before[k]), k

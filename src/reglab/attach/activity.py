@@ -178,12 +178,14 @@ class Collect:
 @contextlib.contextmanager
 def quiet(model: nn.Module, training: bool = False) -> Iterator[None]:
     """Within: forward passes of ``model`` that leave nothing behind -- no grad, no activity
-    penalty recorded -- in training or evaluation mode, the model's own mode restored after (for
-    probes: an output's shape, a flop count, the dropout calls)."""
+    penalty recorded, no draw from the global random generators -- in training or evaluation
+    mode, the model's own mode restored after (for probes: an output's shape, a flop count, the
+    dropout calls)."""
     was = model.training
     model.train(training)
+    devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
     try:
-        with torch.no_grad(), PenaltyPlan(model).collect():
+        with torch.no_grad(), PenaltyPlan(model).collect(), torch.random.fork_rng(devices=devices):
             yield
     finally:
         model.train(was)

@@ -63,13 +63,15 @@ class EngineChoice:
 
 
 def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *, n_models: int = 1,
-                  optimizer: Any = "adam", arrays: bool = True, engine: str = "auto") -> EngineChoice:
+                  optimizer: Any = "adam", arrays: bool = True, data_draws: bool = False,
+                  engine: str = "auto") -> EngineChoice:
     """The engine that trains ``n_models`` models built like ``model`` (model 0) with ``loss``.
 
     ``batch``: the first examples ``(x, y)`` as the model takes them (for the probes; None where
     they cannot be drawn: no vmap). ``arrays``: the data are in-memory arrays (not a
-    ``DataLoader``). ``optimizer``: as given to ``fit`` (an instance is bound to the model's own
-    parameters). ``engine``: ``"auto"``, or a kind to force; a forced kind that cannot train the
+    ``DataLoader``). ``data_draws``: reading an example draws random numbers (a ``Dataset`` with
+    augmentation; ``reglab.training.sources.draws_random``). ``optimizer``: as given to ``fit``
+    (an instance is bound to the model's own parameters). ``engine``: ``"auto"``, or a kind to force; a forced kind that cannot train the
     model raises ``EngineUnavailable``, naming the engine, the module and the op."""
     if engine != "auto" and engine not in KINDS:
         raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
@@ -84,7 +86,8 @@ def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *
         return EngineChoice("loop", "asked for (engine='loop'): each model through autograd, as fit trains it")
     if engine == "auto" and n_models < 2:
         return EngineChoice("loop", "one model: autograd, as fit trains it")
-    why_not = _vmap_refusal(model, loss, batch)
+    why_not = ("its Dataset draws random numbers (augmentation), which only the loop draws for each model from its "
+               "own random state") if data_draws else _vmap_refusal(model, loss, batch)
     if why_not is None:
         return EngineChoice("vmap", "torch.vmap batches the models (one architecture, draws only by nn.Dropout)")
     if engine == "vmap":
@@ -108,36 +111,135 @@ def _dense_refusal(model: nn.Module, loss: Loss, batch: Any, optimizer: Any, arr
 
 
 def _vmap_refusal(model: nn.Module, loss: Loss, batch: Any) -> str | None:
-    """Why the vmap engine cannot train two or more such models as each trains alone (None: it can)."""
-    from .vmap import VmapStack, random_calls
-
+    """Why the vmap engine cannot train two or more such models as each trains alone (None: it
+    can). Probes, on the first examples, in this order: random draws other than ``nn.Dropout``'s
+    (naming the module that draws); dropout on a GPU; the objective's gradient of two stacked
+    copies of the model, each on its own batch as in training, against autograd's for the model
+    alone -- a failure that autograd does not have, or another gradient (a batching rule that
+    does not hold for the model, as an embedding's ``padding_idx`` under torch 2.13), names the
+    parameter or the module and the op."""
     if batch is None or not torch.is_tensor(batch[0]):
         return "its data cannot be probed for torch.vmap"
     xb, yb = batch
     p0 = next(model.parameters())
     with torch.random.fork_rng(devices=[p0.device] if p0.device.type == "cuda" else []):
-        calls, other = random_calls(model, xb)
-        if other:
-            return ("it draws random numbers outside nn.Dropout (functional dropout, as in attention, or "
-                    "another random op), which torch.vmap cannot draw as each model draws them alone")
+        drawer = _drawing_module(model, xb)
+        if drawer is not None:
+            return (f"{_where(drawer)} draws random numbers outside nn.Dropout, which torch.vmap cannot draw as "
+                    "each model draws them alone")
+        from .vmap import random_calls
+
+        calls, _ = random_calls(model, xb)
         if calls and p0.device.type != "cpu":
             return "it uses dropout on a GPU, whose masks torch.vmap cannot draw as each model draws them alone"
-        names = {id(m): (n or "the model", type(m).__name__) for n, m in model.named_modules()}
-        with _innermost(names) as where:
-            try:
-                stack = VmapStack([model, model], [loss, loss], False, xb.dim(), yb.dim())
-                data, _, _, pens = stack.objective(xb, yb)
-                total = data.mean(1) + (pens.sum(0) if pens is not None else 0)
-                stack.backward(total, None)
-            except (RuntimeError, NotImplementedError) as e:
-                msg = str(e)
-                if not any(k in msg for k in _VMAP_LIMITS):
-                    raise
-                op = re.search(r"aten::\w+(?:\.\w+)?", msg)
-                what = f"it has no batching rule for {op.group(0)}" if op else msg.split(". ")[0].strip()
-                at = where()
-                return f"torch.vmap cannot batch {at[0]!r} ({at[1]}): {what}" if at else f"torch.vmap: {what}"
+        was = model.training
+        model.train(not calls)  # dropout's masks differ under vmap: compared without them
+        try:
+            alone = _autograd_gradients(model, loss, xb, yb)
+            return _stacked_refusal(model, loss, xb, yb, alone)
+        finally:
+            model.train(was)
+
+
+def _autograd_gradients(model: nn.Module, loss: Loss, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The objective's gradient for ``model`` alone on ``(xb, yb)`` (a copy: buffers untouched)."""
+    import copy
+
+    from ..attach import PenaltyPlan
+    from .objective import model_objective
+
+    twin = copy.deepcopy(model)
+    named = [(n, p) for n, p in twin.named_parameters() if p.requires_grad]
+    data, _, pens = model_objective(twin, PenaltyPlan(twin), loss, xb, yb, False)
+    total = data.mean() + sum(v.reshape(()) for v in pens.values()) if pens else data.mean()
+    grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    return {n: (torch.zeros_like(p) if g is None else g) for (n, p), g in zip(named, grads)}
+
+
+def _stacked_refusal(model: nn.Module, loss: Loss, xb: torch.Tensor, yb: torch.Tensor,
+                     alone: dict[str, torch.Tensor]) -> str | None:
+    """Why two stacked copies of ``model`` under vmap, each on its own batch, do not give
+    ``alone``'s gradient (None: they do)."""
+    from .vmap import VmapStack
+
+    names = {id(m): (n, type(m).__name__) for n, m in model.named_modules()}
+    with _innermost(names) as where:
+        try:
+            stack = VmapStack([model, model], [loss, loss], False, xb.dim(), yb.dim())
+            data, _, _, pens = stack.objective(torch.stack([xb, xb]), torch.stack([yb, yb]))
+            total = data.mean(1) + (pens.sum(0) if pens is not None else 0)
+            stack.backward(total, None)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError) as e:
+            # autograd ran this model on the same batch: the failure is vmap's
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            op = re.search(r"aten::\w+(?:\.\w+)?", msg)
+            if op:
+                what = f"it has no batching rule for {op.group(0)}"
+            elif any(k in msg for k in _VMAP_LIMITS):
+                what = msg.split(". ")[0].strip()
+            else:
+                what = f"{type(e).__name__}: {msg}"
+            at = where()
+            return f"torch.vmap cannot batch {_where(at)}: {what}" if at else f"torch.vmap: {what}"
+    for name, g in stack.gradients().items():
+        want = alone[name]
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        err = float((g - want.unsqueeze(0)).abs().max()) if want.numel() else 0.0
+        if err > 1e-3 * scale + 1e-6:
+            return (f"torch.vmap's gradient of {name!r} differs from autograd's by {err:.2g} (of {scale:.2g}): a "
+                    "batching rule that does not hold for this model")
     return None
+
+
+def _where(at: tuple[str, str]) -> str:
+    """A module in words: ``'name' (Type)``, or the model's own forward."""
+    name, kind = at
+    return f"the forward of the model ({kind})" if name == "" else f"{name!r} ({kind})"
+
+
+def _drawing_module(model: nn.Module, xb: torch.Tensor) -> tuple[str, str] | None:
+    """The innermost module whose forward draws from the global generator, ``nn.Dropout`` aside
+    (one training-mode forward without grad, nothing recorded, the model's buffers untouched;
+    None: none draws)."""
+    from torch.func import functional_call
+    from torch.nn.modules import module as _module
+
+    from ..attach import quiet
+    from .vmap import dropout_modules, dropouts_as
+
+    names = {id(m): (n, type(m).__name__) for n, m in model.named_modules()}
+    devices = [xb.device] if xb.device.type == "cuda" else []
+
+    def state():
+        return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
+
+    before: dict[int, list] = {}
+    drew: list[tuple[int, str, str]] = []  # (depth, name, type) of modules whose call drew
+
+    def pre(mod, args):
+        if id(mod) in names:
+            before[id(mod)] = state()
+
+    def post(mod, args, out):
+        if id(mod) in names and id(mod) in before:
+            if any(not torch.equal(a, b) for a, b in zip(before.pop(id(mod)), state())):
+                n, k = names[id(mod)]
+                drew.append((n.count(".") + (n != ""), n, k))
+
+    # on copies of the weights and buffers: a training-mode pass updates batch-norm statistics
+    weights = {k: v.detach().clone() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    handles = [_module.register_module_forward_pre_hook(pre), _module.register_module_forward_hook(post)]
+    try:
+        with torch.random.fork_rng(devices=devices), quiet(model, training=True), \
+                dropouts_as(dropout_modules(model), lambda d, h: h):
+            functional_call(model, weights, (xb,))
+    finally:
+        for h in handles:
+            h.remove()
+    if not drew:
+        return None
+    deepest = max(d for d, _, _ in drew)
+    return next((n, k) for d, n, k in drew if d == deepest)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,13 @@ def rng_state(devices: Sequence[torch.device]) -> RngState:
     return torch.get_rng_state(), tuple(torch.cuda.get_rng_state(d) for d in devices)
 
 
+def _set_rng_state(state: RngState, devices: Sequence[torch.device]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for d, s in zip(devices, cuda):
+        torch.cuda.set_rng_state(s, d)
+
+
 class LoopEngine:
     """The engine protocol (``reglab.engines.protocol``) for M models of any architecture."""
 
@@ -71,19 +78,19 @@ class LoopEngine:
 
     # -- random state per model
     @contextlib.contextmanager
-    def _random_of(self, m: int) -> Iterator[None]:
-        """Within: the global generators hold model m's state (kept for its next step)."""
+    def random_of(self, m: int) -> Iterator[None]:
+        """Within: the global generators hold model m's state (kept for its next draws; the
+        state before is back after). Without ``rng_states``, the global generators as they are."""
         if self.rng is None:
             yield
             return
-        cpu, cuda = self.rng[m]
-        torch.set_rng_state(cpu)
-        for d, s in zip(self._devices, cuda):
-            torch.cuda.set_rng_state(s, d)
+        outer = rng_state(self._devices)
+        _set_rng_state(self.rng[m], self._devices)
         try:
             yield
         finally:
             self.rng[m] = rng_state(self._devices)
+            _set_rng_state(outer, self._devices)
 
     # -- the protocol
     def train(self, mode: bool) -> None:
@@ -93,12 +100,10 @@ class LoopEngine:
     def objective(self, xb, yb):
         per_x = torch.is_tensor(xb) and xb.dim() == self.x_dim + 1
         rows: list[Any] = [None] * self.n_models
-        outer = torch.random.fork_rng(devices=self._devices) if self.rng is not None else contextlib.nullcontext()
-        with outer:
-            for m in np.flatnonzero(~self._frozen):
-                with self._random_of(m):
-                    rows[m] = model_objective(self.models[m], self.plans[m], self.losses[m], xb[m] if per_x else xb,
-                                              yb[m] if per_x else yb, self.with_accuracy)
+        for m in np.flatnonzero(~self._frozen):
+            with self.random_of(m):
+                rows[m] = model_objective(self.models[m], self.plans[m], self.losses[m], xb[m] if per_x else xb,
+                                          yb[m] if per_x else yb, self.with_accuracy)
         done = next(r for r in rows if r is not None)
         names = list(done[2])
         for m, r in enumerate(rows):

@@ -14,7 +14,7 @@ Every member below is required; what differs between engines is declared data
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 import torch
@@ -104,3 +104,8 @@ class Engine(Protocol):
 
     def write_back(self) -> None:
         """Give each model its trained weights in its own tensors."""
+
+    def random_of(self, m: int) -> ContextManager[None]:
+        """A context in which the global generators hold model m's random state (what it draws
+        alone: its dataset's augmentation); the per-model loop keeps one per model, the stacked
+        engines none (they are not chosen for data that draws)."""

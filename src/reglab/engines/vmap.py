@@ -101,14 +101,14 @@ def shared_constraints(models: Sequence[nn.Module]) -> list[tuple[str, Any]]:
     return first
 
 
-def _dropouts(model: nn.Module) -> list[nn.Dropout]:
+def dropout_modules(model: nn.Module) -> list[nn.Dropout]:
     """The ``nn.Dropout`` modules whose masks ``VmapStack`` draws itself (p > 0; exactly that type:
     a subclass may draw differently)."""
     return [m for m in model.modules() if type(m) is nn.Dropout and m.p > 0]
 
 
 @contextlib.contextmanager
-def _dropout_as(drops: Sequence[nn.Dropout], apply: Any) -> Iterator[None]:
+def dropouts_as(drops: Sequence[nn.Dropout], apply: Any) -> Iterator[None]:
     """Within: every module of ``drops`` computes ``apply(module, x)`` instead of its forward."""
     for d in drops:
         d.forward = lambda x, _d=d: apply(_d, x)
@@ -125,7 +125,7 @@ def random_calls(model: nn.Module, x: torch.Tensor,
     grad, no penalty recorded, buffers copied, the generators left as they were): the
     ``nn.Dropout`` calls it makes ``[(module, input shape)]`` in order, and whether anything else
     in it drew from the global generator (then its numbers depend on its group under ``vmap``)."""
-    drops = _dropouts(model)
+    drops = dropout_modules(model)
     calls: list[tuple[nn.Dropout, torch.Size]] = []
 
     def record(d, h):
@@ -141,7 +141,7 @@ def random_calls(model: nn.Module, x: torch.Tensor,
     def states():
         return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
 
-    with torch.random.fork_rng(devices=devices), quiet(model, training=True), _dropout_as(drops, record):
+    with torch.random.fork_rng(devices=devices), quiet(model, training=True), dropouts_as(drops, record):
         before = states()
         functional_call(model, state, (x,))
         other = any(not torch.equal(a, b) for a, b in zip(before, states()))
@@ -157,7 +157,7 @@ class _Objective(nn.Module):
         self.plan = plan
         self.loss = loss
         self.with_accuracy = with_accuracy
-        self.dropouts = _dropouts(model)
+        self.dropouts = dropout_modules(model)
 
     def forward(self, xb, yb, hp_vec, hp_keys, masks=None):
         # strengths travel as one (H,) tensor per model (cheap for vmap to batch), unpacked here
@@ -175,7 +175,7 @@ class _Objective(nn.Module):
                                            "whose dropout calls depend on the data cannot be stacked)")
                     return h * mask
 
-                stack.enter_context(_dropout_as(self.dropouts, apply))
+                stack.enter_context(dropouts_as(self.dropouts, apply))
             data, correct, pens = model_objective(self.model, self.plan, self.loss, xb, yb, self.with_accuracy,
                                                   hparams)
         stacked = torch.stack([v.reshape(()) for v in pens.values()]) if pens else data.new_zeros(0)
@@ -221,6 +221,7 @@ class VmapStack:
         self.flat_grad = torch.zeros_like(self.flat)
         self.param_dict = dict(params)
         self._trained: list[tuple[torch.Tensor, int, int]] = []  # (stacked view, its columns in flat)
+        self._trained_names = trained
         for name, a, b in zip(trained, offsets, offsets[1:]):
             view = self.flat[:, a:b].view(params[name].shape)
             view.copy_(params[name].detach())
@@ -302,6 +303,10 @@ class VmapStack:
                 dest.view(p.shape).copy_(g)
         self.flat.grad = self.flat_grad
 
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """The last ``backward``'s gradient of each trained parameter, stacked ``(M, ...)``."""
+        return {n: self.flat_grad[:, a:b].view(v.shape) for n, (v, a, b) in zip(self._trained_names, self._trained)}
+
     @torch.no_grad()
     def after_step(self) -> None:
         for p, kept in self._unused:  # weight decay would have moved it
@@ -324,6 +329,9 @@ class VmapStack:
 
     def penalty_totals(self):
         return None
+
+    def random_of(self, m: int):
+        return contextlib.nullcontext()  # not chosen for data that draws random numbers
 
     def keep(self, rows, snap):
         raise NotImplementedError("the vmap engine does not drop rows (caps.can_keep is False)")

@@ -312,7 +312,7 @@ class _Loop:
                 "weights are kept on this exception (.history, .state_dict) and in the model",
                 self.histories[0], stack.state_dict(state), epoch, b)
         for i in np.flatnonzero(newly):
-            self.failed[int(self.ids[i])] = {"epoch": epoch, "batch": b, "value": float(total[i])}
+            self.failed[int(self.ids[i])] = {"epoch": epoch, "batch": b, "value": float(total[i].detach())}
         broken = newly & ~stack.all_finite()
         if broken.any():  # keep the epoch-start weights of models whose weights are not finite
             stack.restore(self.epoch_start, broken)

@@ -19,6 +19,7 @@ from .callbacks import Callback, EarlyStopping
 from ..engines.choose import choose_engine
 from ..engines.make import make_engine
 from .engine import ArrayData, LoaderData, run
+from .sources import read_quietly
 from .history import History
 
 __all__ = ["fit", "prepare_arrays"]
@@ -86,11 +87,15 @@ def probe_inputs(model: nn.Module, xb: torch.Tensor, dtype: torch.dtype, what: s
 def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
     """The model's output on ``xb`` in eval mode, without grad or a recorded penalty (the model is
     left as it was); a failure names ``what`` it ran on."""
-    with quiet(model):
+    with quiet(model):  # a probe draws nothing from training's random stream
         try:
-            return model(xb)
+            out = model(xb)
         except Exception as e:
             raise ValueError(f"the model could not run on {what}: {e}") from e
+    if not torch.is_tensor(out):
+        raise ValueError(f"the model returns a {type(out).__name__}, not a tensor: reglab trains a model whose forward "
+                         "returns its predictions (one tensor); wrap it to return the one the loss compares with y")
+    return out
 
 
 def loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device,
@@ -105,7 +110,7 @@ def loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtyp
     if isinstance(loader.dataset, IterableDataset):
         return None, False
     try:
-        item = loader.dataset[0]
+        item = read_quietly(loader.dataset, 0)
         x0, y0 = item[0], item[1]
     except Exception:  # an unusual dataset: the batches are checked as they come
         return None, False

@@ -13,7 +13,30 @@ import torch
 from ..engines.protocol import Engine
 from .data import as_input
 
-__all__ = ["ArrayData", "LoaderData"]
+__all__ = ["ArrayData", "LoaderData", "draws_random"]
+
+
+def read_quietly(dataset: Any, i: int) -> Any:
+    """``dataset[i]`` for a probe, the global random generators left as they were (a dataset
+    that augments draws nothing from the training's stream)."""
+    with torch.random.fork_rng():
+        return dataset[i]
+
+
+def draws_random(dataset: Any) -> bool:
+    """Whether reading an example of a map-style ``dataset`` draws from the global random
+    generators (augmentation: then each model must draw its own, ``choose_engine``)."""
+    from torch.utils.data import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        return False
+    with torch.random.fork_rng():
+        before = torch.get_rng_state()
+        try:
+            dataset[0]
+        except Exception:  # noqa: BLE001 -- an unusual dataset: read as it comes, not probed
+            return False
+        return not torch.equal(before, torch.get_rng_state())
 
 
 @dataclass
@@ -107,7 +130,7 @@ class LoaderData:
         if isinstance(ds, IterableDataset):
             return None
         try:
-            batch = self.loader.collate_fn([ds[i] for i in range(min(2, len(ds)))])
+            batch = self.loader.collate_fn([read_quietly(ds, i) for i in range(min(2, len(ds)))])
             xb, yb = self._input(batch[0]), torch.as_tensor(batch[1]).to(self.device)
         except Exception:  # noqa: BLE001 -- an unusual dataset: trained, not probed
             return None
@@ -142,13 +165,13 @@ class LoaderData:
         if isinstance(ds, IterableDataset):
             return None
         try:
-            x0 = ds[0][0]
+            x0 = read_quietly(ds, 0)[0]
         except Exception:  # an unusual dataset: the thread rule treats its work as unknown
             return None
         return self._input(x0).unsqueeze(0)
 
     def batches(self, stack: Engine, batch_size: int, perms: Any) -> Iterator[tuple[Any, Any, int]]:
-        for b, batch in enumerate(self.loader if self.loaders is None else _all_together(self.loaders)):
+        for b, batch in enumerate(self.loader if self.loaders is None else _all_together(self.loaders, stack)):
             if self.loaders is None:
                 xb, yb = self._input(batch[0]), torch.as_tensor(batch[1]).to(self.device)
             else:  # one batch per model, stacked
@@ -161,14 +184,19 @@ class LoaderData:
             yield xb, yb, xb.shape[1 if self.loaders is not None else 0]
 
 
-def _all_together(loaders: list[Any]) -> Iterator[list[Any]]:
-    """The loaders' batches side by side, each loader run to its end (``zip`` stops at the first
-    end, before a shuffling sampler of the others draws what it draws at its own end: a model's
-    next epoch would then be shuffled otherwise than ``fit`` shuffles it)."""
+def _all_together(loaders: list[Any], stack: Engine) -> Iterator[list[Any]]:
+    """The loaders' batches side by side, model m's read in its own random state
+    (``stack.random_of``: a dataset's augmentation draws what it draws for the model alone), each
+    loader run to its end (``zip`` stops at the first end, before a shuffling sampler of the
+    others draws what it draws at its own end: a model's next epoch would then be shuffled
+    otherwise than ``fit`` shuffles it)."""
     its = [iter(loader) for loader in loaders]
     end = object()
     while True:
-        batch = [next(it, end) for it in its]
+        batch = []
+        for m, it in enumerate(its):
+            with stack.random_of(m):
+                batch.append(next(it, end))
         if all(b is end for b in batch):
             return
         if any(b is end for b in batch):

@@ -23,6 +23,7 @@ from ..engines.make import make_engine
 from ..engines.protocol import KINDS
 from ..training.callbacks import EarlyStopping
 from ..training.engine import ArrayData, LoaderData, run
+from ..training.sources import draws_random
 from ..training.fit import check_metrics, loader_checks, prepare_arrays
 from ..training.history import History
 
@@ -34,7 +35,8 @@ CPU_CHUNK = 512
 @dataclass
 class ManyResult:
     """``histories[i]``, ``models[i]`` and ``configs[i]`` (``{"seed": s, **grid_point}``) of model i;
-    ``failed`` maps model index -> where it diverged (its history and weights stop there)."""
+    ``failed`` maps model index -> where it diverged (its history stops there; its weights are its
+    last finite ones, or its best epoch's where ``EarlyStopping`` restores the best weights)."""
 
     histories: list[History]
     models: list[nn.Module]
@@ -151,7 +153,7 @@ def fit_many(
     first, first_loss = make(0)
     train0 = data.train(first, first_loss, [0], configs)
     choice = choose_engine(first, first_loss, train0.probe_batch(), n_models=M, optimizer=optimizer,
-                           arrays=data.arrays, engine=engine)
+                           arrays=data.arrays, data_draws=data.draws, engine=engine)
     bounds = _chunks(M, choice.kind, memory_budget, first, batch_size, train0)
     bar = _bar(M, progress)
     result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
@@ -282,6 +284,8 @@ class _Inputs:
                 yv, _ = _per_model(validation_data[1], M, "validation y")
                 self.val = (xv, yv)
         self.arrays = not self.loader and not isinstance(self.val, (Dataset, DataLoader))
+        #: each model reads its own examples of a dataset that draws random numbers (augmentation)
+        self.draws = isinstance(x, Dataset) and draws_random(x)
 
     def train(self, model: nn.Module, loss: Any, idx: list[int], configs: list[dict]) -> Any:
         if isinstance(self.x, DataLoader):

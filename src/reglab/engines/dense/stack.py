@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -339,6 +340,9 @@ class DenseStack(FramePlans, Passes):
         self._frames = {}
         kept = None if snap is None else snap[torch.as_tensor(list(rows), device=snap.device)]
         return new, kept
+
+    def random_of(self, m: int):
+        return contextlib.nullcontext()  # not chosen for data that draws random numbers
 
     @torch.no_grad()
     def write_back(self) -> None:
