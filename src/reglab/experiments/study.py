@@ -115,6 +115,20 @@ def load_study(folder: str | Path) -> Study:
     for k in ("title", "intro"):
         if k in raw and not isinstance(raw[k], str):
             raise ConfigError(f"{file}: {k}: expected a string; got {raw[k]!r}")
+    files = _experiment_files(raw, folder, file)
+    seeds = raw.get("seeds")
+    if seeds is not None and not (isinstance(seeds, int) and not isinstance(seeds, bool) and
+                                  1 <= seeds <= LIMITS["seeds"]):
+        raise ConfigError(f"{file}: seeds: expected an integer from 1 to {LIMITS['seeds']}; got {seeds!r}")
+    study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds)
+    study.margins, study.methods = _margins_and_methods(raw, file)
+    study.paths = _paths(raw, file)
+    _plugins(raw, folder, file, study)
+    return study
+
+
+def _experiment_files(raw: dict, folder: Path, file: Path) -> list[str]:
+    """The study's experiment files (a folder's ``*.toml`` or a list)."""
     exps = raw.get("experiments", "experiments")
     if isinstance(exps, str):
         d = folder / exps
@@ -127,11 +141,11 @@ def load_study(folder: str | Path) -> Study:
         raise ConfigError(f"{file}: experiments: expected a folder or a list of files; got {exps!r}")
     if not files:
         raise ConfigError(f"{file}: experiments: no experiment files found")
-    seeds = raw.get("seeds")
-    if seeds is not None and not (isinstance(seeds, int) and not isinstance(seeds, bool) and
-                                  1 <= seeds <= LIMITS["seeds"]):
-        raise ConfigError(f"{file}: seeds: expected an integer from 1 to {LIMITS['seeds']}; got {seeds!r}")
-    study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds)
+    return files
+
+
+def _margins_and_methods(raw: dict, file: Path) -> tuple[dict[str, float], Any]:
+    """The equivalence margins by metric and the statistics method(s), checked."""
     from ..report.summary import compared_metrics
 
     compared = sorted({m for t in ("binary", "regression") for k in (True, False) for m in compared_metrics(t, k)})
@@ -144,7 +158,6 @@ def load_study(folder: str | Path) -> Study:
     for k in margins:
         if k not in compared:
             raise ConfigError(f"{file}: margins: {k!r} is no compared metric; the compared ones: {', '.join(compared)}")
-    study.margins = {k: float(v) for k, v in margins.items()}
     st = raw.get("statistics", {})
     method = st.get("method", "t") if isinstance(st, dict) else None
     ok = isinstance(st, dict) and not set(st) - {"method"} and (
@@ -157,7 +170,12 @@ def load_study(folder: str | Path) -> Study:
         if k not in compared and k != "default":
             raise ConfigError(f"{file}: statistics: method: {k!r} is no compared metric; the compared ones: "
                               f"{', '.join(compared)} (or default)")
-    study.methods = method
+    return {k: float(v) for k, v in margins.items()}, method
+
+
+def _paths(raw: dict, file: Path) -> list[dict[str, Any]]:
+    """The study's regularization paths ``[{experiment, strengths, seeds}]``, checked."""
+    paths: list[dict[str, Any]] = []
     for i, p in enumerate(raw.get("path", [])):
         where = f"path[{i}]"
         if not isinstance(p, dict) or not isinstance(p.get("experiment"), str) or set(p) - {"experiment", "strengths",
@@ -170,9 +188,14 @@ def load_study(folder: str | Path) -> Study:
         n = p.get("seeds", 10)
         if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= LIMITS["seeds"]):
             raise ConfigError(f"{file}: {where}.seeds: expected an integer from 1 to {LIMITS['seeds']}; got {n!r}")
-        if any(q["experiment"] == p["experiment"] for q in study.paths):
+        if any(q["experiment"] == p["experiment"] for q in paths):
             raise ConfigError(f"{file}: {where}: a second path of {p['experiment']!r}")
-        study.paths.append({"experiment": p["experiment"], "strengths": [float(s) for s in st], "seeds": n})
+        paths.append({"experiment": p["experiment"], "strengths": [float(s) for s in st], "seeds": n})
+    return paths
+
+
+def _plugins(raw: dict, folder: Path, file: Path, study: Study) -> None:
+    """The study's analyses and report sections (their functions resolved now), into ``study``."""
     for key, target in (("analysis", study.analyses), ("section", study.sections)):
         for i, a in enumerate(raw.get(key, [])):
             where = f"{key}[{i}]"
@@ -189,7 +212,6 @@ def load_study(folder: str | Path) -> Study:
                 target.append((a["name"], a["function"], dict(a.get("args", {}))))
             else:
                 target.append((a["title"], fn))
-    return study
 
 
 def analysis_key(ref: str, folder: str | Path, args: dict) -> str:
