@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -192,6 +193,9 @@ def _execute(units, out: Path, **kw) -> dict:
             raise click.ClickException(str(e)) from None
         raise
     except KeyboardInterrupt:
+        # a second Ctrl-C now (or one still pending) must not turn the orderly exit (130) into a
+        # death by SIGINT in the middle of the clean-up: the first one is being handled
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         done = sum(Unit.done(u, out) for u in units)
         click.echo(f"interrupted: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "
                    "ones were not written -- run the same command again to resume", err=True)
