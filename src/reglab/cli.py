@@ -199,6 +199,14 @@ def _execute(units, out: Path, **kw) -> dict:
         done = sum(Unit.done(u, out) for u in units)
         click.echo(f"interrupted: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "
                    "ones were not written -- run the same command again to resume", err=True)
+        if kw.get("backend", "local") == "local":
+            # nothing is left to save: end now, so that the interpreter's shut-down (which, after a
+            # Ctrl-C at the helpers' start-up, was seen to end the process by SIGINT, -2, about
+            # once in 20 tries) cannot change the exit status; helpers end when they see their
+            # parent gone (``helpers._watch_parent``), the system releases the group locks
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         sys.exit(130)
 
 
