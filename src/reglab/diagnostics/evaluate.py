@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import losses as _losses
 from ..attach import PenaltyPlan
-from ..training.data import model_inputs
+from ..training.fit import model_inputs
 from ..training.objective import correct_per_example
 
 __all__ = ["evaluate", "compare_predictions", "log_loss", "accuracy", "predict"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..attach import PenaltyPlan
-from ..training.data import model_inputs
+from ..training.fit import model_inputs
 
 __all__ = ["sparsity", "activations"]
 

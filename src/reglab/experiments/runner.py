@@ -33,9 +33,8 @@ from ..diagnostics.evaluate import predict
 from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
-from ..training.fit import PROBE, check_targets_and_outputs
 from ..training.data import as_input
-from ..training.fit import probe_inputs
+from ..training.fit import PROBE, check_targets_and_outputs, probe_inputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
 from .code import file_sha256

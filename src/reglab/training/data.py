@@ -64,22 +64,3 @@ def check_lengths(x: torch.Tensor, y: torch.Tensor, xname: str, yname: str, axis
     if x.shape[axis] != y.shape[axis]:
         raise ValueError(f"{xname} has {x.shape[axis]} examples but {yname} has {y.shape[axis]}")
 
-
-def model_inputs(model: Any, x: Any) -> torch.Tensor:
-    """``x`` as ``model`` takes it, on its device: floats in its float dtype, integers kept where
-    the model runs on them, else floats (the rule ``fit`` applies: ``as_input``,
-    ``reglab.training.fit.probe_inputs``)."""
-    p0 = next(model.parameters())
-    t = as_input(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x), p0.dtype).to(p0.device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        return t
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(t[:1])
-        return t
-    except Exception:  # noqa: BLE001 -- a model that cannot take integers gets floats, as in fit
-        return t.to(p0.dtype)
-    finally:
-        model.train(was)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -82,6 +83,20 @@ def probe_inputs(model: nn.Module, xb: torch.Tensor, dtype: torch.dtype, what: s
             return _probe(model, xb.to(dtype), what), True
         except ValueError:
             raise first from None
+
+
+def model_inputs(model: nn.Module, x: Any) -> torch.Tensor:
+    """``x`` as ``model`` takes it, on its device (``probe_inputs``' rule: floats in its float
+    dtype, integers kept where the model runs on them, else floats)."""
+    p0 = next(model.parameters())
+    t = _data.as_input(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x), p0.dtype)
+    t = t.to(p0.device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        return t
+    try:
+        return t.to(p0.dtype) if probe_inputs(model, t[:1], p0.dtype, "x")[1] else t
+    except ValueError:  # the model runs on neither: its own error comes at the real forward pass
+        return t
 
 
 def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:

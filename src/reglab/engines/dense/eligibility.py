@@ -12,7 +12,7 @@ from ...layers import Dense
 from ...losses import Loss
 from .kernels import ACTS, act_name, fn_name
 
-__all__ = ["Op", "ops_of", "Unsupported", "NotTransformable", "unsupported_reason"]
+__all__ = ["Op", "ops_of", "Unsupported", "NotTransformable", "check_transformable", "unsupported_reason"]
 
 
 @dataclass

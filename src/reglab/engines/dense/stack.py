@@ -16,7 +16,7 @@ from ...losses import Loss
 from ..penalties import PenaltyGroups, elementwise_terms
 from ..protocol import Capabilities
 from ..vmap import shared_constraints, stacked_hparams, take_rows
-from .eligibility import NotTransformable, ops_of
+from .eligibility import NotTransformable, Unsupported, check_transformable, ops_of
 from .frame import Frame, FramePlans
 from .kernels import ALIGN, NONNEGATIVE
 from .passes import Passes
@@ -48,7 +48,7 @@ class DenseStack(FramePlans, Passes):
         index = {n: i for i, n in enumerate(self.param_names)}
         spans = self._lay_out(named, index)
         self._plan_parameter_penalties(index, spans)
-        widths = self._plan_activity_penalties(out_of)
+        self._plan_activity_penalties(out_of)
         # penalty values come as [grouped parameter sources, grouped activity sources, other
         # parameter sources, other activity sources, loss terms]; a permutation puts them in
         # self.names order
@@ -70,7 +70,10 @@ class DenseStack(FramePlans, Passes):
         self._training = self.base.training
         self._cache: tuple | None = None
         self._frames: dict[tuple[int, bool, int], Frame] = {}
-        self._check_regularizers(widths)
+        try:  # the chooser's own check (``eligibility``), for a stack built without it
+            check_transformable(base)
+        except Unsupported as e:
+            raise NotTransformable(str(e)) from None
         self._aliased = M == 1
         if self._aliased:  # the model's parameters are views of the buffer while training
             for (_, p), v in zip(base.named_parameters(), self.views):
@@ -166,9 +169,9 @@ class DenseStack(FramePlans, Passes):
                 self.loss_terms = [(index[pname], reg, hp) for pname, reg, hp in fixed]
 
 
-    def _plan_activity_penalties(self, out_of: dict[int, int]) -> list[Any]:
+    def _plan_activity_penalties(self, out_of: dict[int, int]) -> None:
         """Activity penalties by the op whose output they see: element-wise ones on one buffer
-        (``agroups``, ``aspan``), the others by op (``activity_at``). Returns each op's width."""
+        (``agroups``, ``aspan``), the others by op (``activity_at``)."""
         M, p0 = self.n_models, self.flat
         dtype, dev = p0.dtype, p0.device
         widths, w = [], None
@@ -213,7 +216,6 @@ class DenseStack(FramePlans, Passes):
         for groups in (self.pgroups, self.agroups):
             if groups:
                 groups.build()
-        return widths
 
     def _block(self, buf: torch.Tensor, i: int) -> torch.Tensor:
         """The block parameter ``i`` lies in, in a ``(M, P)`` buffer: ``(M, out, in + 1)`` for a
@@ -242,23 +244,6 @@ class DenseStack(FramePlans, Passes):
         """Whether op ``j``'s output is the input of a layer with a ``[W | b]`` block."""
         nxt = self.ops[j + 1] if j + 1 < len(self.ops) else None
         return nxt is not None and nxt.kind == "affine" and nxt.w in self._bias_of
-
-    def _check_regularizers(self, widths: list[int]) -> None:
-        """Regularizers without a hand-written derivative go through ``torch.func``: try each once
-        now (activity ones on zeros of their layer's width), so one that cannot be transformed is
-        reported before training."""
-        checks = [(name, reg, self.views[i]) for name, i, reg in self.param_pens]
-        checks += [(name, reg, self.flat.new_zeros(self.n_models, 2, widths[j]))
-                   for j, regs in self.activity_at.items() for name, reg, _ in regs]
-        for name, reg, x in checks:
-            if not reg.native_grad:
-                try:
-                    reg.value_and_grad(x, self.hparams.get(name, {}))
-                except Exception as e:  # noqa: BLE001 -- reported with the source
-                    raise NotTransformable(
-                        f"penalty source {name!r}: {reg!r} could not be differentiated with torch.func ({e}); "
-                        "give it compute(x, **strengths)/hparams(), or train the models one by one with fit "
-                        "(autograd)") from e
 
     # -- the stack protocol
     def train(self, mode: bool) -> None:
