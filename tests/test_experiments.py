@@ -866,7 +866,8 @@ locks = GroupLocks({str(out)!r})
 assert locks.try_acquire({key!r})
 print("held", flush=True)
 time.sleep(1.5)
-shutil.copytree({str(tmp_path / "one" / "runs" / "tiny_b")!r}, {str(out / "runs" / "tiny_b")!r})
+shutil.copytree({str(tmp_path / "one" / "runs" / "tiny_b")!r}, {str(out / "runs" / "tiny_b")!r},
+                dirs_exist_ok=True)  # execute makes its experiments' folders before it trains
 locks.release_all()
 """
         other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -193,21 +193,67 @@ def _execute(units, out: Path, **kw) -> dict:
             raise click.ClickException(str(e)) from None
         raise
     except KeyboardInterrupt:
-        # a second Ctrl-C now (or one still pending) must not turn the orderly exit (130) into a
-        # death by SIGINT in the middle of the clean-up: the first one is being handled
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _ignore_stops()  # the first is being handled: a second must not cut the clean-up short
         done = sum(Unit.done(u, out) for u in units)
-        click.echo(f"interrupted: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "
-                   "ones were not written -- run the same command again to resume", err=True)
-        if kw.get("backend", "local") == "local":
-            # nothing is left to save: end now, so that the interpreter's shut-down (which, after a
-            # Ctrl-C at the helpers' start-up, was seen to end the process by SIGINT, -2, about
-            # once in 20 tries) cannot change the exit status; helpers end when they see their
-            # parent gone (``helpers._watch_parent``), the system releases the group locks
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        sys.exit(130)
+        _stop(f"{_signal_name()}: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "
+              "ones were not written -- run the same command again to resume", ray=kw.get("backend") == "ray")
+
+
+def _ignore_stops() -> None:
+    """Ignore further SIGINT and SIGTERM: an interrupt is being handled."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _signal_name() -> str:
+    from .experiments.interrupts import received
+
+    return "interrupted" if received() is None else "terminated (SIGTERM)"
+
+
+def _stop(message: str, ray: bool = False):
+    """Say what an interrupt kept and end with its status (130 for Ctrl-C, 143 for SIGTERM)."""
+    from .experiments.helpers import started
+    from .experiments.interrupts import exit_status
+
+    _ignore_stops()
+    click.echo(message, err=True)
+    if not ray and started():
+        # nothing is left to save: end now, so that the interpreter's shut-down (which, after a
+        # Ctrl-C at the helpers' start-up, was seen to end the process by SIGINT, -2, about once
+        # in 20 tries) cannot change the exit status; helpers end when they see their parent
+        # gone (``helpers._watch_parent``), the system releases the group locks
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_status())
+    sys.exit(exit_status())
+
+
+_phase = ["starting"]  # what the command is doing, for the message of an interrupt
+
+
+class _Commands(click.Group):
+    """The ``reglab`` group: whatever a command is doing, a Ctrl-C or SIGTERM ends it with a
+    message and 130/143 (not click's "Aborted!" and 1), a folder of reglab's that is a symlink or
+    a file, and a disk that refuses a write (full, read-only), with a one-line error."""
+
+    def invoke(self, ctx):
+        from .experiments.files import OutputError, is_disk_error
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _stop(f"{_signal_name()} while {_phase[0]}: what had finished is kept, nothing unfinished was written "
+                  "(each file is written whole or not at all) -- run the same command again to go on")
+        except OutputError as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if not is_disk_error(e):
+                raise
+            raise click.ClickException(
+                f"cannot write {e.filename or 'the output'}: {e.strerror}. What had finished is kept; nothing "
+                "half-written was left (each file is written whole or not at all) -- free some space or make the "
+                "folder writable, then run the same command again") from None
 
 
 def _threads_option(f):
@@ -226,13 +272,16 @@ def _set_threads(threads: int | None) -> None:
     _threads.set_explicit(threads)
 
 
-@click.group()
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="reglab")
 @_threads_option
 def main(threads: int | None) -> None:
     """Regularize PyTorch models the Keras way, and measure what regularization does."""
     from .experiments.helpers import skip_final_collection
+    from .experiments.interrupts import handle_terminate
 
+    handle_terminate()  # SIGTERM (what schedulers send) stops as Ctrl-C does
+    _phase[0] = "starting"
     skip_final_collection()
     _set_threads(threads)  # light: a command that trains imports torch in ``_start``, after any helpers start
 
@@ -330,11 +379,23 @@ def report(out, study_dir) -> None:
             click.echo(f"note: {out} holds the runs of the study {made_by!r}; without --study this report uses the "
                        "default margins and paired-t intervals and none of the study's own sections -- give "
                        "--study to apply its [margins], [statistics] and sections", err=True)
+    _phase[0] = "writing the report"
     try:
         paths = write_report(out, **kw)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {paths['html']}  (and {paths['markdown']})")
+    _fail_on(paths["failed"])
+
+
+def _fail_on(failed: list[str]) -> None:
+    """End with status 1 naming each analysis or report section of the user's that failed (the
+    rest is done and written; the report shows the failures)."""
+    if failed:
+        for f in failed:
+            click.echo(f"failed: {f}", err=True)
+        raise click.ClickException(f"{len(failed)} analysis/section(s) of the study failed (above); everything else "
+                                   "is done and in the report -- fix them and run the same command again")
 
 
 def _strength_list(text: str) -> list[float]:
@@ -342,8 +403,10 @@ def _strength_list(text: str) -> list[float]:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers; got {text!r}", param_hint="--strengths") from None
-    if not vals or any(v < 0 for v in vals):
-        raise click.BadParameter(f"expected non-negative numbers; got {text!r}", param_hint="--strengths")
+    if not vals or any(not 0 <= v < float("inf") for v in vals):
+        raise click.BadParameter(f"expected finite non-negative numbers; got {text!r}", param_hint="--strengths")
+    if len(set(vals)) != len(vals):
+        raise click.BadParameter(f"each strength once; got {text!r}", param_hint="--strengths")
     return vals
 
 
@@ -362,6 +425,7 @@ def path(path, strengths, seeds, out) -> None:
     if len(specs) != 1:
         raise click.ClickException(f"{path}: a path needs an experiment without [[sweep]] ({len(specs)} grid points)")
     _prepare(specs, baselines=False)
+    _phase[0] = "tracing the regularization path"
     try:
         doc = regularization_path(specs[0], _strength_list(strengths), range(seeds), out=out)
     except ValueError as e:
@@ -424,11 +488,13 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],
                  seeds=seeds or st.seeds, study=str(st.folder))
+    _phase[0] = "writing the report (the runs, paths and analyses are kept)"
     paths = write_report(out_p, title=st.title, intro=st.intro, sections=st.sections, margins=st.margins,
                          methods=st.methods, runs=info["runs"], earlier=info["earlier"])
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")
     click.echo(f"        {Path(paths['markdown']).resolve()}")
+    _fail_on(paths["failed"])
 
 
 if __name__ == "__main__":  # pragma: no cover

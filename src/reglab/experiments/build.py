@@ -14,7 +14,7 @@ from .. import regularizers as _regularizers
 from ..attach import constrain, regularize
 from ..models import mlp
 from ..training.callbacks import EarlyStopping
-from .code import resolve
+from .code import UserCodeError, call_user, resolve
 from .schema import ExperimentSpec
 
 __all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "DEFAULT_LOSS"]
@@ -38,18 +38,23 @@ def _layers(spec: ExperimentSpec) -> list[dict[str, Any]]:
     return out
 
 
-def _call_builder(fn: Callable[..., Any], args: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int,
-                  where: str) -> nn.Module:
-    params = inspect.signature(fn).parameters
+def _call_builder(fn: Callable[..., Any], ref: str, args: dict[str, Any], input_shape: tuple[int, ...],
+                  n_outputs: int, where: str) -> nn.Module:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        raise UserCodeError(f"{where}: {getattr(fn, '__qualname__', fn)!r} has no signature to call it by (a builtin?); "
+                            "name a Python function that returns a torch.nn.Module") from None
     kw = dict(args)
     varkw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     for k, v in (("input_shape", tuple(input_shape)), ("n_outputs", n_outputs)):
         if k in params or varkw:
             kw.setdefault(k, v)
     try:
-        model = fn(**kw)
+        inspect.signature(fn).bind(**kw)
     except TypeError as e:
         raise ValueError(f"{where}: calling the builder with {sorted(kw)} failed: {e}") from None
+    model = call_user(fn, f"{where}: {ref}", **kw)
     if not isinstance(model, nn.Module):
         raise ValueError(f"{where}: the builder must return a torch.nn.Module; got {type(model).__name__}")
     return model
@@ -69,7 +74,8 @@ def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) 
                 model = nn.Sequential(nn.Flatten(), *model)
         else:
             fn, _, _ = resolve(cfg["model"]["builder"], spec.base, f"{file}: model.builder")
-            model = _call_builder(fn, cfg["model"].get("args", {}), input_shape, n_outputs, f"{file}: model.builder")
+            model = _call_builder(fn, cfg["model"]["builder"], cfg["model"].get("args", {}), input_shape, n_outputs,
+                                  f"{file}: model.builder")
         reg = cfg.get("regularize", {})
         for key in ("params", "activity", "constraints"):
             if key not in reg:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["resolve", "file_sha256", "is_file_ref"]
+__all__ = ["resolve", "file_sha256", "is_file_ref", "call_user", "UserCodeError", "where_in"]
 
 _LOADED: dict[tuple[str, str], Any] = {}
 
@@ -57,9 +57,10 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
             sys.modules[name] = mod  # dataclasses and pickling look modules up by name
             try:
                 spec.loader.exec_module(mod)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 sys.modules.pop(name, None)
-                raise ValueError(f"{where}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from None
+                raise UserCodeError(f"{where}: importing {str(path)!r} {_what(e)}{where_in(e, str(path))}") \
+                    from None
             _LOADED[key] = mod
         source: str | None = str(path)
     else:
@@ -67,9 +68,60 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
             mod = importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"{where}: cannot import module {module!r}: {e}") from None
+        except (Exception, SystemExit) as e:  # the module's own code failed while it was imported
+            raise UserCodeError(f"{where}: importing module {module!r} {_what(e)}{where_in(e)}") from None
         source = getattr(mod, "__file__", None)
         digest = file_sha256(source) if source and Path(source).is_file() else None
     func = getattr(mod, fn, None)
     if not callable(func):
         raise ValueError(f"{where}: {module!r} has no function {fn!r}")
     return func, source, digest
+
+
+class UserCodeError(ValueError):
+    """The user's code (a builder, loader, transform, analysis or report section) raised, exited
+    or returned what it must not: said with the file and key that name it, and the line."""
+
+
+def _what(e: BaseException) -> str:
+    """``raised TYPE: first line`` or ``called sys.exit(CODE)``."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    text = str(e).strip().splitlines()
+    return f"raised {type(e).__name__}" + (f": {text[0]}" if text else "")
+
+
+def where_in(e: BaseException, source: str | None = None) -> str:
+    """`` (at FILE, line N)``: the innermost frame of ``e``'s traceback in ``source``
+    (the user's file), else the innermost outside reglab, the standard library and the
+    installed packages; empty where there is none."""
+    import sysconfig
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    if source is not None:
+        mine = [f for f in frames if Path(f.filename).resolve() == Path(source).resolve()]
+    else:
+        here = str(Path(__file__).resolve().parents[1])
+        skip = tuple({here, sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+                      sysconfig.get_paths()["platlib"]})
+        mine = [f for f in frames if not str(Path(f.filename).resolve()).startswith(skip) and
+                not f.filename.startswith("<frozen")]
+    if not mine:
+        return ""
+    f = mine[-1]
+    return f" (at {f.filename}, line {f.lineno})"
+
+
+def call_user(fn: Callable[..., Any], where: str, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, the user's code called at its edge: whatever it raises -- an
+    exception or ``SystemExit`` -- becomes a ``UserCodeError``: ``"<where> raised TYPE: message
+    (at FILE, line N)"``, ``where`` naming the file, key and code (``"exp.toml: model.builder:
+    models.py:build"``), the line the innermost of the user's code. A Ctrl-C passes through."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as e:
+        source = getattr(getattr(fn, "__code__", None), "co_filename", None)
+        raise UserCodeError(f"{where} {_what(e)}{where_in(e, source) or where_in(e)}") from None

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import datasets as _datasets
 from ..diagnostics.metrics import TASKS
-from .code import file_sha256, resolve
+from .code import call_user, file_sha256, resolve
 
 __all__ = ["Splits", "check_data", "check_split", "DataError", "load_splits", "data_inputs", "MAX_EXAMPLES"]
 
@@ -252,6 +252,12 @@ def _check_xy(x: np.ndarray, y: np.ndarray, file: str, key: str) -> None:
             i = int(np.argwhere(bad)[0][0])
             _fail(file, key, f"{name} has {int(bad.sum())} NaN/inf value(s), the first in example {i} "
                   f"(counting from 0: {name}[{i}])")
+        big = np.abs(a.astype(np.float64)) > np.finfo(np.float32).max if a.dtype.kind == "f" else None
+        if big is not None and big.any():
+            i = int(np.argwhere(big)[0][0])
+            _fail(file, key, f"{name} has {int(big.sum())} value(s) beyond float32's range (+-3.4e38, what the model "
+                  f"trains in), the first in example {i} (counting from 0: {name}[{i}], largest magnitude "
+                  f"{float(np.abs(a[i]).max()):.3g}); rescale the data")
 
 
 def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dict[str, tuple], Any, str | None]:
@@ -266,11 +272,22 @@ def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dic
     if "files" in data:
         return {k: _read((base / v).resolve(), data.get("target"), file, f"data.files.{k}")
                 for k, v in data["files"].items()}, None, None
-    fn, _, _ = resolve(data["loader"], base, f"{file}: data.loader")
     try:
-        got = fn(**dict(data.get("args", {})))
-    except TypeError as e:
-        raise DataError(f"{file}: data.args: {e}") from None
+        fn, _, _ = resolve(data["loader"], base, f"{file}: data.loader")
+        args = dict(data.get("args", {}))
+        try:
+            import inspect
+
+            inspect.signature(fn).bind(**args)
+        except TypeError as e:
+            raise DataError(f"{file}: data.args: {e}") from None
+        except ValueError:  # no signature to check (a builtin): the call says what is wrong
+            pass
+        got = call_user(fn, f"{file}: data.loader: {data['loader']}", **args)
+    except DataError:
+        raise
+    except ValueError as e:  # the loader raised or exited, or cannot be resolved
+        raise DataError(str(e)) from None
     if isinstance(got, Mapping):
         if not {"train", "test"} <= set(got) or set(got) - set(SPLIT_NAMES):
             raise DataError(f"{file}: data.loader: a dict must have keys train and test (and optionally validation); "
@@ -347,6 +364,22 @@ def _stratify(y: np.ndarray, task: str) -> np.ndarray | None:
     return lab if counts.min() >= 2 else None
 
 
+def _check_sizes(n: int, test: float, validation: Any, file: str, what: str = "the data") -> None:
+    """Every split gets an example: ``n`` examples, ``test`` and ``validation`` fractions
+    (``"test"``: the test split validates), rounded as scikit-learn rounds them (the test share
+    up)."""
+    n_test = math.ceil(round(test * n, 6))
+    n_val = 0 if validation == "test" else math.ceil(round(float(validation) * n, 6))
+    sizes = {"train": n - n_test - n_val, **({"validation": n_val} if validation != "test" else {}),
+             **({"test": n_test} if test else {})}
+    empty = [k for k, v in sizes.items() if v < 1]
+    if empty:
+        keys = "split.test and split.validation" if test else "split.validation"
+        _fail(file, keys, f"{what} hold {n} example(s); fractions test = {test}, validation = {validation} leave "
+              f"the {' and '.join(empty)} split(s) empty ({', '.join(f'{k} {v}' for k, v in sizes.items())}): "
+              "use more data or other fractions")
+
+
 def _split_off(x, y, frac, seed, task):
     from sklearn.model_selection import train_test_split
 
@@ -373,6 +406,10 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         n_classes = int(all_y.max()) + 1 if _integral(all_y) else None
     if task == "binary" and all_y.shape[1] == 1 and _integral(all_y) and np.unique(all_y).size > 2:
         _fail(file, "data.task", f"binary needs two classes; the targets have {np.unique(all_y).size} values")
+    if task in ("binary", "multiclass") and np.unique(all_y).size < 2:
+        _fail(file, "data", f"the targets hold one class only ({all_y.reshape(-1)[0]!r} in all {all_y.shape[0]} "
+              "examples): a classifier has nothing to learn; check the target column (or set data.task = "
+              "\"regression\")")
     if task == "multiclass" and n_classes:
         _every_class(all_y.reshape(-1), n_classes, file)
     roles = {r: (np.asarray(x), _labels(np.asarray(y), task, n_classes, file, key(r))) for r, (x, y) in roles.items()}
@@ -381,6 +418,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     if "all" in roles:
         x, y = roles["all"]
         tfrac = split.get("test", DEFAULT_SPLIT["test"])
+        _check_sizes(x.shape[0], tfrac, vfrac, file)
         xr, xte, yr, yte = _split_off(x, y, tfrac, data_seed, task)
         if val_is_test:
             xtr, ytr, xv, yv = xr, yr, xte, yte
@@ -400,6 +438,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         elif val_is_test:
             xv, yv = xte, yte
         else:
+            _check_sizes(xtr.shape[0], 0.0, vfrac or DEFAULT_SPLIT["validation"], file, "the train data")
             xtr, xv, ytr, yv = _split_off(xtr, ytr, vfrac or DEFAULT_SPLIT["validation"], data_seed + 7919, task)
     shapes = {r: a.shape[1:] for r, a in (("train", xtr), ("validation", xv), ("test", xte))}
     if len(set(shapes.values())) != 1:

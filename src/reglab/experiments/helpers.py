@@ -21,11 +21,18 @@ import time
 
 from .worker import set_up_trainer
 
-__all__ = ["helper_pool", "interrupt", "run_task", "submit", "prestart", "skip_final_collection"]
+__all__ = ["helper_pool", "interrupt", "run_task", "submit", "prestart", "skip_final_collection", "started"]
 
 _POLL_S = 0.5
 _busy = False
 _stopping = False
+_started = False  # whether this process has started helpers
+_STOPS = {signal.SIGINT, signal.SIGTERM}  # a helper stops its task on either (SIGTERM: a scheduler's, to the group)
+
+
+def started() -> bool:
+    """Whether this process has started helper processes."""
+    return _started
 
 
 def run_task(fn, *args):
@@ -42,8 +49,8 @@ def run_task(fn, *args):
 
 
 def _on_sigint(signum, frame) -> None:
-    # the first Ctrl-C interrupts the running task (its group then writes nothing); an idle
-    # helper, or one already stopping, ignores it: the parent shuts the pool down
+    # the first Ctrl-C (or SIGTERM) interrupts the running task (its group then writes nothing);
+    # an idle helper, or one already stopping, ignores it: the parent shuts the pool down
     global _busy, _stopping
     _stopping = True
     if _busy:
@@ -60,8 +67,9 @@ def _watch_parent(parent: int) -> None:
 
 def _init(parent: int, threads: int, explicit: int | None = None) -> None:
     skip_final_collection()
-    signal.signal(signal.SIGINT, _on_sigint)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by submit() for the start-up
+    for s in _STOPS:
+        signal.signal(s, _on_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by submit() for the start-up
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="reglab-parent-watch").start()
     set_up_trainer(threads, explicit)
 
@@ -107,10 +115,11 @@ def _explicit() -> int | None:
 def prestart(n: int, threads: int = 1) -> None:
     """Start ``n`` helpers now and warm them up, while this process still loads and checks the
     experiments; the next ``helper_pool(n, threads)`` returns them."""
-    global _warm
+    global _warm, _started
     if _warm is None and n > 0:
         import atexit
 
+        _started = True
         pool = cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
                                       initargs=(os.getpid(), threads, _explicit()))
         for _ in range(n):
@@ -125,7 +134,8 @@ def prestart(n: int, threads: int = 1) -> None:
 def helper_pool(n: int, threads: int = 1) -> cf.ProcessPoolExecutor:
     """``n`` spawned helper processes, each with ``threads`` torch threads (the pre-started ones
     when they match; others are shut down)."""
-    global _warm
+    global _warm, _started
+    _started = True
     if _warm is not None:
         wn, wt, pool = _warm
         _warm = None
@@ -145,11 +155,11 @@ def discard_prestarted() -> None:
 
 
 def submit(pool: cf.ProcessPoolExecutor, fn, *args) -> cf.Future:
-    """``pool.submit(run_task, fn, *args)``, with SIGINT blocked meanwhile: a helper the pool
+    """``pool.submit(run_task, fn, *args)``, with SIGINT and SIGTERM blocked meanwhile: a helper the pool
     starts now inherits the blocked signal (``exec`` keeps the signal mask), so a Ctrl-C while
     it is still importing does not kill it with a traceback; ``_init`` installs ``_on_sigint``,
     then unblocks. This process gets a Ctrl-C of that moment when the call returns."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
         return pool.submit(run_task, fn, *args)
     finally:

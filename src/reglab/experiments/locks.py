@@ -15,6 +15,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from .files import own_folder
+
 __all__ = ["GroupLocks"]
 
 
@@ -27,7 +29,7 @@ class GroupLocks:
 
     def _lock(self, key: str) -> FileLock:
         name = hashlib.sha256(key.encode()).hexdigest()[:24]
-        self.folder.mkdir(parents=True, exist_ok=True)
+        own_folder(self.folder.parent, "locks")
         # not thread-local: a lock this object took is released by it from any thread
         return FileLock(str(self.folder / f"{name}.lock"), thread_local=False)
 

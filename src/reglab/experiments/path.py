@@ -26,7 +26,7 @@ from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, loss_of
-from .files import write_json
+from .files import own_folder, write_json
 from .runner import evaluate_run, splits_of
 from .schema import ExperimentSpec
 
@@ -83,8 +83,10 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     ``out/paths/<experiment>.json``) the metrics per strength, the chosen strength and its held-out score."""
     t0 = time.perf_counter()
     strengths = [float(s) for s in strengths]
-    if not strengths or any(not s >= 0 for s in strengths):
-        raise ValueError(f"strengths must be non-negative numbers; got {strengths}")
+    if not strengths or any(not 0 <= s < float("inf") for s in strengths):
+        raise ValueError(f"strengths must be finite non-negative numbers; got {strengths}")
+    if len(set(strengths)) != len(strengths):
+        raise ValueError(f"strengths must differ from each other; got {strengths}")
     seeds = [int(s) for s in seeds]
     data = {s: splits_of(spec, s) for s in seeds}
     sp0 = data[seeds[0]]
@@ -99,6 +101,8 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
                    validation_data=([data[s].x_val for s, _ in order], [data[s].y_val for s, _ in order]),
                    callbacks=early_stopping(spec), progress=progress,
                    metrics=("accuracy",) if task != "regression" else ())
+    if res.interrupted:  # a path cut short is never stored (nor returned) as finished
+        raise KeyboardInterrupt(f"{spec.name}: its regularization path was interrupted; nothing of it was written")
     select = "log_loss" if task != "regression" else "mse"
     score_keys = [f"test_{select}"] + [f"test_{m}" for m in METRICS[task] if m != select]
     keys = [f"val_{select}"] + score_keys
@@ -152,5 +156,6 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
                     (f"; lambda = 0 (no regularization) has {stats[held][zero][0]:.4f}." if zero is not None else ".")),
     }
     if out is not None:
-        write_json(path_file(out, spec.name), doc)
+        own_folder(out, "paths")
+        write_json(path_file(out, spec.name), doc, durable=True)
     return doc

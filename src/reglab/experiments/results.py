@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .files import write_text
 from .runner import load_runs
 
 __all__ = ["load_results", "results_frame", "write_results_csv", "sweep_cell", "sweep_order", "METRIC_PREFIXES"]
@@ -80,5 +81,5 @@ def write_results_csv(out: str | Path, runs: list[dict] | None = None) -> Path:
     """``out/results.csv``: the table of ``load_results`` (empty cells where a figure is missing);
     ``runs``: ``load_runs(out)``, where the caller has just read them."""
     p = Path(out) / "results.csv"
-    (load_results(out) if runs is None else results_frame(runs)).to_csv(p, index=False, na_rep="")
+    write_text(p, (load_results(out) if runs is None else results_frame(runs)).to_csv(index=False, na_rep=""))
     return p

@@ -37,10 +37,10 @@ from ..training.data import as_input
 from ..training.fit import PROBE, check_targets_and_outputs, probe_inputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
-from .code import file_sha256
+from .code import file_sha256, where_in
 from .current import mark_current, split_current
 from .data import DataError, Splits, load_splits
-from .files import atomic_write, write_json
+from .files import atomic_write, own_folder, write_json
 from .schema import ConfigError, ExperimentSpec
 
 __all__ = ["Unit", "plan_units", "prepare", "execute", "run_unit", "load_runs", "load_model", "FRESH_SAMPLES",
@@ -176,7 +176,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         except ValueError as e:  # any error of the user's forward
             cause = e.__cause__ or e
             raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
-                              f"{type(cause).__name__}: {cause}") from None
+                              f"{type(cause).__name__}: {cause}{where_in(cause)}") from None
         width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
         if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
             hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""
@@ -340,6 +340,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
                "group_size": len(seeds), "engine": res.engine, "engine_reason": res.engine_reason,
                "threads": res.threads, **result}
         path = unit.path(out)
+        own_folder(out, "runs", spec.name)
         files = {}
         if arrays:
             atomic_write(path.with_suffix(".npz"), lambda f: np.savez_compressed(f, **arrays))
@@ -509,6 +510,9 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
         raise ValueError(f"record must be 'merge', 'replace' or None; got {record!r}")
     out = Path(out)
     units = list(units)
+    for name in sorted({u.spec.name for u in units}):  # reglab's own folders, or an error naming what is there
+        own_folder(out, "runs", name)
+    own_folder(out, "locks")
     if record is not None:
         mark_current(out, units, replace=record == "replace")  # before training: finished units are current
     pending: dict[str, list[Unit]] = {}

@@ -74,7 +74,8 @@ ANALYSIS_KEYS = {"sparsity_layers", "weight_histograms"}
 REG_LOSS_KEYS = {"name", "data_loss", "codes", "strength"}
 REGULARIZE_KEYS = {"params", "activity", "constraints"}
 #: upper bounds of sizes (docs/experiment-files.md states them)
-LIMITS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 1_000_000, "units": 100_000, "name": 100}
+LIMITS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 1_000_000, "units": 100_000, "name": 100,
+          "grid_points": 10_000}
 #: keys of a validated config that do not change what is trained (kept out of run ids)
 PRESENTATION = ("seeds", "title", "description", "reference")
 BASELINE_PREFIX = "baseline."  # "." cannot appear in an experiment's name: no name can enter this namespace
@@ -514,6 +515,41 @@ def _set(raw: Any, path: list, value: Any) -> None:
     node[path[-1]] = value
 
 
+GRID_BOUND_VARIABLE = "REGLAB_MAX_GRID_POINTS"
+
+
+def max_grid_points() -> int:
+    """The most grid points one file's ``[[sweep]]`` may have: ``LIMITS["grid_points"]``, or the
+    environment variable ``REGLAB_MAX_GRID_POINTS`` where it is set (a positive integer)."""
+    import os
+
+    text = os.environ.get(GRID_BOUND_VARIABLE)
+    if text is None:
+        return LIMITS["grid_points"]
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{GRID_BOUND_VARIABLE}={text!r}: expected a positive integer")
+    return n
+
+
+def _repeated(values: list) -> Any:
+    """The first value of a sweep that appears twice (numbers compared by value: 1 and 1.0 are
+    one point), or None."""
+    import json
+
+    seen = set()
+    for v in values:
+        key = ("n", float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else (
+            "j", json.dumps(v, sort_keys=True, default=str))
+        if key in seen:
+            return v
+        seen.add(key)
+    return None
+
+
 def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
     """One spec per grid point of the file's ``[[sweep]]`` entries (their product), each
     validated; a file without sweeps gives one spec."""
@@ -530,9 +566,18 @@ def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
         _expect(isinstance(values, list) and 0 < len(values) <= 1000, file, f"{where}.values",
                 "a list of 1 to 1000 values", values)
         _get(raw, path, file, f"{where}.path")
+        same = _repeated(values)
+        if same is not None:
+            raise ConfigError(f"{file}: {where}.values: {same!r} appears twice; each value once (a repeated value "
+                              "would train the same grid point twice)")
         axes.append((path, values))
     if len({column(p) for p, _ in axes}) != len(axes):
         raise ConfigError(f"{file}: sweep: two entries have the same path")
+    points, bound = math.prod(len(v) for _, v in axes), max_grid_points()
+    if points > bound:
+        raise ConfigError(f"{file}: sweep: the grid has {points:,} points ({' x '.join(str(len(v)) for _, v in axes)}), "
+                          f"more than the bound of {bound:,}: split it over several files, or raise the bound with "
+                          f"the environment variable {GRID_BOUND_VARIABLE} (e.g. {GRID_BOUND_VARIABLE}={points})")
     body = {k: v for k, v in raw.items() if k != "sweep"}
     if axes:
         validate(body, file)  # an error of the file as written names no sweep point
@@ -559,7 +604,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+        # "utf-8-sig": a byte-order mark (which some editors put first) is read past, not an error
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
     except tomllib.TOMLDecodeError as e:

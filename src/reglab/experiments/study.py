@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .code import resolve
-from .files import write_json
+from .code import UserCodeError, call_user, resolve
+from .files import own_folder, write_json
 from .schema import ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
 
 __all__ = ["Study", "load_study", "experiment_files", "load_specs", "run_analysis"]
@@ -173,18 +173,29 @@ def _margins_and_methods(raw: dict, file: Path) -> tuple[dict[str, float], Any]:
     return {k: float(v) for k, v in margins.items()}, method
 
 
+def _tables(raw: dict, key: str, file: Path) -> list:
+    """``[[key]]``: an array of tables, checked to be a list (each table is checked by its reader)."""
+    items = raw.get(key, [])
+    if not isinstance(items, list):
+        raise ConfigError(f"{file}: {key}: expected [[{key}]] tables; got {items!r}")
+    return items
+
+
 def _paths(raw: dict, file: Path) -> list[dict[str, Any]]:
     """The study's regularization paths ``[{experiment, strengths, seeds}]``, checked."""
     paths: list[dict[str, Any]] = []
-    for i, p in enumerate(raw.get("path", [])):
+    for i, p in enumerate(_tables(raw, "path", file)):
         where = f"path[{i}]"
         if not isinstance(p, dict) or not isinstance(p.get("experiment"), str) or set(p) - {"experiment", "strengths",
                                                                                           "seeds"}:
             raise ConfigError(f"{file}: {where}: expected {{experiment = \"name\", strengths = [...], seeds = N}}; "
                               f"got {p!r}")
         st = p.get("strengths", [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
-        if not isinstance(st, list) or not st or not all(isinstance(s, (int, float)) and s >= 0 for s in st):
-            raise ConfigError(f"{file}: {where}.strengths: expected non-negative numbers; got {st!r}")
+        if not isinstance(st, list) or not st or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < float("inf") for s in st):
+            raise ConfigError(f"{file}: {where}.strengths: expected finite non-negative numbers; got {st!r}")
+        if len(set(st)) != len(st):
+            raise ConfigError(f"{file}: {where}.strengths: each strength once; got {st!r}")
         n = p.get("seeds", 10)
         if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= LIMITS["seeds"]):
             raise ConfigError(f"{file}: {where}.seeds: expected an integer from 1 to {LIMITS['seeds']}; got {n!r}")
@@ -197,13 +208,22 @@ def _paths(raw: dict, file: Path) -> list[dict[str, Any]]:
 def _plugins(raw: dict, folder: Path, file: Path, study: Study) -> None:
     """The study's analyses and report sections (their functions resolved now), into ``study``."""
     for key, target in (("analysis", study.analyses), ("section", study.sections)):
-        for i, a in enumerate(raw.get(key, [])):
+        for i, a in enumerate(_tables(raw, key, file)):
             where = f"{key}[{i}]"
             label = "name" if key == "analysis" else "title"
             if not isinstance(a, dict) or not isinstance(a.get(label), str) or "function" not in a:
                 raise ConfigError(f"{file}: {where}: expected a table with {label} and function")
             if key == "analysis" and not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", a["name"]):
                 raise ConfigError(f"{file}: {where}.name: expected letters, digits, _ and -; got {a['name']!r}")
+            extra = set(a) - {label, "function", *(("args",) if key == "analysis" else ())}
+            if extra:
+                raise ConfigError(f"{file}: {where}: unknown key(s) {sorted(extra)}; expected {label}, function" +
+                                  (" and args" if key == "analysis" else ""))
+            if key == "analysis" and not isinstance(a.get("args", {}), dict):
+                raise ConfigError(f"{file}: {where}.args: expected a table of keyword arguments, e.g. "
+                                  f"args = {{epochs = 60}}; got {a['args']!r}")
+            if any(t[0] == a[label] for t in target):
+                raise ConfigError(f"{file}: {where}.{label}: a second {key} named {a[label]!r}")
             try:
                 fn, _, _ = resolve(a["function"], folder, f"{file}: {where}.function")
             except ValueError as e:
@@ -236,13 +256,50 @@ def reusable(path: Path, key: str) -> bool:
 
 def run_analysis(name: str, ref: str, folder: str | Path, args: dict, out: str | Path) -> dict:
     """Run one analysis of a study (``ref`` resolved against the study ``folder``, also in a
-    worker process) and write its document to ``out/analyses/<name>.json``."""
+    worker process) and write its document to ``out/analyses/<name>.json``.
+
+    An analysis that raises, exits or returns what is not an analysis document fails on its own:
+    its document then says so (``"failed"``: file, key, what and the line) and has no key, so the
+    report shows the failure, the rest of the study goes on, and the next run tries it again. A
+    Ctrl-C passes through (nothing is written)."""
     out = Path(out)
-    fn, _, _ = resolve(ref, folder, f"{folder}/study.toml: analysis {name!r}")
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    doc = fn(out, **args)
-    if not isinstance(doc, dict) or "title" not in doc:
-        raise ValueError(f"analysis {name!r} must return a dict with at least a title; got {type(doc).__name__}")
-    doc["key"] = analysis_key(ref, folder, args)
-    write_json(out / "analyses" / f"{name}.json", doc)
+    where = f"{Path(folder) / 'study.toml'}: analysis {name!r}: {ref}"
+    own_folder(out, "figures")
+    try:
+        fn, _, _ = resolve(ref, folder, where)
+        doc = call_user(fn, where, out, **args)
+        problem = analysis_problem(doc)
+        if problem:
+            raise UserCodeError(f"{where}: {problem}")
+        doc = {**doc, "key": analysis_key(ref, folder, args)}
+    except ValueError as e:  # UserCodeError included
+        doc = {"title": f"Analysis {name!r}", "failed": str(e)}
+    write_json(own_folder(out, "analyses") / f"{name}.json", doc, durable=True)
     return doc
+
+
+def analysis_problem(doc: Any) -> str | None:
+    """What is wrong with an analysis's return value, or None: a dict with a string ``title``;
+    ``description`` and ``verdict`` strings; ``table`` ``{"header": [...], "rows": [[...], ...]}``;
+    ``figures`` a list of paths (strings); all of it JSON."""
+    import json
+
+    if not isinstance(doc, dict):
+        return f"it must return a dict (title, description, table, verdict, figures); it returned {type(doc).__name__}"
+    if not isinstance(doc.get("title"), str):
+        return f"its dict needs a string title; got {doc.get('title')!r}"
+    for k in ("description", "verdict"):
+        if k in doc and not isinstance(doc[k], str):
+            return f"{k} must be a string; got {type(doc[k]).__name__}"
+    t = doc.get("table")
+    if t is not None and not (isinstance(t, dict) and isinstance(t.get("header"), list) and
+                              isinstance(t.get("rows"), list) and all(isinstance(r, list) for r in t["rows"])):
+        return "table must be {\"header\": [...], \"rows\": [[...], ...]}"
+    f = doc.get("figures", [])
+    if not isinstance(f, list) or not all(isinstance(p, str) for p in f):
+        return f"figures must be a list of paths relative to the output folder; got {f!r}"
+    try:
+        json.dumps(doc, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        return f"its dict must hold JSON values only: {e}"
+    return None

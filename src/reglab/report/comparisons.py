@@ -50,6 +50,7 @@ import numpy as np
 from scipy import stats
 
 from ..diagnostics.statistics import paired_comparison
+from ..experiments.files import write_text
 from .summary import MIN_PAIRS, compared_metrics, lower_is_better
 
 __all__ = ["comparisons_frame", "write_comparisons", "load_comparisons", "DEFAULT_MARGINS", "COLUMNS", "ALPHA"]
@@ -240,7 +241,7 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
 def write_comparisons(out: str | Path, results, margins: dict[str, float] | None = None,
                       methods: str | dict[str, str] | None = None) -> Path:
     p = Path(out) / "comparisons.csv"
-    comparisons_frame(results, margins, methods=methods).to_csv(p, index=False, na_rep="")
+    write_text(p, comparisons_frame(results, margins, methods=methods).to_csv(index=False, na_rep=""))
     return p
 
 

@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 
 from ..diagnostics.statistics import mean_ci
+from ..experiments.files import atomic_write
 from .summary import RowSummary
 
 matplotlib.use("Agg")  # files only; pyplot is imported after this, inside the functions' module scope
@@ -58,8 +59,10 @@ def save(fig, path: Path, layout: dict[str, float] | None = None) -> Path:
         fig.tight_layout()
     else:
         grid(fig, **layout)
-    fig.savefig(path, dpi=144)
-    plt.close(fig)
+    try:
+        atomic_write(Path(path), lambda f: fig.savefig(f, dpi=144, format="png"))  # never through a planted symlink
+    finally:
+        plt.close(fig)
     return path
 
 

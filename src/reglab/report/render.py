@@ -16,6 +16,8 @@ import pandas as pd
 
 from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..experiments.current import named
+from ..experiments.code import UserCodeError, call_user
+from ..experiments.files import own_folder, write_text
 from ..experiments.results import results_frame
 from ..experiments.runner import load_runs
 from . import plots
@@ -188,13 +190,12 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
         raise ValueError(f"no finished runs under {out / 'runs'}; run `reglab run` first")
     summ = summarize(runs)
     frame = results_frame(runs)
-    frame.to_csv(out / "results.csv", index=False, na_rep="")  # the table the report is made from
+    figs = own_folder(out, "figures")
+    for stale in ("report.md", "report.html", "comparisons.csv"):  # another version's: none is left beside
+        (out / stale).unlink(missing_ok=True)                         # the new tables if this is cut short  # first: a symlink or a file there is an error before anything is written
+    write_text(out / "results.csv", frame.to_csv(index=False, na_rep=""))  # the table the report is made from
     comp = comparisons_frame(frame, margins=margins, kinds=_baseline_kinds(runs), methods=methods)
-    comp.to_csv(out / "comparisons.csv", index=False, na_rep="")
-    figs = out / "figures"
-    if figs.exists() and not figs.is_dir():
-        raise ValueError(f"{figs} is a file, not a folder: the report draws its figures there; move it away")
-    figs.mkdir(parents=True, exist_ok=True)
+    write_text(out / "comparisons.csv", comp.to_csv(index=False, na_rep=""))
     if meta is None:
         try:
             meta = json.loads((out / "study.json").read_text())
@@ -211,9 +212,16 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     _section_protocol(doc, summ, comp, earlier or [])
     _section_table(doc, summ)
     _section_comparisons(doc, summ, comp)
+    failed = []
     for sec_title, fn in sections:
         doc.h(2, sec_title)
-        for block in fn(frame, runs, out):
+        try:
+            blocks = _section_blocks(fn, sec_title, frame, runs, out)
+        except UserCodeError as e:
+            failed.append(str(e))
+            doc.p(f"This section failed and was left out: {e}")
+            continue
+        for block in blocks:
             (doc.bullets if isinstance(block, list) else doc.p)(block)
     _section_experiments(doc, summ, figs)
     _section_sparsity(doc, summ, figs)
@@ -222,10 +230,39 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     _section_env(doc, meta, summ)
     doc.draw()
     md = out / "report.md"
-    md.write_text(doc.markdown(out))
+    write_text(md, doc.markdown(out))
     page = out / "report.html"
-    page.write_text(doc.html(title or "reglab study report"))
-    return {"markdown": md, "html": page}
+    write_text(page, doc.html(title or "reglab study report"))
+    failed += [str(a["failed"]) for a in _analysis_docs(out) if a.get("failed")]
+    return {"markdown": md, "html": page, "failed": failed}
+
+
+def _section_blocks(fn: Callable[..., Any], title: str, frame, runs: list[dict], out: Path) -> list:
+    """A study's report section, called at its edge: its paragraphs (strings) and bulleted lists
+    (lists of strings); whatever else it raises or returns is a ``UserCodeError``."""
+    where = f"report section {title!r}: {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+    blocks = call_user(fn, where, frame, runs, out)
+    ok = isinstance(blocks, (list, tuple)) and all(
+        isinstance(b, str) or isinstance(b, list) and all(isinstance(s, str) for s in b) for b in blocks)
+    if not ok:
+        raise UserCodeError(f"{where}: it must return a list of paragraphs (strings) and bulleted lists (lists of "
+                            f"strings); it returned {type(blocks).__name__}" +
+                            (f" holding {sorted({type(b).__name__ for b in blocks})}"
+                             if isinstance(blocks, (list, tuple)) else ""))
+    return list(blocks)
+
+
+def _analysis_docs(out: Path) -> list[dict]:
+    """The analyses' documents under ``out/analyses`` (damaged ones left out)."""
+    docs = []
+    for f in sorted((out / "analyses").glob("*.json")) if (out / "analyses").is_dir() else []:
+        try:
+            a = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(a, dict):
+            docs.append(a)
+    return docs
 
 
 def _baseline_kinds(runs: list[dict]) -> dict[str, str]:
@@ -555,6 +592,10 @@ def _section_analyses(doc: Doc, out: Path, figs: Path) -> None:
         try:
             a = json.loads(f.read_text())
             doc.h(2, str(a["title"]))
+            if a.get("failed"):
+                doc.p(f"This analysis failed: {a['failed']}. The rest of the study is unaffected; the next "
+                      "`reglab study` tries it again.")
+                continue
             doc.p(str(a.get("description", "")))
             if a.get("table"):
                 doc.table([str(c) for c in a["table"]["header"]], [[str(c) for c in r] for r in a["table"]["rows"]])

@@ -105,11 +105,15 @@ def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
     with quiet(model):  # a probe draws nothing from training's random stream
         try:
             out = model(xb)
-        except Exception as e:
-            raise ValueError(f"the model could not run on {what}: {e}") from e
+        except (Exception, SystemExit) as e:  # the user's forward: sys.exit() in it is an error too
+            raise ValueError(f"the model could not run on {what}: "
+                             f"{f'it called sys.exit({e.code!r})' if isinstance(e, SystemExit) else e}") from e
     if not torch.is_tensor(out):
         raise ValueError(f"the model returns a {type(out).__name__}, not a tensor: reglab trains a model whose forward "
                          "returns its predictions (one tensor); wrap it to return the one the loss compares with y")
+    if not (out.is_floating_point() or out.is_complex()):
+        raise ValueError(f"the model returns {out.dtype} values: predictions must be floating point (a loss needs their "
+                         "gradient); return the scores or probabilities, not class indices")
     return out
 
 
