@@ -48,6 +48,18 @@ class Constraint:
         ``torch.stack([self(w_m) for w_m in w])``: ``torch.vmap`` unless a subclass does it directly."""
         return torch.vmap(self)(w)
 
+    def project(self, w: torch.Tensor, stacked: bool = False) -> torch.Tensor:
+        """``self(w)`` (``stacked``: ``self.stacked(w)``), checked to have ``w``'s shape, for the
+        copy into the weight: a constraint that returns another shape is an error naming it, never
+        broadcast into the weight."""
+        out = self.stacked(w) if stacked else self(w)
+        if not isinstance(out, torch.Tensor) or out.shape != w.shape:
+            lead = 1 if stacked else 0  # the shapes of one model's weight
+            got = f"shape {tuple(out.shape[lead:])}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"{self!r} returned {got} for a weight of shape {tuple(w.shape[lead:])}: a constraint "
+                             "returns the projected weight, of the weight's own shape")
+        return out
+
     def get_config(self) -> dict[str, Any]:
         return {}
 

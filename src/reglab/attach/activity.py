@@ -56,8 +56,17 @@ def batch_factor(batch_size: int) -> float:
 
 
 def _activity_term(reg: _regularizers.Regularizer, y: torch.Tensor, hp: Mapping[str, Any] | None) -> torch.Tensor:
-    value = reg.compute(y, **hp) if hp else reg(y)
-    return over_batch(value, y.shape[0])
+    return over_batch(one_number(reg.compute(y, **hp) if hp else reg(y), reg, "an activity"), y.shape[0])
+
+
+def one_number(value: Any, reg: Any, what: str) -> torch.Tensor:
+    """A regularizer's value, checked to be one number (a penalty is a sum): a tensor of another
+    shape is an error naming the regularizer, not a shape error deep in an engine."""
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{reg!r} on {what} returned {got}: a regularizer returns one number, the penalty "
+                         "(e.g. 0.01 * w.pow(2).sum())")
+    return value
 
 
 _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("reglab_call_depth", default=0)
@@ -155,7 +164,7 @@ class PenaltyPlan:
         for name, mod, attr, reg in self.params:
             hp = hparams.get(name) if hparams else None
             t = getattr(mod, attr)  # getattr: sees tensors swapped in by torch.func.functional_call
-            out[name] = reg.compute(t, **hp) if hp else reg(t)
+            out[name] = one_number(reg.compute(t, **hp) if hp else reg(t), reg, f"{name!r}")
         if collected is not None:
             for name, _ in self.activity:
                 if name in collected.terms:

@@ -76,7 +76,7 @@ def _step_post_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) ->
                 p = getattr(mod, attr)
                 if id(p) in stepped and id(p) not in done:
                     done.add(id(p))
-                    p.copy_(c(p))
+                    p.copy_(c.project(p))
 
 
 def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
@@ -139,4 +139,4 @@ def apply_constraints(model: nn.Module) -> None:
             p = getattr(mod, attr)
             if id(p) not in done:
                 done.add(id(p))
-                p.copy_(c(p))
+                p.copy_(c.project(p))

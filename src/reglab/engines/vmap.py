@@ -313,7 +313,7 @@ class VmapStack:
             p.copy_(kept)
         for name, c in self.constraints:
             p = self.param_dict[name]
-            p.copy_(c.stacked(p))  # the one projection of stacked weights (``Constraint.stacked``)
+            p.copy_(c.project(p, stacked=True))  # the one projection of stacked weights (``Constraint.stacked``)
 
     def eval_batches(self, data, batch_size):
         return data.batches(self, batch_size, None)

@@ -219,7 +219,7 @@ def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:
         p = getattr(mod, attr)
         try:
             with torch.no_grad():
-                c(p.detach().clone())
+                c.project(p.detach().clone())
         except (ValueError, RuntimeError, IndexError) as e:
             key = ("regularize.constraints" if spec.config.get("regularize", {}).get("constraints")
                    else "model.layers[...].kernel_constraint / bias_constraint")

@@ -23,7 +23,38 @@ from .engine import ArrayData, LoaderData, run
 from .sources import read_quietly
 from .history import History
 
-__all__ = ["fit", "prepare_arrays"]
+__all__ = ["fit", "prepare_arrays", "check_trainable", "check_callbacks"]
+
+
+def check_trainable(model: Any, what: str = "model") -> nn.Parameter:
+    """The model's first parameter, after checking that ``model`` is a ``torch.nn.Module`` that
+    can train: it has parameters, some with ``requires_grad``, none on the ``meta`` device."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what} must be a torch.nn.Module (or, from a builder, (module, loss)); got "
+                        f"{type(model).__name__}: {model!r:.80}")
+    params = list(model.parameters())
+    if not params:
+        raise ValueError(f"{what} has no parameters to train")
+    if any(p.is_meta for p in params):
+        raise ValueError(f"{what} has parameters on the meta device (shapes without values): make them real before "
+                         "training, e.g. model.to_empty(device='cpu') and then initialize them")
+    if not any(p.requires_grad for p in params):
+        raise ValueError(f"none of the {len(params)} parameters of {what} can train (requires_grad is False for all): "
+                         "training would change nothing; unfreeze some with p.requires_grad_(True)")
+    return params[0]
+
+
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """``callbacks`` as a list, each checked to be a reglab ``Callback``."""
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of reglab callbacks (e.g. [reglab.EarlyStopping(...)]); got "
+                        f"{callbacks!r:.80}")
+    for i, c in enumerate(callbacks):
+        if not isinstance(c, Callback):
+            raise TypeError(f"callbacks[{i}] must be a reglab callback (reglab.EarlyStopping, reglab.CSVLogger, "
+                            f"reglab.ModelCheckpoint or a subclass of reglab.Callback); got {type(c).__name__}: "
+                            f"{c!r:.80}")
+    return list(callbacks)
 
 _METRICS = ("accuracy",)
 
@@ -280,11 +311,16 @@ def fit(
     batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
     _threads.check(threads)
+    check_trainable(model)
+    callbacks = check_callbacks(callbacks)
     if device is not None:
         model.to(device)
-    p0 = next(model.parameters(), None)
-    if p0 is None:
-        raise ValueError("model has no parameters to train")
+    p0 = next(model.parameters())
+    if isinstance(optimizer, torch.optim.Optimizer):
+        mine = {id(p) for p in model.parameters() if p.requires_grad}
+        if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+            raise ValueError("the optimizer updates none of the model's trainable parameters (was it made for another "
+                             "model?): make it from this one, e.g. torch.optim.Adam(model.parameters())")
     dtype, dev = p0.dtype, p0.device
     loss_fn = _losses.get(loss)
     refresh_constraints(model)

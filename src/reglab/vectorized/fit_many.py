@@ -22,6 +22,7 @@ from ..engines.loop import rng_state
 from ..engines.make import make_engine
 from ..engines.protocol import KINDS
 from ..training.callbacks import EarlyStopping
+from ..training.fit import check_callbacks, check_trainable
 from ..training.engine import ArrayData, LoaderData, run
 from ..training.sources import draws_random
 from ..training.fit import check_metrics, loader_checks, prepare_arrays
@@ -66,6 +67,9 @@ def _per_model(a: Any, n_models: int, name: str) -> tuple[Any, bool]:
         if len(shapes) != 1:
             raise ValueError(f"{name}: the per-model arrays must have one shape; got {sorted(shapes)}")
         return a, True
+    if isinstance(a, (list, tuple)) and len(a) > 1 and all(isinstance(v, (np.ndarray, torch.Tensor)) for v in a):
+        raise ValueError(f"{name}: a list of {len(a)} arrays for {n_models} models (seeds x grid points): give one "
+                         f"array per model ({n_models}, in the order of product(seeds, grid)), or one array for all")
     return a, False
 
 
@@ -194,9 +198,10 @@ def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, cal
     batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
     _threads.check(threads)
+    callbacks = check_callbacks(callbacks)
     stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
-    if len(stoppers) != len(list(callbacks)) or len(stoppers) > 1:
-        raise ValueError("fit_many accepts only one EarlyStopping callback")
+    if len(stoppers) != len(callbacks) or len(stoppers) > 1:
+        raise ValueError(f"fit_many takes one callback, an EarlyStopping; got {callbacks!r}")
     return seeds, epochs, batch_size, metrics, stoppers
 
 
@@ -205,11 +210,11 @@ def _build(build: Callable[..., Any], config: dict, point: dict, loss: Any, devi
     random state right after the build goes into ``rngs[i]`` (where it draws from alone)."""
     torch.manual_seed(config["seed"])
     out = build(**point)
-    model, lo = (out if isinstance(out, tuple) else (out, loss))
+    model, lo = (out if isinstance(out, tuple) and len(out) == 2 else (out, loss))
     if lo is None:
         raise ValueError("give loss=..., or let build return (model, loss)")
-    if next(model.parameters(), None) is None:
-        raise ValueError("the built model has no parameters to train")
+    args = ", ".join(f"{k}={v!r}" for k, v in point.items())
+    check_trainable(model, f"the model build({args}) returned (seed {config['seed']})")
     if device is not None:
         model.to(device)
     rngs[i] = rng_state([d for d in {p.device for p in model.parameters()} if d.type == "cuda"])

@@ -257,7 +257,7 @@ class DenseStack(FramePlans, Passes):
     def after_step(self) -> None:
         for i, c in self.constraints:
             v = self.views[i]
-            v.copy_(c.stacked(v))  # the one projection of stacked weights (``Constraint.stacked``)
+            v.copy_(c.project(v, stacked=True))  # the one projection of stacked weights (``Constraint.stacked``)
 
     def snapshot(self):
         return self.flat.detach().clone()
