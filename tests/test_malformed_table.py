@@ -17,7 +17,9 @@ Two kinds of user code fail only when called after training, by nature: a study'
 (``function(results, runs, out)``). For their *run-time* failures (raising, exiting, returning
 junk) the table asks for the same clear error but not for "nothing trained" (``phase =
 "after"``); everything such code can get wrong before it is called (import, reference,
-signature) is a "before" case like the rest.
+signature) is a "before" case like the rest. The two grids of a million and a billion points run
+in a subprocess with a time limit (``HANG_S``); every other case runs in-process under an alarm.
+A UTF-8 byte-order mark is not an error (``test_byte_order_mark_is_read_past``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -399,7 +401,7 @@ STRUCT = {  # (base, path, value)
     "model.args-int": ("builder", ("model", "args"), 5),
     "model.args-unknown_argument": ("builder", ("model", "args"), {"nope": 1}),
     "model.args-input_shape": ("builder", ("model", "args"), {"input_shape": [2]}),
-    "model.args-width_zero": ("builder", ("model", "args"), {"width": 0}),
+    "model.args-width_negative": ("builder", ("model", "args"), {"width": -1}),
     "model.args-width_str": ("builder", ("model", "args"), {"width": "six"}),
     "model.args-dropout_above_one": ("builder", ("model", "args"), {"dropout": 1.5}),
     "data-string": ("full", ("data",), "blobs"),
@@ -483,19 +485,25 @@ STRUCT = {  # (base, path, value)
     "data.name-digits_with_args": ("full", ("data",), {"name": "digits", "n_samples": 80}),
     "data.task-regression_with_bce": ("full", ("data", "task"), "regression"),
     "data.task-multiclass_with_one_unit": ("full", ("data", "task"), "multiclass"),
-    "es.monitor-accuracy_on_regression": ("csv", ("train",), {**MINI["train"], "loss": "mse",
-                                                              "early_stopping": {"monitor": "val_accuracy"}}),
 }
 for cid, (base, path, v) in STRUCT.items():
     exp_case(cid, base, lambda d, p=path, v=v: set_at(d, p, v))
-# a folder named like a data file, and a CSV with a float target on a regression it cannot have
+# accuracy is not logged for a regression (a float target, a linear output, mse)
+REGRESSION_TRAIN = {**MINI["train"], "loss": "mse", "early_stopping": {"monitor": "val_accuracy"}}
+exp_case("es.monitor-accuracy_on_regression", "csv",
+         lambda d: set_at(set_at(d, ("train",), REGRESSION_TRAIN), ("model", "layers", 1, "activation"), "linear"),
+         files={"data.csv": csv_text(60, y=lambda i: f"{(i * 37 % 101) / 10:.2f}")})
+# a folder named like a data file
 exp_case("data.file-is_a_folder", "csv", lambda d: set_at(d, ("data", "file"), "dir.csv"), files={"dir.csv": None})
 
 # ---------------------------------------------------------------------------- experiment: whole-file failures
 
 exp_case("file-non_utf8", "mini", raw=b"\xff\xfe name = 'x'\n")
 exp_case("file-latin1_title", "mini", raw=toml(_with(MINI, title="caf\u00e9")).encode("latin-1"))
-exp_case("file-bom_utf8", "mini", raw=b"\xef\xbb\xbf" + toml(MINI).encode())
+# a byte-order mark is read past (schema.read_toml, test_byte_order_mark_is_read_past): with a bad key after it,
+# the error is the key's
+exp_case("file-bom_utf8_then_bad_epochs", "mini",
+         raw=b"\xef\xbb\xbf" + toml(set_at(MINI, ("train", "epochs"), 0)).encode())
 exp_case("file-utf16", "mini", raw=toml(MINI).encode("utf-16"))
 exp_case("file-broken_toml", "mini", raw=toml(MINI) + "[broken\n")
 exp_case("file-duplicate_key", "mini", raw=toml(MINI) + 'name = "again"\n')
@@ -721,7 +729,56 @@ for role in ("builder", "loader"):
             edit = lambda d, r=ref: set_at(del_at(d, ("baseline",)), ("model",), {"builder": r})  # noqa: E731
         else:  # data = {loader = <ref>} (no args)
             edit = lambda d, r=ref: set_at(d, ("data",), {"loader": r})  # noqa: E731
-        exp_case(f"{role}-{kind}", role, edit, files=_code_files(ref, src), names=("userc.py", "userc.txt"))
+        exp_case(f"code-{kind}", role, edit, files=_code_files(ref, src), names=("userc.py", "userc.txt"))
+
+# models a builder returns that cannot train (classes at module level: one class for every seed's model)
+MODEL_SRC = {
+    "nan_weights": "def f(input_shape, n_outputs):\n    m = nn.Linear(2, 1)\n    with torch.no_grad():\n"
+                   "        m.weight.fill_(float('nan'))\n    return m\n",
+    "forward_inf": "class M(nn.Linear):\n    def forward(self, x):\n"
+                   "        return super().forward(x) * float('inf')\n\n"
+                   "def f(input_shape, n_outputs):\n    return M(2, 1)\n",
+    "forward_raises": "class M(nn.Linear):\n    def forward(self, x):\n"
+                      "        raise RuntimeError('boom in forward')\n\n"
+                      "def f(input_shape, n_outputs):\n    return M(2, 1)\n",
+    "forward_returns_tuple": "class M(nn.Linear):\n    def forward(self, x):\n"
+                             "        return (super().forward(x), x)\n\n"
+                             "def f(input_shape, n_outputs):\n    return M(2, 1)\n",
+    "forward_returns_none": "class M(nn.Linear):\n    def forward(self, x):\n        return None\n\n"
+                            "def f(input_shape, n_outputs):\n    return M(2, 1)\n",
+    "forward_wrong_batch": "class M(nn.Linear):\n    def forward(self, x):\n        return super().forward(x)[:1]\n\n"
+                           "def f(input_shape, n_outputs):\n    return M(2, 1)\n",
+    "all_parameters_frozen": "def f(input_shape, n_outputs):\n    m = nn.Linear(2, 1)\n    m.requires_grad_(False)\n"
+                             "    return m\n",
+    "no_parameters": "def f(input_shape, n_outputs):\n    return nn.Sequential(nn.Flatten(), nn.Identity())\n",
+    "wrong_input_width": "def f(input_shape, n_outputs):\n    return nn.Linear(7, 1)\n",
+}
+for kind, body in MODEL_SRC.items():
+    exp_case(f"model_{kind}", "builder",
+             lambda d: set_at(del_at(d, ("baseline",)), ("model",), {"builder": "userc.py:f"}),
+             files={"userc.py": "import torch\nfrom torch import nn\n\n" + body}, names=("userc.py",))
+
+# optimizers' other settings
+for cid, opt in {"adamw.weight_decay-negative": {"name": "adamw", "weight_decay": -0.1},
+                 "adamw.weight_decay-nan": {"name": "adamw", "weight_decay": NAN},
+                 "adamw.weight_decay-str": {"name": "adamw", "weight_decay": "0.1"},
+                 "rmsprop.rho-above_one": {"name": "rmsprop", "rho": 1.5},
+                 "rmsprop.rho-negative": {"name": "rmsprop", "rho": -0.1},
+                 "rmsprop.centered-str": {"name": "rmsprop", "centered": "yes"},
+                 "sgd.nesterov-str": {"name": "sgd", "momentum": 0.9, "nesterov": "yes"},
+                 "sgd.nesterov-int": {"name": "sgd", "momentum": 0.9, "nesterov": 1},
+                 "adam.epsilon-negative": {"name": "adam", "epsilon": -1e-7},
+                 "adam.beta_2-one": {"name": "adam", "beta_2": 1.0}}.items():
+    exp_case(f"train.optimizer.{cid}", "mini", lambda d, o=opt: set_at(d, ("train", "optimizer"), o))
+
+# TOML nested past any recursion limit
+exp_case("file-deeply_nested_arrays", "mini", raw=toml(MINI) + "title = " + "[" * 100_000 + "]" * 100_000 + "\n")
+exp_case("file-deeply_nested_inline_tables", "mini", raw=toml(MINI) + "reference = " + "{a = " * 5_000 + "1" +
+         "}" * 5_000 + "\n")
+# a sweep of keys that do not change what is trained: its grid points are one experiment
+exp_case("sweep.path-seeds", "mini", lambda d: _with(d, sweep=[{"path": ["seeds"], "values": [1, 2]}]))
+exp_case("sweep.path-title", "mini", lambda d: _with(_with(d, title="a"), sweep=[{"path": ["title"],
+                                                                                  "values": ["a", "b"]}]))
 
 # ---------------------------------------------------------------------------- study.toml
 
@@ -788,7 +845,9 @@ STUDY_VALUES = {  # (path, bad values)
 }
 for path, bads in STUDY_VALUES.items():
     for what, v in bads.items():
-        study_case(f"{_where(path)}-{what}", lambda d, p=path, v=v: set_at(d, p, v))
+        # a listed file that is not there: the error names it (its path is the study's folder + the name listed)
+        names = ("nope.toml",) if what == "list_missing_file" else ()
+        study_case(f"{_where(path)}-{what}", lambda d, p=path, v=v: set_at(d, p, v), names=names)
 
 for path in (("path", 0, "experiment"), ("analysis", 0, "name"), ("analysis", 0, "function"),
              ("section", 0, "title"), ("section", 0, "function")):
@@ -805,11 +864,12 @@ study_case("experiments-a_malformed_experiment", files={"experiments/tiny.toml":
     STUDY_EXP, ("train", "epochs"), 0))})
 study_case("experiments-two_with_the_same_name", files={"experiments/tiny2.toml": toml(STUDY_EXP)},
            names=("tiny2.toml",))
-study_case("file-bom", raw=b"\xef\xbb\xbf" + toml(STUDY).encode())
+study_case("file-bom_then_bad_seeds", raw=b"\xef\xbb\xbf" + toml(set_at(STUDY, ("seeds",), 0)).encode())
 study_case("file-non_utf8", raw=b"title = \"caf\xe9\"\n")
 study_case("file-utf16", raw=toml(STUDY).encode("utf-16"))
 study_case("file-broken_toml", raw=toml(STUDY) + "[[analysis\n")
 study_case("file-binary_junk", raw=bytes(range(256)) * 4)
+study_case("file-deeply_nested_arrays", raw=toml(STUDY) + "zz = " + "[" * 100_000 + "]" * 100_000 + "\n")
 study_case("file-duplicate_key", raw=toml(STUDY) + 'title = "again"\n')
 study_case("file-is_a_folder", raw=FOLDER)
 add(Case("study-folder_missing", "study", {}, ["nope_study"], ("nope_study",)))
@@ -961,6 +1021,22 @@ def test_base_is_valid(tmp_path, name):
     out = tmp_path / "out"
     target = str(tmp_path / "case" / case.targets[0]) if case.targets[0] != "." else str(tmp_path / "case")
     code, exc, output, _, exc_info = _cli([case.command, target, "--out", str(out), "--no-progress", "--workers", "1"],
+                                          tmp_path)
+    assert code == 0 and exc is None, (code, repr(exc), _where_raised(exc_info), output[-2000:])
+    assert list(out.glob("runs/*/*.json"))
+
+
+@pytest.mark.parametrize("command", ["run", "study"])
+def test_byte_order_mark_is_read_past(tmp_path, command):
+    """A UTF-8 byte-order mark (which some editors write first) is not an error: the file trains."""
+    bom = b"\xef\xbb\xbf"
+    files = ({EXP: bom + toml(MINI).encode()} if command == "run" else
+             {**STUDY_FILES, "experiments/tiny.toml": bom + toml(STUDY_EXP).encode(),
+              "study.toml": bom + toml(STUDY).encode()})
+    _write(tmp_path / "case", files)
+    target = str(tmp_path / "case" / EXP) if command == "run" else str(tmp_path / "case")
+    out = tmp_path / "out"
+    code, exc, output, _, exc_info = _cli([command, target, "--out", str(out), "--no-progress", "--workers", "1"],
                                           tmp_path)
     assert code == 0 and exc is None, (code, repr(exc), _where_raised(exc_info), output[-2000:])
     assert list(out.glob("runs/*/*.json"))

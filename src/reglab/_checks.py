@@ -41,6 +41,21 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value``, checked to be ``True`` or ``False`` (not a string or number taken as truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {name}={value!r} of type {type(value).__name__}")
+    return value
+
+
+def fraction(value: Any, name: str) -> float:
+    """``value`` as a float in [0, 1) (a decay rate, a momentum)."""
+    v = non_negative_float(value, name)
+    if not v < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1); got {name}={value!r}")
+    return v
+
+
 def one_of(value: Any, name: str, choices: tuple[str, ...] | list[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}; got {name}={value!r}")

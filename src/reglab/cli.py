@@ -403,8 +403,8 @@ def _strength_list(text: str) -> list[float]:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers; got {text!r}", param_hint="--strengths") from None
-    if not vals or any(not 0 <= v < float("inf") for v in vals):
-        raise click.BadParameter(f"expected finite non-negative numbers; got {text!r}", param_hint="--strengths")
+    if not vals or any(not 0 <= v < 1e6 for v in vals):
+        raise click.BadParameter(f"expected non-negative numbers below 1e6; got {text!r}", param_hint="--strengths")
     if len(set(vals)) != len(vals):
         raise click.BadParameter(f"each strength once; got {text!r}", param_hint="--strengths")
     return vals
@@ -451,7 +451,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
     if threads is not None:
         _set_threads(threads)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
-    from .experiments.path import path_file, path_key, regularization_path
+    from .experiments.path import path_file, path_key, regularization_path, with_strength
     from .experiments.runner import plan_units
     from .experiments.schema import ConfigError
     from .experiments.study import analysis_key, load_study, reusable, run_analysis
@@ -476,6 +476,10 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
             raise click.ClickException(f"{study_dir}/study.toml: path: {p['experiment']!r} is " +
                                        ("no experiment of the study" if not grid else
                                         f"an experiment with a sweep ({len(grid)} grid points); a path needs one"))
+        try:
+            with_strength(grid[0], 0.0)  # a path needs a strength to vary: said now, not after training
+        except ValueError as e:
+            raise click.ClickException(f"{st.folder / 'study.toml'}: path: {e}") from None
         key = path_key(grid[0], p["strengths"], range(p["seeds"]))
         if not reusable(path_file(out_p, p["experiment"]), key):
             side.append((regularization_path, (grid[0], p["strengths"], list(range(p["seeds"])), out_p)))

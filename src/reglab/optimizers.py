@@ -38,8 +38,7 @@ class KerasAdam(torch.optim.AdamW):
                  beta_2: float = 0.999, epsilon: float = 1e-7, weight_decay: float | None = None):
         lr = _checks.positive_float(learning_rate, "learning_rate")
         for n, b in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0.0 <= _checks.non_negative_float(b, n) < 1.0:
-                raise ValueError(f"{n} must lie in [0, 1); got {n}={b!r}")
+            _checks.fraction(b, n)
         self.keras_epsilon = _checks.non_negative_float(epsilon, "epsilon")
         wd = 0.0 if weight_decay is None else _checks.non_negative_float(weight_decay, "weight_decay")
         params = list(params)
@@ -121,7 +120,7 @@ class KerasSGD(torch.optim.SGD):
 
     def __init__(self, params, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"),
-                         momentum=_checks.non_negative_float(momentum, "momentum"), nesterov=bool(nesterov))
+                         momentum=_checks.fraction(momentum, "momentum"), nesterov=_checks.flag(nesterov, "nesterov"))
 
 
 class KerasRMSprop(torch.optim.RMSprop):
@@ -130,8 +129,9 @@ class KerasRMSprop(torch.optim.RMSprop):
 
     def __init__(self, params, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
                  epsilon: float = 1e-7, centered: bool = False):
-        super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"), alpha=rho,
-                         eps=epsilon, momentum=momentum, centered=centered)
+        super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"),
+                         alpha=_checks.fraction(rho, "rho"), eps=_checks.non_negative_float(epsilon, "epsilon"),
+                         momentum=_checks.fraction(momentum, "momentum"), centered=_checks.flag(centered, "centered"))
 
 
 def _adamw(params, learning_rate=0.001, weight_decay=0.004, **kw):

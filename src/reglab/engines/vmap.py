@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state
+from torch.func import functional_call
 
 from .._lanes import LANES
 from ..attach import PenaltyPlan, activity_regularizer, constraint_sources, quiet
@@ -38,6 +38,33 @@ from ..losses import Loss
 from .objective import model_objective
 from .masks import draw
 from .protocol import Capabilities
+
+
+def _same_code(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` run the same code: one class, or classes a builder defines anew on
+    each call (``class Net(nn.Module)`` inside the function) with the same name and ``forward``."""
+    ta, tb = type(a), type(b)
+    return ta is tb or (ta.__qualname__ == tb.__qualname__ and ta.__module__ == tb.__module__ and
+                        getattr(ta.forward, "__code__", None) is getattr(tb.forward, "__code__", 0))
+
+
+def stack_state(models: Sequence[nn.Module]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``torch.func.stack_module_state``: each parameter and buffer stacked over the models (new
+    leaves; a parameter requires grad where it does in every model), for models that run the same
+    code -- also models whose classes a builder defined anew on each call, which
+    ``stack_module_state`` refuses as "not of the same class" (the forward pass is model 0's)."""
+    first = models[0]
+    for i, m in enumerate(models[1:], 1):
+        pairs = list(zip(first.modules(), m.modules()))
+        if len(pairs) != len(list(first.modules())) or not all(_same_code(a, b) for a, b in pairs):
+            raise ValueError(f"model {i} runs other code than model 0 (its modules' classes differ): models trained "
+                             "together must be built by one builder from one class")
+    named = [dict(m.named_parameters()) for m in models]
+    params = {n: torch.stack([d[n].detach() for d in named]).requires_grad_(all(d[n].requires_grad for d in named))
+              for n in named[0]}
+    bufs = [dict(m.named_buffers()) for m in models]
+    buffers = {n: torch.stack([d[n] for d in bufs]) for n in bufs[0]}
+    return params, buffers
 
 
 def stacked_hparams(models: Sequence[nn.Module], losses: Sequence[Loss]) -> tuple[PenaltyPlan, list[str], dict[str, dict[str, torch.Tensor]]]:
@@ -207,7 +234,7 @@ class VmapStack:
         self.hp_keys = tuple((src, k) for src, d in self.hparams.items() for k in d)
         self.hp_vec = (torch.stack([self.hparams[s][k] for s, k in self.hp_keys], dim=1) if self.hp_keys
                        else torch.zeros(self.n_models, 0, dtype=p0.dtype, device=p0.device))
-        params, buffers = stack_module_state(self.models)
+        params, buffers = stack_state(self.models)
         # the optimizer steps one (M, P) buffer whose row m holds model m's parameters, P padded to
         # whole SIMD vectors (``reglab._lanes``): torch's fused and foreach kernels compute the last
         # elements of a tensor by scalar code that rounds otherwise, and the last elements of a

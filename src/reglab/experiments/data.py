@@ -141,6 +141,9 @@ def check_data(data: Any, file: str) -> dict[str, Any]:
         if "n_samples" in args and not (isinstance(args["n_samples"], int) and not isinstance(args["n_samples"], bool)
                                         and 4 <= args["n_samples"] <= MAX_EXAMPLES):
             _fail(file, "data.n_samples", f"expected an integer in [4, {MAX_EXAMPLES}]; got {args['n_samples']!r}")
+        for k, v in args.items():  # the generators' arguments are numbers: true is no noise level
+            if isinstance(v, bool):
+                _fail(file, f"data.{k}", f"expected a number; got {v!r}")
         try:
             _datasets.sample(data["name"], 0, **{**args, "n_samples": 8} if "n_samples" in args or
                              data["name"] in ("blobs", "moons", "circles") else args)
@@ -203,10 +206,10 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
                 if not {"x", "y"} <= set(f.files):
                     _fail(file, key, f"{str(path)!r} must hold arrays 'x' and 'y'; it holds {sorted(f.files)}")
                 return f["x"], f["y"]
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 -- numpy raises several kinds for a damaged file (BadZipFile, ...)
             if isinstance(e, DataError):
                 raise
-            _fail(file, key, f"cannot read {str(path)!r}: {e}")
+            _fail(file, key, f"cannot read {str(path)!r} as .npz: {type(e).__name__}: {e}")
     import pandas as pd
 
     try:
@@ -228,13 +231,44 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
             _fail(file, key if what == "input" else "data.target",
                   f"{str(path)!r}: {int(bad.sum())} empty/NaN/inf {what} value(s), the first in column "
                   f"{cols.columns[c]!r}, line {r + 2} of the file")
+    _within_float32(xdf.to_numpy(dtype=np.float64), file, key, f"{str(path)!r}: input column(s) hold",
+                    lambda i: f"line {i + 2} of the file")
     return xdf.to_numpy(dtype=np.float32), df[target].to_numpy()
+
+
+def _same_columns(paths: Mapping[str, Path], file: str) -> None:
+    """The CSV files of one data set name the same columns in the same order (a test file with
+    other columns would be read as the same features)."""
+    import pandas as pd
+
+    cols = {k: list(pd.read_csv(p, nrows=0).columns) for k, p in paths.items() if p.suffix != ".npz"}
+    first = next(iter(cols), None)
+    for k, c in cols.items():
+        if c != cols[first]:
+            _fail(file, f"data.files.{k}", f"its columns {c} differ from data.files.{first}'s {cols[first]}: the "
+                  "splits must hold the same columns, in the same order")
+
+
+def _within_float32(a: np.ndarray, file: str, key: str, what: str, where: Callable[[int], str]) -> None:
+    """Fail where a (finite) value is beyond float32's range, which the model trains in: cast,
+    it would become inf."""
+    big = np.abs(a.astype(np.float64)) > np.finfo(np.float32).max
+    if big.any():
+        i = int(np.argwhere(big)[0][0])
+        _fail(file, key, f"{what} {int(big.sum())} value(s) beyond float32's range (+-3.4e38, what the model trains "
+              f"in), the first in {where(i)}, of magnitude {float(np.abs(a[i]).max()):.3g}: rescale the data")
 
 
 def _pair(v: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise DataError(f"{where}: expected (x, y); got {type(v).__name__}")
-    return np.asarray(v[0]), np.asarray(v[1])
+    out = []
+    for name, a in zip("xy", v):
+        try:
+            out.append(np.asarray(a))
+        except (ValueError, TypeError) as e:  # ragged lists, objects numpy cannot hold
+            raise DataError(f"{where}: {name} is not an array of one shape ({e})") from None
+    return out[0], out[1]
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray, file: str, key: str) -> None:
@@ -245,19 +279,15 @@ def _check_xy(x: np.ndarray, y: np.ndarray, file: str, key: str) -> None:
     if x.shape[0] > MAX_EXAMPLES:
         _fail(file, key, f"{x.shape[0]} examples is more than {MAX_EXAMPLES}")
     for name, a in (("x", x), ("y", y)):
-        if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
-            _fail(file, key, f"{name} must be numeric; got dtype {a.dtype}")
+        if not np.issubdtype(a.dtype, np.number) and a.dtype != bool or np.iscomplexobj(a):
+            _fail(file, key, f"{name} must be real numbers; got dtype {a.dtype}")
         bad = ~np.isfinite(a.astype(np.float64))
         if bad.any():
             i = int(np.argwhere(bad)[0][0])
             _fail(file, key, f"{name} has {int(bad.sum())} NaN/inf value(s), the first in example {i} "
                   f"(counting from 0: {name}[{i}])")
-        big = np.abs(a.astype(np.float64)) > np.finfo(np.float32).max if a.dtype.kind == "f" else None
-        if big is not None and big.any():
-            i = int(np.argwhere(big)[0][0])
-            _fail(file, key, f"{name} has {int(big.sum())} value(s) beyond float32's range (+-3.4e38, what the model "
-                  f"trains in), the first in example {i} (counting from 0: {name}[{i}], largest magnitude "
-                  f"{float(np.abs(a[i]).max()):.3g}); rescale the data")
+        if a.dtype.kind == "f":
+            _within_float32(a, file, key, f"{name} has", lambda i: f"example {i} (counting from 0: {name}[{i}])")
 
 
 def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dict[str, tuple], Any, str | None]:
@@ -270,8 +300,10 @@ def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dic
         p = (base / data["file"]).resolve()
         return {"all": _read(p, data.get("target"), file, "data.file")}, None, None
     if "files" in data:
-        return {k: _read((base / v).resolve(), data.get("target"), file, f"data.files.{k}")
-                for k, v in data["files"].items()}, None, None
+        got = {k: _read((base / v).resolve(), data.get("target"), file, f"data.files.{k}")
+               for k, v in data["files"].items()}
+        _same_columns({k: (base / v).resolve() for k, v in data["files"].items()}, file)
+        return got, None, None
     try:
         fn, _, _ = resolve(data["loader"], base, f"{file}: data.loader")
         args = dict(data.get("args", {}))

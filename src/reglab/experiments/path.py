@@ -28,7 +28,7 @@ from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, loss_of
 from .files import own_folder, write_json
 from .runner import evaluate_run, splits_of
-from .schema import ExperimentSpec
+from .schema import MAX_STRENGTH, ExperimentSpec
 
 __all__ = ["regularization_path", "with_strength", "path_file"]
 
@@ -83,8 +83,8 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     ``out/paths/<experiment>.json``) the metrics per strength, the chosen strength and its held-out score."""
     t0 = time.perf_counter()
     strengths = [float(s) for s in strengths]
-    if not strengths or any(not 0 <= s < float("inf") for s in strengths):
-        raise ValueError(f"strengths must be finite non-negative numbers; got {strengths}")
+    if not strengths or any(not 0 <= s < MAX_STRENGTH for s in strengths):
+        raise ValueError(f"strengths must be non-negative numbers below {MAX_STRENGTH:g}; got {strengths}")
     if len(set(strengths)) != len(strengths):
         raise ValueError(f"strengths must differ from each other; got {strengths}")
     seeds = [int(s) for s in seeds]

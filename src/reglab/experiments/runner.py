@@ -34,7 +34,7 @@ from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
 from ..training.data import as_input
-from ..training.fit import PROBE, check_targets_and_outputs, probe_inputs
+from ..training.fit import PROBE, check_targets_and_outputs, check_trainable, probe_inputs
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, from_logits, loss_name, loss_of
 from .code import file_sha256, where_in
@@ -166,9 +166,10 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         if sp.task == "regression" and loss.task is not None:
             raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
                               "regression (set data.task, or a regression loss such as \"mse\")")
-        p0 = next(model.parameters(), None)
-        if p0 is None:
-            raise ConfigError(f"{spec.path}: model: the model has no parameters")
+        try:
+            p0 = check_trainable(model, "the model")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{spec.path}: model: {e}") from None
         # as many as fit probes, integers kept where the model takes them (fit's rule)
         xb = as_input(torch.as_tensor(np.asarray(sp.x_train[:PROBE])), p0.dtype)
         try:
@@ -177,6 +178,9 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             cause = e.__cause__ or e
             raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
                               f"{type(cause).__name__}: {cause}{where_in(cause)}") from None
+        if not bool(torch.isfinite(pred).all()):
+            raise ConfigError(f"{spec.path}: model: its output on the first {len(xb)} training examples holds NaN or "
+                              "inf before any training (its initial weights or its forward): nothing could be learned")
         width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
         if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
             hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""

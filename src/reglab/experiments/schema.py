@@ -76,6 +76,9 @@ REGULARIZE_KEYS = {"params", "activity", "constraints"}
 #: upper bounds of sizes (docs/experiment-files.md states them)
 LIMITS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 1_000_000, "units": 100_000, "name": 100,
           "grid_points": 10_000}
+#: the largest regularization strength (and learning rate) an experiment file may give: past it,
+#: a model only diverges
+MAX_STRENGTH = 1e6
 #: keys of a validated config that do not change what is trained (kept out of run ids)
 PRESENTATION = ("seeds", "title", "description", "reference")
 BASELINE_PREFIX = "baseline."  # "." cannot appear in an experiment's name: no name can enter this namespace
@@ -129,9 +132,12 @@ def _check_object(spec: Any, file: str, key: str, deserialize) -> dict[str, Any]
     """Normalize a regularizer/constraint entry and prove it builds (its error names the argument)."""
     ser = _obj_config(spec, file, key)
     try:
-        deserialize(ser)
+        obj = deserialize(ser)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{file}: {key}: {e}") from None
+    for k, v in (obj.hparams().items() if hasattr(obj, "hparams") else ()):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) < MAX_STRENGTH:
+            raise ConfigError(f"{file}: {key}: {k}: expected a strength below {MAX_STRENGTH:g}; got {v!r}")
     return ser
 
 
@@ -339,8 +345,8 @@ def _loss(loss: Any, file: str) -> Any:
         return None
     if isinstance(loss, Mapping) and loss.get("name") == "regularized":
         _unknown(loss, REG_LOSS_KEYS, file, "train.loss")
-        _expect(_is_num(loss.get("strength")) and loss["strength"] >= 0, file, "train.loss.strength",
-                "a non-negative finite number", loss.get("strength"))
+        _expect(_is_num(loss.get("strength")) and 0 <= loss["strength"] < MAX_STRENGTH, file, "train.loss.strength",
+                f"a non-negative number below {MAX_STRENGTH:g}", loss.get("strength"))
         codes = loss.get("codes")
         _expect(isinstance(codes, list) and all(_is_int(c) and c in _losses.R_LIST_CODES for c in codes), file,
                 "train.loss.codes", f"a list of codes from {sorted(_losses.R_LIST_CODES)}", codes)
@@ -383,7 +389,7 @@ def _train(train: Any, file: str) -> dict[str, Any]:
             'a name or a table {name = "adam", learning_rate = ...}', opt)
     for k, v in opt.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            _expect(_is_num(v) and abs(v) < 1e6, file, f"train.optimizer.{k}", "a finite number below 1e6", v)
+            _expect(_is_num(v) and abs(v) < MAX_STRENGTH, file, f"train.optimizer.{k}", "a finite number below 1e6", v)
     try:
         import torch
 
@@ -466,6 +472,9 @@ def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
                     "a number in [0, 1]", ref["accuracy"])
         if "n" in ref:
             _bounded_int(ref["n"], file, "reference.n", 1, _data.MAX_EXAMPLES)
+        for k in ("label", "note"):
+            if k in ref:
+                _expect(isinstance(ref[k], str), file, f"reference.{k}", "a string", ref[k])
         cfg["reference"] = dict(ref)
     if "analysis" in raw:
         an = raw["analysis"]
@@ -563,6 +572,8 @@ def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
         path, values = s["path"], s["values"]
         _expect(isinstance(path, list) and path and path[0] != "sweep", file, f"{where}.path",
                 "a non-empty list of keys and indexes", path)
+        _expect(path[0] not in PRESENTATION + ("name",), file, f"{where}.path",
+                "a key that changes what is trained (not name, seeds, title, description or reference)", path)
         _expect(isinstance(values, list) and 0 < len(values) <= 1000, file, f"{where}.values",
                 "a list of 1 to 1000 values", values)
         _get(raw, path, file, f"{where}.path")
@@ -610,6 +621,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply to read") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from .code import UserCodeError, call_user, resolve
 from .files import own_folder, write_json
-from .schema import ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
+from .schema import MAX_STRENGTH, ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
 
 __all__ = ["Study", "load_study", "experiment_files", "load_specs", "run_analysis"]
 
@@ -65,7 +65,7 @@ class Study:
     seeds: int | None
     paths: list[dict[str, Any]] = field(default_factory=list)
     analyses: list[tuple[str, str, dict]] = field(default_factory=list)  # (name, function reference, args)
-    sections: list[tuple[str, Callable[..., list]]] = field(default_factory=list)
+    sections: list[tuple[str, Callable[..., list], str]] = field(default_factory=list)  # (title, function, where)
     margins: dict[str, float] = field(default_factory=dict)  # metric -> smallest effect worth having
     methods: str | dict[str, str] = "t"  # comparisons.csv's interval method: for all families, or per metric
 
@@ -192,8 +192,9 @@ def _paths(raw: dict, file: Path) -> list[dict[str, Any]]:
                               f"got {p!r}")
         st = p.get("strengths", [0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
         if not isinstance(st, list) or not st or not all(
-                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < float("inf") for s in st):
-            raise ConfigError(f"{file}: {where}.strengths: expected finite non-negative numbers; got {st!r}")
+                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < MAX_STRENGTH for s in st):
+            raise ConfigError(f"{file}: {where}.strengths: expected non-negative numbers below {MAX_STRENGTH:g}; "
+                              f"got {st!r}")
         if len(set(st)) != len(st):
             raise ConfigError(f"{file}: {where}.strengths: each strength once; got {st!r}")
         n = p.get("seeds", 10)
@@ -228,10 +229,29 @@ def _plugins(raw: dict, folder: Path, file: Path, study: Study) -> None:
                 fn, _, _ = resolve(a["function"], folder, f"{file}: {where}.function")
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+            _check_callable(fn, f"{file}: {where}.function: {a['function']}",
+                            ("out",) if key == "analysis" else ("results", "runs", "out"),
+                            a.get("args", {}) if key == "analysis" else {})
             if key == "analysis":
                 target.append((a["name"], a["function"], dict(a.get("args", {}))))
             else:
-                target.append((a["title"], fn))
+                target.append((a["title"], fn, f"{file}: {where}.function: {a['function']}"))
+
+
+def _check_callable(fn: Callable[..., Any], where: str, positional: tuple[str, ...], args: dict) -> None:
+    """That ``fn(*positional, **args)`` is a call ``fn`` accepts (before anything trains)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: has no signature to call it by (a builtin?); name a Python function") from None
+    try:
+        sig.bind(*positional, **args)
+    except TypeError as e:
+        call = f"function({', '.join(positional)}{', **args' if args else ''})"
+        raise ConfigError(f"{where}: cannot be called as {call}" + (f" with args {sorted(args)}" if args else "") +
+                          f": {e}") from None
 
 
 def analysis_key(ref: str, folder: str | Path, args: dict) -> str:

@@ -28,7 +28,7 @@ __all__ = ["write_report", "Section"]
 
 #: a study's own section: (title, function(results DataFrame, runs, out) -> list of paragraphs, where
 #: a paragraph that is a list of strings is a bulleted list)
-Section = tuple[str, Callable[..., list[Any]]]
+Section = tuple[str, Callable[..., list[Any]]] | tuple[str, Callable[..., list[Any]], str]  # (title, fn[, where])
 
 
 class Doc:
@@ -213,10 +213,10 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     _section_table(doc, summ)
     _section_comparisons(doc, summ, comp)
     failed = []
-    for sec_title, fn in sections:
+    for sec_title, fn, *where in sections:
         doc.h(2, sec_title)
         try:
-            blocks = _section_blocks(fn, sec_title, frame, runs, out)
+            blocks = _section_blocks(fn, where[0] if where else None, sec_title, frame, runs, out)
         except UserCodeError as e:
             failed.append(str(e))
             doc.p(f"This section failed and was left out: {e}")
@@ -237,10 +237,15 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     return {"markdown": md, "html": page, "failed": failed}
 
 
-def _section_blocks(fn: Callable[..., Any], title: str, frame, runs: list[dict], out: Path) -> list:
+def _section_blocks(fn: Callable[..., Any], where: str | None, title: str, frame, runs: list[dict],
+                    out: Path) -> list:
     """A study's report section, called at its edge: its paragraphs (strings) and bulleted lists
-    (lists of strings); whatever else it raises or returns is a ``UserCodeError``."""
-    where = f"report section {title!r}: {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+    (lists of strings); whatever else it raises or returns is a ``UserCodeError`` naming ``where``
+    (the study file and key; by default the function's file)."""
+    if where is None:
+        code = getattr(fn, "__code__", None)
+        where = (f"report section {title!r}: {code.co_filename if code else getattr(fn, '__module__', '?')}:"
+                 f"{getattr(fn, '__qualname__', fn)}")
     blocks = call_user(fn, where, frame, runs, out)
     ok = isinstance(blocks, (list, tuple)) and all(
         isinstance(b, str) or isinstance(b, list) and all(isinstance(s, str) for s in b) for b in blocks)
