@@ -24,7 +24,7 @@ n_samples = 120
 [train]
 loss = "binary_crossentropy"
 optimizer = {name = "adam", learning_rate = 0.01}
-epochs = 12
+epochs = 6
 batch_size = 20
 [model]
 builder = "../net.py:build"
@@ -74,7 +74,7 @@ STUDY = """
 title = "faults"
 [[path]]
 experiment = "wide"
-strengths = [0, 0.001, 0.01]
+strengths = [0, 0.01]
 seeds = 2
 [[section]]
 title = "Counted"

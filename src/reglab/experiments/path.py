@@ -77,16 +77,22 @@ def path_key(spec: ExperimentSpec, strengths: Sequence[float], seeds: Sequence[i
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _checked(strengths: Sequence[float]) -> list[float]:
+    """The strengths as floats: at least one, each once, non-negative and below ``MAX_STRENGTH``."""
+    out = [float(s) for s in strengths]
+    if not out or any(not 0 <= s < MAX_STRENGTH for s in out):
+        raise ValueError(f"strengths must be non-negative numbers below {MAX_STRENGTH:g}; got {out}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"strengths must differ from each other; got {out}")
+    return out
+
+
 def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds: Sequence[int],
                         out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Train ``len(strengths) x len(seeds)`` models in one vectorized run; return (and write to
     ``out/paths/<experiment>.json``) the metrics per strength, the chosen strength and its held-out score."""
     t0 = time.perf_counter()
-    strengths = [float(s) for s in strengths]
-    if not strengths or any(not 0 <= s < MAX_STRENGTH for s in strengths):
-        raise ValueError(f"strengths must be non-negative numbers below {MAX_STRENGTH:g}; got {strengths}")
-    if len(set(strengths)) != len(strengths):
-        raise ValueError(f"strengths must differ from each other; got {strengths}")
+    strengths = _checked(strengths)
     seeds = [int(s) for s in seeds]
     data = {s: splits_of(spec, s) for s in seeds}
     sp0 = data[seeds[0]]

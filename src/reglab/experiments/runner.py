@@ -152,20 +152,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
                               f"line {last.lineno})") from None
         model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
         loss = _losses.get(lo)
-        if sp.task in ("binary", "multiclass") and loss.task is None:
-            raise ConfigError(f"{spec.path}: train.loss: {loss.name} does not fit the {sp.task} task of the data")
-        if sp.task == "multiclass" and loss.task == "binary":
-            raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a binary loss but the data have "
-                              f"{sp.n_outputs} classes; use \"sparse_categorical_crossentropy\" (integer labels)")
-        if sp.task == "multiclass" and loss.task == "categorical":
-            raise ConfigError(f"{spec.path}: train.loss: {loss.name} needs one-hot targets; the data's labels are "
-                              "integers: use \"sparse_categorical_crossentropy\"")
-        if sp.task == "binary" and loss.task in ("categorical", "sparse"):
-            raise ConfigError(f"{spec.path}: train.loss: {loss.name} on a binary task: use \"binary_crossentropy\" "
-                              "with one output unit, or set data.task = \"multiclass\"")
-        if sp.task == "regression" and loss.task is not None:
-            raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
-                              "regression (set data.task, or a regression loss such as \"mse\")")
+        _check_loss_fits_task(spec, sp, loss)
         try:
             p0 = check_trainable(model, "the model")
         except (TypeError, ValueError) as e:
@@ -212,6 +199,24 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             if layer not in names:
                 raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
                                   f"{sorted(n for n in names if n)[:20]}")
+
+
+def _check_loss_fits_task(spec: ExperimentSpec, sp: Splits, loss: Any) -> None:
+    """The training loss is one for the data's task (a ``ConfigError`` naming ``train.loss``)."""
+    if sp.task in ("binary", "multiclass") and loss.task is None:
+        raise ConfigError(f"{spec.path}: train.loss: {loss.name} does not fit the {sp.task} task of the data")
+    if sp.task == "multiclass" and loss.task == "binary":
+        raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a binary loss but the data have "
+                          f"{sp.n_outputs} classes; use \"sparse_categorical_crossentropy\" (integer labels)")
+    if sp.task == "multiclass" and loss.task == "categorical":
+        raise ConfigError(f"{spec.path}: train.loss: {loss.name} needs one-hot targets; the data's labels are "
+                          "integers: use \"sparse_categorical_crossentropy\"")
+    if sp.task == "binary" and loss.task in ("categorical", "sparse"):
+        raise ConfigError(f"{spec.path}: train.loss: {loss.name} on a binary task: use \"binary_crossentropy\" "
+                          "with one output unit, or set data.task = \"multiclass\"")
+    if sp.task == "regression" and loss.task is not None:
+        raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
+                          "regression (set data.task, or a regression loss such as \"mse\")")
 
 
 def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:
