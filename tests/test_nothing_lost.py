@@ -122,8 +122,8 @@ def test_a_full_disk_while_reporting_is_one_line_and_leaves_nothing_half_written
     assert not [q for q in out.rglob("*") if q.is_file() and q.stat().st_size == 0 and q.suffix != ".lock"]
     assert not list(out.rglob(".*.tmp"))
     assert (out / "results.csv").read_bytes() == results  # rewritten whole, with the same rows
-    p = _cli_sub("report", out)  # with room again, the report is written
-    assert p.returncode == 0 and (out / "report.html").stat().st_size > 8_000, p.stderr
+    res = cli("report", out)  # with room again, the report is written
+    assert res.exit_code == 0 and (out / "report.html").stat().st_size > 8_000, res.output
 
 
 def test_a_full_disk_while_training_keeps_what_finished_and_resumes(tmp_path):
@@ -137,8 +137,8 @@ def test_a_full_disk_while_training_keeps_what_finished_and_resumes(tmp_path):
     from reglab.experiments.runner import load_runs
 
     assert load_runs(out) == []  # no run whose files were cut short is trusted
-    p = _cli_sub("run", f, "--out", out, "--seeds", "2", "--no-progress", "--workers", "1")
-    assert p.returncode == 0 and "4 runs trained" in p.stdout, p.stderr
+    res = run(f, out, "--seeds", "2")
+    assert res.exit_code == 0 and "4 runs trained" in res.output, res.output
 
 
 ANALYSIS = '''
