@@ -57,7 +57,30 @@ def _many(build, x=X, y=Y, **kw):
     return lambda: fit_many(build, x, y, seeds=[0, 1], **{**KW, **kw})
 
 
+_SHARED = _mlp()
+
+
+class _ReturnsNone(Constraint):
+    def __call__(self, w):
+        return None
+
+
+def _none_constraint():
+    m = _mlp()
+    reglab.constrain(m, {"0.weight": _ReturnsNone()})
+    return m
+
+
 CASES = {
+    "many_builder_returns_one_module": (_many(lambda: _SHARED), ValueError, ["share parameters", "new model"]),
+    "many_repeated_seed": (lambda: fit_many(_mlp, X, Y, seeds=[0, 0], **KW), ValueError, ["seeds must differ"]),
+    "many_repeated_grid_point": (lambda: fit_many(lambda lam: _mlp(), X, Y, seeds=[0], grid=[{"lam": 1}, {"lam": 1}],
+                                                  **KW), ValueError, ["grid[1]", "repeats grid[0]"]),
+    "fit_constraint_returns_none": (_fit(_none_constraint), ValueError, ["_ReturnsNone() returned NoneType"]),
+    "fit_x_beyond_float32": (lambda: fit(_mlp(), X.astype("float64") * 1e39, Y, **KW), ValueError,
+                             ["x holds", "beyond torch.float32's range"]),
+    "fit_seed_string": (_fit(_mlp, seed="a"), ValueError, ["seed must be an integer", "'a'"]),
+    "load_results_of_a_number": (lambda: reglab.load_results(3), TypeError, ["out must be a results folder"]),
     "fit_callback_int": (_fit(_mlp, callbacks=[5]), TypeError, ["callbacks[0]", "reglab callback", "int"]),
     "fit_callbacks_not_a_list": (_fit(_mlp, callbacks=reglab.EarlyStopping()), TypeError, ["callbacks must be a list"]),
     "many_callback_int": (_many(_mlp, callbacks=[5]), TypeError, ["callbacks[0]", "reglab callback"]),
@@ -96,6 +119,14 @@ def test_a_constraint_of_the_right_shape_still_trains_and_projects():
     reglab.constrain(m, {"0.weight": reglab.constraints.MaxNorm(1.0)})
     fit(m, X * 50, Y, **{**KW, "epochs": 3, "optimizer": {"name": "sgd", "learning_rate": 1.0}})
     assert float(m[0].weight.norm(dim=1).max()) <= 1.0 + 1e-5
+
+
+def test_a_frozen_backbone_may_be_shared_by_the_models():
+    """Models may share frozen parameters (a pretrained feature extractor): only trainable ones
+    must be their own."""
+    backbone = nn.Linear(3, 4).requires_grad_(False)
+    res = fit_many(lambda: nn.Sequential(backbone, nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid()), X, Y, seeds=[0, 1], **KW)
+    assert len(res.models) == 2 and res.models[0][2].weight is not res.models[1][2].weight
 
 
 def test_divergence_is_reported_without_a_warning():

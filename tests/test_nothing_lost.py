@@ -4,6 +4,7 @@ disk ends with a one-line error and leaves nothing half-written to be trusted, a
 failing analysis is reported as failed while the rest of the study is done."""
 
 import hashlib
+import os
 import resource
 import shutil
 import signal
@@ -201,3 +202,160 @@ def test_nothing_is_written_beside_out_by_a_run(tmp_path):
     assert res.exit_code == 0, res.output
     after = {p: _sha(p) for p in tmp_path.rglob("*") if p.is_file() and (tmp_path / "out") not in p.parents}
     assert after == before
+
+
+# ----------------------------------------------------------------------------- found by a hostile trial
+
+CHDIR = '''
+import os
+from torch import nn
+
+def build(input_shape, n_outputs):
+    os.chdir(os.path.dirname(os.path.dirname(__file__)))  # one folder up
+    return nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 1), nn.Sigmoid())
+'''
+
+
+def test_a_builder_that_changes_directory_writes_nothing_outside_out(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "m.py").write_text(CHDIR)
+    (work / "e.toml").write_text(TINY.split("[[model.layers]]")[0] + '[model]\nbuilder = "m.py:build"\n'
+                                 '[regularize]\nparams = {"@kernels" = {name = "L2", l2 = 0.01}}\n')
+    monkeypatch.chdir(work)
+    res = run("e.toml", "out", "--seeds", "2")
+    assert res.exit_code == 0, res.output
+    assert len(list((work / "out").glob("runs/*/*.json"))) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # nothing one folder up
+    assert os.getcwd() == str(work)
+
+
+def test_a_symlinked_lock_file_is_a_clear_error(copy, tmp_path):
+    f, out, victim = copy
+    before = _sha(victim)
+    (out / ".current.json.lock").unlink(missing_ok=True)
+    (out / ".current.json.lock").symlink_to(victim)
+    res = run(f, out, "--seeds", "2")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"{out / '.current.json.lock'} is a symlink" in res.output
+    assert _sha(victim) == before
+
+
+@pytest.mark.parametrize("header,message", [("a,t,t", "the column name 't' appears twice"),
+                                            ("t,t,y", "the column name 't' appears twice")])
+def test_a_csv_with_a_repeated_column_name_is_refused(tmp_path, header, message):
+    rows = "".join(f"{i % 3}.5,{i % 2},{i % 2}\n" for i in range(60))
+    (tmp_path / "d.csv").write_text(header + "\n" + rows)
+    f = tmp_path / "e.toml"
+    f.write_text(TINY.replace('name = "blobs"\nn_samples = 80', f'file = "d.csv"\ntarget = "{header[-1]}"'))
+    res = run(f, tmp_path / "out")
+    assert res.exit_code == 1 and message in res.output and str(f) in res.output, res.output
+
+
+def test_a_csv_with_a_header_and_no_rows_says_so(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,y\n")
+    f = tmp_path / "e.toml"
+    f.write_text(TINY.replace('name = "blobs"\nn_samples = 80', 'file = "d.csv"\ntarget = "y"'))
+    res = run(f, tmp_path / "out")
+    assert res.exit_code == 1 and "has a header (['a', 'b', 'y']) but no rows" in res.output, res.output
+
+
+def test_sweep_values_that_mean_the_same_are_one_grid_point_twice(tmp_path):
+    f = tmp_path / "e.toml"
+    f.write_text(TINY + '[[sweep]]\npath = ["model", "layers", 0, "kernel_regularizer", "name"]\n'
+                 'values = ["L2", "l2"]\n')
+    res = run(f, tmp_path / "out")
+    assert res.exit_code == 1 and "train the same experiment" in res.output, res.output
+
+
+def test_files_under_out_get_the_modes_of_the_umask(copy):
+    f, out, _ = copy
+    old = os.umask(0o022)
+    try:
+        res = cli("report", out)
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    for name in ("results.csv", "comparisons.csv", "report.md", "report.html"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+SLOW = TINY.replace("epochs = 3", "epochs = 400").replace("n_samples = 80", "n_samples = 200")
+
+
+def _helper_of(pid: int, timeout: float = 120.0) -> int:
+    """The pid of a live child of ``pid`` (a helper) once one is training (its CPU time grows)."""
+    import time
+    from pathlib import Path
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        kids = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        for k in kids:
+            try:
+                utime = int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[11])
+            except (OSError, IndexError, ValueError):
+                continue
+            if utime > 600:  # clock ticks: past its imports and warm-up, training
+                return k
+        time.sleep(0.1)
+    raise AssertionError("no helper started training")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_helper_killed_or_terminated_alone_is_said_so(tmp_path, sig):
+    """The system's OOM killer (SIGKILL) or a scheduler's SIGTERM reaching a helper process only:
+    a clear message (exit 1 after a SIGKILL, 143 after a SIGTERM), the finished runs kept."""
+    files = []
+    for i, l2 in enumerate((0.01, 0.1)):
+        f = tmp_path / f"e{i}.toml"
+        f.write_text(SLOW.replace('name = "tiny"', f'name = "e{i}"').replace("l2 = 0.01", f"l2 = {l2}"))
+        files.append(f)
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "reglab.cli", "run", *map(str, files), "--out", str(out),
+                          "--no-progress", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        os.kill(_helper_of(p.pid), sig)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert "Traceback" not in err, err
+    if sig == signal.SIGKILL:
+        assert p.returncode == 1 and "a helper process died" in err and "run the same command again" in err, err
+    else:
+        assert p.returncode == 143 and "terminated (SIGTERM)" in err, (p.returncode, err)
+
+
+FAILS_LATER = '''
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        if x.shape[0] == 4:  # the last, short batch of an epoch
+            raise RuntimeError("a batch of four")
+        return self.body(x)
+
+def build(input_shape, n_outputs):
+    return Net()
+'''
+
+
+def test_a_forward_that_fails_while_training_is_one_line_with_its_line(tmp_path):
+    (tmp_path / "m.py").write_text(FAILS_LATER)
+    f = tmp_path / "e.toml"
+    f.write_text(TINY.split("[[model.layers]]")[0].replace("batch_size = 20", "batch_size = 22") +
+                 '[model]\nbuilder = "m.py:build"\n[regularize]\nparams = {"@kernels" = {name = "L2", l2 = 0.01}}\n')
+    res = run(f, tmp_path / "out", "--no-baselines")
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "a batch of four" in res.output and f"(at {tmp_path / 'm.py'}, line 11)" in res.output, res.output

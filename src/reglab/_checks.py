@@ -41,6 +41,15 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def integer(value: Any, name: str) -> int:
+    """``value`` as an int: an integer (Python or numpy), not a bool, float or string."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer; got {name}={value!r} of type {type(value).__name__}")
+    return int(value)
+
+
 def flag(value: Any, name: str) -> bool:
     """``value``, checked to be ``True`` or ``False`` (not a string or number taken as truthy)."""
     if not isinstance(value, bool):

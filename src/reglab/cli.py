@@ -166,6 +166,8 @@ def _execute(units, out: Path, **kw) -> dict:
     interrupted groups wrote nothing and are redone by the next run. ``info["runs"]``: every
     finished run under ``out`` of the files as they are now (``load_runs``), read once for the
     messages and what follows; ``info["earlier"]``: those of earlier versions, left out."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from .experiments.current import CurrentRecordError
     from .experiments.runner import Unit, execute, load_runs
 
@@ -192,7 +194,16 @@ def _execute(units, out: Path, **kw) -> dict:
         if type(e).__name__ == "RayBackendError" or isinstance(e, CurrentRecordError):
             raise click.ClickException(str(e)) from None
         raise
-    except KeyboardInterrupt:
+    except BrokenProcessPool:
+        done = sum(Unit.done(u, out) for u in units)
+        raise click.ClickException(f"a helper process died (killed from outside, or by the system when memory ran "
+                                   f"out): {done} of {len(units)} runs are finished and kept in {out}/runs, the "
+                                   "unfinished ones were not written -- run the same command again (with fewer "
+                                   "--workers if memory is short)") from None
+    except KeyboardInterrupt as e:
+        from .experiments.interrupts import note_helper
+
+        note_helper(e)  # a SIGTERM that reached a helper alone stops this run as a SIGTERM
         _ignore_stops()  # the first is being handled: a second must not cut the clean-up short
         done = sum(Unit.done(u, out) for u in units)
         _stop(f"{_signal_name()}: {done} of {len(units)} runs are finished and kept in {out}/runs; the unfinished "
@@ -249,11 +260,29 @@ class _Commands(click.Group):
             raise click.ClickException(str(e)) from None
         except OSError as e:
             if not is_disk_error(e):
-                raise
+                raise _in_user_code(e) or e
             raise click.ClickException(
-                f"cannot write {e.filename or 'the output'}: {e.strerror}. What had finished is kept; nothing "
-                "half-written was left (each file is written whole or not at all) -- free some space or make the "
-                "folder writable, then run the same command again") from None
+                (f"cannot write {e.filename}: {e.strerror}." if e.filename else f"a write failed: {e.strerror}.") +
+                " What had finished is kept; nothing half-written was left (each file is written whole or not at "
+                "all) -- free some space or make the folder writable, then run the same command again") from None
+        except Exception as e:
+            raise _in_user_code(e) or e
+
+
+def _in_user_code(e: BaseException) -> click.ClickException | None:
+    """A one-line error for an exception that came from the user's code while a model trained (a
+    forward pass that fails on a later batch): its message and the line of the user's code (in
+    ``e`` or its causes), and what was kept. None where no frame of the user's code is in it (a
+    fault of reglab's own shows its traceback)."""
+    from .experiments.code import where_in
+
+    for cause in (e, e.__cause__, e.__context__):
+        line = where_in(cause) if cause is not None else ""
+        if line:
+            text = str(e).strip().splitlines()
+            return click.ClickException(f"{type(e).__name__}: {text[0] if text else ''}{line}. Finished runs are kept; "
+                                        "the group that was training wrote nothing")
+    return None
 
 
 def _threads_option(f):

@@ -52,7 +52,13 @@ class Constraint:
         """``self(w)`` (``stacked``: ``self.stacked(w)``), checked to have ``w``'s shape, for the
         copy into the weight: a constraint that returns another shape is an error naming it, never
         broadcast into the weight."""
-        out = self.stacked(w) if stacked else self(w)
+        try:
+            out = self.stacked(w) if stacked else self(w)
+        except (RuntimeError, ValueError):
+            one = self(w[0] if stacked else w)  # what it returns for one weight says what went wrong
+            if isinstance(one, torch.Tensor):
+                raise
+            out = one
         if not isinstance(out, torch.Tensor) or out.shape != w.shape:
             lead = 1 if stacked else 0  # the shapes of one model's weight
             got = f"shape {tuple(out.shape[lead:])}" if isinstance(out, torch.Tensor) else type(out).__name__

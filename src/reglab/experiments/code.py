@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,12 +56,19 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
             spec = importlib.util.spec_from_file_location(name, path)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod  # dataclasses and pickling look modules up by name
+            cwd = os.getcwd()
             try:
                 spec.loader.exec_module(mod)
-            except (Exception, SystemExit) as e:
+            except KeyboardInterrupt:
+                sys.modules.pop(name, None)
+                raise
+            except BaseException as e:  # SystemExit too
                 sys.modules.pop(name, None)
                 raise UserCodeError(f"{where}: importing {str(path)!r} {_what(e)}{where_in(e, str(path))}") \
                     from None
+            finally:
+                if os.getcwd() != cwd:
+                    os.chdir(cwd)
             _LOADED[key] = mod
         source: str | None = str(path)
     else:
@@ -68,7 +76,9 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
             mod = importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"{where}: cannot import module {module!r}: {e}") from None
-        except (Exception, SystemExit) as e:  # the module's own code failed while it was imported
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # the module's own code failed while it was imported
             raise UserCodeError(f"{where}: importing module {module!r} {_what(e)}{where_in(e)}") from None
         source = getattr(mod, "__file__", None)
         digest = file_sha256(source) if source and Path(source).is_file() else None
@@ -87,7 +97,10 @@ def _what(e: BaseException) -> str:
     """``raised TYPE: first line`` or ``called sys.exit(CODE)``."""
     if isinstance(e, SystemExit):
         return f"called sys.exit({e.code!r})"
-    text = str(e).strip().splitlines()
+    try:
+        text = str(e).strip().splitlines()
+    except Exception:  # noqa: BLE001 -- an exception whose __str__ fails
+        text = ["(its message could not be made)"]
     return f"raised {type(e).__name__}" + (f": {text[0]}" if text else "")
 
 
@@ -118,10 +131,14 @@ def call_user(fn: Callable[..., Any], where: str, *args: Any, **kwargs: Any) -> 
     exception or ``SystemExit`` -- becomes a ``UserCodeError``: ``"<where> raised TYPE: message
     (at FILE, line N)"``, ``where`` naming the file, key and code (``"exp.toml: model.builder:
     models.py:build"``), the line the innermost of the user's code. A Ctrl-C passes through."""
+    cwd = os.getcwd()
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise
-    except (Exception, SystemExit) as e:
+    except BaseException as e:  # SystemExit too
         source = getattr(getattr(fn, "__code__", None), "co_filename", None)
         raise UserCodeError(f"{where} {_what(e)}{where_in(e, source) or where_in(e)}") from None
+    finally:
+        if os.getcwd() != cwd:  # the user's code changed directory: relative paths (--out) keep their meaning
+            os.chdir(cwd)

@@ -33,7 +33,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .files import write_json
+from .files import own_file, write_json
 
 __all__ = ["mark_current", "split_current", "named", "CurrentRecordError", "RECORD"]
 
@@ -82,7 +82,7 @@ def mark_current(out: str | Path, units: Iterable[Any], replace: bool = False) -
             if not s.is_baseline and s.baseline().name not in e["baselines"]:
                 e["baselines"].append(s.baseline().name)
     out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / f".{RECORD}.lock")):
+    with FileLock(str(own_file(out / f".{RECORD}.lock"))):
         entries, only = ({}, True) if replace else (_read(out) or ({}, False))
         entries.update(planned)
         write_json(out / RECORD, {"experiments": entries, "only": only})

@@ -216,6 +216,9 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
         df = pd.read_csv(path)
     except Exception as e:  # pandas raises several kinds for a bad file
         _fail(file, key, f"cannot read {str(path)!r} as CSV: {e}")
+    _unique_header(path, list(df.columns), file, key)
+    if df.empty:
+        _fail(file, key, f"{str(path)!r} has a header ({list(df.columns)[:10]}) but no rows")
     if target is None or target not in df.columns:
         _fail(file, "data.target", f"column {target!r} not in {str(path)!r}; its columns are {list(df.columns)}")
     xdf = df.drop(columns=[target])
@@ -234,6 +237,22 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
     _within_float32(xdf.to_numpy(dtype=np.float64), file, key, f"{str(path)!r}: input column(s) hold",
                     lambda i: f"line {i + 2} of the file")
     return xdf.to_numpy(dtype=np.float32), df[target].to_numpy()
+
+
+def _unique_header(path: Path, columns: list, file: str, key: str) -> None:
+    """Each column name of a CSV once (pandas renames a repeated ``t`` to ``t.1``: the wrong
+    column would be the target or an input)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    if len(header) == len(columns):
+        seen: set[str] = set()
+        for name in header:
+            if name in seen:
+                _fail(file, key, f"{str(path)!r}: the column name {name!r} appears twice in the header: each column "
+                      "needs its own name")
+            seen.add(name)
 
 
 def _same_columns(paths: Mapping[str, Path], file: str) -> None:
@@ -439,9 +458,9 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     if task == "binary" and all_y.shape[1] == 1 and _integral(all_y) and np.unique(all_y).size > 2:
         _fail(file, "data.task", f"binary needs two classes; the targets have {np.unique(all_y).size} values")
     if task in ("binary", "multiclass") and np.unique(all_y).size < 2:
-        _fail(file, "data", f"the targets hold one class only ({all_y.reshape(-1)[0]!r} in all {all_y.shape[0]} "
-              "examples): a classifier has nothing to learn; check the target column (or set data.task = "
-              "\"regression\")")
+        only = all_y.reshape(-1)[0].item()
+        _fail(file, "data", f"the targets hold one class only ({only!r} in all {all_y.shape[0]} examples): a "
+              "classifier has nothing to learn; check the target column (or set data.task = \"regression\")")
     if task == "multiclass" and n_classes:
         _every_class(all_y.reshape(-1), n_classes, file)
     roles = {r: (np.asarray(x), _labels(np.asarray(y), task, n_classes, file, key(r))) for r, (x, y) in roles.items()}

@@ -21,10 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json", "write_text", "own_folder", "OutputError", "DISK_ERRNOS", "is_disk_error"]
+__all__ = ["atomic_write", "write_json", "write_text", "own_folder", "own_file", "OutputError", "DISK_ERRNOS",
+           "is_disk_error"]
 
 #: the errors of a disk or folder that cannot take what is written (full, read-only, no permission, quota)
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG})
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it (there is no other way), then put it back
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()  # what open() would give a new file here
 
 
 class OutputError(ValueError):
@@ -59,6 +69,15 @@ def own_folder(out: str | Path, *parts: str) -> Path:
     return folder
 
 
+def own_file(path: str | Path) -> Path:
+    """``path``, a file reglab opens in place (a lock): a symlink there is an ``OutputError``."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symlink; reglab keeps its own files there and writes nothing outside the "
+                          "output folder: remove the link")
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], durable: bool = False) -> None:
     """Write ``path`` atomically: a unique temporary file in its folder (which must exist), then
     a rename over the name -- which replaces a symlink there instead of writing through it.
@@ -74,6 +93,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], durable: bool = False
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
     try:
+        os.fchmod(fd, _MODE)  # mkstemp makes files 0600: the results are the user's to share as any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             if durable:

@@ -27,6 +27,7 @@ _POLL_S = 0.5
 _busy = False
 _stopping = False
 _started = False  # whether this process has started helpers
+_signal: int | None = None  # the first stopping signal this helper got
 _STOPS = {signal.SIGINT, signal.SIGTERM}  # a helper stops its task on either (SIGTERM: a scheduler's, to the group)
 
 
@@ -40,10 +41,19 @@ def run_task(fn, *args):
     the helper starts no further task (those already queued to it fail at once)."""
     global _busy
     if _stopping:
-        raise KeyboardInterrupt("the run was interrupted before this task started")
+        from .interrupts import HELPER_TERMINATED
+
+        raise KeyboardInterrupt(HELPER_TERMINATED if _signal == signal.SIGTERM else
+                                "the run was interrupted before this task started")
     _busy = True
     try:
         return fn(*args)
+    except KeyboardInterrupt:
+        if _signal == signal.SIGTERM:  # said to the parent, which stops as by SIGTERM (``interrupts.note_helper``)
+            from .interrupts import HELPER_TERMINATED
+
+            raise KeyboardInterrupt(HELPER_TERMINATED) from None
+        raise
     finally:
         _busy = False
 
@@ -51,8 +61,9 @@ def run_task(fn, *args):
 def _on_sigint(signum, frame) -> None:
     # the first Ctrl-C (or SIGTERM) interrupts the running task (its group then writes nothing);
     # an idle helper, or one already stopping, ignores it: the parent shuts the pool down
-    global _busy, _stopping
+    global _busy, _stopping, _signal
     _stopping = True
+    _signal = _signal or signum
     if _busy:
         _busy = False
         raise KeyboardInterrupt

@@ -13,7 +13,10 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["handle_terminate", "exit_status", "received"]
+__all__ = ["handle_terminate", "exit_status", "received", "note_helper", "HELPER_TERMINATED"]
+
+#: the message of the interrupt a helper process raises on SIGTERM (``helpers``)
+HELPER_TERMINATED = "a helper process was terminated (SIGTERM)"
 
 _received: int | None = None
 
@@ -30,6 +33,14 @@ def handle_terminate() -> None:
     is being handled is ignored). Only from the main thread (Python's rule for signal handlers)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_terminate)
+
+
+def note_helper(e: BaseException) -> None:
+    """Where ``e`` is a helper's interrupt by SIGTERM (``HELPER_TERMINATED``) and this process
+    got no signal itself: the run stops as by SIGTERM (143)."""
+    global _received
+    if _received is None and HELPER_TERMINATED in str(e):
+        _received = signal.SIGTERM
 
 
 def received() -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .files import own_folder
+from .files import own_file, own_folder
 
 __all__ = ["GroupLocks"]
 
@@ -31,7 +31,7 @@ class GroupLocks:
         name = hashlib.sha256(key.encode()).hexdigest()[:24]
         own_folder(self.folder.parent, "locks")
         # not thread-local: a lock this object took is released by it from any thread
-        return FileLock(str(self.folder / f"{name}.lock"), thread_local=False)
+        return FileLock(str(own_file(self.folder / f"{name}.lock")), thread_local=False)
 
     def try_acquire(self, key: str) -> bool:
         """Take the group's lock if no other process holds it."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def results_frame(rows: list[dict]):
 
 def load_results(out: str | Path):
     """Every finished run under ``out`` as a pandas ``DataFrame`` (see the module docstring)."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a results folder (a path); got {out!r} of type {type(out).__name__}")
     if not Path(out).is_dir():
         raise FileNotFoundError(f"{out}: no such results folder")
     return results_frame(load_runs(out))

@@ -559,6 +559,23 @@ def _repeated(values: list) -> Any:
     return None
 
 
+def _canonical(v: Any) -> Any:
+    """``v`` with each serialized regularizer or constraint in its canonical form (``"l2"`` and
+    ``"L2"`` are one class), for telling grid points apart; the run identity keeps them as written."""
+    if isinstance(v, Mapping):
+        if "class_name" in v:
+            for module in (_regularizers, _constraints):
+                try:
+                    obj = module.deserialize(v)
+                    return type(obj).__name__, repr(obj.get_config())
+                except (ValueError, TypeError, KeyError, NotImplementedError):
+                    continue
+        return {k: _canonical(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_canonical(x) for x in v]
+    return v
+
+
 def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
     """One spec per grid point of the file's ``[[sweep]]`` entries (their product), each
     validated; a file without sweeps gives one spec."""
@@ -607,6 +624,14 @@ def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
         if axes:
             spec.config["sweep_point"] = {column(p): v for (p, _), v in zip(axes, point)}
         specs.append(spec)
+    if len(specs) > 1:  # two values that mean one thing ("L2" and "l2", "swish" and "silu")
+        seen: dict[str, ExperimentSpec] = {}
+        for s in specs:
+            trained = {k: v for k, v in s.config.items() if k not in PRESENTATION + ("name", "sweep_point")}
+            other = seen.setdefault(json.dumps([_canonical(trained), s.inputs], sort_keys=True, default=repr), s)
+            if other is not s:
+                raise ConfigError(f"{file}: sweep: the grid points {other.sweep_point} and {s.sweep_point} train the "
+                                  "same experiment (their values mean the same): each grid point once")
     return specs
 
 

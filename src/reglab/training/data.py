@@ -30,6 +30,13 @@ def as_tensor(a: Any, name: str, dtype: torch.dtype | None, device: Any, keep_in
         if bool(bad.any()):
             first = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s); first at index {first}")
+        if dtype is not None and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(t.dtype).max:
+            big = t.abs() > torch.finfo(dtype).max  # finite here, inf once cast to the model's dtype
+            if bool(big.any()):
+                first = tuple(int(i) for i in big.nonzero()[0])
+                raise ValueError(f"{name} holds {int(big.sum())} value(s) beyond {dtype}'s range (+-"
+                                 f"{torch.finfo(dtype).max:.3g}), the model's dtype; first at index {first}: rescale "
+                                 "the data (or train the model in float64)")
     if dtype is not None:
         t = as_input(t, dtype) if keep_ints else t.to(dtype)
     return t.to(device) if device is not None else t

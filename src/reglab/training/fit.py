@@ -313,6 +313,8 @@ def fit(
     _threads.check(threads)
     check_trainable(model)
     callbacks = check_callbacks(callbacks)
+    if seed is not None:
+        seed = _checks.integer(seed, "seed")
     if device is not None:
         model.to(device)
     p0 = next(model.parameters())

@@ -82,6 +82,20 @@ def _estimate_bytes(model: nn.Module, batch_size: int, n_features: int) -> int:
     return itemsize * (6 * n_params + 4 * batch_size * widest * n_layers)
 
 
+def _check_distinct(models: list[nn.Module], seed0: int) -> None:
+    """Every built model is a model of its own: no trainable parameter shared with another (a
+    builder that returns one module it keeps, or puts a shared layer in each, would train one set
+    of weights; a frozen one, a shared pretrained backbone, may be shared)."""
+    owner: dict[int, int] = {}
+    for i, m in enumerate(models):
+        for p in (q for q in m.parameters() if q.requires_grad):
+            j = owner.setdefault(id(p), i)
+            if j != i:
+                raise ValueError("build() returned models that share parameters (the same module, or a layer kept "
+                                 "outside the builder): it must build a new model, with new layers, on each call "
+                                 f"(models {j} and {i} of the group of seed {seed0})")
+
+
 def _check_one_architecture(first, models, configs, first_config) -> None:
     """Every model's parameters have model 0's names and shapes (else: name the grid points)."""
     want = [(n, tuple(p.shape)) for n, p in first.named_parameters()]
@@ -144,6 +158,9 @@ def fit_many(
     (for one model's work per step on the loop engine, as ``fit``).
     """
     grid = [dict(g) for g in (grid or [{}])]
+    for i, g in enumerate(grid):
+        if g in grid[:i]:
+            raise ValueError(f"grid[{i}] = {g!r} repeats grid[{grid.index(g)}]: each grid point once")
     seeds, epochs, batch_size, metrics, stoppers = _checked(seeds, optimizer, engine, epochs, batch_size, metrics,
                                                             threads, callbacks)
     configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]  # model i's
@@ -165,6 +182,7 @@ def fit_many(
         idx = list(range(c0, c1))
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]
         _check_one_architecture(first, [b[0] for b in built], [configs[i] for i in idx], configs[0])
+        _check_distinct([first] + [b[0] for i, b in zip(idx, built) if i != 0], configs[0]["seed"])
         res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
                            dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                                 threads=threads, metrics=metrics))
@@ -187,9 +205,14 @@ def _bar(M: int, progress: bool) -> Any:
 def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, callbacks) -> tuple:
     """``fit_many``'s arguments checked where they enter: ``(seeds, epochs, batch_size, metrics,
     [the EarlyStopping])``."""
-    seeds = [int(s) for s in seeds]
+    try:
+        seeds = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers; got seeds={seeds!r}") from None
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must differ (a repeated seed trains the same model twice); got seeds={seeds}")
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
     if engine != "auto" and engine not in KINDS:
