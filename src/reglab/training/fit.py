@@ -44,6 +44,15 @@ def check_trainable(model: Any, what: str = "model") -> nn.Parameter:
     return params[0]
 
 
+def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
+    """An optimizer instance steps some of the model's trainable parameters."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        mine = {id(p) for p in model.parameters() if p.requires_grad}
+        if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+            raise ValueError("the optimizer updates none of the model's trainable parameters (was it made for another "
+                             "model?): make it from this one, e.g. torch.optim.Adam(model.parameters())")
+
+
 def check_callbacks(callbacks: Any) -> list[Callback]:
     """``callbacks`` as a list, each checked to be a reglab ``Callback``."""
     if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
@@ -318,11 +327,7 @@ def fit(
     if device is not None:
         model.to(device)
     p0 = next(model.parameters())
-    if isinstance(optimizer, torch.optim.Optimizer):
-        mine = {id(p) for p in model.parameters() if p.requires_grad}
-        if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
-            raise ValueError("the optimizer updates none of the model's trainable parameters (was it made for another "
-                             "model?): make it from this one, e.g. torch.optim.Adam(model.parameters())")
+    _check_optimizer(model, optimizer)
     dtype, dev = p0.dtype, p0.device
     loss_fn = _losses.get(loss)
     refresh_constraints(model)

@@ -82,6 +82,12 @@ def _estimate_bytes(model: nn.Module, batch_size: int, n_features: int) -> int:
     return itemsize * (6 * n_params + 4 * batch_size * widest * n_layers)
 
 
+def _check_chunk(first: nn.Module, models: list[nn.Module], idx: list[int], configs: list[dict]) -> None:
+    """A chunk's models: model 0's architecture, each a model of its own."""
+    _check_one_architecture(first, models, [configs[i] for i in idx], configs[0])
+    _check_distinct([first] + [m for i, m in zip(idx, models) if i != 0], configs[0]["seed"])
+
+
 def _check_distinct(models: list[nn.Module], seed0: int) -> None:
     """Every built model is a model of its own: no trainable parameter shared with another (a
     builder that returns one module it keeps, or puts a shared layer in each, would train one set
@@ -157,10 +163,7 @@ def fit_many(
     ``threads``: torch's intra-op threads (restored after); None: the ``reglab.threads`` rule
     (for one model's work per step on the loop engine, as ``fit``).
     """
-    grid = [dict(g) for g in (grid or [{}])]
-    for i, g in enumerate(grid):
-        if g in grid[:i]:
-            raise ValueError(f"grid[{i}] = {g!r} repeats grid[{grid.index(g)}]: each grid point once")
+    grid = _grid(grid)
     seeds, epochs, batch_size, metrics, stoppers = _checked(seeds, optimizer, engine, epochs, batch_size, metrics,
                                                             threads, callbacks)
     configs = [{"seed": s, **g} for s, g in itertools.product(seeds, grid)]  # model i's
@@ -181,8 +184,7 @@ def fit_many(
     for c0, c1 in zip(bounds, bounds[1:]):
         idx = list(range(c0, c1))
         built = [(first, first_loss) if i == 0 else make(i) for i in idx]
-        _check_one_architecture(first, [b[0] for b in built], [configs[i] for i in idx], configs[0])
-        _check_distinct([first] + [b[0] for i, b in zip(idx, built) if i != 0], configs[0]["seed"])
+        _check_chunk(first, [b[0] for b in built], idx, configs)
         res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
                            dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                                 threads=threads, metrics=metrics))
@@ -200,6 +202,15 @@ def _bar(M: int, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=M, desc="fit_many", unit="model", disable=not progress or not sys.stderr.isatty())
+
+
+def _grid(grid: Sequence[Mapping[str, Any]] | None) -> list[dict]:
+    """The grid points as dicts (``[{}]``: none), each once."""
+    points = [dict(g) for g in (grid or [{}])]
+    for i, g in enumerate(points):
+        if g in points[:i]:
+            raise ValueError(f"grid[{i}] = {g!r} repeats grid[{points.index(g)}]: each grid point once")
+    return points
 
 
 def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, callbacks) -> tuple:
