@@ -332,6 +332,20 @@ def list_cmd(paths: tuple[str, ...]) -> None:
                    f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds" + (f"  [{point}]" if point else ""))
         click.echo(f"{'':24s} {s.title}")
         click.echo(f"{'':24s} engine: {_engine_line(s)}")
+        labels = _labels_line(s)
+        if labels:
+            click.echo(f"{'':24s} labels: {labels}")
+
+
+def _labels_line(spec) -> str | None:
+    """``name = 0, ...`` where the data's class labels are strings (encoded in sorted order)."""
+    from .experiments.runner import splits_of
+
+    try:
+        classes = splits_of(spec, 0).classes
+    except (ValueError, OSError):
+        return None  # said on the engine line
+    return ", ".join(f"{c} = {i}" for i, c in enumerate(classes)) if classes else None
 
 
 def _engine_line(spec) -> str:

@@ -17,7 +17,7 @@ from ..training.callbacks import EarlyStopping
 from .code import UserCodeError, call_user, resolve
 from .schema import ExperimentSpec
 
-__all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "DEFAULT_LOSS"]
+__all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "regression_loss", "DEFAULT_LOSS"]
 
 #: the loss an experiment trains with when ``train.loss`` is absent
 DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
@@ -120,6 +120,18 @@ def loss_of(spec: ExperimentSpec, task: str) -> Any:
         cls = type(_losses.get(lo["name"]))
         return cls(from_logits=bool(lo.get("from_logits", False)))
     return lo
+
+
+def regression_loss(spec: ExperimentSpec) -> str | None:
+    """The training loss's name where the file names a regression loss (mean squared or absolute
+    error; of a regularized loss, its data loss), else None: integer targets are then a regression."""
+    lo = spec.config["train"].get("loss")
+    if isinstance(lo, dict):
+        lo = lo.get("data_loss") if lo.get("name") == "regularized" else lo.get("name")
+    if not isinstance(lo, str):
+        return None
+    loss = _losses.get(lo)
+    return loss.name if isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)) else None
 
 
 def loss_name(spec: ExperimentSpec, task: str) -> str:

@@ -64,6 +64,7 @@ class Splits:
     validation_is_test: bool = False
     transform: Callable[[np.ndarray], np.ndarray] | None = None  # None: the model sees the raw inputs
     y_transform: Callable[[np.ndarray], np.ndarray] | None = None
+    classes: list[str] | None = None  # string labels: class i is classes[i] (sorted)
 
     def model_inputs(self, x: np.ndarray) -> np.ndarray:
         """Raw inputs (e.g. a fresh sample) as the model sees them."""
@@ -225,8 +226,12 @@ def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarr
     non_num = [c for c in xdf.columns if not pd.api.types.is_numeric_dtype(xdf[c])]
     if non_num:
         _fail(file, key, f"{str(path)!r}: non-numeric input column(s) {non_num}")
-    if not pd.api.types.is_numeric_dtype(df[target]):
-        _fail(file, "data.target", f"{str(path)!r}: column {target!r} is not numeric")
+    if not pd.api.types.is_numeric_dtype(df[target]):  # class names: encoded by ``_encode_labels``
+        if df[target].isna().any():
+            r = int(np.argwhere(df[target].isna().to_numpy())[0][0])
+            _fail(file, "data.target", f"{str(path)!r}: {int(df[target].isna().sum())} empty target value(s), the "
+                  f"first on line {r + 2} of the file")
+        return xdf.to_numpy(dtype=np.float32), df[target].astype(str).to_numpy()
     for cols, what in ((xdf, "input"), (df[[target]], "target")):
         bad = ~np.isfinite(cols.to_numpy(dtype=np.float64))
         if bad.any():
@@ -441,17 +446,46 @@ def _split_off(x, y, frac, seed, task):
         return train_test_split(x, y, test_size=frac, random_state=seed)
 
 
-def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | Path, file: str, seed: int) -> Splits:
-    """The three splits for one seed, validated (shapes, NaN, labels fitting the task)."""
+def _encode_labels(roles: dict[str, tuple], data: Mapping[str, Any], regression_loss: str | None,
+                   file: str) -> tuple[dict[str, tuple], list[str] | None]:
+    """String class labels (``"setosa"``) as integers 0..K-1 in sorted order, the same mapping for
+    every role, and the class names; numbers are left as they are (``None``)."""
+    ys = [np.asarray(y) for _, y in roles.values()]
+    if not any(y.dtype.kind in "USO" for y in ys):
+        return roles, None
+    if data.get("task") == "regression" or regression_loss:
+        why = "data.task is \"regression\"" if data.get("task") == "regression" else \
+            f"the loss {regression_loss} is a regression loss"
+        _fail(file, "data.task" if data.get("task") else "train.loss", f"the targets are class names (strings) but "
+              f"{why}: a regression needs numbers; for classes, use a classification loss (or remove data.task)")
+    try:
+        names = sorted({str(v) for y in ys for v in y.reshape(-1)})
+    except TypeError as e:
+        _fail(file, "data", f"the targets mix strings with other values: {e}")
+    index = {n: i for i, n in enumerate(names)}
+    return {r: (x, np.array([index[str(v)] for v in np.asarray(y).reshape(-1)], dtype=np.int64).reshape(
+        np.asarray(y).shape)) for r, (x, y) in roles.items()}, names
+
+
+def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | Path, file: str, seed: int,
+                regression_loss: str | None = None) -> Splits:
+    """The three splits for one seed, validated (shapes, NaN, labels fitting the task). String
+    class labels are encoded (``Splits.classes``); ``regression_loss``, the name of the training
+    loss where it is a regression loss, makes integer targets a regression where ``data.task``
+    does not say."""
     base = Path(base)
     resample = bool(split.get("resample", True))
     data_seed = seed if resample else 0
     roles, dist, known_task = _raw(data, base, file, data_seed)
+    roles, classes = _encode_labels(roles, data, regression_loss, file)
     key = lambda r: _source_key(data, base, r)  # noqa: E731
     for role, (x, y) in roles.items():
         _check_xy(np.asarray(x), np.asarray(y), file, key(role))
     all_y = np.concatenate([np.asarray(y).reshape(np.asarray(y).shape[0], -1) for _, y in roles.values()])
-    task = data.get("task") or known_task or infer_task(all_y if all_y.shape[1] > 1 else all_y.reshape(-1))
+    task = data.get("task") or known_task or ("regression" if regression_loss and classes is None else None) or \
+        infer_task(all_y if all_y.shape[1] > 1 else all_y.reshape(-1))
+    if classes is not None and task == "regression":
+        _fail(file, "data.task", "the targets are class names (strings): the task is binary or multiclass")
     n_classes = None
     if task == "multiclass":
         n_classes = int(all_y.max()) + 1 if _integral(all_y) else None
@@ -511,7 +545,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         ytr, yv, yte = y_transform(ytr), y_transform(yv), y_transform(yte)
     if val_is_test:
         xv, yv = xte, yte
-    return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform)
+    return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform, classes)
 
 
 class _Standardize:

@@ -36,7 +36,7 @@ from ..diagnostics.sparsity import sparsity
 from ..training.data import as_input
 from ..training.fit import PROBE, check_targets_and_outputs, check_trainable, probe_inputs
 from ..vectorized.fit_many import fit_many
-from .build import builder, early_stopping, from_logits, loss_name, loss_of
+from .build import builder, early_stopping, from_logits, loss_name, loss_of, regression_loss
 from .code import file_sha256, where_in
 from .current import mark_current, split_current
 from .data import DataError, Splits, load_splits
@@ -119,7 +119,8 @@ def plan_units(specs: Sequence[ExperimentSpec], seeds: int | None = None, baseli
 
 
 def splits_of(spec: ExperimentSpec, seed: int) -> Splits:
-    return load_splits(spec.config["data"], spec.config["split"], spec.base, spec.path, seed)
+    return load_splits(spec.config["data"], spec.config["split"], spec.base, spec.path, seed,
+                       regression_loss=regression_loss(spec))
 
 
 def prepare(specs: Iterable[ExperimentSpec]) -> None:
@@ -347,7 +348,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
                "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,
                "history": res.histories[i].to_dict(), "failed": _jsonable(failed), "group_wall_time": wall,
                "group_size": len(seeds), "engine": res.engine, "engine_reason": res.engine_reason,
-               "threads": res.threads, **result}
+               "threads": res.threads, **({"classes": sp0.classes} if sp0.classes is not None else {}), **result}
         path = unit.path(out)
         own_folder(out, "runs", spec.name)
         files = {}
