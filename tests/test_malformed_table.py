@@ -581,7 +581,10 @@ data_case("csv_single_class", "csv", {"data.csv": csv_text(40, y=lambda i: 0)})
 data_case("csv_single_class_multiclass_task", "csv", {"data.csv": csv_text(40, y=lambda i: 0)},
           lambda d: set_at(d, ("data", "task"), "multiclass"))
 data_case("csv_string_input", "csv", {"data.csv": csv_text(40, x=lambda i, j: "abc" if j == 0 else "1.0")})
-data_case("csv_string_target", "csv", {"data.csv": csv_text(40, y=lambda i: "yes" if i % 2 else "no")})
+# class names are encoded (tests/test_labels.py); with a regression loss, or one name only, they are an error
+data_case("csv_string_target_with_mse", "csv", {"data.csv": csv_text(40, y=lambda i: "yes" if i % 2 else "no")},
+          lambda d: set_at(d, ("train", "loss"), "mse"))
+data_case("csv_string_target_one_class", "csv", {"data.csv": csv_text(40, y=lambda i: "yes")})
 data_case("csv_nan_input", "csv", {"data.csv": csv_text(40, x=lambda i, j: "" if i == 7 and j == 1 else "0.5")})
 data_case("csv_nan_target", "csv", {"data.csv": csv_text(40, y=lambda i: "" if i == 3 else i % 2)})
 data_case("csv_inf_input", "csv", {"data.csv": csv_text(40, x=lambda i, j: "inf" if i == 5 else "0.5")})
@@ -608,7 +611,8 @@ data_case("npz_x_1d", "npz", {"data.npz": npz(X[:, 0], Y)})
 data_case("npz_y_wrong_length", "npz", {"data.npz": npz(X, Y[:50])})
 data_case("npz_zero_examples", "npz", {"data.npz": npz(np.zeros((0, 2)), np.zeros(0))})
 data_case("npz_x_strings", "npz", {"data.npz": npz(np.array([["a", "b"]] * 60), Y)})
-data_case("npz_y_strings", "npz", {"data.npz": npz(X, np.array(["a", "b"] * 30))})
+data_case("npz_y_strings_with_mse", "npz", {"data.npz": npz(X, np.array(["a", "b"] * 30))},
+          lambda d: set_at(d, ("train", "loss"), "mse"))
 data_case("npz_object_array", "npz", {"data.npz": npz(np.array([[1, "a"]] * 60, dtype=object), Y)})
 data_case("npz_complex_x", "npz", {"data.npz": npz(X + 1j, Y)})
 data_case("npz_not_a_zip", "npz", {"data.npz": b"PK\x03\x04 not really a zip file"})

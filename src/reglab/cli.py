@@ -60,6 +60,17 @@ def _prepare(specs, baselines: bool = True):
         raise click.ClickException(str(e)) from None
 
 
+def _plan(specs, seeds, baselines: bool = True):
+    """``plan_units``, its errors (an experiment equal to its baseline) as the command's."""
+    from .experiments.runner import plan_units
+    from .experiments.schema import ConfigError
+
+    try:
+        return plan_units(specs, seeds, baselines)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _meta_update(out: Path, **kw) -> dict:
     from .experiments.files import write_json
 
@@ -378,11 +389,10 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, threa
         _set_threads(threads)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.results import write_results_csv
-    from .experiments.runner import plan_units
 
     specs = _load(paths)
     _prepare(specs, baselines)
-    units = plan_units(specs, seeds, baselines)
+    units = _plan(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
     info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address)
@@ -495,7 +505,6 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
         _set_threads(threads)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.path import path_file, path_key, regularization_path, with_strength
-    from .experiments.runner import plan_units
     from .experiments.schema import ConfigError
     from .experiments.study import analysis_key, load_study, reusable, run_analysis
     from .report.render import write_report
@@ -529,7 +538,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
     for name, ref, args in st.analyses:
         if not reusable(out_p / "analyses" / f"{name}.json", analysis_key(ref, st.folder, args)):
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
-    info = _execute(plan_units(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
+    info = _execute(_plan(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
                     backend=backend, address=address, record="replace")  # the folder is the study's
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")

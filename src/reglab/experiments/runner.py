@@ -104,6 +104,8 @@ def plan_units(specs: Sequence[ExperimentSpec], seeds: int | None = None, baseli
     baselines are identical share one)."""
     all_specs: list[ExperimentSpec] = []
     seen: set[str] = set()
+    if baselines:
+        _check_baselines_differ(specs)
     for s in specs:
         if baselines and not s.is_baseline:
             b = s.baseline()
@@ -116,6 +118,25 @@ def plan_units(specs: Sequence[ExperimentSpec], seeds: int | None = None, baseli
         n = seeds if seeds is not None else s.seeds
         units.extend(Unit(s, seed) for seed in range(n))
     return units
+
+
+def _check_baselines_differ(specs: Sequence[ExperimentSpec]) -> None:
+    """An experiment file none of whose grid points differs from its baseline would be compared
+    with itself (+0 by construction): a ``ConfigError`` naming the file and ``[baseline] args``.
+    (One grid point that equals its baseline, a sweep's strength 0, is a point of the grid.)"""
+    files: dict[tuple[str, str], list[ExperimentSpec]] = {}
+    for s in specs:
+        if not s.is_baseline:
+            files.setdefault((s.path, s.name), []).append(s)
+    for (path, name), points in files.items():
+        if all(p.trains_as_baseline() for p in points):
+            hint = ("its builder's own regularization (dropout, a weight decay argument) stays on unless "
+                    "[baseline] args turns it off, e.g. [baseline] args = {dropout = 0.0}"
+                    if "builder" in points[0].config["model"] else
+                    "it has no regularizer, constraint, dropout, early stopping or weight decay")
+            raise ConfigError(f"{path}: baseline: the experiment {name!r} trains exactly what its unregularized "
+                              f"baseline trains, so the comparison would be +0 by construction: {hint}; or run it "
+                              "with --no-baselines")
 
 
 def splits_of(spec: ExperimentSpec, seed: int) -> Splits:

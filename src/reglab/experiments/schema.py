@@ -193,6 +193,14 @@ class ExperimentSpec:
         blob = json.dumps({"config": cfg, "inputs": self.inputs}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def trains_as_baseline(self) -> bool:
+        """Whether this experiment trains exactly what its baseline trains (the same model, data,
+        loss, optimizer and schedule: nothing the baseline rule removes -- a builder's own
+        regularization is turned off only by ``[baseline] args``)."""
+        drop = set(PRESENTATION) | {"name", "analysis", "sweep_point", "baseline", "baseline_of"}
+        mine, its = ({k: v for k, v in c.items() if k not in drop} for c in (self.config, self.baseline().config))
+        return mine == its
+
     def baseline(self) -> ExperimentSpec:
         """The unregularized counterpart: the same data, split, model (without its regularizers,
         constraints and dropout; builder arguments overridden by ``[baseline] args``), data loss,
