@@ -288,15 +288,11 @@ def _helper_of(pid: int, timeout: float = 120.0) -> int:
     import time
     from pathlib import Path
 
+    from .test_faults import _children
+
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        kids = []
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                kids += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        for k in kids:
+        for k in _children(pid):
             try:
                 utime = int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[11])
             except (OSError, IndexError, ValueError):
