@@ -4,7 +4,6 @@ step by one process-wide step post-hook (or by an engine, ``engine_steps``)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -108,11 +107,7 @@ def constrain(model: nn.Module, constraints: Mapping[str, Any]) -> Handle:
             raise ValueError(f"parameter {name!r} already has a constraint; remove its handle first")
     handle = Handle()
     for name, (_, c) in hits.items():
-        owner, attr = owner_of(model, name)
-        table = owner.__dict__.setdefault(CONSTRAINTS, {})
-        table[attr] = c
-        handle._add(functools.partial(table.pop, attr, None))
-        handle.sources.append(name)
+        owner = handle.attach(model, name, CONSTRAINTS, c)
         track_live(owner)  # the owner too: a copy of it, or it alone once the model is gone
     track_live(model)
     if _STEP_HOOK is None:

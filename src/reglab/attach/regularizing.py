@@ -59,11 +59,7 @@ def regularize(
             raise ValueError(f"module {name!r} already has an activity regularizer; remove its handle first")
     try:
         for name, (_, reg) in p_hits.items():
-            owner, attr = owner_of(model, name)
-            table = owner.__dict__.setdefault(PARAMS, {})
-            table[attr] = reg
-            handle._add(functools.partial(table.pop, attr, None))
-            handle.sources.append(name)
+            handle.attach(model, name, PARAMS, reg)
         for name, (_, reg) in a_hits.items():
             mod = model.get_submodule(name)
             state = ActivityState(reg)

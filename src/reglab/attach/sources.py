@@ -4,6 +4,7 @@ regularizers and constraints and the activity state (by module), handles, name m
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,16 @@ class Handle:
 
     def _add(self, fn) -> None:
         self._undo.append(fn)
+
+    def attach(self, model: nn.Module, name: str, table_name: str, obj: Any) -> nn.Module:
+        """Put ``obj`` in the table ``table_name`` of the module owning parameter ``name`` (by the
+        parameter's attribute name), undone by ``remove()``; returns the owner."""
+        owner, attr = owner_of(model, name)
+        table = owner.__dict__.setdefault(table_name, {})
+        table[attr] = obj
+        self._add(functools.partial(table.pop, attr, None))
+        self.sources.append(name)
+        return owner
 
     def remove(self) -> None:
         while self._undo:

@@ -14,7 +14,7 @@ from .. import regularizers as _regularizers
 from ..attach import constrain, regularize
 from ..models import mlp
 from ..training.callbacks import EarlyStopping
-from .code import UserCodeError, call_user, resolve
+from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
 from .schema import ExperimentSpec
 
 __all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "regression_loss", "DEFAULT_LOSS"]
@@ -43,17 +43,16 @@ def _call_builder(fn: Callable[..., Any], ref: str, args: dict[str, Any], input_
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        raise UserCodeError(f"{where}: {getattr(fn, '__qualname__', fn)!r} has no signature to call it by (a builtin?); "
-                            "name a Python function that returns a torch.nn.Module") from None
+        raise UserCodeError(f"{where}: {getattr(fn, '__qualname__', fn)!r} {NO_SIGNATURE}; name a Python function that "
+                            "returns a torch.nn.Module") from None
     kw = dict(args)
     varkw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     for k, v in (("input_shape", tuple(input_shape)), ("n_outputs", n_outputs)):
         if k in params or varkw:
             kw.setdefault(k, v)
-    try:
-        inspect.signature(fn).bind(**kw)
-    except TypeError as e:
-        raise ValueError(f"{where}: calling the builder with {sorted(kw)} failed: {e}") from None
+    problem = call_problem(fn, **kw)
+    if problem:
+        raise ValueError(f"{where}: calling the builder with {sorted(kw)} failed: {problem}")
     model = call_user(fn, f"{where}: {ref}", **kw)
     if not isinstance(model, nn.Module):
         raise ValueError(f"{where}: the builder must return a torch.nn.Module; got {type(model).__name__}")

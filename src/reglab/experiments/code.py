@@ -4,16 +4,19 @@ that editing the code reruns the experiment instead of reusing old results)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["resolve", "file_sha256", "is_file_ref", "call_user", "UserCodeError", "where_in"]
+__all__ = ["resolve", "file_sha256", "is_file_ref", "call_user", "call_problem", "NO_SIGNATURE", "UserCodeError",
+           "where_in"]
 
 _LOADED: dict[tuple[str, str], Any] = {}
 
@@ -56,9 +59,9 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
             spec = importlib.util.spec_from_file_location(name, path)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod  # dataclasses and pickling look modules up by name
-            cwd = os.getcwd()
             try:
-                spec.loader.exec_module(mod)
+                with _same_directory():
+                    spec.loader.exec_module(mod)
             except KeyboardInterrupt:
                 sys.modules.pop(name, None)
                 raise
@@ -66,9 +69,6 @@ def resolve(ref: Any, base: str | Path, where: str) -> tuple[Callable[..., Any],
                 sys.modules.pop(name, None)
                 raise UserCodeError(f"{where}: importing {str(path)!r} {_what(e)}{where_in(e, str(path))}") \
                     from None
-            finally:
-                if os.getcwd() != cwd:
-                    os.chdir(cwd)
             _LOADED[key] = mod
         source: str | None = str(path)
     else:
@@ -131,14 +131,40 @@ def call_user(fn: Callable[..., Any], where: str, *args: Any, **kwargs: Any) -> 
     exception or ``SystemExit`` -- becomes a ``UserCodeError``: ``"<where> raised TYPE: message
     (at FILE, line N)"``, ``where`` naming the file, key and code (``"exp.toml: model.builder:
     models.py:build"``), the line the innermost of the user's code. A Ctrl-C passes through."""
-    cwd = os.getcwd()
     try:
-        return fn(*args, **kwargs)
+        with _same_directory():
+            return fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # SystemExit too
         source = getattr(getattr(fn, "__code__", None), "co_filename", None)
         raise UserCodeError(f"{where} {_what(e)}{where_in(e, source) or where_in(e)}") from None
+
+
+@contextlib.contextmanager
+def _same_directory() -> Iterator[None]:
+    """Within: the user's code may change directory; after, the working directory is what it was
+    (relative paths -- ``--out``, the experiment files -- keep their meaning)."""
+    cwd = os.getcwd()
+    try:
+        yield
     finally:
-        if os.getcwd() != cwd:  # the user's code changed directory: relative paths (--out) keep their meaning
+        if os.getcwd() != cwd:
             os.chdir(cwd)
+
+
+NO_SIGNATURE = "has no signature to call it by (a builtin?)"
+
+
+def call_problem(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str | None:
+    """Why ``fn(*args, **kwargs)`` cannot be called, known before the call: ``NO_SIGNATURE``
+    (a builtin without one), the binding's ``TypeError`` message, or None (it binds)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return NO_SIGNATURE
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        return str(e)
+    return None

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import datasets as _datasets
 from ..diagnostics.metrics import TASKS
-from .code import call_user, file_sha256, resolve
+from .code import NO_SIGNATURE, call_problem, call_user, file_sha256, resolve
 
 __all__ = ["Splits", "check_data", "check_split", "DataError", "load_splits", "data_inputs", "MAX_EXAMPLES"]
 
@@ -331,14 +331,9 @@ def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dic
     try:
         fn, _, _ = resolve(data["loader"], base, f"{file}: data.loader")
         args = dict(data.get("args", {}))
-        try:
-            import inspect
-
-            inspect.signature(fn).bind(**args)
-        except TypeError as e:
-            raise DataError(f"{file}: data.args: {e}") from None
-        except ValueError:  # no signature to check (a builtin): the call says what is wrong
-            pass
+        problem = call_problem(fn, **args)
+        if problem and problem != NO_SIGNATURE:  # a builtin: the call says what is wrong
+            raise DataError(f"{file}: data.args: {problem}")
         got = call_user(fn, f"{file}: data.loader: {data['loader']}", **args)
     except DataError:
         raise

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .code import UserCodeError, call_user, resolve
+from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
 from .files import own_folder, write_json
 from .schema import MAX_STRENGTH, ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
 
@@ -240,18 +240,13 @@ def _plugins(raw: dict, folder: Path, file: Path, study: Study) -> None:
 
 def _check_callable(fn: Callable[..., Any], where: str, positional: tuple[str, ...], args: dict) -> None:
     """That ``fn(*positional, **args)`` is a call ``fn`` accepts (before anything trains)."""
-    import inspect
-
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: has no signature to call it by (a builtin?); name a Python function") from None
-    try:
-        sig.bind(*positional, **args)
-    except TypeError as e:
+    problem = call_problem(fn, *positional, **args)
+    if problem == NO_SIGNATURE:
+        raise ConfigError(f"{where}: {NO_SIGNATURE}; name a Python function")
+    if problem:
         call = f"function({', '.join(positional)}{', **args' if args else ''})"
         raise ConfigError(f"{where}: cannot be called as {call}" + (f" with args {sorted(args)}" if args else "") +
-                          f": {e}") from None
+                          f": {problem}")
 
 
 def analysis_key(ref: str, folder: str | Path, args: dict) -> str:

@@ -226,14 +226,13 @@ def write_report(out: str | Path, meta: dict | None = None, title: str | None = 
     _section_experiments(doc, summ, figs)
     _section_sparsity(doc, summ, figs)
     _section_weights(doc, summ, figs)
-    _section_analyses(doc, out, figs)
+    failed += _section_analyses(doc, out, figs)
     _section_env(doc, meta, summ)
     doc.draw()
     md = out / "report.md"
     write_text(md, doc.markdown(out))
     page = out / "report.html"
     write_text(page, doc.html(title or "reglab study report"))
-    failed += [str(a["failed"]) for a in _analysis_docs(out) if a.get("failed")]
     return {"markdown": md, "html": page, "failed": failed}
 
 
@@ -255,19 +254,6 @@ def _section_blocks(fn: Callable[..., Any], where: str | None, title: str, frame
                             (f" holding {sorted({type(b).__name__ for b in blocks})}"
                              if isinstance(blocks, (list, tuple)) else ""))
     return list(blocks)
-
-
-def _analysis_docs(out: Path) -> list[dict]:
-    """The analyses' documents under ``out/analyses`` (damaged ones left out)."""
-    docs = []
-    for f in sorted((out / "analyses").glob("*.json")) if (out / "analyses").is_dir() else []:
-        try:
-            a = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(a, dict):
-            docs.append(a)
-    return docs
 
 
 def _baseline_kinds(runs: list[dict]) -> dict[str, str]:
@@ -587,7 +573,10 @@ def _inside(out: Path, rel: Any) -> Path | None:
     return p if p.is_file() else None
 
 
-def _section_analyses(doc: Doc, out: Path, figs: Path) -> None:
+def _section_analyses(doc: Doc, out: Path, figs: Path) -> list[str]:
+    """The paths and the analyses written under ``out``; returns the failures of analyses that
+    failed (rendered in their place)."""
+    failed = []
     for p in sorted((out / "paths").glob("*.json")) if (out / "paths").is_dir() else []:
         try:
             _path(doc, json.loads(p.read_text()), figs)
@@ -600,6 +589,7 @@ def _section_analyses(doc: Doc, out: Path, figs: Path) -> None:
             if a.get("failed"):
                 doc.p(f"This analysis failed: {a['failed']}. The rest of the study is unaffected; the next "
                       "`reglab study` tries it again.")
+                failed.append(str(a["failed"]))
                 continue
             doc.p(str(a.get("description", "")))
             if a.get("table"):
@@ -612,6 +602,7 @@ def _section_analyses(doc: Doc, out: Path, figs: Path) -> None:
                     doc.img(path, str(fig))
         except (ValueError, KeyError, TypeError, AttributeError):
             doc.p(f"`{f.name}` is damaged and was skipped.")
+    return failed
 
 
 def _path(doc: Doc, pd: dict, figs: Path) -> None:
