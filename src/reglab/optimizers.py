@@ -10,12 +10,21 @@ epsilon 1e-7 added outside the bias correction::
 torch's ``Adam`` adds epsilon to the bias-corrected ``sqrt(v)`` instead and cannot reproduce
 Keras with any epsilon. Every update here is element-wise, so the same optimizer steps a stack of
 M models' parameters (shape ``(M, ...)``) exactly as M separate optimizers would.
+
+Weight decay is Keras's, decoupled from the gradient, for every optimizer here (torch's ``SGD``
+and ``RMSprop`` add ``wd * w`` to the gradient instead): before each update,
+
+    w <- w * (1 - lr * wd)
+
+on every parameter by default, or on those a selector names: ``{"name": "adamw", "decay":
+"@kernels"}`` decays the kernels of Linear/Conv layers only, never biases or normalization
+layers (``reglab.selectors``; Keras's ``exclude_from_weight_decay`` the other way round).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -23,11 +32,55 @@ from torch.optim import optimizer as _opt
 
 from . import _checks
 
-__all__ = ["KerasAdam", "KerasSGD", "KerasRMSprop", "get", "unhooked_step", "OPTIMIZERS"]
+__all__ = ["KerasAdam", "KerasSGD", "KerasRMSprop", "get", "unhooked_step", "OPTIMIZERS", "DECAY_KEY"]
+
+#: the param-group key holding a group's decoupled weight decay (torch's own ``weight_decay`` stays 0)
+DECAY_KEY = "keras_weight_decay"
+#: the param-group key holding, for a stacked buffer, which of its columns decay (a bool tensor
+#: over its last axis, the same for every model); absent: the group's tensors decay whole
+MASK_KEY = "decay_mask"
 
 
-class KerasAdam(torch.optim.AdamW):
-    """Keras 3 ``Adam`` (``AdamW`` with ``weight_decay``: Keras decays ``w -= w * wd * lr`` first).
+class _KerasDecay:
+    """Keras's decoupled weight decay (``_apply_weight_decay``), before the update:
+    ``w <- w * (1 - lr * wd)`` on the stepped parameters (those with a gradient) of every group
+    whose ``DECAY_KEY`` is not 0 -- on a ``MASK_KEY`` group only the masked columns, by
+    ``w * where(mask, 1 - lr * wd, 1)`` (the same rounding: an element times ``1`` is itself)."""
+
+    param_groups: list[dict[str, Any]]
+
+    def _init_decay(self, weight_decay: float | None) -> None:
+        wd = 0.0 if weight_decay is None else _checks.non_negative_float(weight_decay, "weight_decay")
+        self.defaults[DECAY_KEY] = wd
+        for g in self.param_groups:
+            g.setdefault(DECAY_KEY, wd)
+        self._factors: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _decay(self) -> None:
+        for g in self.param_groups:
+            wd = g.get(DECAY_KEY, 0.0)
+            if not wd:
+                continue
+            factor = 1 - float(g["lr"]) * wd
+            params = [p for p in g["params"] if p.grad is not None]
+            mask = g.get(MASK_KEY)
+            if mask is None:
+                if params:
+                    torch._foreach_mul_(params, factor)
+                continue
+            for p in params:
+                key = (id(mask), factor, p.dtype, p.device)
+                f = self._factors.get(key)
+                if f is None:
+                    self._factors.clear()  # one learning rate at a time (a schedule changes it)
+                    f = self._factors[key] = torch.where(mask.to(p.device), p.new_tensor(factor), p.new_tensor(1.0))
+                p.mul_(f)
+
+
+class KerasAdam(_KerasDecay, torch.optim.AdamW):
+    """Keras 3 ``Adam`` (``AdamW`` with ``weight_decay``: Keras decays ``w -= w * wd * lr`` first,
+    ``_KerasDecay``; torch's own decay, the same product, is left at 0).
 
     Implemented on torch's fused/foreach ``AdamW`` kernels: torch computes
     ``w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps')``; with ``eps' = epsilon/sqrt(1-b2^t)``,
@@ -40,13 +93,13 @@ class KerasAdam(torch.optim.AdamW):
         for n, b in (("beta_1", beta_1), ("beta_2", beta_2)):
             _checks.fraction(b, n)
         self.keras_epsilon = _checks.non_negative_float(epsilon, "epsilon")
-        wd = 0.0 if weight_decay is None else _checks.non_negative_float(weight_decay, "weight_decay")
         params = list(params)
         flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
         fused = bool(flat) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in flat) and len(
             {(p.device, p.dtype) for p in flat}) == 1
-        super().__init__(params, lr=lr, betas=(beta_1, beta_2), eps=epsilon, weight_decay=wd,
+        super().__init__(params, lr=lr, betas=(beta_1, beta_2), eps=epsilon, weight_decay=0.0,
                          fused=fused or None, foreach=None if fused else True)
+        self._init_decay(weight_decay)
         self._t = 0
         #: (params, their grads, exp_avgs, exp_avg_sqs, steps) of the fused fast path, checked each step
         self._fast_lists: tuple | None = None
@@ -57,6 +110,7 @@ class KerasAdam(torch.optim.AdamW):
         for group in self.param_groups:
             b2 = group["betas"][1]
             group["eps"] = self.keras_epsilon / math.sqrt(1 - b2**self._t)
+        self._decay()
         if closure is None and self._fast_step():
             return None
         return super().step(closure)
@@ -114,24 +168,39 @@ def unhooked_step(optimizer: torch.optim.Optimizer) -> None:
         raw(optimizer)
 
 
-class KerasSGD(torch.optim.SGD):
-    """Keras 3 ``SGD(learning_rate=0.01, momentum=0.0, nesterov=False)``. For a constant learning
-    rate torch's momentum form ``b = mu b + g; w -= lr b`` equals Keras's ``m = mu m - lr g; w += m``."""
+class KerasSGD(_KerasDecay, torch.optim.SGD):
+    """Keras 3 ``SGD(learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None)``. For a
+    constant learning rate torch's momentum form ``b = mu b + g; w -= lr b`` equals Keras's
+    ``m = mu m - lr g; w += m``; weight decay is Keras's, decoupled (``_KerasDecay``)."""
 
-    def __init__(self, params, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
+    def __init__(self, params, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float | None = None):
         super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"),
                          momentum=_checks.fraction(momentum, "momentum"), nesterov=_checks.flag(nesterov, "nesterov"))
+        self._init_decay(weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        self._decay()
+        return super().step(closure)
 
 
-class KerasRMSprop(torch.optim.RMSprop):
-    """Keras 3 ``RMSprop(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False)``:
-    ``v = rho v + (1 - rho) g**2; w -= lr g / (sqrt(v) + epsilon)`` (torch's form, Keras's defaults)."""
+class KerasRMSprop(_KerasDecay, torch.optim.RMSprop):
+    """Keras 3 ``RMSprop(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+    weight_decay=None)``: ``v = rho v + (1 - rho) g**2; w -= lr g / (sqrt(v) + epsilon)`` (torch's
+    form, Keras's defaults); weight decay is Keras's, decoupled (``_KerasDecay``)."""
 
     def __init__(self, params, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
-                 epsilon: float = 1e-7, centered: bool = False):
+                 epsilon: float = 1e-7, centered: bool = False, weight_decay: float | None = None):
         super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"),
                          alpha=_checks.fraction(rho, "rho"), eps=_checks.non_negative_float(epsilon, "epsilon"),
                          momentum=_checks.fraction(momentum, "momentum"), centered=_checks.flag(centered, "centered"))
+        self._init_decay(weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        self._decay()
+        return super().step(closure)
 
 
 def _adamw(params, learning_rate=0.001, weight_decay=0.004, **kw):
@@ -141,10 +210,41 @@ def _adamw(params, learning_rate=0.001, weight_decay=0.004, **kw):
 OPTIMIZERS = {"adam": KerasAdam, "adamw": _adamw, "sgd": KerasSGD, "rmsprop": KerasRMSprop}
 
 
-def get(identifier: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
+#: the optimizer config key naming the parameters weight decay applies to (a selector or a list)
+DECAY = "decay"
+
+
+def decay_patterns(decay: Any) -> list[str]:
+    """A config's ``decay``: one name pattern or selector (``reglab.selectors``) or a non-empty
+    list of them, as a list; else a ValueError."""
+    pats = [decay] if isinstance(decay, str) else decay
+    if not isinstance(pats, (list, tuple)) or not pats or not all(isinstance(p, str) and p for p in pats):
+        raise ValueError(f"decay must be a parameter pattern such as \"@kernels\" or a list of them; got {decay!r}")
+    return list(pats)
+
+
+def decay_groups(params: list[torch.Tensor], decayed: list[bool | torch.Tensor]) -> list[dict[str, Any]]:
+    """Param groups for ``params`` where ``decayed`` (one entry per tensor: True, False, or a bool
+    mask over its last axis) says which decay: the whole tensors that decay (default decay), those
+    that do not (``DECAY_KEY`` 0) and one group per masked tensor (``MASK_KEY``)."""
+    whole = [p for p, d in zip(params, decayed) if d is True]
+    none = [p for p, d in zip(params, decayed) if d is False]
+    groups: list[dict[str, Any]] = [{"params": whole}] if whole else []
+    groups += [{"params": [p], MASK_KEY: d} for p, d in zip(params, decayed) if isinstance(d, torch.Tensor)]
+    if none:
+        groups.append({"params": none, DECAY_KEY: 0.0})
+    return groups
+
+
+def get(identifier: Any, params: Iterable[Any],
+        decayed: Callable[[list[str]], list[bool | torch.Tensor]] | None = None) -> torch.optim.Optimizer:
     """Build an optimizer for ``params`` from a torch optimizer instance (returned as is), a Keras
     name (``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``) or a config
-    ``{"name": "adam", "learning_rate": 0.005, ...}`` (Keras's argument names and defaults)."""
+    ``{"name": "adam", "learning_rate": 0.005, ...}`` (Keras's argument names and defaults).
+
+    A config's ``decay`` (``DECAY``) names the parameters its ``weight_decay`` applies to:
+    ``decayed(patterns)`` says, for each of ``params``, which of it the patterns select (an
+    engine's ``decayed``); without ``decayed`` the patterns are only checked."""
     if isinstance(identifier, torch.optim.Optimizer):
         return identifier
     if isinstance(identifier, str):
@@ -154,6 +254,14 @@ def get(identifier: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
         name = str(cfg.pop("name", "")).lower()
         if name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)} or a torch optimizer")
+        if DECAY in cfg:
+            patterns = decay_patterns(cfg.pop(DECAY))
+            if not (cfg.get("weight_decay") or name == "adamw" and "weight_decay" not in cfg):
+                raise ValueError(f"optimizer {name!r}: decay {patterns} names the parameters weight decay applies "
+                                 "to, but there is no weight decay: give weight_decay > 0")
+            if decayed is not None:
+                params = list(params)
+                params = decay_groups(params, decayed(patterns))
         try:
             return OPTIMIZERS[name](params, **cfg)
         except TypeError as e:

@@ -70,7 +70,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["KERNELS", "BIASES", "select", "is_selector"]
+__all__ = ["KERNELS", "BIASES", "select", "select_all", "is_selector"]
 
 #: Selector for the kernels (``weight``) of Linear/Bilinear/Conv*/ConvTranspose* layers and the
 #: input projections of MultiheadAttention. Not biases, normalization layers or embeddings.
@@ -183,6 +183,19 @@ def select(model: nn.Module, pattern: str, what: str = "parameter") -> list[str]
             if pred(mod, attr):
                 hit.add(canonical[id(p)])
     return [n for n, _ in named if n in hit]
+
+
+def select_all(model: nn.Module, patterns: list[str], what: str = "parameter") -> set[str]:
+    """The names any of ``patterns`` selects in ``model``; a ValueError where one selects nothing
+    (naming it and, for a selector, the module types present)."""
+    hit: set[str] = set()
+    for pattern in patterns:
+        names = select(model, pattern, what)
+        if not names:
+            types = f"; {describe_types(model, what)}" if is_selector(pattern) else ""
+            raise ValueError(f"{what} pattern {pattern!r} selects no {what} of the model{types}")
+        hit.update(names)
+    return hit
 
 
 def describe_types(model: nn.Module, what: str) -> str:

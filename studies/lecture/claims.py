@@ -129,4 +129,13 @@ def claims(frame, runs, out):
                          f"lambda), decoupled decay minus L2-in-the-loss on the fresh excess log-loss: "
                          f"{c.mean_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.2g} "
                          f"({c.verdict}).")
+    if "x_adamw_kernels" in by and "x_adamw_decay" in by:
+        a, b = by["x_adamw_kernels"].by_seed("excess_log_loss"), by["x_adamw_decay"].by_seed("excess_log_loss")
+        common = sorted(set(a) & set(b))
+        if len(common) > 1:
+            c = paired_comparison([a[s] for s in common], [b[s] for s in common])
+            items.append(f"**AdamW on the kernels only, or on everything?** Decaying the kernels alone (the biases "
+                         f"not decayed) minus decaying every parameter, on the fresh excess log-loss: "
+                         f"{c.mean_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.2g} "
+                         f"({c.verdict}).")
     return [items]

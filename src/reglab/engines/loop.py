@@ -30,6 +30,7 @@ from torch import nn
 
 from ..attach import PenaltyPlan, apply_constraints, constraint_sources
 from ..losses import Loss
+from ..selectors import select_all
 from .objective import model_objective
 from .protocol import Capabilities
 
@@ -75,6 +76,13 @@ class LoopEngine:
         self._devices = [d for d in {p.device for p in self.params} if d.type == "cuda"]
         self._frozen = np.zeros(self.n_models, dtype=bool)
         self._constrained = any(True for m in self.models for _ in constraint_sources(m))
+
+    def decayed(self, patterns: list[str]) -> list[bool | torch.Tensor]:
+        out: list[bool | torch.Tensor] = []
+        for m in self.models:
+            chosen = select_all(m, patterns)
+            out += [n in chosen for n, p in m.named_parameters() if p.requires_grad]
+        return out
 
     # -- random state per model
     @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import Any, ContextManager, Protocol
 import numpy as np
 import torch
 
-__all__ = ["Capabilities", "Engine", "KINDS"]
+__all__ = ["Capabilities", "Engine", "KINDS", "columns"]
 
 #: the engine kinds ``choose_engine`` picks from (``fit_many(engine=...)``)
 KINDS = ("dense", "vmap", "loop")
@@ -59,6 +59,11 @@ class Engine(Protocol):
     optimized: list[torch.Tensor]
 
     def train(self, mode: bool) -> None: ...
+
+    def decayed(self, patterns: list[str]) -> list[bool | torch.Tensor]:
+        """For each ``optimized`` tensor, which of it holds parameters ``patterns`` select
+        (``reglab.selectors.select_all``, in each model): True or False for the whole tensor, or a
+        bool mask over its last axis (a stacked buffer's columns, the same for every model)."""
 
     def objective(self, xb: Any, yb: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str], torch.Tensor | None]:
         """``(data loss per example (M, B), correct (M, B) or None, penalty names, penalties (K, M) or None)``."""
@@ -109,3 +114,12 @@ class Engine(Protocol):
         """A context in which the global generators hold model m's random state (what it draws
         alone: its dataset's augmentation); the per-model loop keeps one per model, the stacked
         engines none (they are not chosen for data that draws)."""
+
+
+def columns(buffer: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """A bool mask over the last axis of a stacked ``(M, P)`` buffer, True in the ``[start,
+    stop)`` ``spans`` (a stacked engine's ``decayed``)."""
+    mask = torch.zeros(buffer.shape[-1], dtype=torch.bool, device=buffer.device)
+    for a, b in spans:
+        mask[a:b] = True
+    return mask

@@ -35,9 +35,10 @@ from torch.func import functional_call
 from .._lanes import LANES
 from ..attach import PenaltyPlan, activity_regularizer, constraint_sources, quiet
 from ..losses import Loss
+from ..selectors import select_all
 from .objective import model_objective
 from .masks import draw
-from .protocol import Capabilities
+from .protocol import Capabilities, columns
 
 
 def _same_code(a: nn.Module, b: nn.Module) -> bool:
@@ -271,6 +272,10 @@ class VmapStack:
         self._unused: list[tuple[torch.Tensor, torch.Tensor]] = []  # parameters this step left unused
 
     # -- the stack protocol
+    def decayed(self, patterns: list[str]) -> list[bool | torch.Tensor]:
+        chosen = select_all(self.base, patterns)
+        return [columns(self.flat, [(a, b) for n, (_, a, b) in zip(self._trained_names, self._trained) if n in chosen])]
+
     def train(self, mode: bool) -> None:
         self.base.train(mode)
 

@@ -212,6 +212,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             hint = (f' (here: loss = {{name = "{loss.name}", from_logits = true}})' if "from_logits" in str(e) else "")
             raise ConfigError(f"{spec.path}: train.loss: {e}{hint}") from None
         _check_constraints(spec, model)
+        _check_decay(spec, model)
         es = spec.config["train"].get("early_stopping", {})
         if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
             raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
@@ -239,6 +240,19 @@ def _check_loss_fits_task(spec: ExperimentSpec, sp: Splits, loss: Any) -> None:
     if sp.task == "regression" and loss.task is not None:
         raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
                           "regression (set data.task, or a regression loss such as \"mse\")")
+
+
+def _check_decay(spec: ExperimentSpec, model: torch.nn.Module) -> None:
+    """The optimizer's ``decay`` patterns each select a parameter of the model."""
+    from .. import optimizers as _optimizers
+    from ..selectors import select_all
+
+    decay = spec.config["train"]["optimizer"].get(_optimizers.DECAY)
+    if decay is not None:
+        try:
+            select_all(model, _optimizers.decay_patterns(decay))
+        except ValueError as e:
+            raise ConfigError(f"{spec.path}: train.optimizer.decay: {e}") from None
 
 
 def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:

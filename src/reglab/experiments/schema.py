@@ -221,6 +221,7 @@ class ExperimentSpec:
             tr["loss"] = tr["loss"].get("data_loss", "binary_crossentropy")
         opt = dict(tr["optimizer"])
         opt.pop("weight_decay", None)
+        opt.pop(_optimizers.DECAY, None)  # what the decay applies to goes with it
         if opt["name"] == "adamw":
             opt["name"] = "adam"  # AdamW without its decay is Adam
         tr["optimizer"] = opt

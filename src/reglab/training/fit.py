@@ -349,7 +349,7 @@ def _train(model, loss_fn, optimizer, train, val, metrics, epochs, batch_size, d
                            arrays=isinstance(train, ArrayData) and (val is None or isinstance(val, ArrayData)))
     stack = make_engine(choice.kind, [model], [loss_fn], with_acc, *train.dims())
     try:
-        opt = _optimizers.get(optimizer, stack.optimized)
+        opt = _optimizers.get(optimizer, stack.optimized, stack.decayed)
     except ValueError:
         stack.write_back()  # give the model its own storage back
         raise

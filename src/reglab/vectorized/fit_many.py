@@ -276,7 +276,7 @@ def _train_chunk(kind: str, built: list, idx: list[int], configs: list[dict], da
                 min_delta=abs(stoppers[0].min_delta))
         stack = make_engine(kind, models, losses, with_acc, *train.dims(), rngs)
         try:
-            opt = _optimizers.get(settings["optimizer"], stack.optimized)
+            opt = _optimizers.get(settings["optimizer"], stack.optimized, stack.decayed)
             res = run(stack, opt, train, val, epochs=settings["epochs"], batch_size=settings["batch_size"],
                       shuffle=settings["shuffle"], seeds=[configs[i]["seed"] for i in idx], early_stopping=es,
                       progress=False, desc="fit_many")

@@ -13,8 +13,9 @@ from torch import nn
 from ..._lanes import LANES
 from ...attach import activity_regularizer
 from ...losses import Loss
+from ...selectors import select_all
 from ..penalties import PenaltyGroups, elementwise_terms
-from ..protocol import Capabilities
+from ..protocol import Capabilities, columns
 from ..vmap import shared_constraints, stacked_hparams, take_rows
 from .eligibility import NotTransformable, Unsupported, check_transformable, ops_of
 from .frame import Frame, FramePlans
@@ -246,6 +247,10 @@ class DenseStack(FramePlans, Passes):
         return nxt is not None and nxt.kind == "affine" and nxt.w in self._bias_of
 
     # -- the stack protocol
+    def decayed(self, patterns: list[str]) -> list[bool | torch.Tensor]:
+        chosen = select_all(self.base, patterns)
+        return [columns(self.flat, [s for i, n in enumerate(self.param_names) if n in chosen for s in self._spans(i)])]
+
     def train(self, mode: bool) -> None:
         # the modules' own flags are set once, in write_back (module.train walks every submodule:
         # ~60 us, three times an epoch)
