@@ -191,3 +191,22 @@ def test_an_experiment_file_with_a_bad_decay_is_refused_before_training(tmp_path
     assert res.exit_code != 0
     assert message and __import__("re").search(message, res.output), res.output
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_step_hooks_run_once_per_step_after_torchs_own_optimizers_exist(name):
+    """torch wraps a class's ``step`` with its hook runner once an instance of it exists; a
+    Keras optimizer calling its torch base's wrapped ``step`` ran every hook twice (first seen
+    with AdamW, after a test made a ``torch.optim.AdamW``)."""
+    q = torch.zeros(1, requires_grad=True)
+    for cls in (torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop):
+        cls([q], lr=0.1)  # their step is now torch's wrapper
+    p = torch.zeros(3, requires_grad=True)
+    opt = O.get({"name": name, "weight_decay": 0.1}, [p])
+    calls = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    for _ in range(3):
+        p.grad = torch.ones(3)
+        opt.step()
+    assert calls == ["pre", "post"] * 3

@@ -57,6 +57,19 @@ class _KerasDecay:
         self._factors: dict[tuple, torch.Tensor] = {}
 
     @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        self._decay()
+        return self._base_step(closure)
+
+    def _base_step(self, closure: Any) -> Any:
+        """The torch optimizer's own ``step`` without torch's hook wrapper: torch wraps a class's
+        ``step`` once one of its instances exists, so ``super().step()`` would run the step hooks
+        a second time after any ``torch.optim.AdamW`` (say) was made in the process."""
+        base = next(c for c in type(self).__mro__ if c.__module__.startswith("torch.optim"))
+        step = base.step
+        return getattr(step, "__wrapped__", step)(self, closure)
+
+    @torch.no_grad()
     def _decay(self) -> None:
         for g in self.param_groups:
             wd = g.get(DECAY_KEY, 0.0)
@@ -113,7 +126,7 @@ class KerasAdam(_KerasDecay, torch.optim.AdamW):
         self._decay()
         if closure is None and self._fast_step():
             return None
-        return super().step(closure)
+        return self._base_step(closure)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -179,11 +192,6 @@ class KerasSGD(_KerasDecay, torch.optim.SGD):
                          momentum=_checks.fraction(momentum, "momentum"), nesterov=_checks.flag(nesterov, "nesterov"))
         self._init_decay(weight_decay)
 
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        self._decay()
-        return super().step(closure)
-
 
 class KerasRMSprop(_KerasDecay, torch.optim.RMSprop):
     """Keras 3 ``RMSprop(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
@@ -196,11 +204,6 @@ class KerasRMSprop(_KerasDecay, torch.optim.RMSprop):
                          alpha=_checks.fraction(rho, "rho"), eps=_checks.non_negative_float(epsilon, "epsilon"),
                          momentum=_checks.fraction(momentum, "momentum"), centered=_checks.flag(centered, "centered"))
         self._init_decay(weight_decay)
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        self._decay()
-        return super().step(closure)
 
 
 def _adamw(params, learning_rate=0.001, weight_decay=0.004, **kw):
