@@ -87,3 +87,52 @@ def test_the_loop_engine_on_cuda_trains_each_model_as_fit_does():
             h = reglab.fit(m, x, y, loss=SPARSE, epochs=2, batch_size=16, seed=s, progress=False, threads=1)
             assert res.histories[i].history == h.history
             assert next(res.models[i].parameters()).device.type == "cuda"
+
+
+def _runs(out):
+    import json
+
+    return [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/*.json"))]
+
+
+def test_a_study_trains_on_the_gpu_records_it_and_keeps_it_apart_from_the_cpu(tmp_path):
+    """``reglab run --device cuda``: every run (the baseline's too) says it trained on the GPU
+    and names it; a CPU run of the same file is another run, trained again, never mixed in."""
+    from click.testing import CliRunner
+
+    from reglab.cli import main
+
+    from .test_experiments import TINY, write
+
+    p = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    args = ["run", str(p), "--out", str(out), "--no-progress", "--workers", "1"]
+    res = CliRunner().invoke(main, args + ["--device", "cuda"])
+    assert res.exit_code == 0, res.output
+    rows = _runs(out)
+    assert len(rows) == 4
+    assert {r["device"] for r in rows} == {f"cuda:{torch.cuda.current_device()}"}
+    assert {r["device_name"] for r in rows} == {torch.cuda.get_device_name()}
+    res = CliRunner().invoke(main, args + ["--device", "cpu"])
+    assert res.exit_code == 0 and "4 runs trained, 0 already done" in res.output
+    from reglab.experiments.runner import load_runs
+
+    assert len(_runs(out)) == 8  # both kept on disk
+    assert {r["device"] for r in load_runs(out)} == {"cpu"}  # the tables hold the runs of the files as last run
+
+
+def test_a_study_on_ray_with_a_gpu_share_per_task(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed")
+    from .test_experiments import TINY, write
+
+    p = write(tmp_path, TINY)
+    res = subprocess.run([sys.executable, "-m", "reglab.cli", "--threads", "1", "run", str(p), "--out",
+                          str(tmp_path / "out"), "--no-progress", "--backend", "ray", "--gpus-per-task", "0.5"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert {r["device"] for r in _runs(tmp_path / "out")} == {"cuda:0"}

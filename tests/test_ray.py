@@ -216,3 +216,40 @@ def test_a_task_larger_than_the_cluster_is_refused(tmp_path, local_reference, ra
     with pytest.raises(ValueError, match=r"each Ray task asks for 3 CPU\(s\) \(--threads\) but the cluster has 2"):
         execute(_units(files), tmp_path / "out", progress=False, threads=3, backend="ray")
     assert not list(tmp_path.glob("out/runs/*/*.json"))
+
+
+def test_a_task_asks_ray_for_its_gpu_share(tmp_path):
+    """``--gpus-per-task 0.5``: each task declares num_gpus 0.5, so Ray packs two tasks onto each
+    GPU and gives a task its GPU (``ray.get_gpu_ids``). On this CPU machine the cluster declares
+    one logical GPU: Ray's scheduling is real, the GPU is not (``tests/test_cuda.py`` trains on a
+    real one where it is lent)."""
+    import ray
+
+    from reglab.experiments.ray_backend import RayBackendError, RayPool
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        pool = RayPool(None, 1, 1, gpus_per_task=0.5)
+        assert pool.slots == 2 and pool.gpus == 0.5
+        assert [f.result(timeout=120) for f in [pool.submit(ray.get_gpu_ids) for _ in range(2)]] == [[0], [0]]
+        with pytest.raises(RayBackendError, match=r"each Ray task asks for 2 GPU\(s\) \(--gpus-per-task\) but the "
+                                                  r"cluster has 1"):
+            RayPool(None, 1, 1, gpus_per_task=2)
+        plain = RayPool(None, 1, 1)
+        assert plain.submit(ray.get_gpu_ids).result(timeout=120) == []
+    finally:
+        ray.shutdown()
+
+
+def test_a_gpu_share_on_a_cluster_without_gpus_is_refused_before_training(tmp_path, local_reference, ray_cluster):
+    from reglab.experiments.devices import place
+    from reglab.experiments.runner import execute, plan_units
+    from reglab.experiments.schema import load_experiments
+
+    files, _ = local_reference
+    specs = place(load_experiments([str(files[0])]), None, 0.5)
+    assert specs[0].config["train"]["device"] == "cuda"
+    with pytest.raises(ValueError, match=r"each Ray task asks for 0.5 GPU\(s\) \(--gpus-per-task\) but the cluster "
+                                         r"has 0"):
+        execute(plan_units(specs), tmp_path / "out", progress=False, threads=1, backend="ray", gpus_per_task=0.5)
+    assert not list(tmp_path.glob("out/runs/*/*.json"))

@@ -21,14 +21,9 @@ def _environment() -> dict[str, str]:
     import sklearn
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .experiments.devices import cpu_name
+
+    cpu = cpu_name()
     return {"reglab": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
             "cpu": f"{cpu}, {os.cpu_count()} logical cores", "torch threads": str(torch.get_num_threads()),
@@ -121,8 +116,31 @@ def _start(workers: int = 1) -> None:
     keep_flushing_denormals()  # after: it starts torch's thread pool
 
 
+def _device_option(f):
+    """``--device`` (``run``, ``study``, ``path``): over every experiment's ``train.device``."""
+    return click.option("--device", default=None, metavar="DEVICE",
+                        help='Where to train: "auto" (a GPU where torch sees one), "cpu", "cuda" or "cuda:N"; '
+                             "default: each experiment's train.device, else cpu.")(f)
+
+
+def _place(specs, device: str | None, backend: str = "local", gpus_per_task: float = 0.0):
+    """The experiments with their device resolved (``devices.place``), its errors the command's."""
+    from .experiments.devices import DeviceError, place
+
+    if gpus_per_task and backend != "ray":
+        raise click.UsageError("--gpus-per-task is a Ray task's GPU share: use it with --backend ray "
+                               "(locally, --device cuda trains on the GPU)")
+    try:
+        return place(specs, device, gpus_per_task if backend == "ray" else None)
+    except DeviceError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _backend_options(f):
-    """``--backend local|ray`` and ``--address`` (``run`` and ``study``)."""
+    """``--backend local|ray``, ``--address`` and ``--gpus-per-task`` (``run`` and ``study``)."""
+    f = click.option("--gpus-per-task", type=click.FloatRange(0, 1024), default=0.0, show_default=True,
+                     help="With --backend ray: the GPUs each task asks Ray for (0.25: four groups share a GPU); "
+                          "the experiments then train on cuda.")(f)
     f = click.option("--address", default=None, metavar="ADDR",
                      help="With --backend ray: the cluster to join ('auto', 'ray://host:port'); default: start a "
                           "local Ray instance for this run. OUT and the study must be on a path every node reaches.")(f)
@@ -339,8 +357,10 @@ def list_cmd(paths: tuple[str, ...]) -> None:
         data = s.config["data"]
         src = data.get("name") or data.get("file") or data.get("loader") or "files"
         point = ", ".join(f"{k} = {v}" for k, v in s.sweep_point.items())
+        on = f", on {tr['device']}" if tr.get("device", "cpu") != "cpu" else ""
         click.echo(f"{s.name:24s} {src}, {arch}, {opt['name']} lr {opt.get('learning_rate', 0.001):g}, "
-                   f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds" + (f"  [{point}]" if point else ""))
+                   f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds{on}" +
+                   (f"  [{point}]" if point else ""))
         click.echo(f"{'':24s} {s.title}")
         click.echo(f"{'':24s} engine: {_engine_line(s)}")
         labels = _labels_line(s)
@@ -381,8 +401,9 @@ def _engine_line(spec) -> str:
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 @_backend_options
+@_device_option
 @_threads_option
-def run(paths, seeds, out, baselines, workers, progress, backend, address, threads) -> None:
+def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_per_task, device, threads) -> None:
     """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
     skipping finished runs; writes OUT/results.csv."""
     if threads is not None:
@@ -390,12 +411,13 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, threa
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.results import write_results_csv
 
-    specs = _load(paths)
+    specs = _place(_load(paths), device, backend, gpus_per_task)
     _prepare(specs, baselines)
     units = _plan(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
-    info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address)
+    info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address,
+                    gpus_per_task=gpus_per_task)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
     before = (out_p / "results.csv").read_bytes() if (out_p / "results.csv").is_file() else None
     csv = write_results_csv(out_p, info["runs"])
@@ -468,13 +490,14 @@ def _strength_list(text: str) -> list[float]:
 @click.option("--strengths", default="0,1e-5,1e-4,3e-4,1e-3,3e-3,1e-2,1e-1", show_default=True)
 @click.option("--seeds", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
-def path(path, strengths, seeds, out) -> None:
+@_device_option
+def path(path, strengths, seeds, out, device) -> None:
     """Regularization path of one experiment: every strength (found through each regularizer's
     hparams()) replaced by each value of --strengths; lambda chosen on the validation split."""
     _start()
     from .experiments.path import path_file, regularization_path
 
-    specs = _load((path,))
+    specs = _place(_load((path,)), device)
     if len(specs) != 1:
         raise click.ClickException(f"{path}: a path needs an experiment without [[sweep]] ({len(specs)} grid points)")
     _prepare(specs, baselines=False)
@@ -496,8 +519,9 @@ def path(path, strengths, seeds, out) -> None:
               help="Processes training experiment groups at once.")
 @click.option("--progress/--no-progress", default=True)
 @_backend_options
+@_device_option
 @_threads_option
-def study(study_dir, seeds, out, workers, progress, backend, address, threads) -> None:
+def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_task, device, threads) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     t0 = time.perf_counter()
@@ -518,7 +542,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
         st = load_study(study_dir)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    specs = _load((str(study_dir),))
+    specs = _place(_load((str(study_dir),)), device, backend, gpus_per_task)
     _prepare(specs)
     out_p = Path(out)
     side = []
@@ -539,7 +563,8 @@ def study(study_dir, seeds, out, workers, progress, backend, address, threads) -
         if not reusable(out_p / "analyses" / f"{name}.json", analysis_key(ref, st.folder, args)):
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
     info = _execute(_plan(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
-                    backend=backend, address=address, record="replace")  # the folder is the study's
+                    backend=backend, address=address, record="replace",  # the folder is the study's
+                    gpus_per_task=gpus_per_task)
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],

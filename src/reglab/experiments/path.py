@@ -25,6 +25,7 @@ from .. import regularizers as _regularizers
 from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
+from . import devices as _devices
 from .build import builder, early_stopping, loss_of
 from .files import own_folder, write_json
 from .runner import evaluate_run, splits_of
@@ -105,7 +106,7 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
                    seeds=seeds, grid=[{"lam": lam} for lam in strengths], loss=loss_of(spec, task),
                    optimizer=tr["optimizer"], epochs=tr["epochs"], batch_size=tr["batch_size"],
                    validation_data=([data[s].x_val for s, _ in order], [data[s].y_val for s, _ in order]),
-                   callbacks=early_stopping(spec), progress=progress,
+                   callbacks=early_stopping(spec), progress=progress, device=_devices.of(spec),
                    metrics=("accuracy",) if task != "regression" else ())
     if res.interrupted:  # a path cut short is never stored (nor returned) as finished
         raise KeyboardInterrupt(f"{spec.name}: its regularization path was interrupted; nothing of it was written")

@@ -10,7 +10,9 @@ half-written or present twice.
 
 Resources: a task declares ``num_cpus = threads`` (``--threads``, else 1) and trains with torch
 set to that many threads, under the thread rule (``reglab.threads``), as a local worker does
-with its share of the cores. The runner trains on CPU, so tasks ask for no GPU.
+with its share of the cores. With ``--gpus-per-task G`` it also declares ``num_gpus = G``: Ray
+packs ``1 / G`` tasks onto each GPU (0.25: four groups share a GPU) and shows each task its GPU
+as ``cuda``, where its experiments train (``devices.ray_device``); without, tasks see no GPU.
 
 Storage: ``OUT``, the experiment files and any builder code or data they name are read and
 written by the tasks at the driver's paths -- each task runs in the driver's working directory,
@@ -67,7 +69,8 @@ class RayPool:
     ``shutdown``); with it (``"auto"``, ``"ray://host:port"``, ``"host:port"``) the run joins that
     cluster. Where Ray is already initialized in this process, that instance is used as it is."""
 
-    def __init__(self, address: str | None = None, cpus_per_task: int = 1, explicit: int | None = None):
+    def __init__(self, address: str | None = None, cpus_per_task: int = 1, explicit: int | None = None,
+                 gpus_per_task: float = 0.0):
         try:
             import ray
         except ImportError:
@@ -88,7 +91,15 @@ class RayPool:
                                   f"{total}")
         #: tasks that fit on the cluster at once (the driver keeps one more queued)
         self.slots = max(1, total // self.cpus)
-        self._remote = ray.remote(_ray_task).options(num_cpus=self.cpus, max_retries=MAX_RETRIES,
+        self.gpus = float(gpus_per_task)
+        if self.gpus > 0:
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+            if gpus < self.gpus:
+                self.shutdown()
+                raise RayBackendError(f"each Ray task asks for {self.gpus:g} GPU(s) (--gpus-per-task) but the cluster "
+                                      f"has {gpus:g}")
+            self.slots = max(1, min(self.slots, int(gpus // self.gpus)))
+        self._remote = ray.remote(_ray_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=MAX_RETRIES,
                                                      retry_exceptions=False)
         #: where each finished task ran: node address -> number of tasks
         self.where: collections.Counter[str] = collections.Counter()

@@ -40,6 +40,7 @@ from .build import builder, early_stopping, from_logits, loss_name, loss_of, reg
 from .code import file_sha256, where_in
 from .current import mark_current, split_current
 from .data import DataError, Splits, load_splits
+from . import devices as _devices
 from .files import atomic_write, own_folder, write_json
 from .schema import ConfigError, ExperimentSpec
 
@@ -301,7 +302,9 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
     """Metrics of one trained model -- ``val_<m>`` (validation split), ``test_<m>`` (test split),
     and where the distribution is known ``fresh_<m>`` (a fresh sample), ``bayes_<m>`` (the
     Bayes-optimal prediction on it) and ``excess_<m>`` (fresh minus Bayes) -- and, if asked,
-    the arrays the report draws (a decision boundary for 2-D binary inputs)."""
+    the arrays the report draws (a decision boundary for 2-D binary inputs). The model is moved
+    to the CPU first: wherever it trained, it is evaluated (and saved) there."""
+    model.cpu()
     fl = from_logits(spec, sp.task)
     metrics: dict[str, Any] = {}
     for prefix, x, y in (("val", sp.x_val, sp.y_val), ("test", sp.x_test, sp.y_test)):
@@ -360,14 +363,16 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     def per_model(attr: str) -> Any:
         return [getattr(d, attr) for d in data] if resample and len(seeds) > 1 else getattr(sp0, attr)
 
+    device = _devices.of(spec)
     res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), per_model("x_train"), per_model("y_train"),
                    seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr["optimizer"], epochs=tr["epochs"],
                    batch_size=tr["batch_size"], validation_data=(per_model("x_val"), per_model("y_val")),
-                   callbacks=early_stopping(spec), progress=progress, threads=threads,
+                   callbacks=early_stopping(spec), progress=progress, threads=threads, device=device,
                    metrics=("accuracy",) if sp0.task != "regression" else ())
     if res.interrupted:
         raise KeyboardInterrupt(f"{spec.name}: interrupted; its {len(seeds)} unfinished run(s) were not written")
     wall = time.perf_counter() - t0
+    where = _devices.record(device)
     out_rows = []
     base = None if spec.is_baseline else spec.baseline().name
     for i, seed in enumerate(seeds):
@@ -383,7 +388,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
                "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,
                "history": res.histories[i].to_dict(), "failed": _jsonable(failed), "group_wall_time": wall,
                "group_size": len(seeds), "engine": res.engine, "engine_reason": res.engine_reason,
-               "threads": res.threads, **({"classes": sp0.classes} if sp0.classes is not None else {}), **result}
+               "threads": res.threads, **where, **({"classes": sp0.classes} if sp0.classes is not None else {}), **result}
         path = unit.path(out)
         own_folder(out, "runs", spec.name)
         files = {}
@@ -504,7 +509,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
             workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = (),
             threads: int | None = None, backend: str = "local", address: str | None = None,
-            record: str | None = "merge") -> dict[str, Any]:
+            record: str | None = "merge", gpus_per_task: float = 0.0) -> dict[str, Any]:
     """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
     are skipped (resume).
 
@@ -538,7 +543,9 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
     ``backend="ray"`` sends every task to Ray instead (``ray_backend.py``; ``address``: a cluster
     to join, default a local instance for this run; ``workers`` is ignored): the same groups,
-    locks, files and numbers; ``"where"`` in the result counts the tasks per node.
+    locks, files and numbers; ``"where"`` in the result counts the tasks per node. Each task asks
+    Ray for ``gpus_per_task`` GPUs (a fraction packs several tasks onto one GPU; the experiments'
+    device is then ``"cuda"``: ``devices.place``).
     """
     import collections
     import concurrent.futures as cf
@@ -600,7 +607,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
         discard_prestarted()
         share = None
-        pool = RayPool(address, threads or 1, threads)
+        pool = RayPool(address, threads or 1, threads, gpus_per_task)
         n_helpers = pool.slots
         pool_submit, pool_interrupt = pool.submit, pool.interrupt
     else:

@@ -56,6 +56,7 @@ from .. import constraints as _constraints
 from .. import initializers as _initializers
 from .. import losses as _losses
 from .. import optimizers as _optimizers
+from . import devices as _devices
 from .. import regularizers as _regularizers
 from . import data as _data
 from .code import resolve
@@ -64,7 +65,7 @@ __all__ = ["ExperimentSpec", "ConfigError", "load_experiment", "load_experiments
 
 TOP_KEYS = {"name", "title", "description", "seeds", "data", "split", "model", "baseline", "regularize", "train",
             "sweep", "reference", "analysis"}
-TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "early_stopping"}
+TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "early_stopping", "device"}
 LAYER_KEYS = {"units", "activation", "use_bias", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
               "kernel_constraint", "bias_constraint", "kernel_initializer", "bias_initializer",
               "activity_before_activation", "dropout"}
@@ -181,6 +182,10 @@ class ExperimentSpec:
         """Hash of what produces the results: the validated config (not the file's formatting or
         presentation keys) and the hashes of its input files."""
         cfg = {k: v for k, v in self.config.items() if k not in PRESENTATION + ("baseline_of", "name")}
+        if "device" in cfg.get("train", {}):  # a GPU run is another run than a CPU run; which GPU, not
+            cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "device"}
+            if _devices.kind(self.config["train"]["device"]) != "cpu":
+                cfg["device"] = "cuda"
         validation = self.config.get("split", {}).get("validation", 0.2)
         if not isinstance(validation, str) and "files" not in self.config["data"]:
             # a validation fraction of one pool is ceil(fraction x all examples) since reglab 0.1.0's
@@ -406,6 +411,11 @@ def _train(train: Any, file: str) -> dict[str, Any]:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{file}: train.optimizer: {e}") from None
     tr["optimizer"] = dict(opt)
+    if "device" in train:
+        try:
+            tr["device"] = _devices.check(train["device"], f"{file}: train.device")
+        except _devices.DeviceError as e:
+            raise ConfigError(str(e)) from None
     loss = _loss(train.get("loss"), file)
     if loss is not None:
         tr["loss"] = loss

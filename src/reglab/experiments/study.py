@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import devices
 from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
 from .files import own_folder, write_json
 from .schema import MAX_STRENGTH, ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
 
 __all__ = ["Study", "load_study", "experiment_files", "load_specs", "run_analysis"]
 
-STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins", "statistics"}
+STUDY_KEYS = {"title", "intro", "experiments", "seeds", "path", "analysis", "section", "margins", "statistics", "train"}
 
 
 @dataclass
@@ -68,18 +69,18 @@ class Study:
     sections: list[tuple[str, Callable[..., list], str]] = field(default_factory=list)  # (title, function, where)
     margins: dict[str, float] = field(default_factory=dict)  # metric -> smallest effect worth having
     methods: str | dict[str, str] = "t"  # comparisons.csv's interval method: for all families, or per metric
+    device: str | None = None  # [train] device: its experiments' where a file does not say (``devices``)
 
 
-def _sources(paths: tuple[str, ...] | list[str]) -> list[tuple[str, int | None]]:
-    """``(experiment file, seeds of the study folder it came from or None)`` for files and
-    folders (a folder's ``*.toml``; a study folder's ``study.toml`` says which), each study read
-    once."""
-    out: list[tuple[str, int | None]] = []
+def _sources(paths: tuple[str, ...] | list[str]) -> list[tuple[str, Study | None]]:
+    """``(experiment file, the study folder it came from or None)`` for files and folders (a
+    folder's ``*.toml``; a study folder's ``study.toml`` says which), each study read once."""
+    out: list[tuple[str, Study | None]] = []
     for p in paths:
         if os.path.isdir(p):
             if os.path.isfile(os.path.join(p, "study.toml")):
                 st = load_study(p)
-                out.extend((f, st.seeds) for f in st.files)
+                out.extend((f, st) for f in st.files)
             else:
                 out.extend((f, None) for f in sorted(glob.glob(os.path.join(p, "*.toml"))))
         else:
@@ -96,13 +97,36 @@ def experiment_files(paths: tuple[str, ...] | list[str]) -> list[str]:
 def load_specs(paths: tuple[str, ...] | list[str]) -> list[ExperimentSpec]:
     """The experiments of ``paths`` (``experiment_files``), validated, with the ``seeds`` of the
     study folders among them, where their ``study.toml`` sets it, in place of each file's own
-    (``seeds`` is no part of a run's identity; ``--seeds`` still overrides both). A
+    (``seeds`` is no part of a run's identity; ``--seeds`` still overrides both), and the
+    study's ``[train] device`` where a file sets none (``--device`` overrides both). A
     ``ConfigError`` for a bad file; an empty list where ``paths`` hold none."""
     sources = _sources(paths)
-    count = {os.path.realpath(f): n for f, n in sources if n is not None}
+    study_of = {os.path.realpath(f): st for f, st in sources if st is not None}
     specs = load_experiments([f for f, _ in sources])
-    return [dataclasses.replace(s, config={**s.config, "seeds": count[os.path.realpath(s.path)]})
-            if os.path.realpath(s.path) in count else s for s in specs]
+    return [_with_study(s, study_of.get(os.path.realpath(s.path))) for s in specs]
+
+
+def _with_study(spec: ExperimentSpec, st: Study | None) -> ExperimentSpec:
+    if st is None:
+        return spec
+    config = dict(spec.config)
+    if st.seeds is not None:
+        config["seeds"] = st.seeds
+    if st.device is not None and "device" not in config["train"]:
+        config["train"] = {**config["train"], "device": st.device}
+    return dataclasses.replace(spec, config=config)
+
+
+def _device(raw: dict[str, Any], file: Path) -> str | None:
+    """study.toml's ``[train] device`` (its only key there), checked (``devices.check``)."""
+    train = raw.get("train", {})
+    if not isinstance(train, dict) or set(train) - {"device"}:
+        raise ConfigError(f"{file}: train: a study's [train] table holds only device (the rest is each "
+                          f"experiment's); got {train!r}")
+    try:
+        return devices.check(train["device"], f"{file}: train.device") if "device" in train else None
+    except devices.DeviceError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_study(folder: str | Path) -> Study:
@@ -120,7 +144,7 @@ def load_study(folder: str | Path) -> Study:
     if seeds is not None and not (isinstance(seeds, int) and not isinstance(seeds, bool) and
                                   1 <= seeds <= LIMITS["seeds"]):
         raise ConfigError(f"{file}: seeds: expected an integer from 1 to {LIMITS['seeds']}; got {seeds!r}")
-    study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds)
+    study = Study(folder, raw.get("title", folder.name), raw.get("intro", ""), files, seeds, device=_device(raw, file))
     study.margins, study.methods = _margins_and_methods(raw, file)
     study.paths = _paths(raw, file)
     _plugins(raw, folder, file, study)
