@@ -30,11 +30,13 @@ import numpy as np
 
 from .. import datasets as _datasets
 from ..diagnostics.metrics import TASKS
+from .augment import Augmented, draws_random, is_dataset, read_all
 from .code import NO_SIGNATURE, call_problem, call_user, file_sha256, resolve
 
 __all__ = ["Splits", "check_data", "check_split", "DataError", "load_splits", "data_inputs", "MAX_EXAMPLES"]
 
-DATA_KEYS = {"name", "file", "target", "files", "loader", "args", "standardize", "standardize_target", "task"}
+DATA_KEYS = {"name", "file", "target", "files", "loader", "args", "standardize", "standardize_target", "task",
+             "transform"}
 SPLIT_KEYS = {"validation", "test", "resample"}
 SPLIT_NAMES = ("train", "validation", "test")
 MAX_EXAMPLES = 10_000_000
@@ -65,6 +67,18 @@ class Splits:
     transform: Callable[[np.ndarray], np.ndarray] | None = None  # None: the model sees the raw inputs
     y_transform: Callable[[np.ndarray], np.ndarray] | None = None
     classes: list[str] | None = None  # string labels: class i is classes[i] (sorted)
+    #: the training split as a loader's Dataset (read at every step), or None: the arrays
+    train_set: Any = None
+    #: ``[data] transform``: random augmentation of each training example (``augment.py``)
+    augment: Callable[[Any], Any] | None = None
+
+    def training(self) -> Any:
+        """What the training split trains from: a map-style ``Dataset`` where examples are read
+        one by one (a loader's Dataset, or the arrays through ``[data] transform``), else None
+        (the arrays ``x_train``, ``y_train``)."""
+        if self.train_set is not None:
+            return self.train_set
+        return Augmented(self.x_train, self.y_train, self.augment) if self.augment is not None else None
 
     def model_inputs(self, x: np.ndarray) -> np.ndarray:
         """Raw inputs (e.g. a fresh sample) as the model sees them."""
@@ -163,6 +177,9 @@ def check_data(data: Any, file: str) -> dict[str, Any]:
     else:
         if "args" in data and not isinstance(data["args"], Mapping):
             _fail(file, "data.args", f"expected a table; got {data['args']!r}")
+    if "transform" in data and not (isinstance(data["transform"], str) and ":" in data["transform"]):
+        _fail(file, "data.transform", f"expected \"file.py:function\" or \"package.module:function\"; got "
+              f"{data['transform']!r}")
     if "target" in data and src not in ("file", "files"):
         _fail(file, "data.target", "only used with data.file / data.files (CSV)")
     if "args" in data and src != "loader":
@@ -188,12 +205,13 @@ def data_inputs(data: Mapping[str, Any], base: Path, file: str) -> dict[str, str
         if not p.is_file():
             _fail(file, key, f"no such file {str(p)!r} (paths are relative to the experiment file)")
         out[key] = file_sha256(p)
-    if "loader" in data:
-        try:
-            _, _, digest = resolve(data["loader"], base, f"{file}: data.loader")
-        except ValueError as e:
-            raise DataError(str(e)) from None
-        out["data.loader"] = digest or data["loader"]
+    for key in ("loader", "transform"):
+        if key in data:
+            try:
+                _, _, digest = resolve(data[key], base, f"{file}: data.{key}")
+            except ValueError as e:
+                raise DataError(str(e)) from None
+            out[f"data.{key}"] = digest or data[key]
     return out
 
 
@@ -343,8 +361,22 @@ def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dic
         if not {"train", "test"} <= set(got) or set(got) - set(SPLIT_NAMES):
             raise DataError(f"{file}: data.loader: a dict must have keys train and test (and optionally validation); "
                             f"got {sorted(got)}")
-        return {k: _pair(v, f"{file}: data.loader[{k!r}]") for k, v in got.items()}, None, None
+        return {k: _role(v, f"{file}: data.loader[{k!r}]") for k, v in got.items()}, None, None
+    if is_dataset(got):
+        raise DataError(f"{file}: data.loader: returned one Dataset; return a dict of Datasets per role, "
+                        "{\"train\": ..., \"test\": ...} (and \"validation\"): how a Dataset is split is yours")
     return {"all": _pair(got, f"{file}: data.loader")}, None, None
+
+
+def _role(v: Any, where: str) -> tuple:
+    """A loader's role: ``(x, y)`` arrays, or a Dataset read once into arrays, with the Dataset
+    itself third (the training split trains from it)."""
+    if not is_dataset(v):
+        return _pair(v, where)
+    try:
+        return (*read_all(v, where), v)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def _integral(y: np.ndarray) -> bool:
@@ -472,7 +504,11 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     resample = bool(split.get("resample", True))
     data_seed = seed if resample else 0
     roles, dist, known_task = _raw(data, base, file, data_seed)
+    train_set = roles["train"][2] if len(roles.get("train", ())) == 3 else None
+    roles = {r: v[:2] for r, v in roles.items()}
     roles, classes = _encode_labels(roles, data, regression_loss, file)
+    if train_set is not None:
+        _check_train_set(train_set, data, classes, file)
     key = lambda r: _source_key(data, base, r)  # noqa: E731
     for role, (x, y) in roles.items():
         _check_xy(np.asarray(x), np.asarray(y), file, key(role))
@@ -519,7 +555,15 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
             xv, yv = xte, yte
         else:
             _check_sizes(xtr.shape[0], 0.0, vfrac or DEFAULT_SPLIT["validation"], file, "the train data")
-            xtr, xv, ytr, yv = _split_off(xtr, ytr, vfrac or DEFAULT_SPLIT["validation"], data_seed + 7919, task)
+            if train_set is None:
+                xtr, xv, ytr, yv = _split_off(xtr, ytr, vfrac or DEFAULT_SPLIT["validation"], data_seed + 7919, task)
+            else:  # the same split, by index: the training examples are the Dataset's
+                from torch.utils.data import Subset
+
+                _no_augmented_validation(train_set, file)
+                itr, iv, _, _ = _split_off(np.arange(len(xtr)), ytr, vfrac or DEFAULT_SPLIT["validation"],
+                                           data_seed + 7919, task)
+                xtr, xv, ytr, yv, train_set = xtr[itr], xtr[iv], ytr[itr], ytr[iv], Subset(train_set, itr.tolist())
     shapes = {r: a.shape[1:] for r, a in (("train", xtr), ("validation", xv), ("test", xte))}
     if len(set(shapes.values())) != 1:
         _fail(file, "data.files", f"the splits' examples differ in shape: {shapes}")
@@ -540,7 +584,29 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         ytr, yv, yte = y_transform(ytr), y_transform(yv), y_transform(yte)
     if val_is_test:
         xv, yv = xte, yte
-    return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform, classes)
+    augment = None
+    if data.get("transform"):
+        augment, _, _ = resolve(data["transform"], base, f"{file}: data.transform")
+    return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform, classes,
+                  train_set, augment)
+
+
+def _check_train_set(ds: Any, data: Mapping[str, Any], classes: Any, file: str) -> None:
+    """What a loader's training Dataset cannot be combined with, said before anything trains."""
+    if classes is not None:
+        _fail(file, "data.loader", "the training Dataset's labels are strings; a Dataset gives the model its labels "
+              "as they are, so give integers 0..K-1")
+    for key in ("standardize", "standardize_target", "transform"):
+        if data.get(key):
+            _fail(file, f"data.{key}", "the training split is a loader's Dataset: do this in the Dataset (it gives "
+                  "the model its examples as they are)")
+
+
+def _no_augmented_validation(ds: Any, file: str) -> None:
+    if draws_random(ds):
+        _fail(file, "split.validation", "the training Dataset draws random numbers (augmentation), so validation "
+              "examples cut from it would be augmented: return a \"validation\" Dataset from the loader, or set "
+              "[split] validation = \"test\"")
 
 
 class _Standardize:

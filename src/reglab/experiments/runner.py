@@ -41,6 +41,7 @@ from .code import file_sha256, where_in
 from .current import mark_current, split_current
 from .data import DataError, Splits, load_splits
 from . import devices as _devices
+from .augment import check_transform, draws_random
 from .files import atomic_write, own_folder, write_json
 from .schema import ConfigError, ExperimentSpec
 
@@ -158,7 +159,9 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         done.add(spec.digest())
         try:
             sp = splits_of(spec, 0)
-        except DataError as e:
+            if sp.augment is not None:
+                check_transform(sp.augment, sp.x_train, f"{spec.path}: data.transform: {spec.config['data']['transform']}")
+        except (DataError, ValueError) as e:
             raise ConfigError(str(e)) from None
         try:
             torch.manual_seed(0)
@@ -364,7 +367,10 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
         return [getattr(d, attr) for d in data] if resample and len(seeds) > 1 else getattr(sp0, attr)
 
     device = _devices.of(spec)
-    res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), per_model("x_train"), per_model("y_train"),
+    sets = [d.training() for d in data]  # Datasets where examples are read one by one (augmentation)
+    x, y = (sets if resample and len(seeds) > 1 else sets[0], None) if sets[0] is not None else \
+        (per_model("x_train"), per_model("y_train"))
+    res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), x, y,
                    seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr["optimizer"], epochs=tr["epochs"],
                    batch_size=tr["batch_size"], validation_data=(per_model("x_val"), per_model("y_val")),
                    callbacks=early_stopping(spec), progress=progress, threads=threads, device=device,
@@ -437,7 +443,9 @@ def engine_choice(spec: ExperimentSpec, n_models: int = 2) -> Any:
     lo = _losses.get(lo)
     p0 = next(model.parameters())
     data = ArrayData(*prepare_arrays(model, sp.x_train[:2], sp.y_train[:2], lo, p0.dtype, p0.device))
-    return choose_engine(model, lo, data.probe_batch(), n_models=n_models, optimizer=spec.config["train"]["optimizer"])
+    sets = sp.training()  # examples read one by one: each model reads (and augments) its own
+    return choose_engine(model, lo, data.probe_batch(), n_models=n_models, optimizer=spec.config["train"]["optimizer"],
+                         arrays=sets is None, data_draws=sets is not None and draws_random(sets))
 
 
 def group_rule(spec: ExperimentSpec) -> str:

@@ -207,9 +207,10 @@ class ExperimentSpec:
         return mine == its
 
     def baseline(self) -> ExperimentSpec:
-        """The unregularized counterpart: the same data, split, model (without its regularizers,
-        constraints and dropout; builder arguments overridden by ``[baseline] args``), data loss,
-        optimizer with all its settings but weight decay, epochs and batch size; no early stopping."""
+        """The unregularized counterpart: the same data (without ``data.transform``'s
+        augmentation), split, model (without its regularizers, constraints and dropout; builder
+        arguments overridden by ``[baseline] args``), data loss, optimizer with all its settings
+        but weight decay, epochs and batch size; no early stopping."""
         c = copy.deepcopy(self.config)
         model = c["model"]
         if "layers" in model:
@@ -220,6 +221,7 @@ class ExperimentSpec:
             model["args"] = {**model.get("args", {}), **c.get("baseline", {}).get("args", {})}
         for k in ("regularize", "baseline", "sweep_point", "analysis"):  # analyses are the experiment's
             c.pop(k, None)
+        c["data"] = {k: v for k, v in c["data"].items() if k != "transform"}  # augmentation is regularization
         tr = c["train"]
         tr.pop("early_stopping", None)
         if isinstance(tr.get("loss"), Mapping) and tr["loss"].get("name") == "regularized":
@@ -235,7 +237,7 @@ class ExperimentSpec:
         c["seeds"] = self.seeds
         c["name"] = "baseline"
         c["baseline_of"] = True
-        b = ExperimentSpec(c, self.path, dict(self.inputs))
+        b = ExperimentSpec(c, self.path, {k: v for k, v in self.inputs.items() if k != "data.transform"})
         c["name"] = BASELINE_PREFIX + b.digest()[:10]
         c["title"] = f"Unregularized baseline ({_schedule_words(tr)})"
         return b

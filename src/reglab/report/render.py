@@ -367,6 +367,13 @@ def _section_protocol(doc: Doc, summ: Summary, comp, earlier: list[dict]) -> Non
                      "prediction on a fresh sample of 100,000 points from the known distribution" if known else "") + ".")
         items.append("Examples per split (train / validation / test): " +
                      "; ".join(f"{a} / {b} / {c}" for a, b, c in sizes[:4]) + ".")
+        augmented = sorted({e.key for e in rows for r in e.runs[:1]
+                            if (r.get("config") or {}).get("data", {}).get("transform")})
+        if augmented:
+            items.append(f"**Augmentation** (`data.transform`) in {', '.join(f'`{k}`' for k in augmented)}: each "
+                         "model draws its own random transform of every training example at every step; validation "
+                         "and test examples are scored untransformed. Augmentation is regularization: such an "
+                         "experiment's baseline trains on the same examples without it.")
         if vt:
             items.append("**Validation data = test data** in some experiments (their files say `validation = \"test\"`, "
                          "the protocol of the study they reproduce): early stopping and the choice of best weights "

@@ -154,8 +154,8 @@ def fit_many(
 
     ``x, y`` and ``validation_data``: shared arrays, lists with one array per model (same
     shapes), a map-style ``Dataset`` of ``(x, y)`` (each model its own ``DataLoader``, shuffled by
-    its seed, as ``fit(model, dataset, seed=s)``) or a ``DataLoader`` (its batches serve every
-    model). Integer inputs stay integers (``fit``'s rule). ``optimizer``: a Keras name/config.
+    its seed, as ``fit(model, dataset, seed=s)``), a list of Datasets (one per model, ``y`` None)
+    or a ``DataLoader`` (its batches serve every model). Integer inputs stay integers (``fit``'s rule). ``optimizer``: a Keras name/config.
     ``callbacks``: one ``EarlyStopping`` at most, per model (stopped models cost nothing more).
     A model whose objective becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results; on
@@ -309,9 +309,20 @@ class _Inputs:
 
     def __init__(self, x: Any, y: Any, validation_data: Any, M: int, batch_size: int, shuffle: bool):
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.x, self.x_per = _per_model(x, M, "x")
-        self.y, _ = _per_model(y, M, "y")
-        self.loader = isinstance(x, (Dataset, DataLoader))
+        #: one map-style Dataset per model (each model's own examples, read by its own loader)
+        self.sets = list(x) if isinstance(x, (list, tuple)) and x and all(isinstance(d, Dataset) for d in x) else None
+        if self.sets is not None and len(self.sets) != M:
+            raise ValueError(f"x: a list of {len(self.sets)} Datasets for {M} models (seeds x grid points): give one "
+                             f"per model ({M}, in the order of product(seeds, grid)), or one Dataset for all")
+        if self.sets is not None:
+            lengths = [len(d) for d in self.sets]
+            if len(set(lengths)) != 1:  # their batches are stacked, step by step
+                raise ValueError(f"x: the per-model Datasets must have one length; got {lengths[:5]}")
+            self.x, self.x_per, self.y = self.sets[0], False, None
+        else:
+            self.x, self.x_per = _per_model(x, M, "x")
+            self.y, _ = _per_model(y, M, "y")
+        self.loader = isinstance(self.x, (Dataset, DataLoader))
         self.val = None
         if validation_data is not None:
             if isinstance(validation_data, (Dataset, DataLoader)):
@@ -324,16 +335,17 @@ class _Inputs:
                 self.val = (xv, yv)
         self.arrays = not self.loader and not isinstance(self.val, (Dataset, DataLoader))
         #: each model reads its own examples of a dataset that draws random numbers (augmentation)
-        self.draws = isinstance(x, Dataset) and draws_random(x)
+        self.draws = isinstance(self.x, Dataset) and draws_random(self.x)
 
     def train(self, model: nn.Module, loss: Any, idx: list[int], configs: list[dict]) -> Any:
         if isinstance(self.x, DataLoader):
             return self._loader(model, loss, self.x, "")
         if isinstance(self.x, Dataset):
-            one = self._loader(model, loss, self._dataloader(self.x, configs[idx[0]]["seed"], self.shuffle), "")
+            sets = self.sets or [self.x] * (max(idx) + 1)
+            one = self._loader(model, loss, self._dataloader(sets[idx[0]], configs[idx[0]]["seed"], self.shuffle), "")
             if len(idx) == 1:
                 return one
-            one.loaders = [self._dataloader(self.x, configs[i]["seed"], self.shuffle) for i in idx]
+            one.loaders = [self._dataloader(sets[i], configs[i]["seed"], self.shuffle) for i in idx]
             return one
         return self._arrays(model, loss, self.x, self.y, self.x_per, idx, "")
 
