@@ -101,12 +101,13 @@ def test_fit_many_with_decay_equals_fit_per_model(engine, make):
 
 
 @pytest.mark.parametrize("name, keras_name, extra", [("sgd", "SGD", {"momentum": 0.9}),
-                                                      ("rmsprop", "RMSprop", {"epsilon": 0.0}),
+                                                      ("rmsprop", "RMSprop", {}),
+                                                      ("rmsprop", "RMSprop", {"momentum": 0.5, "centered": True}),
                                                       ("adamw", "AdamW", {})])
 def test_decay_on_kernels_equals_keras_exclude_from_weight_decay(keras, name, keras_name, extra):
     """Keras 3 (the oracle) with ``exclude_from_weight_decay(var_names=["bias"])`` and the same
-    gradients, five steps: the same weights. SGD and RMSprop decay as Keras does, decoupled.
-    (RMSprop at epsilon 0: Keras divides by sqrt(v + eps), torch's form by sqrt(v) + eps.)"""
+    gradients, five steps: the same weights. SGD and RMSprop decay as Keras does, decoupled; RMSprop
+    divides by sqrt(v + eps) as Keras does (torch's by sqrt(v) + eps: 1e-6 apart here)."""
     rng = np.random.default_rng(4)
     w0, b0 = rng.normal(size=(3, 2)), rng.normal(size=(2,))
     grads = [(rng.normal(size=(3, 2)), rng.normal(size=(2,))) for _ in range(5)]

@@ -193,17 +193,73 @@ class KerasSGD(_KerasDecay, torch.optim.SGD):
         self._init_decay(weight_decay)
 
 
-class KerasRMSprop(_KerasDecay, torch.optim.RMSprop):
+class KerasRMSprop(_KerasDecay, torch.optim.Optimizer):
     """Keras 3 ``RMSprop(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
-    weight_decay=None)``: ``v = rho v + (1 - rho) g**2; w -= lr g / (sqrt(v) + epsilon)`` (torch's
-    form, Keras's defaults); weight decay is Keras's, decoupled (``_KerasDecay``)."""
+    weight_decay=None)``, Keras's update rule (torch's ``RMSprop`` divides by ``sqrt(v) + eps``,
+    Keras by ``sqrt(v + eps)``, which no epsilon reconciles)::
+
+        v = rho v + (1 - rho) g**2;   a = rho a + (1 - rho) g        (a: centered only)
+        inc = lr g / sqrt(v + eps)    (centered: sqrt(v - a**2 + eps))
+        m = momentum m + inc; w -= m  (momentum > 0),  else w -= inc
+
+    Weight decay is Keras's, decoupled (``_KerasDecay``). Every update is element-wise, so it
+    steps a stack of M models as M separate optimizers."""
 
     def __init__(self, params, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
                  epsilon: float = 1e-7, centered: bool = False, weight_decay: float | None = None):
-        super().__init__(params, lr=_checks.positive_float(learning_rate, "learning_rate"),
-                         alpha=_checks.fraction(rho, "rho"), eps=_checks.non_negative_float(epsilon, "epsilon"),
-                         momentum=_checks.fraction(momentum, "momentum"), centered=_checks.flag(centered, "centered"))
+        super().__init__(params, {"lr": _checks.positive_float(learning_rate, "learning_rate"),
+                                  "rho": _checks.fraction(rho, "rho"),
+                                  "eps": _checks.non_negative_float(epsilon, "epsilon"),
+                                  "momentum": _checks.fraction(momentum, "momentum"),
+                                  "centered": _checks.flag(centered, "centered")})
         self._init_decay(weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._decay()
+        for g in self.param_groups:
+            params = [p for p in g["params"] if p.grad is not None]
+            if params:
+                self._update(g, params)
+        return loss
+
+    def _update(self, g: dict[str, Any], params: list[torch.Tensor]) -> None:
+        rho, lr, mom = float(g["rho"]), float(g["lr"]), float(g["momentum"])
+        states = [self.state[p] for p in params]
+        for p, st in zip(params, states):
+            if not st:
+                st["velocity"] = torch.zeros_like(p)
+                if mom > 0:
+                    st["momentum"] = torch.zeros_like(p)
+                if g["centered"]:
+                    st["average_gradient"] = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        v = [st["velocity"] for st in states]
+        sq = torch._foreach_mul(grads, grads)
+        torch._foreach_mul_(sq, 1 - rho)
+        torch._foreach_mul_(v, rho)
+        torch._foreach_add_(v, sq)
+        if g["centered"]:
+            a = [st["average_gradient"] for st in states]
+            torch._foreach_mul_(a, rho)
+            torch._foreach_add_(a, torch._foreach_mul(grads, 1 - rho))
+            denom = torch._foreach_sub(v, torch._foreach_mul(a, a))
+            torch._foreach_add_(denom, float(g["eps"]))
+        else:
+            denom = torch._foreach_add(v, float(g["eps"]))
+        torch._foreach_sqrt_(denom)
+        inc = torch._foreach_mul(grads, lr)
+        torch._foreach_div_(inc, denom)
+        if mom > 0:
+            m = [st["momentum"] for st in states]
+            torch._foreach_mul_(m, mom)
+            torch._foreach_add_(m, inc)
+            inc = m
+        torch._foreach_sub_(params, inc)
 
 
 def _adamw(params, learning_rate=0.001, weight_decay=0.004, **kw):
