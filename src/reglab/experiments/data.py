@@ -542,28 +542,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
             n_val = math.ceil(round(vfrac * x.shape[0], 6))
             xtr, xv, ytr, yv = _split_off(xr, yr, n_val, data_seed + 7919, task)
     else:
-        ignored = [k for k in ("test", "validation") if k in split and split[k] != "test" and
-                   (k == "test" or "validation" in roles)]
-        if ignored:
-            _fail(file, f"split.{ignored[0]}", "the data come already split (files or a loader's dict with "
-                  f"{sorted(roles)}), so this fraction would be ignored; remove it")
-        xtr, ytr = roles["train"]
-        xte, yte = roles["test"]
-        if "validation" in roles:
-            xv, yv = roles["validation"]
-        elif val_is_test:
-            xv, yv = xte, yte
-        else:
-            _check_sizes(xtr.shape[0], 0.0, vfrac or DEFAULT_SPLIT["validation"], file, "the train data")
-            if train_set is None:
-                xtr, xv, ytr, yv = _split_off(xtr, ytr, vfrac or DEFAULT_SPLIT["validation"], data_seed + 7919, task)
-            else:  # the same split, by index: the training examples are the Dataset's
-                from torch.utils.data import Subset
-
-                _no_augmented_validation(train_set, file)
-                itr, iv, _, _ = _split_off(np.arange(len(xtr)), ytr, vfrac or DEFAULT_SPLIT["validation"],
-                                           data_seed + 7919, task)
-                xtr, xv, ytr, yv, train_set = xtr[itr], xtr[iv], ytr[itr], ytr[iv], Subset(train_set, itr.tolist())
+        xtr, ytr, xv, yv, xte, yte, train_set = _given_splits(roles, split, vfrac, train_set, data_seed, task, file)
     shapes = {r: a.shape[1:] for r, a in (("train", xtr), ("validation", xv), ("test", xte))}
     if len(set(shapes.values())) != 1:
         _fail(file, "data.files", f"the splits' examples differ in shape: {shapes}")
@@ -589,6 +568,35 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         augment, _, _ = resolve(data["transform"], base, f"{file}: data.transform")
     return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform, classes,
                   train_set, augment)
+
+
+def _given_splits(roles: dict[str, tuple], split: Mapping[str, Any], vfrac: Any, train_set: Any, data_seed: int,
+                  task: str, file: str) -> tuple:
+    """``(x_train, y_train, x_val, y_val, x_test, y_test, train_set)`` of data that come split
+    (files, a loader's dict): the validation role, the test split (``"test"``) or a fraction of
+    the training split held out by the seed -- by index where the training split is a Dataset
+    (``train_set`` becomes the Subset it keeps)."""
+    ignored = [k for k in ("test", "validation") if k in split and split[k] != "test" and
+               (k == "test" or "validation" in roles)]
+    if ignored:
+        _fail(file, f"split.{ignored[0]}", "the data come already split (files or a loader's dict with "
+              f"{sorted(roles)}), so this fraction would be ignored; remove it")
+    xtr, ytr = roles["train"]
+    xte, yte = roles["test"]
+    if "validation" in roles:
+        return (xtr, ytr, *roles["validation"], xte, yte, train_set)
+    if vfrac == "test":
+        return xtr, ytr, xte, yte, xte, yte, train_set
+    frac = vfrac or DEFAULT_SPLIT["validation"]
+    _check_sizes(xtr.shape[0], 0.0, frac, file, "the train data")
+    if train_set is None:
+        xtr, xv, ytr, yv = _split_off(xtr, ytr, frac, data_seed + 7919, task)
+        return xtr, ytr, xv, yv, xte, yte, None
+    from torch.utils.data import Subset  # the same split, by index: the training examples are the Dataset's
+
+    _no_augmented_validation(train_set, file)
+    itr, iv, _, _ = _split_off(np.arange(len(xtr)), ytr, frac, data_seed + 7919, task)
+    return xtr[itr], ytr[itr], xtr[iv], ytr[iv], xte, yte, Subset(train_set, itr.tolist())
 
 
 def _check_train_set(ds: Any, data: Mapping[str, Any], classes: Any, file: str) -> None:
