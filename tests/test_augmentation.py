@@ -88,6 +88,25 @@ def raises(x):
 def wrong_shape(x):
     return x[:3]
 
+def numpy_noise(x):
+    import numpy as np
+    return x + torch.as_tensor(np.random.normal(0, 0.1, x.shape), dtype=x.dtype)
+
+calls = [0]
+
+def fails_later(x):
+    calls[0] += 1
+    if calls[0] > 20:
+        raise ValueError("rare")
+    return x
+
+def shrinks_later(x):
+    calls[0] += 1
+    return x[:-1] if calls[0] > 20 else x
+
+def far(x):
+    return x + 100.0
+
 def nothing(x):
     return None
 '''
@@ -139,7 +158,7 @@ def test_a_study_on_an_augmenting_dataset_resumes_after_ctrl_c_as_if_uninterrupt
     assert len(want) == 6
     rows = [json.loads(f.read_text()) for f in (tmp_path / "ref" / "runs").glob("*/*.json")]
     assert {r["engine"] for r in rows} == {"loop"}
-    assert "Dataset draws random numbers" in rows[0]["engine_reason"]
+    assert "reading its examples draws random numbers" in rows[0]["engine_reason"]
     out = tmp_path / "out"
     q = _cli(p, out)
     _wait_for(lambda: len(list(out.glob("runs/*/*.json"))) >= 3 or q.poll() is not None, timeout=300)
@@ -232,6 +251,8 @@ def test_a_transform_augments_the_training_split_only_and_each_model_draws_its_o
                     r"transform keeps the example's shape"),
     ("nothing", r"data\.transform: aug\.py:nothing: returned NoneType for example 0; expected a tensor"),
     ("missing", r"data\.transform: .*missing"),
+    ("numpy_noise", r"data\.transform: aug\.py:numpy_noise: gave two different results for example 0 from the same "
+                    r"torch random state: it draws from another generator"),
 ])
 def test_a_bad_transform_is_named_before_anything_trains(tmp_path, fn, message):
     (tmp_path / "aug.py").write_text(SHIFT)
@@ -241,6 +262,82 @@ def test_a_bad_transform_is_named_before_anything_trains(tmp_path, fn, message):
     assert res.exit_code == 1
     assert __import__("re").search(rf"{p.name}: {message}", res.output), res.output
     assert not list((tmp_path / "out").glob("runs/*/*.json"))
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("fails_later", r"data\.transform: aug\.py:fails_later raised ValueError: rare \(at .*aug\.py, line \d+\)\. "
+                    r"Finished runs are kept"),
+    ("shrinks_later", r"data\.transform: aug\.py:shrinks_later: returned shape \(63,\) for an example of shape "
+                      r"\(64,\); a transform keeps the example's shape\. Finished runs are kept"),
+])
+def test_a_transform_that_fails_during_training_is_named_in_one_line(tmp_path, fn, message):
+    """Past the two examples checked before training, every call is still the user's code at its
+    edge: what it raised, or what was wrong with what it returned, names the file and the key."""
+    (tmp_path / "aug.py").write_text(SHIFT)
+    (tmp_path / "models.py").write_text(MODELS)
+    p = write(tmp_path, TRANSFORMED.format(fn=fn), "shifted.toml")
+    res = run([p], tmp_path / "out", "--no-baselines")
+    assert res.exit_code == 1
+    assert __import__("re").search(rf"^Error: {__import__('re').escape(str(p))}: {message}", res.output), res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_path_trains_with_the_transform(tmp_path):
+    """``reglab path`` (and a study's [[path]]) trains as ``reglab run`` does: on the transformed
+    examples (it had trained on the arrays and ignored the transform)."""
+    from reglab.experiments.path import regularization_path
+    from reglab.experiments.schema import load_experiment
+
+    (tmp_path / "aug.py").write_text(SHIFT)
+    (tmp_path / "models.py").write_text(MODELS)
+    reg = '[regularize]\nparams = {"@kernels" = {name = "L2", l2 = 1e-3}}\n'
+    far = load_experiment(write(tmp_path, TRANSFORMED.format(fn="far") + reg, "far.toml"))[0]
+    plain = load_experiment(write(tmp_path, TRANSFORMED.format(fn="far").replace('transform = "aug.py:far"\n', "") +
+                                  reg, "plain.toml"))[0]
+    a, b = (regularization_path(s, [0.0, 1e-3], [0, 1])["metrics"]["val_log_loss"] for s in (far, plain))
+    assert a != b  # inputs shifted by +100 in training only: not the plain path's numbers
+
+
+def test_an_augmenting_datasets_examples_are_read_each_with_its_own_draw(tmp_path):
+    """The training split's arrays (probes, shapes, labels) are read once from the Dataset in one
+    pass: each example gets a draw of its own (each read had started from the same random state,
+    so every image got the same noise, the same shift)."""
+    from reglab.experiments.runner import splits_of
+    from reglab.experiments.schema import load_experiment
+
+    spec = load_experiment(_study(tmp_path))[0]
+    sp = splits_of(spec, 0)
+    clean = _noisy_sets().load(noise=0.0)["train"]
+    noise = sp.x_train - np.stack([clean[i][0].numpy() for i in range(len(clean))])
+    assert noise.std() > 0.2 and not np.allclose(noise[0], noise[1])
+    state = torch.get_rng_state()
+    splits_of(spec, 0)
+    assert torch.equal(state, torch.get_rng_state())  # the global random state untouched
+
+
+def test_a_binary_dataset_with_scalar_integer_labels_trains_as_its_arrays_do():
+    """Keras's rule for targets (n,) against outputs (n, 1), and float targets for binary
+    cross-entropy, hold for a Dataset as for arrays (a TensorDataset of int labels crashed in
+    the engine chooser's probe)."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 3, generator=g)
+    y = (x[:, 0] > 0).long()
+
+    def build():
+        torch.manual_seed(0)
+        return reglab.models.mlp(3, [{"units": 8, "activation": "relu"}, {"units": 1, "activation": "sigmoid"}])
+
+    kw = dict(loss="binary_crossentropy", epochs=2, batch_size=16, shuffle=False, progress=False, threads=1)
+    a, b = build(), build()
+    ha = reglab.fit(a, TensorDataset(x, y), **kw)
+    hb = reglab.fit(b, x.numpy(), y.numpy(), **kw)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-6)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    many = reglab.fit_many(build, TensorDataset(x, y), seeds=[0, 1], loss="binary_crossentropy", epochs=1)
+    assert all(np.isfinite(h["loss"]).all() for h in many.histories)
 
 
 @pytest.mark.parametrize("args, key, message", [

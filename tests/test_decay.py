@@ -132,8 +132,9 @@ def test_decay_on_kernels_equals_keras_exclude_from_weight_decay(keras, name, ke
 
 def test_decay_errors_name_the_pattern_and_the_fix():
     x, y = np.zeros((8, 4), np.float32), np.zeros((8, 1), np.float32)
-    with pytest.raises(ValueError, match=r"'@Conv\*\.weight' selects no parameter of the model; the module types "
-                                         r"owning parameters are: Linear\(weight, bias\)"):
+    with pytest.raises(ValueError, match=r"optimizer 'adamw': decay: parameter pattern '@Conv\*\.weight' selects no "
+                                         r"parameter of the model; the module types owning parameters are: "
+                                         r"Linear\(weight, bias\)"):
         reglab.fit(mlp(), x, y, loss="mse", optimizer={"name": "adamw", "decay": "@Conv*.weight"}, epochs=1,
                    progress=False)
     with pytest.raises(ValueError, match="there is no weight decay: give weight_decay > 0"):

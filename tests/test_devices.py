@@ -25,7 +25,7 @@ def test_the_device_grammar(value):
     assert devices.check(value, "here") == value
 
 
-@pytest.mark.parametrize("value", ["gpu", "CUDA", "cuda:", "cuda:-1", "mps", "", 0, None, "cpu "])
+@pytest.mark.parametrize("value", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:00", "mps", "", 0, None, "cpu "])
 def test_a_device_outside_the_grammar_is_refused(value):
     with pytest.raises(DeviceError, match=r"^here: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"; got "):
         devices.check(value, "here")
@@ -150,3 +150,23 @@ def test_path_takes_the_device_flag(tmp_path):
                                     "--out", str(tmp_path / "out"), "--device", "cuda:0" if NO_GPU else "gpu"])
     assert res.exit_code == 1
     assert "--device: " in res.output and not (tmp_path / "out" / "paths").exists()
+
+
+def test_fit_and_fit_many_take_the_device_grammar():
+    """``device="auto"`` trains where a GPU is, else on the CPU; a GPU torch does not see is a
+    clear error (torch's own says "Torch not compiled with CUDA enabled")."""
+    import numpy as np
+
+    import reglab
+
+    x, y = np.zeros((8, 2), np.float32), np.zeros((8, 1), np.float32)
+    m = torch.nn.Linear(2, 1)
+    reglab.fit(m, x, y, loss="mse", device="auto", progress=False)
+    assert next(m.parameters()).device.type == devices.kind("auto")
+    many = reglab.fit_many(lambda: torch.nn.Linear(2, 1), x, y, seeds=[0, 1], loss="mse", device="auto")
+    assert next(many.models[0].parameters()).device.type == devices.kind("auto")
+    if NO_GPU:
+        with pytest.raises(DeviceError, match=r"^device: 'cuda', but torch sees no CUDA GPU"):
+            reglab.fit(torch.nn.Linear(2, 1), x, y, loss="mse", device="cuda", progress=False)
+        with pytest.raises(DeviceError, match=r"^device: 'cuda:0', but torch sees no CUDA GPU"):
+            reglab.fit_many(lambda: torch.nn.Linear(2, 1), x, y, seeds=[0], loss="mse", device="cuda:0")

@@ -583,7 +583,7 @@ def test_a_dataset_that_augments_gives_each_model_its_own_draws_as_fit(build):
     ds = Augmented(x, y)
     runs = {M: reglab.fit_many(build, ds, seeds=list(range(M)), loss=SPARSE, epochs=2, batch_size=8, progress=False,
                                threads=1) for M in (1, 3)}
-    assert runs[3].engine == "loop" and "Dataset draws random numbers" in runs[3].engine_reason
+    assert runs[3].engine == "loop" and "reading its examples draws random numbers" in runs[3].engine_reason
     for i in range(3):
         torch.manual_seed(i)
         model = build()

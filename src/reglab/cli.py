@@ -303,14 +303,16 @@ def _in_user_code(e: BaseException) -> click.ClickException | None:
     forward pass that fails on a later batch): its message and the line of the user's code (in
     ``e`` or its causes), and what was kept. None where no frame of the user's code is in it (a
     fault of reglab's own shows its traceback)."""
-    from .experiments.code import where_in
+    from .experiments.code import UserCodeError, where_in
 
+    kept = ". Finished runs are kept; the group that was training wrote nothing"
+    if isinstance(e, UserCodeError):  # said already: file, key, what was raised and where
+        return click.ClickException(str(e).strip() + kept)
     for cause in (e, e.__cause__, e.__context__):
         line = where_in(cause) if cause is not None else ""
         if line:
             text = str(e).strip().splitlines()
-            return click.ClickException(f"{type(e).__name__}: {text[0] if text else ''}{line}. Finished runs are kept; "
-                                        "the group that was training wrote nothing")
+            return click.ClickException(f"{type(e).__name__}: {text[0] if text else ''}{line}{kept}")
     return None
 
 
@@ -358,6 +360,10 @@ def list_cmd(paths: tuple[str, ...]) -> None:
         src = data.get("name") or data.get("file") or data.get("loader") or "files"
         point = ", ".join(f"{k} = {v}" for k, v in s.sweep_point.items())
         on = f", on {tr['device']}" if tr.get("device", "cpu") != "cpu" else ""
+        if opt.get("weight_decay") or opt["name"] == "adamw":
+            on += f", weight decay {opt.get('weight_decay', 0.004):g}" + (f" on {opt['decay']}" if "decay" in opt else "")
+        if data.get("transform"):
+            on += f", transform {data['transform']}"
         click.echo(f"{s.name:24s} {src}, {arch}, {opt['name']} lr {opt.get('learning_rate', 0.001):g}, "
                    f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds{on}" +
                    (f"  [{point}]" if point else ""))

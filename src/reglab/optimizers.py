@@ -320,7 +320,10 @@ def get(identifier: Any, params: Iterable[Any],
                                  "to, but there is no weight decay: give weight_decay > 0")
             if decayed is not None:
                 params = list(params)
-                params = decay_groups(params, decayed(patterns))
+                try:
+                    params = decay_groups(params, decayed(patterns))
+                except ValueError as e:
+                    raise ValueError(f"optimizer {name!r}: decay: {e}") from None
         try:
             return OPTIMIZERS[name](params, **cfg)
         except TypeError as e:

@@ -86,8 +86,8 @@ def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *
         return EngineChoice("loop", "asked for (engine='loop'): each model through autograd, as fit trains it")
     if engine == "auto" and n_models < 2:
         return EngineChoice("loop", "one model: autograd, as fit trains it")
-    why_not = ("its Dataset draws random numbers (augmentation), which only the loop draws for each model from its "
-               "own random state") if data_draws else _vmap_refusal(model, loss, batch)
+    why_not = ("reading its examples draws random numbers (augmentation), which only the loop draws for each model "
+               "from its own random state") if data_draws else _vmap_refusal(model, loss, batch)
     if why_not is None:
         return EngineChoice("vmap", "torch.vmap batches the models (one architecture, draws only by nn.Dropout)")
     if engine == "vmap":

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..training.sources import draws_random, read_quietly
-from .code import call_user
+from ..training.sources import draws_random
+from .code import UserCodeError, call_user
 
-__all__ = ["Augmented", "is_dataset", "read_all", "check_transform", "draws_random"]
+__all__ = ["Augmented", "Transform", "is_dataset", "read_all", "draws_random"]
 
 
 class Augmented(Dataset):
@@ -62,9 +62,10 @@ def is_dataset(v: Any) -> bool:
 
 
 def read_all(ds: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every ``(x, y)`` example of a map-style dataset as arrays, each read once with the global
-    random state left as it was (the validation and test splits; the training split's shapes
-    and labels); a ``ValueError`` naming ``where`` for a dataset that cannot be read so."""
+    """Every ``(x, y)`` example of a map-style dataset as arrays, read once in one pass from a
+    fixed random state, the global one left as it was (the validation and test splits; the
+    training split's shapes, labels and probes -- an augmenting Dataset's examples each with a
+    draw of their own); a ``ValueError`` naming ``where`` for a dataset that cannot be read so."""
     try:
         n = len(ds)
     except TypeError:
@@ -73,8 +74,10 @@ def read_all(ds: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         raise ValueError(f"{where}: the Dataset is empty")
     xs, ys = [], []
-    for i in range(n):
-        item = call_user(read_quietly, f"{where}[{i}]", ds, i)
+    with torch.random.fork_rng():  # one pass from a fixed state: each example its own draw, the global state kept
+        torch.manual_seed(0)
+        items = [call_user(ds.__getitem__, f"{where}[{i}]", i) for i in range(n)]
+    for i, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise ValueError(f"{where}[{i}]: expected an (x, y) pair; got {type(item).__name__}")
         xs.append(np.asarray(item[0].numpy() if torch.is_tensor(item[0]) else item[0]))
@@ -85,22 +88,48 @@ def read_all(ds: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.stack(ys)
 
 
-def check_transform(fn: Callable[..., Any], x: np.ndarray, where: str) -> None:
-    """The transform on the first two training examples (the global random state left as it
-    was): it must return a finite float tensor or array of the example's shape; else a
-    ``ValueError`` naming ``where``."""
-    for i in range(min(2, len(x))):
-        ex = torch.from_numpy(np.ascontiguousarray(x[i]))
-        with torch.random.fork_rng():
-            got = call_user(fn, where, ex.clone())
+class Transform:
+    """``[data] transform`` as training calls it: the user's function at its edge (``call_user``:
+    whatever it raises names the file, the key and its line) and its result checked for every
+    example (``example``), not only the two checked before training."""
+
+    def __init__(self, fn: Callable[..., Any], where: str):
+        self.fn, self.where = fn, where
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.example(call_user(self.fn, self.where, x), x)
+
+    def example(self, got: Any, x: torch.Tensor, i: int | None = None) -> torch.Tensor:
+        """``got``, the transform of ``x``, as a float tensor of ``x``'s shape and dtype; else a
+        ``UserCodeError`` naming the transform (and the example ``i`` where known)."""
+        which = f"example {i}" if i is not None else "an example"
         try:
             t = torch.as_tensor(got)
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"{where}: returned {type(got).__name__} for example {i}; expected a tensor of shape "
-                             f"{tuple(ex.shape)}") from None
-        if tuple(t.shape) != tuple(ex.shape):
-            raise ValueError(f"{where}: returned shape {tuple(t.shape)} for example {i} of shape {tuple(ex.shape)}; "
-                             "a transform keeps the example's shape")
+            raise UserCodeError(f"{self.where}: returned {type(got).__name__} for {which}; expected a tensor of shape "
+                                f"{tuple(x.shape)}") from None
+        if tuple(t.shape) != tuple(x.shape):
+            raise UserCodeError(f"{self.where}: returned shape {tuple(t.shape)} for {which} of shape "
+                                f"{tuple(x.shape)}; a transform keeps the example's shape")
         if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: returned {'non-finite values' if t.is_floating_point() else t.dtype} for "
-                             f"example {i}; expected finite floats")
+            raise UserCodeError(f"{self.where}: returned {'non-finite values' if t.is_floating_point() else t.dtype} "
+                                f"for {which}; expected finite floats")
+        return t.to(x.dtype)
+
+    def check(self, x: np.ndarray) -> None:
+        """Before training, on the first two training examples (the global random state left as
+        it was): each transformed as ``example`` asks, and the same twice from the same torch
+        random state -- a transform drawing from NumPy's or Python's generator would give each
+        model draws that are not its own and runs that do not repeat."""
+        for i in range(min(2, len(x))):
+            ex = torch.from_numpy(np.ascontiguousarray(x[i]))
+            twice = []
+            for _ in range(2):
+                with torch.random.fork_rng():
+                    torch.manual_seed(12345)
+                    twice.append(self.example(call_user(self.fn, self.where, ex.clone()), ex, i))
+            if not torch.equal(*twice):
+                raise ValueError(f"{self.where}: gave two different results for example {i} from the same torch "
+                                 "random state: it draws from another generator (NumPy's, Python's random); draw "
+                                 "from torch's (torch.rand, torch.randint, ...) so that each model draws its own "
+                                 "and a run repeats")

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import datasets as _datasets
 from ..diagnostics.metrics import TASKS
-from .augment import Augmented, draws_random, is_dataset, read_all
+from .augment import Augmented, Transform, draws_random, is_dataset, read_all
 from .code import NO_SIGNATURE, call_problem, call_user, file_sha256, resolve
 
 __all__ = ["Splits", "check_data", "check_split", "DataError", "load_splits", "data_inputs", "MAX_EXAMPLES"]
@@ -70,7 +70,7 @@ class Splits:
     #: the training split as a loader's Dataset (read at every step), or None: the arrays
     train_set: Any = None
     #: ``[data] transform``: random augmentation of each training example (``augment.py``)
-    augment: Callable[[Any], Any] | None = None
+    augment: Transform | None = None
 
     def training(self) -> Any:
         """What the training split trains from: a map-style ``Dataset`` where examples are read
@@ -565,7 +565,8 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         xv, yv = xte, yte
     augment = None
     if data.get("transform"):
-        augment, _, _ = resolve(data["transform"], base, f"{file}: data.transform")
+        where = f"{file}: data.transform: {data['transform']}"
+        augment = Transform(resolve(data["transform"], base, f"{file}: data.transform")[0], where)
     return Splits(xtr, ytr, xv, yv, xte, yte, task, n_out, dist, val_is_test, transform, y_transform, classes,
                   train_set, augment)
 

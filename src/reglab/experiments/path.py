@@ -28,7 +28,7 @@ from ..vectorized.fit_many import fit_many
 from . import devices as _devices
 from .build import builder, early_stopping, loss_of
 from .files import own_folder, write_json
-from .runner import evaluate_run, splits_of
+from .runner import evaluate_run, splits_of, training_data
 from .schema import MAX_STRENGTH, ExperimentSpec
 
 __all__ = ["regularization_path", "with_strength", "path_file"]
@@ -102,11 +102,12 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     builders = {lam: builder(specs[lam], sp0.input_shape, sp0.n_outputs) for lam in strengths}
     order = [(s, lam) for s in seeds for lam in strengths]  # fit_many's product(seeds, grid) order
     tr = spec.config["train"]
-    res = fit_many(lambda lam: builders[lam](), [data[s].x_train for s, _ in order], [data[s].y_train for s, _ in order],
+    x, y = training_data([data[s] for s, _ in order], shared=False)
+    res = fit_many(lambda lam: builders[lam](), x, y,
                    seeds=seeds, grid=[{"lam": lam} for lam in strengths], loss=loss_of(spec, task),
                    optimizer=tr["optimizer"], epochs=tr["epochs"], batch_size=tr["batch_size"],
                    validation_data=([data[s].x_val for s, _ in order], [data[s].y_val for s, _ in order]),
-                   callbacks=early_stopping(spec), progress=progress, device=_devices.of(spec),
+                   callbacks=early_stopping(spec), progress=progress, device=(device := _devices.of(spec)),
                    metrics=("accuracy",) if task != "regression" else ())
     if res.interrupted:  # a path cut short is never stored (nor returned) as finished
         raise KeyboardInterrupt(f"{spec.name}: its regularization path was interrupted; nothing of it was written")
@@ -143,6 +144,7 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
         "task": task, "select_metric": f"val_{select}", "held_out_metric": held,
         "strengths": strengths,
         "seeds": seeds,
+        **_devices.record(device),
         "metrics": {k: v.tolist() for k, v in metrics.items()},
         "stats": stats,
         "failed": len(res.failed),

@@ -41,7 +41,7 @@ from .code import file_sha256, where_in
 from .current import mark_current, split_current
 from .data import DataError, Splits, load_splits
 from . import devices as _devices
-from .augment import check_transform, draws_random
+from .augment import draws_random
 from .files import atomic_write, own_folder, write_json
 from .schema import ConfigError, ExperimentSpec
 
@@ -160,7 +160,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         try:
             sp = splits_of(spec, 0)
             if sp.augment is not None:
-                check_transform(sp.augment, sp.x_train, f"{spec.path}: data.transform: {spec.config['data']['transform']}")
+                sp.augment.check(sp.x_train)
         except (DataError, ValueError) as e:
             raise ConfigError(str(e)) from None
         try:
@@ -367,9 +367,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
         return [getattr(d, attr) for d in data] if resample and len(seeds) > 1 else getattr(sp0, attr)
 
     device = _devices.of(spec)
-    sets = [d.training() for d in data]  # Datasets where examples are read one by one (augmentation)
-    x, y = (sets if resample and len(seeds) > 1 else sets[0], None) if sets[0] is not None else \
-        (per_model("x_train"), per_model("y_train"))
+    x, y = training_data(data, shared=not (resample and len(seeds) > 1))
     res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), x, y,
                    seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr["optimizer"], epochs=tr["epochs"],
                    batch_size=tr["batch_size"], validation_data=(per_model("x_val"), per_model("y_val")),
@@ -408,6 +406,19 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
         write_json(path, row)  # last: a verified JSON marks the unit done
         out_rows.append(row)
     return out_rows
+
+
+def training_data(splits: list[Splits], shared: bool) -> tuple[Any, Any]:
+    """``fit_many``'s ``x, y`` for models trained on ``splits`` (one per model; ``shared``: the
+    first serves all): Datasets where examples are read one by one (a loader's, or the arrays
+    through ``[data] transform``: each model reads and augments its own), else the arrays."""
+    use = splits[:1] if shared else splits
+    sets = [sp.training() for sp in use]
+    if sets[0] is not None:
+        return (sets[0] if shared else sets), None
+    if shared:
+        return splits[0].x_train, splits[0].y_train
+    return [sp.x_train for sp in use], [sp.y_train for sp in use]
 
 
 def _jsonable(v: Any) -> Any:

@@ -14,6 +14,7 @@ from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import threads as _threads
+from ..devices import torch_device
 from ..attach import quiet, refresh_constraints
 from . import data as _data
 from .callbacks import Callback, EarlyStopping
@@ -76,6 +77,14 @@ def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
     return metrics
 
 
+def expands_targets(loss: _losses.Loss, out: torch.Tensor, y_dim: int) -> bool:
+    """Keras's ``squeeze_or_expand_to_same_rank``: targets of shape ``(n,)`` (``y_dim`` axes a
+    batch) against outputs ``(n, 1)`` gain the last axis (not for sparse labels, nor a torch
+    loss, which has its own rule)."""
+    return (y_dim == out.dim() - 1 and out.dim() >= 2 and out.shape[-1] == 1 and loss.task != "sparse"
+            and not isinstance(getattr(loss, "data_loss", loss), _losses.TorchLoss))
+
+
 def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, device, prefix: str = ""):
     """Validate and convert ``x, y``; check one forward pass against the loss's expected shapes.
 
@@ -92,9 +101,8 @@ def prepare_arrays(model: nn.Module, x: Any, y: Any, loss: _losses.Loss, dtype, 
     out, as_float = probe_inputs(model, probe, dtype, f"{prefix}x of shape {tuple(xt.shape)}")
     if as_float:
         xt = xt.to(dtype)
-    if (yt.dim() == out.dim() - 1 and out.dim() >= 2 and out.shape[-1] == 1 and loss.task != "sparse"
-            and not isinstance(getattr(loss, "data_loss", loss), _losses.TorchLoss)):
-        yt = yt.unsqueeze(-1)  # Keras (squeeze_or_expand_to_same_rank): y of shape (n,) against outputs (n, 1)
+    if expands_targets(loss, out, yt.dim()):
+        yt = yt.unsqueeze(-1)
     try:
         loss.check_shapes(tuple(out.shape), tuple(yt[:len(probe)].shape))
     except ValueError as e:
@@ -157,29 +165,34 @@ def _probe(model: nn.Module, xb: torch.Tensor, what: str) -> torch.Tensor:
     return out
 
 
-def loader_checks(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device,
-                   prefix: str) -> tuple[int | None, bool]:
-    """Before training on a ``DataLoader``: the model runs on its dataset's first example and its
-    output has the range the loss expects (``check_targets_and_outputs``); returns the number of
-    classes whose labels every batch is then checked against (sparse cross-entropy), or None, and
-    whether integer inputs become floats (``probe_inputs``). An iterable dataset is not probed
-    (that would advance it)."""
+def loader_source(model: nn.Module, loader: DataLoader, loss: _losses.Loss, dtype, device, prefix: str) -> LoaderData:
+    """A ``DataLoader`` as a training (``prefix`` ``""``) or validation source, checked before
+    training: the model runs on its dataset's first example and its output has the range the
+    loss expects (``check_targets_and_outputs``); sparse labels are then checked batch by batch
+    against the model's classes; integer inputs become floats where the model cannot take them
+    (``probe_inputs``); other targets become floats, ``(n,)`` against outputs ``(n, 1)`` gaining
+    the last axis (``expands_targets``), as arrays' do. An iterable dataset is not probed (that
+    would advance it)."""
     from torch.utils.data import IterableDataset
 
+    name = f"{prefix or 'training '}data"
+    floats = loss.task != "sparse"
     if isinstance(loader.dataset, IterableDataset):
-        return None, False
+        return LoaderData(loader, dtype, device, name=name, float_y=floats)
     try:
         item = read_quietly(loader.dataset, 0)
         x0, y0 = item[0], item[1]
     except Exception:  # an unusual dataset: the batches are checked as they come
-        return None, False
+        return LoaderData(loader, dtype, device, name=name, float_y=floats)
     x0 = _data.as_input(torch.as_tensor(x0), dtype).to(device).unsqueeze(0)
     out, as_float = probe_inputs(model, x0, dtype, f"{prefix}dataset[0]'s x")
-    y = torch.as_tensor(y0).to(device).reshape(1, -1)
+    y0 = torch.as_tensor(y0)
+    y = y0.to(device).reshape(1, -1)
     check_targets_and_outputs(loss, out, y[:, 0] if y.shape[1] == 1 else y, f"{prefix}dataset[0]: ")
     base = getattr(loss, "data_loss", loss)
     sparse = isinstance(base, _losses.SparseCategoricalCrossentropy) and out.dim() >= 2
-    return (out.shape[-1] if sparse else None), as_float
+    return LoaderData(loader, dtype, device, classes=out.shape[-1] if sparse else None, name=name,
+                      ints_as_float=as_float, float_y=floats, expand_y=expands_targets(loss, out, y0.dim() + 1))
 
 
 def check_targets_and_outputs(loss: _losses.Loss, out: torch.Tensor, yt: torch.Tensor, prefix: str = "") -> None:
@@ -211,9 +224,7 @@ def _as_source(model, x, y, loss, dtype, device, batch_size, shuffle, seed, pref
             g.manual_seed(int(seed))
         x = DataLoader(x, batch_size=batch_size, shuffle=shuffle, generator=g)
     if isinstance(x, DataLoader):
-        classes, as_float = loader_checks(model, x, loss, dtype, device, prefix)
-        return LoaderData(x, dtype, device, classes=classes, name=f"{prefix or 'training '}data",
-                          ints_as_float=as_float), False
+        return loader_source(model, x, loss, dtype, device, prefix), False
     xt, yt = prepare_arrays(model, x, y, loss, dtype, device, prefix)
     return ArrayData(xt, yt), shuffle
 
@@ -300,6 +311,9 @@ def fit(
       gives a bit-identical history on CPU.
     - ``threads``: torch's intra-op threads for this run (restored after); None: the ``reglab.threads``
       rule (one thread for small models, never more than the idle cores).
+    - ``device``: where the model trains (moved there first): ``"auto"`` (a GPU where torch sees
+      one), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (``reglab.devices``: a GPU torch does not see is an
+      error) or any torch device.
     - NaN/inf in the objective raises ``TrainingDiverged`` (epoch, batch, history, last finite
       weights); Ctrl-C stops after the current step and returns the history marked
       ``meta["interrupted"]``.
@@ -325,7 +339,7 @@ def fit(
     if seed is not None:
         seed = _checks.integer(seed, "seed")
     if device is not None:
-        model.to(device)
+        model.to(torch_device(device))
     p0 = next(model.parameters())
     _check_optimizer(model, optimizer)
     dtype, dev = p0.dtype, p0.device

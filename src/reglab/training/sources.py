@@ -3,6 +3,7 @@ model) and data loaders (one shared, or one per model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,6 +109,10 @@ class LoaderData:
     ints_as_float: bool = False
     #: one loader per model, or None (``loader`` serves every model)
     loaders: list[Any] | None = None
+    #: targets become the model's float dtype (all but sparse labels: ``reglab.training.data.targets``' rule)
+    float_y: bool = False
+    #: targets ``(B,)`` against outputs ``(B, 1)`` gain the last axis (``fit.expands_targets``)
+    expand_y: bool = False
 
     @property
     def n(self) -> float:
@@ -134,7 +139,7 @@ class LoaderData:
             xb, yb = self._input(batch[0]), torch.as_tensor(batch[1]).to(self.device)
         except Exception:  # noqa: BLE001 -- an unusual dataset: trained, not probed
             return None
-        return xb, (yb.to(self.dtype) if yb.is_floating_point() else yb)
+        return xb, self._targets(yb)
 
     def dims(self) -> tuple[int, int]:
         probe = self.probe_batch()
@@ -144,8 +149,7 @@ class LoaderData:
         if self.loaders is None:
             return self
         keep = take.tolist()
-        return LoaderData(self.loader, self.dtype, self.device, self.classes, self.name, self.ints_as_float,
-                          [self.loaders[i] for i in keep])
+        return dataclasses.replace(self, loaders=[self.loaders[i] for i in keep])
 
     def _check_labels(self, yb: torch.Tensor, b: int) -> None:
         k = self.classes
@@ -179,9 +183,12 @@ class LoaderData:
                 yb = torch.stack([torch.as_tensor(one[1]) for one in batch]).to(self.device)
             if self.classes is not None:
                 self._check_labels(yb, b)
-            if yb.is_floating_point():
-                yb = yb.to(self.dtype)
-            yield xb, yb, xb.shape[1 if self.loaders is not None else 0]
+            yield xb, self._targets(yb), xb.shape[1 if self.loaders is not None else 0]
+
+    def _targets(self, yb: torch.Tensor) -> torch.Tensor:
+        if yb.is_floating_point() or self.float_y:
+            yb = yb.to(self.dtype)
+        return yb.unsqueeze(-1) if self.expand_y else yb
 
 
 def _all_together(loaders: list[Any], stack: Engine) -> Iterator[list[Any]]:

@@ -25,8 +25,9 @@ from ..training.callbacks import EarlyStopping
 from ..training.fit import check_callbacks, check_trainable
 from ..training.engine import ArrayData, LoaderData, run
 from ..training.sources import draws_random
-from ..training.fit import check_metrics, loader_checks, prepare_arrays
+from ..training.fit import check_metrics, loader_source, prepare_arrays
 from ..training.history import History
+from ..devices import torch_device
 
 __all__ = ["fit_many", "ManyResult"]
 
@@ -155,13 +156,13 @@ def fit_many(
     ``x, y`` and ``validation_data``: shared arrays, lists with one array per model (same
     shapes), a map-style ``Dataset`` of ``(x, y)`` (each model its own ``DataLoader``, shuffled by
     its seed, as ``fit(model, dataset, seed=s)``), a list of Datasets (one per model, ``y`` None)
-    or a ``DataLoader`` (its batches serve every model). Integer inputs stay integers (``fit``'s rule). ``optimizer``: a Keras name/config.
+    or a ``DataLoader`` (its batches serve every model). Integer inputs stay integers (``fit``'s
+    rule). ``optimizer``: a Keras name/config. ``device``: as ``fit``'s (``reglab.devices``).
     ``callbacks``: one ``EarlyStopping`` at most, per model (stopped models cost nothing more).
     A model whose objective becomes NaN/inf is marked failed (``ManyResult.failed``) and frozen.
     ``memory_budget`` (bytes) splits M into chunks trained one after another (same results; on
     CPU at most ``CPU_CHUNK`` = 512 models, the measured sweet spot; ``None``: no chunking).
-    ``threads``: torch's intra-op threads (restored after); None: the ``reglab.threads`` rule
-    (for one model's work per step on the loop engine, as ``fit``).
+    ``threads``: torch's intra-op threads (restored after); None: ``reglab.threads``' rule.
     """
     grid = _grid(grid)
     seeds, epochs, batch_size, metrics, stoppers = _checked(seeds, optimizer, engine, epochs, batch_size, metrics,
@@ -250,7 +251,7 @@ def _build(build: Callable[..., Any], config: dict, point: dict, loss: Any, devi
     args = ", ".join(f"{k}={v!r}" for k, v in point.items())
     check_trainable(model, f"the model build({args}) returned (seed {config['seed']})")
     if device is not None:
-        model.to(device)
+        model.to(torch_device(device))  # "auto", or a GPU checked to exist
     rngs[i] = rng_state([d for d in {p.device for p in model.parameters()} if d.type == "cuda"])
     return model, _losses.get(lo)
 
@@ -366,9 +367,7 @@ class _Inputs:
     @staticmethod
     def _loader(model, loss, loader, prefix):
         p0 = next(model.parameters())
-        classes, as_float = loader_checks(model, loader, loss, p0.dtype, p0.device, prefix)
-        return LoaderData(loader, p0.dtype, p0.device, classes=classes, name=f"{prefix or 'training '}data",
-                          ints_as_float=as_float)
+        return loader_source(model, loader, loss, p0.dtype, p0.device, prefix)
 
     @staticmethod
     def _arrays(model, loss, xa, ya, per, idx, prefix) -> ArrayData:
