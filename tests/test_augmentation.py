@@ -50,6 +50,15 @@ def load(n=360, noise=0.3, roles=("train", "validation", "test")):
 
 def one_dataset():
     return load()["train"]
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter([])
+
+
+def streams():
+    return {"train": Stream(), "test": load()["test"]}
 '''
 
 EXPERIMENT = '''
@@ -375,3 +384,7 @@ def two():
     p.write_text(text.replace('loader = "loader.py:load"', 'loader = "loader.py:one_dataset"'))
     res = run([p], tmp_path / "out")
     assert res.exit_code == 1 and "data.loader: returned one Dataset; return a dict of Datasets per role" in res.output
+    p.write_text(text.replace('loader = "loader.py:load"', 'loader = "loader.py:streams"'))
+    res = run([p], tmp_path / "out")
+    assert res.exit_code == 1 and "data.loader['train']: an IterableDataset; a study reads map-style Datasets" in \
+        res.output

@@ -372,6 +372,11 @@ def _role(v: Any, where: str) -> tuple:
     """A loader's role: ``(x, y)`` arrays, or a Dataset read once into arrays, with the Dataset
     itself third (the training split trains from it)."""
     if not is_dataset(v):
+        from torch.utils.data import IterableDataset
+
+        if isinstance(v, IterableDataset):
+            raise DataError(f"{where}: an IterableDataset; a study reads map-style Datasets (with __len__ and "
+                            "__getitem__), each split once and the training split at every step")
         return _pair(v, where)
     try:
         return (*read_all(v, where), v)
