@@ -362,20 +362,6 @@ def test_dropout_on_the_engine_draws_what_nn_dropout_draws():
     assert out[0][0]["loss"][0] != out[0][0]["val_loss"][0]
 
 
-def test_keras_adam_step_hooks_run_once_per_step():
-    from reglab.optimizers import KerasAdam
-
-    p = torch.zeros(3, requires_grad=True)
-    opt = KerasAdam([p])
-    calls = []
-    opt.register_step_post_hook(lambda *a: calls.append("post"))
-    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
-    for _ in range(3):
-        p.grad = torch.ones(3)
-        opt.step()
-    assert calls == ["pre", "post"] * 3
-
-
 def test_unhooked_step_skips_the_wrapper_only_while_no_hook_or_patch_exists():
     from torch.optim import optimizer as topt
 

@@ -120,22 +120,25 @@ def claims(frame, runs, out):
                          "size, so strength 0.1 acts as 0.1/50 = 0.002 per KL unit: "
                          f"{'the constraint is met' if m <= 0.1 else 'too weak to enforce rho on this network'} "
                          "(the autoencoder section shows a strength that does enforce it).")
-    if "x_adamw_decay" in by and "x_l2_in_loss_adam" in by:
-        a, b = by["x_adamw_decay"].by_seed("excess_log_loss"), by["x_l2_in_loss_adam"].by_seed("excess_log_loss")
-        common = sorted(set(a) & set(b))
-        if len(common) > 1:
-            c = paired_comparison([a[s] for s in common], [b[s] for s in common])
-            items.append(f"**AdamW is not L2 under Adam.** At the strength where they coincide under SGD (wd = 2 "
-                         f"lambda), decoupled decay minus L2-in-the-loss on the fresh excess log-loss: "
-                         f"{c.mean_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.2g} "
-                         f"({c.verdict}).")
-    if "x_adamw_kernels" in by and "x_adamw_decay" in by:
-        a, b = by["x_adamw_kernels"].by_seed("excess_log_loss"), by["x_adamw_decay"].by_seed("excess_log_loss")
-        common = sorted(set(a) & set(b))
-        if len(common) > 1:
-            c = paired_comparison([a[s] for s in common], [b[s] for s in common])
-            items.append(f"**AdamW on the kernels only, or on everything?** Decaying the kernels alone (the biases "
-                         f"not decayed) minus decaying every parameter, on the fresh excess log-loss: "
-                         f"{c.mean_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.2g} "
+    pairs = [("x_adamw_decay", "x_l2_in_loss_adam",
+              "**AdamW is not L2 under Adam.** At the strength where they coincide under SGD (wd = 2 lambda), "
+              "decoupled decay minus L2-in-the-loss on the fresh excess log-loss: "),
+             ("x_adamw_kernels", "x_adamw_decay",
+              "**AdamW on the kernels only, or on everything?** Decaying the kernels alone (the biases not decayed) "
+              "minus decaying every parameter, on the fresh excess log-loss: ")]
+    for one, other, text in pairs:
+        c = _paired(by, one, other, "excess_log_loss")
+        if c is not None:
+            items.append(f"{text}{c.mean_difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.2g} "
                          f"({c.verdict}).")
     return [items]
+
+
+def _paired(by, one: str, other: str, metric: str):
+    """The paired comparison of experiment ``one`` minus ``other`` on ``metric`` over their common
+    seeds, or None where either is missing or fewer than two seeds are common."""
+    if one not in by or other not in by:
+        return None
+    a, b = by[one].by_seed(metric), by[other].by_seed(metric)
+    common = sorted(set(a) & set(b))
+    return paired_comparison([a[s] for s in common], [b[s] for s in common]) if len(common) > 1 else None
