@@ -919,7 +919,8 @@ def test_the_library_has_no_lecture_inside():
 
 
 STUDIES = [("digits_cnn", "multiclass", {"l2_kernels", "dropout", "l1_activity"}),
-           ("diabetes", "regression", {"l1", "l2", "early_stopping"})]
+           ("diabetes", "regression", {"l1", "l2", "early_stopping"}),
+           ("augmentation", "multiclass", {"shifts", "weight_decay", "dropout"})]
 
 
 @pytest.mark.parametrize("name, task, experiments", STUDIES)
@@ -942,7 +943,11 @@ def test_shipped_studies_run_at_small_size(tmp_path, name, task, experiments):
     from reglab.report.render import write_report
 
     paths = write_report(out)
-    assert "Paired comparisons" in paths["markdown"].read_text()
+    text = paths["markdown"].read_text()
+    assert "Paired comparisons" in text
+    if name == "augmentation":  # the augmented baseline rule, stated
+        assert "Augmentation is regularization: such an experiment's baseline trains on the same examples" in text
+        assert len({r["baseline"] for r in load_runs(out) if not r["is_baseline"]}) == 1  # one shared baseline
 
 
 def test_a_run_reads_its_finished_runs_once_after_training(tmp_path, monkeypatch):
