@@ -1,5 +1,6 @@
-"""From a validated experiment to what training needs: the model builder (with its regularizers
-and constraints attached), the loss for the task, early stopping."""
+"""From a validated experiment to what training needs: its data splits for a seed and what
+``fit_many`` trains from, the model builder (with its regularizers and constraints attached), the
+loss for the task, early stopping."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from ..attach import constrain, regularize
 from ..models import mlp
 from ..training.callbacks import EarlyStopping
 from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
+from .data import Splits, load_splits
 from .schema import ExperimentSpec
 
-__all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "regression_loss", "DEFAULT_LOSS"]
+__all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "regression_loss", "DEFAULT_LOSS",
+           "splits_of", "training_data"]
 
 #: the loss an experiment trains with when ``train.loss`` is absent
 DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
@@ -147,3 +150,21 @@ def from_logits(spec: ExperimentSpec, task: str) -> bool:
 def early_stopping(spec: ExperimentSpec) -> list[EarlyStopping]:
     es = spec.config["train"].get("early_stopping")
     return [EarlyStopping(**es)] if es else []
+
+
+def splits_of(spec: ExperimentSpec, seed: int) -> Splits:
+    return load_splits(spec.config["data"], spec.config["split"], spec.base, spec.path, seed,
+                       regression_loss=regression_loss(spec))
+
+
+def training_data(splits: list[Splits], shared: bool) -> tuple[Any, Any]:
+    """``fit_many``'s ``x, y`` for models trained on ``splits`` (one per model; ``shared``: the
+    first serves all): Datasets where examples are read one by one (a loader's, or the arrays
+    through ``[data] transform``: each model reads and augments its own), else the arrays."""
+    use = splits[:1] if shared else splits
+    sets = [sp.training() for sp in use]
+    if sets[0] is not None:
+        return (sets[0] if shared else sets), None
+    if shared:
+        return splits[0].x_train, splits[0].y_train
+    return [sp.x_train for sp in use], [sp.y_train for sp in use]

@@ -26,9 +26,9 @@ from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
 from . import devices as _devices
-from .build import builder, early_stopping, loss_of
+from .build import builder, early_stopping, loss_of, splits_of, training_data
 from .files import own_folder, write_json
-from .runner import evaluate_run, splits_of, training_data
+from .evaluate import evaluate_run
 from .schema import MAX_STRENGTH, ExperimentSpec
 
 __all__ = ["regularization_path", "with_strength", "path_file"]

@@ -29,17 +29,12 @@ import torch
 
 from .._version import __version__
 from .. import threads as _threads
-from ..diagnostics.evaluate import predict
-from ..diagnostics.metrics import METRICS, score, to_probabilities
-from ..diagnostics.overfitting import overfitting
-from ..diagnostics.sparsity import sparsity
-from ..training.data import as_input
-from ..training.fit import PROBE, check_targets_and_outputs, check_trainable, probe_inputs
 from ..vectorized.fit_many import fit_many
-from .build import builder, early_stopping, from_logits, loss_name, loss_of, regression_loss
-from .code import file_sha256, where_in
+from .build import builder, early_stopping, loss_name, loss_of, splits_of, training_data
+from .code import file_sha256
 from .current import mark_current, split_current
-from .data import DataError, Splits, load_splits
+from .evaluate import FRESH_SAMPLES, evaluate_run
+from .prepare import prepare
 from . import devices as _devices
 from .augment import draws_random
 from .files import atomic_write, own_folder, write_json
@@ -48,9 +43,6 @@ from .schema import ConfigError, ExperimentSpec
 __all__ = ["Unit", "plan_units", "prepare", "execute", "run_unit", "load_runs", "load_model", "FRESH_SAMPLES",
            "write_json", "evaluate_run", "splits_of"]
 
-FRESH_SAMPLES = 100_000
-FRESH_SEED = 1_000_003
-GRID = 120  # decision-boundary grid resolution
 
 
 @dataclass(frozen=True)
@@ -141,216 +133,6 @@ def _check_baselines_differ(specs: Sequence[ExperimentSpec]) -> None:
                               "with --no-baselines")
 
 
-def splits_of(spec: ExperimentSpec, seed: int) -> Splits:
-    return load_splits(spec.config["data"], spec.config["split"], spec.base, spec.path, seed,
-                       regression_loss=regression_loss(spec))
-
-
-def prepare(specs: Iterable[ExperimentSpec]) -> None:
-    """Everything that can fail before training, for every experiment: the data (files, shapes,
-    NaN, labels), the builder, the ``[regularize]`` patterns, the model output against the loss,
-    the analysis layers. Raises ``ConfigError`` naming file and key."""
-    from .. import losses as _losses
-
-    done: set[str] = set()
-    for spec in specs:
-        if spec.digest() in done:
-            continue
-        done.add(spec.digest())
-        try:
-            sp = splits_of(spec, 0)
-            if sp.augment is not None:
-                sp.augment.check(sp.x_train)
-        except (DataError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-        try:
-            torch.manual_seed(0)
-            out = builder(spec, sp.input_shape, sp.n_outputs)()
-        except ValueError as e:
-            where = "train.loss.codes" if "regularizers list" in str(e) else "model"
-            raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: {where}: {e}") from None
-        except Exception as e:  # the user's builder failed: say where, in their code
-            import traceback
-
-            last = traceback.extract_tb(e.__traceback__)[-1]
-            ref = spec.config["model"].get("builder", "the model's layers")
-            raise ConfigError(f"{spec.path}: model.builder: {ref} raised {type(e).__name__}: {e} (at {last.filename}, "
-                              f"line {last.lineno})") from None
-        model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
-        loss = _losses.get(lo)
-        _check_loss_fits_task(spec, sp, loss)
-        try:
-            p0 = check_trainable(model, "the model")
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{spec.path}: model: {e}") from None
-        # as many as fit probes, integers kept where the model takes them (fit's rule)
-        xb = as_input(torch.as_tensor(np.asarray(sp.x_train[:PROBE])), p0.dtype)
-        try:
-            pred, _ = probe_inputs(model, xb, p0.dtype, "x")
-        except ValueError as e:  # any error of the user's forward
-            cause = e.__cause__ or e
-            raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
-                              f"{type(cause).__name__}: {cause}{where_in(cause)}") from None
-        if not bool(torch.isfinite(pred).all()):
-            raise ConfigError(f"{spec.path}: model: its output on the first {len(xb)} training examples holds NaN or "
-                              "inf before any training (its initial weights or its forward): nothing could be learned")
-        width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
-        if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
-            hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""
-                    if sp.task == "binary" else
-                    f"{sp.n_outputs} (one per class 0..{sp.n_outputs - 1}); if the target is a count or a measurement, "
-                    "set data.task = \"regression\"")
-            where = (f"model.layers[{len(spec.config['model']['layers']) - 1}].units"
-                     if "layers" in spec.config["model"] else "model")
-            raise ConfigError(f"{spec.path}: {where}: the model outputs {width} value(s) per example but the "
-                              f"{sp.task} task of the data needs {hint}")
-        yb = torch.as_tensor(np.asarray(sp.y_train[:len(xb)]))
-        try:
-            loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
-        except ValueError as e:
-            raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for {len(xb)} examples does not "
-                              f"fit the {sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
-        try:  # fit's own check: labels in range, probabilities where the loss wants them
-            check_targets_and_outputs(loss, pred, torch.as_tensor(np.asarray(sp.y_train)).to(p0.dtype))
-        except ValueError as e:
-            hint = (f' (here: loss = {{name = "{loss.name}", from_logits = true}})' if "from_logits" in str(e) else "")
-            raise ConfigError(f"{spec.path}: train.loss: {e}{hint}") from None
-        _check_constraints(spec, model)
-        _check_decay(spec, model)
-        es = spec.config["train"].get("early_stopping", {})
-        if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
-            raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
-                              "regression task; monitor val_loss or val_data_loss")
-        names = {n for n, _ in model.named_modules()}
-        for layer in spec.config.get("analysis", {}).get("sparsity_layers", []):
-            if layer not in names:
-                raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
-                                  f"{sorted(n for n in names if n)[:20]}")
-
-
-def _check_loss_fits_task(spec: ExperimentSpec, sp: Splits, loss: Any) -> None:
-    """The training loss is one for the data's task (a ``ConfigError`` naming ``train.loss``)."""
-    if sp.task in ("binary", "multiclass") and loss.task is None:
-        raise ConfigError(f"{spec.path}: train.loss: {loss.name} does not fit the {sp.task} task of the data")
-    if sp.task == "multiclass" and loss.task == "binary":
-        raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a binary loss but the data have "
-                          f"{sp.n_outputs} classes; use \"sparse_categorical_crossentropy\" (integer labels)")
-    if sp.task == "multiclass" and loss.task == "categorical":
-        raise ConfigError(f"{spec.path}: train.loss: {loss.name} needs one-hot targets; the data's labels are "
-                          "integers: use \"sparse_categorical_crossentropy\"")
-    if sp.task == "binary" and loss.task in ("categorical", "sparse"):
-        raise ConfigError(f"{spec.path}: train.loss: {loss.name} on a binary task: use \"binary_crossentropy\" "
-                          "with one output unit, or set data.task = \"multiclass\"")
-    if sp.task == "regression" and loss.task is not None:
-        raise ConfigError(f"{spec.path}: train.loss: {loss.name} is a classification loss but the data's task is "
-                          "regression (set data.task, or a regression loss such as \"mse\")")
-
-
-def _check_decay(spec: ExperimentSpec, model: torch.nn.Module) -> None:
-    """The optimizer's ``decay`` patterns each select a parameter of the model."""
-    from .. import optimizers as _optimizers
-    from ..selectors import select_all
-
-    decay = spec.config["train"]["optimizer"].get(_optimizers.DECAY)
-    if decay is not None:
-        try:
-            select_all(model, _optimizers.decay_patterns(decay))
-        except ValueError as e:
-            raise ConfigError(f"{spec.path}: train.optimizer.decay: {e}") from None
-
-
-def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:
-    """Each constraint once on a copy of its parameter (an ``axis`` beyond the weight's rank
-    fails here, not at the first optimizer step)."""
-    from ..attach import constraint_sources
-
-    for name, mod, attr, c in constraint_sources(model):
-        p = getattr(mod, attr)
-        try:
-            with torch.no_grad():
-                c.project(p.detach().clone())
-        except (ValueError, RuntimeError, IndexError) as e:
-            key = ("regularize.constraints" if spec.config.get("regularize", {}).get("constraints")
-                   else "model.layers[...].kernel_constraint / bias_constraint")
-            raise ConfigError(f"{spec.path}: {key}: {c!r} cannot apply to {name!r} of shape {tuple(p.shape)}: "
-                              f"{e}") from None
-
-
-_FRESH: dict[str, tuple[np.ndarray, np.ndarray, dict[str, float]]] = {}
-
-
-def _fresh(dist: Any) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """The fresh sample of a known distribution and the Bayes-optimal prediction's scores on it."""
-    key = repr(dist)
-    if key not in _FRESH:
-        x, y = dist.sample(FRESH_SAMPLES, FRESH_SEED)
-        _FRESH[key] = (x, y, score("binary", y, dist.posterior(x)))
-    return _FRESH[key]
-
-
-def _scores(sp: Splits, fl: bool, model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    out = predict(model, x).astype(np.float64)
-    if not np.isfinite(out).all():  # a diverged model: no figure is made up
-        return {}
-    if sp.task == "regression":
-        if sp.y_transform is not None:  # scores in the target's own units
-            out = out * sp.y_transform.std + sp.y_transform.mean
-            y = y * sp.y_transform.std + sp.y_transform.mean
-        return score("regression", y, out)
-    return score(sp.task, y, to_probabilities(out, sp.task, fl))
-
-
-def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, history,
-                 arrays_for_report: bool = True) -> tuple[dict, dict]:
-    """Metrics of one trained model -- ``val_<m>`` (validation split), ``test_<m>`` (test split),
-    and where the distribution is known ``fresh_<m>`` (a fresh sample), ``bayes_<m>`` (the
-    Bayes-optimal prediction on it) and ``excess_<m>`` (fresh minus Bayes) -- and, if asked,
-    the arrays the report draws (a decision boundary for 2-D binary inputs). The model is moved
-    to the CPU first: wherever it trained, it is evaluated (and saved) there."""
-    model.cpu()
-    fl = from_logits(spec, sp.task)
-    metrics: dict[str, Any] = {}
-    for prefix, x, y in (("val", sp.x_val, sp.y_val), ("test", sp.x_test, sp.y_test)):
-        for k, v in _scores(sp, fl, model, x, y).items():
-            metrics[f"{prefix}_{k}"] = v
-    metrics["n_train"], metrics["n_val"], metrics["n_test"] = (int(sp.x_train.shape[0]), int(sp.x_val.shape[0]),
-                                                               int(sp.x_test.shape[0]))
-    arrays: dict[str, np.ndarray] = {}
-    dist = sp.distribution
-    if dist is not None and sp.task == "binary":
-        fx, fy, bayes = _fresh(dist)
-        fresh = _scores(sp, fl, model, sp.model_inputs(fx), fy)
-        for k in METRICS["binary"] if fresh else ():
-            metrics[f"fresh_{k}"], metrics[f"bayes_{k}"] = fresh[k], bayes[k]
-            metrics[f"excess_{k}"] = fresh[k] - bayes[k]
-    if arrays_for_report and sp.task == "binary" and sp.input_shape == (2,) and "test_log_loss" in metrics:
-        lo = np.minimum(sp.x_train.min(0), sp.x_test.min(0)) - 0.3
-        hi = np.maximum(sp.x_train.max(0), sp.x_test.max(0)) + 0.3
-        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
-        grid = np.column_stack([gx.ravel(), gy.ravel()])
-        arrays["grid_x"], arrays["grid_y"] = gx, gy
-        arrays["grid_p"] = to_probabilities(predict(model, grid), "binary", fl).reshape(GRID, GRID).astype(np.float32)
-        if dist is not None and sp.transform is None:  # the grid lies in the distribution's own space
-            arrays["grid_bayes"] = dist.posterior(grid).reshape(GRID, GRID).astype(np.float32)
-        arrays["x_train"], arrays["y_train"] = sp.x_train, sp.y_train
-    last = {k: float(v[-1]) for k, v in history.history.items()} if len(history) else {}
-    for k in ("val_loss", "val_data_loss", "loss", "data_loss"):
-        if k in last:
-            metrics[f"history_{k}"] = last[k]
-    metrics["epochs_run"] = len(history)
-    analysis = spec.config.get("analysis", {})
-    extra: dict[str, Any] = {}
-    if len(history) and "val_data_loss" in history:
-        extra["overfitting"] = overfitting(history).to_dict()
-    layers = analysis.get("sparsity_layers")
-    if layers:
-        extra["sparsity"] = sparsity(model, sp.x_test, layers)
-    if analysis.get("weight_histograms"):
-        extra["weights"] = {n: np.abs(p.detach().cpu().numpy()).ravel().tolist()
-                            for n, p in model.named_parameters() if n.endswith("weight")}
-    return {"metrics": metrics, **extra}, arrays
-
-
 def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress: bool = False,
                 threads: int | None = None, write: Iterable[int] | None = None) -> list[dict]:
     """Train the units (spec, seed) for ``seeds`` together in one ``fit_many`` group and write
@@ -406,19 +188,6 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
         write_json(path, row)  # last: a verified JSON marks the unit done
         out_rows.append(row)
     return out_rows
-
-
-def training_data(splits: list[Splits], shared: bool) -> tuple[Any, Any]:
-    """``fit_many``'s ``x, y`` for models trained on ``splits`` (one per model; ``shared``: the
-    first serves all): Datasets where examples are read one by one (a loader's, or the arrays
-    through ``[data] transform``: each model reads and augments its own), else the arrays."""
-    use = splits[:1] if shared else splits
-    sets = [sp.training() for sp in use]
-    if sets[0] is not None:
-        return (sets[0] if shared else sets), None
-    if shared:
-        return splits[0].x_train, splits[0].y_train
-    return [sp.x_train for sp in use], [sp.y_train for sp in use]
 
 
 def _jsonable(v: Any) -> Any:
