@@ -954,11 +954,12 @@ def test_a_run_reads_its_finished_runs_once_after_training(tmp_path, monkeypatch
     # each run file is read and checked to see what is done when the run is planned and again
     # under its group's lock, and once after training, for the divergence messages and
     # results.csv together (they read it once each: ~0.7 s for the 340 runs of a study)
-    from reglab.experiments import runner
+    from reglab.experiments import runner, store
 
     reads = []
-    real = runner._verified
-    monkeypatch.setattr(runner, "_verified", lambda p: reads.append(p.name) or real(p))
+    real = store.verified
+    for module in (store, runner):  # every reader of the run store
+        monkeypatch.setattr(module, "verified", lambda p: reads.append(p.name) or real(p))
     out = tmp_path / "out"
     res = run([write(tmp_path, TINY)], out, "--seeds", "3", "--no-baselines")
     assert res.exit_code == 0, res.output

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import write_text
-from .runner import load_runs
+from .store import load_runs
 
 __all__ = ["load_results", "results_frame", "write_results_csv", "sweep_cell", "sweep_order", "METRIC_PREFIXES"]
 

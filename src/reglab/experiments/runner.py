@@ -7,15 +7,15 @@ builder's source and data files), the seed and the reglab version, so an edited 
 an unchanged one is never recomputed. Each finished unit is written to
 ``<out>/runs/<experiment>/<run_id>.json`` (+ ``.pt`` weights, ``.npz`` arrays), every file
 atomically; the JSON, written last, records each file's sha256, and a unit counts as done only
-when they match. ``execute`` trains the pending units of one grid point in one vectorized
-``fit_many`` group. Training decisions (early stopping, best weights) see only the validation
-split; the reported scores come from the test split (and a fresh sample where the distribution
-is known).
+when they match (``store.py``). ``execute`` trains the pending units of one grid point in one
+vectorized ``fit_many`` group (``train_group``), after the checks of ``prepare.py``; the metrics
+come from ``evaluate.py``. Training decisions (early stopping, best weights) see only the
+validation split; the reported scores come from the test split (and a fresh sample where the
+distribution is known).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -32,9 +32,10 @@ from .. import threads as _threads
 from ..vectorized.fit_many import fit_many
 from .build import builder, early_stopping, loss_name, loss_of, splits_of, training_data
 from .code import file_sha256
-from .current import mark_current, split_current
+from .current import mark_current
 from .evaluate import FRESH_SAMPLES, evaluate_run
 from .prepare import prepare
+from .store import Unit, load_model, load_runs, verified
 from . import devices as _devices
 from .augment import draws_random
 from .files import atomic_write, own_folder, write_json
@@ -43,54 +44,6 @@ from .schema import ConfigError, ExperimentSpec
 __all__ = ["Unit", "plan_units", "prepare", "execute", "run_unit", "load_runs", "load_model", "FRESH_SAMPLES",
            "write_json", "evaluate_run", "splits_of"]
 
-
-
-@dataclass(frozen=True)
-class Unit:
-    spec: ExperimentSpec
-    seed: int
-
-    @property
-    def run_id(self) -> str:
-        key = json.dumps({"experiment": self.spec.digest(), "seed": self.seed, "version": __version__}, sort_keys=True)
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-    def path(self, out: Path) -> Path:
-        return Path(out) / "runs" / self.spec.name / f"{self.run_id}.json"
-
-    def done(self, out: Path) -> bool:
-        return _verified(self.path(out)) is not None
-
-    def clear_partial(self, out: Path) -> None:
-        """Remove the temporary files a killed writer of this unit left (``atomic_write``'s names);
-        called with the unit's group lock held, so no live writer owns them."""
-        p = self.path(out)
-        for suffix in (".json", ".pt", ".npz"):
-            for t in p.parent.glob(f".{p.stem}{suffix}.*.tmp"):
-                t.unlink(missing_ok=True)
-
-
-def _verified(p: Path) -> dict | None:
-    """The run's JSON if it and every file it lists are intact and finished; else ``None``."""
-    try:
-        row = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(row, dict) or not isinstance(row.get("metrics"), dict) or row.get("interrupted"):
-        return None
-    files = row.get("files", {})
-    if not isinstance(files, dict):
-        return None
-    for suffix, digest in files.items():
-        if suffix not in (".pt", ".npz"):
-            return None  # never follow a name read from a results file
-        f = p.with_suffix(suffix)
-        try:
-            if file_sha256(f) != digest:
-                return None
-        except OSError:
-            return None
-    return row
 
 
 def plan_units(specs: Sequence[ExperimentSpec], seeds: int | None = None, baselines: bool = True) -> list[Unit]:
@@ -285,7 +238,7 @@ def compose(left: list[Unit], planned: list[Unit], rule: str, out: Path) -> _Tas
     threads = None
     if rule != "any" and len(left) < len(planned):
         pending = {u.seed for u in left}
-        rows = (_verified(v.path(out)) for v in planned if v.seed not in pending)
+        rows = (verified(v.path(out)) for v in planned if v.seed not in pending)
         threads = next((r["threads"] for r in rows if r is not None and isinstance(r.get("threads"), int)), None)
     if rule == "pairs" and len(left) == 1:
         twin = next((v for v in planned if v.seed != left[0].seed), None) or Unit(left[0].spec, left[0].seed + 1)
@@ -566,46 +519,6 @@ def run_unit(unit: Unit, out: str | Path) -> dict:
     """Run one unit on its own (what a distributed executor would call per task): its JSON row,
     with the numbers ``execute`` gives it (``compose``: beside a twin where that matters)."""
     out = Path(out)
-    if _verified(unit.path(out)) is None:  # not recorded: the driver records the whole plan (``execute``)
+    if verified(unit.path(out)) is None:  # not recorded: the driver records the whole plan (``execute``)
         execute([unit], out, progress=False, record=None)
-    return _verified(unit.path(out))
-
-
-def load_runs(out: str | Path, left_out: list[dict] | None = None) -> list[dict]:
-    """Every finished, verified run under ``out/runs`` of the experiment files as last run there
-    (``current.py``), as a dict (anything else is skipped). The runs of earlier versions are
-    appended to ``left_out`` where one is given."""
-    rows = []
-    root = Path(out).resolve() / "runs"
-    for p in sorted(root.glob("*/*.json")):
-        if not p.is_file() or p.resolve().parent.parent != root:
-            continue
-        row = _verified(p)
-        if row is None or not isinstance(row.get("experiment"), str) or row["experiment"] != p.parent.name:
-            continue
-        row["_path"] = str(p)
-        rows.append(row)
-    current, earlier = split_current(out, rows)
-    if left_out is not None:
-        left_out.extend(earlier)
-    return current
-
-
-def load_model(run: dict, experiment_file: str | Path) -> torch.nn.Module:
-    """Rebuild the trained model of a finished run (a row of ``load_runs``) from the experiment
-    file it came from -- given by the caller; no code or path named by a results file is used
-    -- and its ``.pt`` weights, loaded with ``weights_only=True``."""
-    from .schema import load_experiment
-
-    specs = load_experiment(experiment_file)
-    cands = {s.digest(): s for s in specs} | {s.baseline().digest(): s.baseline() for s in specs}
-    spec = cands.get(run.get("digest"))
-    if spec is None:
-        raise ValueError(f"{experiment_file}: none of its grid points (or their baselines) produced run "
-                         f"{run.get('run_id')!r}; the file, its builder or its data changed since")
-    sp = splits_of(spec, int(run["seed"]))
-    out = builder(spec, sp.input_shape, sp.n_outputs)()
-    model = out[0] if isinstance(out, tuple) else out
-    path = Unit(spec, int(run["seed"])).path(Path(run["_path"]).parents[2]).with_suffix(".pt")
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model
+    return verified(unit.path(out))

@@ -19,7 +19,7 @@ from ..experiments.current import named
 from ..experiments.code import UserCodeError, call_user
 from ..experiments.files import own_folder, write_text
 from ..experiments.results import results_frame
-from ..experiments.runner import load_runs
+from ..experiments.store import load_runs
 from . import plots
 from .comparisons import comparisons_frame
 from .summary import MIN_PAIRS, Summary, compared_metrics, lower_is_better, metric_label, summarize
