@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import reglab
-from reglab.experiments.devices import cpu_name
+from reglab.devices import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = """

@@ -10,8 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from reglab.cli import main
-from reglab.experiments import devices
-from reglab.experiments.devices import DeviceError
+from reglab import devices
+from reglab.devices import DeviceError
+from reglab.experiments.devices import place, ray_device
 from reglab.experiments.schema import ConfigError
 from reglab.experiments.study import load_specs
 
@@ -57,7 +58,7 @@ def test_the_record_names_the_device():
 @pytest.mark.parametrize("value, gpus, want", [(None, 0.5, "cuda"), ("auto", 0.25, "cuda"), ("cuda", 1, "cuda"),
                                                (None, 0, "cpu"), ("auto", 0, "cpu"), ("cpu", 0, "cpu")])
 def test_a_ray_task_trains_where_its_gpu_share_says(value, gpus, want):
-    assert devices.ray_device(value, gpus, "w") == want
+    assert ray_device(value, gpus, "w") == want
 
 
 @pytest.mark.parametrize("value, gpus, message", [
@@ -67,7 +68,7 @@ def test_a_ray_task_trains_where_its_gpu_share_says(value, gpus, want):
 ])
 def test_a_ray_device_that_cannot_be_is_refused(value, gpus, message):
     with pytest.raises(DeviceError, match=message):
-        devices.ray_device(value, gpus, "w")
+        ray_device(value, gpus, "w")
 
 
 def _device_file(tmp_path, device, name="dev.toml"):
@@ -83,7 +84,7 @@ def test_a_gpu_run_is_another_run_than_a_cpu_run_whichever_gpu(tmp_path):
     assert plain.digest() == cpu.digest()
     assert c0.digest() == c1.digest() != plain.digest()
     assert c0.baseline().config["train"]["device"] == "cuda:0"  # the baseline trains where its experiment does
-    placed = devices.place([cpu, c0], "cpu")
+    placed = place([cpu, c0], "cpu")
     assert [s.digest() for s in placed] == [plain.digest()] * 2
     assert all("device" not in s.config["train"] for s in placed)
 

@@ -21,7 +21,7 @@ def _environment() -> dict[str, str]:
     import sklearn
     import torch
 
-    from .experiments.devices import cpu_name
+    from .devices import cpu_name
 
     cpu = cpu_name()
     return {"reglab": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -125,7 +125,8 @@ def _device_option(f):
 
 def _place(specs, device: str | None, backend: str = "local", gpus_per_task: float = 0.0):
     """The experiments with their device resolved (``devices.place``), its errors the command's."""
-    from .experiments.devices import DeviceError, place
+    from .devices import DeviceError
+    from .experiments.devices import place
 
     if gpus_per_task and backend != "ray":
         raise click.UsageError("--gpus-per-task is a Ray task's GPU share: use it with --backend ray "

@@ -70,10 +70,10 @@ class _KerasDecay:
         return getattr(step, "__wrapped__", step)(self, closure)
 
     @torch.no_grad()
-    def _decay(self) -> None:
+    def _decay(self, masked_only: bool = False) -> None:
         for g in self.param_groups:
             wd = g.get(DECAY_KEY, 0.0)
-            if not wd:
+            if not wd or masked_only and g.get(MASK_KEY) is None:
                 continue
             factor = 1 - float(g["lr"]) * wd
             params = [p for p in g["params"] if p.grad is not None]
@@ -93,7 +93,8 @@ class _KerasDecay:
 
 class KerasAdam(_KerasDecay, torch.optim.AdamW):
     """Keras 3 ``Adam`` (``AdamW`` with ``weight_decay``: Keras decays ``w -= w * wd * lr`` first,
-    ``_KerasDecay``; torch's own decay, the same product, is left at 0).
+    ``_KerasDecay``: torch's own decoupled decay, the same product, for whole tensors; the mask's
+    product for a stacked buffer's columns).
 
     Implemented on torch's fused/foreach ``AdamW`` kernels: torch computes
     ``w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps')``; with ``eps' = epsilon/sqrt(1-b2^t)``,
@@ -123,7 +124,10 @@ class KerasAdam(_KerasDecay, torch.optim.AdamW):
         for group in self.param_groups:
             b2 = group["betas"][1]
             group["eps"] = self.keras_epsilon / math.sqrt(1 - b2**self._t)
-        self._decay()
+            # whole tensors decay inside torch's kernel: the same product ``w * (1 - lr * wd)``
+            # before the update, in the same pass (a pass of its own cost ~40% of a step)
+            group["weight_decay"] = group[DECAY_KEY] if group.get(MASK_KEY) is None else 0.0
+        self._decay(masked_only=True)
         if closure is None and self._fast_step():
             return None
         return self._base_step(closure)

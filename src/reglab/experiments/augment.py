@@ -33,10 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..training.sources import draws_random
 from .code import UserCodeError, call_user
 
-__all__ = ["Augmented", "Transform", "is_dataset", "read_all", "draws_random"]
+__all__ = ["Augmented", "Transform", "is_dataset", "read_all"]
 
 
 class Augmented(Dataset):

@@ -30,7 +30,8 @@ import numpy as np
 
 from .. import datasets as _datasets
 from ..diagnostics.metrics import TASKS
-from .augment import Augmented, Transform, draws_random, is_dataset, read_all
+from ..training.sources import draws_random
+from .augment import Augmented, Transform, is_dataset, read_all
 from .code import NO_SIGNATURE, call_problem, call_user, file_sha256, resolve
 
 __all__ = ["Splits", "check_data", "check_split", "DataError", "load_splits", "data_inputs", "MAX_EXAMPLES"]
@@ -513,7 +514,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     roles = {r: v[:2] for r, v in roles.items()}
     roles, classes = _encode_labels(roles, data, regression_loss, file)
     if train_set is not None:
-        _check_train_set(train_set, data, classes, file)
+        _check_train_set(data, classes, file)
     key = lambda r: _source_key(data, base, r)  # noqa: E731
     for role, (x, y) in roles.items():
         _check_xy(np.asarray(x), np.asarray(y), file, key(role))
@@ -605,7 +606,7 @@ def _given_splits(roles: dict[str, tuple], split: Mapping[str, Any], vfrac: Any,
     return xtr[itr], ytr[itr], xtr[iv], ytr[iv], xte, yte, Subset(train_set, itr.tolist())
 
 
-def _check_train_set(ds: Any, data: Mapping[str, Any], classes: Any, file: str) -> None:
+def _check_train_set(data: Mapping[str, Any], classes: Any, file: str) -> None:
     """What a loader's training Dataset cannot be combined with, said before anything trains."""
     if classes is not None:
         _fail(file, "data.loader", "the training Dataset's labels are strings; a Dataset gives the model its labels "

@@ -13,9 +13,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from ..devices import DEFAULT, DeviceError, check, cpu_name, kind, record, resolve
+from ..devices import DeviceError, check, resolve
 
-__all__ = ["DEFAULT", "DeviceError", "check", "kind", "resolve", "of", "place", "record", "ray_device", "cpu_name"]
+__all__ = ["of", "place", "ray_device"]
 
 
 def of(spec: Any) -> str:

@@ -25,6 +25,7 @@ from .. import regularizers as _regularizers
 from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
+from .. import devices as _grammar
 from . import devices as _devices
 from .build import builder, early_stopping, loss_of, splits_of, training_data
 from .files import own_folder, write_json
@@ -144,7 +145,7 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
         "task": task, "select_metric": f"val_{select}", "held_out_metric": held,
         "strengths": strengths,
         "seeds": seeds,
-        **_devices.record(device),
+        **_grammar.record(device),
         "metrics": {k: v.tolist() for k, v in metrics.items()},
         "stats": stats,
         "failed": len(res.failed),

@@ -36,8 +36,9 @@ from .current import mark_current
 from .evaluate import FRESH_SAMPLES, evaluate_run
 from .prepare import prepare
 from .store import Unit, load_model, load_runs, verified
+from .. import devices as _grammar
 from . import devices as _devices
-from .augment import draws_random
+from ..training.sources import draws_random
 from .files import atomic_write, own_folder, write_json
 from .schema import ConfigError, ExperimentSpec
 
@@ -111,7 +112,7 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     if res.interrupted:
         raise KeyboardInterrupt(f"{spec.name}: interrupted; its {len(seeds)} unfinished run(s) were not written")
     wall = time.perf_counter() - t0
-    where = _devices.record(device)
+    where = _grammar.record(device)
     out_rows = []
     base = None if spec.is_baseline else spec.baseline().name
     for i, seed in enumerate(seeds):

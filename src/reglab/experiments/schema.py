@@ -56,7 +56,7 @@ from .. import constraints as _constraints
 from .. import initializers as _initializers
 from .. import losses as _losses
 from .. import optimizers as _optimizers
-from . import devices as _devices
+from .. import devices as _devices
 from .. import regularizers as _regularizers
 from . import data as _data
 from .code import resolve

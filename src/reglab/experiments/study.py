@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices
+from .. import devices
 from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
 from .files import own_folder, write_json
 from .schema import MAX_STRENGTH, ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
