@@ -9,6 +9,12 @@ kernels the Dense-stack engine uses (``torch.bmm`` on (M, B, in + 1) x (M, in + 
 run can go below, before any activation, derivative, penalty, loss or bookkeeping pass.
 
     python benchmarks/bench_floor.py [M ...]      (default 256 1024; 1 and 2 threads)
+
+Below the eager floor is the physical one: program 6's arithmetic (1.13 GFLOP per model-run,
+``bench_vs_keras.GFLOP_PER_RUN``; validation not counted) at this CPU's peak of fused
+multiply-adds, measured here by a compiled loop of independent vector FMAs (built like the fused
+engine's kernel, ``reglab.engines.fused.build``) on each core. The fused engine runs the same
+arithmetic in one compiled loop nest; its distance from this figure is what is left to win.
 """
 
 from __future__ import annotations
@@ -61,8 +67,45 @@ def floor(m: int) -> dict[str, float]:
             "adam": adam_step * STEPS * EPOCHS * per}
 
 
+_PEAK = r"""
+#include <cstdint>
+typedef float vf __attribute__((vector_size(32)));
+extern "C" float fma_loop(int64_t n) {
+  vf a[12], m = vf{} + 0.999999f, c = vf{} + 1e-7f;
+  for (int k = 0; k < 12; ++k) a[k] = vf{} + (float)k;
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < 12; ++k) a[k] = a[k] * m + c;
+  float s = 0;
+  for (int k = 0; k < 12; ++k) s += a[k][0];
+  return s;
+}
+"""
+
+
+def fma_peak() -> float | None:
+    """This core's measured float32 FMA throughput (FLOP/s: 12 independent 8-wide chains), or
+    None where no kernel builds."""
+    import ctypes
+
+    from reglab.engines.fused.build import library
+
+    lib, why = library(_PEAK)
+    if lib is None:
+        print(f"no compiled peak: {why}")
+        return None
+    lib.fma_loop.argtypes, lib.fma_loop.restype = [ctypes.c_int64], ctypes.c_float
+    n = 20_000_000
+    best = min(_time(lambda: lib.fma_loop(n), 1) for _ in range(5))
+    return n * 12 * 8 * 2 / best
+
+
 def main():
     ms = [int(a) for a in sys.argv[1:]] or [256, 1024]
+    peak = fma_peak()
+    if peak:
+        gflop = 3 * 8384 * 225 * 200 / 1e9
+        print(f"measured FMA peak: {peak / 1e9:.1f} GFLOP/s per core; program 6's {gflop:.2f} GFLOP per model-run "
+              f"there: {gflop / (peak / 1e9) * 1e3:.1f} ms per model on one core, half that on two")
     print(f"machine: {platform.machine()}, torch {torch.__version__}; per model-run of program 6 "
           f"({EPOCHS} epochs x {STEPS} steps of {B} + {VAL} validation points)")
     print("| M | threads | products (ms) | Adam (ms) | sum (ms) |")

@@ -6,7 +6,9 @@ Sides, each at its best thread setting on this machine (1 and 2 threads tried, b
   fit        reglab.fit, one model, loss only (metrics=(), the Keras side's work)
   fit_acc    the same with reglab's default metrics=("accuracy",) (train and validation accuracy)
   fit_l2     reglab.fit on scikit-learn's workload (L2 on kernels only, no activity, no validation, no metric)
-  fit_many   reglab.fit_many, M models (seeds) at once, M = 1, 16, 64, 256, 1024, loss only
+  fit_many   reglab.fit_many, M models (seeds) at once, M = 1, 64, 256, 1024, 4096, loss only
+  *_eager    the same with the fused engine off (REGLAB_FUSED=0): the eager Dense-stack engine
+  build      the fused kernel's compile for program 6 into an empty cache (paid once per machine)
 Each measurement runs in a fresh subprocess, so its peak RSS is its own; every setting runs once
 per round and the best of --repeats rounds (3 by default; a run over 30 s runs once) is kept: this
 VM's speed drifts by 10-40 % between minutes, and rounds spread that drift over all sides. Validation on 75 points
@@ -31,7 +33,7 @@ import sys
 import time
 
 GFLOP_PER_RUN = 3 * 8384 * 225 * 200 / 1e9
-OURS = ("fit", "fit_acc", "fit_l2", "fit_many")
+OURS = ("fit", "fit_acc", "fit_l2", "fit_many", "build")
 
 
 def data():
@@ -154,11 +156,28 @@ def run_fit_many(epochs, threads, m, device="cpu"):
     return time.perf_counter() - t, m
 
 
+def run_build(epochs, threads, device="cpu"):
+    """The fused kernel's build for program 6 into an empty cache (what a first run pays once)."""
+    import tempfile
+
+    os.environ["REGLAB_CACHE"] = tempfile.mkdtemp()
+    import reglab  # noqa: F401
+    from reglab.engines.fused import arch_of
+    from reglab.engines.fused.build import library
+    from reglab.engines.fused.source import source
+
+    t = time.perf_counter()
+    lib, why = library(source(arch_of(_build(), reglab.losses.get("binary_crossentropy"), "adam")))
+    if lib is None:
+        raise SystemExit(why)
+    return time.perf_counter() - t, 1
+
+
 def child(args):
     fn = {"keras": run_keras, "sklearn": run_sklearn, "fit": run_fit, "fit_acc": run_fit_acc, "fit_l2": run_fit_l2,
-          "fit_many": run_fit_many}[args.side]
-    extra = ([args.m] if args.side == "fit_many" else []) + (
-        [args.device] if args.side in OURS else [])
+          "fit_many": run_fit_many, "build": run_build}[args.side.removesuffix("_eager")]
+    base = args.side.removesuffix("_eager")
+    extra = ([args.m] if base == "fit_many" else []) + ([args.device] if base in OURS else [])
     seconds, m = fn(args.epochs, args.threads, *extra)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mb = None
@@ -174,7 +193,9 @@ def measure(side, epochs, threads, m=1, device="cpu"):
     """One run in a fresh process (its own peak RSS)."""
     cmd = [sys.executable, __file__, "--child", side, "--epochs", str(epochs), "--threads", str(threads), "--m", str(m),
            "--device", device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    # a side ending in _eager: the same run with the fused engine off (today's eager Dense-stack engine)
+    env = dict(os.environ, **({"REGLAB_FUSED": "0"} if side.endswith("_eager") else {}))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
 
@@ -184,7 +205,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--m", type=int, default=1)
-    ap.add_argument("--ms", default="1,16,64,256,1024")
+    ap.add_argument("--ms", default="1,64,256,1024,4096")
+    ap.add_argument("--eager-ms", default="1,256,1024", help="M values of the eager engine's fit_many (fused off)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip", default="", help="comma-separated sides to skip (keras, sklearn)")
     ap.add_argument("--threads-list", default="1,2")
@@ -195,8 +217,9 @@ def main():
         return child(args)
     threads = [int(t) for t in args.threads_list.split(",")]
     sides = [s for s in ("keras", "sklearn") if s not in args.skip.split(",")]
-    settings = [(side, 1) for side in sides + ["fit", "fit_acc", "fit_l2"]] + [
-        ("fit_many", int(v)) for v in args.ms.split(",")]
+    settings = [("build", 1)] + [(side, 1) for side in sides + ["fit", "fit_eager", "fit_acc", "fit_l2"]] + [
+        ("fit_many", int(v)) for v in args.ms.split(",")] + [("fit_many_eager", int(v)) for v in args.eager_ms.split(",")
+                                                              if v]
     # rounds over every setting (side, M, threads), so that the VM's drift between minutes touches
     # every side alike; the best round of each is kept (a run over 30 s runs once)
     best: dict[tuple, dict] = {}
@@ -223,10 +246,14 @@ def main():
     print("| side | M | threads | time per model (s) | vs Keras | vs scikit-learn | GFLOP/s | peak RSS (MB) | peak GPU (MB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r["side"] == "build":
+            print(f"| fused kernel build (once per machine and architecture, cached) | – | {r['threads']} | "
+                  f"{r['seconds']:.2f} s | | | | {r['peak_rss_mb']:.0f} | |")
+            continue
         per = r["seconds"] / r["m"] * scale
         vk = f"{keras_t * scale / per:.1f}x" if keras_t else "–"
         vs = f"{sk_t * scale / per:.2f}x" if sk_t else "–"
-        gf = GFLOP_PER_RUN / per if r["side"] in OURS else float("nan")
+        gf = GFLOP_PER_RUN / per if r["side"].removesuffix("_eager") in OURS else float("nan")
         print(f"| {r['side']} | {r['m']} | {r['threads']} | {per:.4f} | {vk} | {vs} | {gf:.1f} | {r['peak_rss_mb']:.0f} | "
               f"{r['peak_gpu_mb'] if r['peak_gpu_mb'] is None else round(r['peak_gpu_mb'])} |")
     if args.json:

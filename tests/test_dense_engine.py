@@ -18,6 +18,14 @@ from reglab.vectorized.dense import DenseStack, unsupported_reason
 from .lecture import blobs, reglab_program
 
 
+@pytest.fixture(autouse=True)
+def _eager_dense_engine(monkeypatch):
+    """These tests hold the eager Dense-stack engine (the fused engine's fallback, and the engine
+    of what the fused kernel does not hold) to autograd: the fused engine is off here
+    (``tests/test_fused.py`` holds it to this one)."""
+    monkeypatch.setenv("REGLAB_FUSED", "0")
+
+
 def _engine_and_autograd(build, x, y, **fit_kw):
     """Histories of ``fit`` on the engine (optimizer by name) and on autograd (an optimizer
     instance), each model from ``torch.manual_seed(1); build()``, trained with seed 2."""

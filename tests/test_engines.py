@@ -199,7 +199,7 @@ def test_a_forced_engine_that_cannot_train_the_model_says_why_in_one_line(engine
 
 def test_an_unknown_engine_is_refused_before_anything_is_built():
     built = []
-    with pytest.raises(ValueError, match=r"engine must be 'auto' or one of \['dense', 'vmap', 'loop'\]; got engine='jit'"):
+    with pytest.raises(ValueError, match=r"engine must be 'auto' or one of \['fused', 'dense', 'vmap', 'loop'\]; got engine='jit'"):
         reglab.fit_many(lambda: built.append(1) or Custom(), np.zeros((4, 4)), np.zeros(4), seeds=[0], loss="mse",
                         engine="jit")
     assert not built

@@ -3,6 +3,9 @@
 ``choose_engine`` is asked by ``fit``, ``fit_many`` and the study runner alike, and answers with
 the engine's kind and the reason, in words a user can act on:
 
+- ``"fused"`` (``reglab.engines.fused``): the Dense-stack models whose activations, penalty
+  terms, loss and optimizer (Keras's Adam) its compiled kernel holds, where a C++ compiler
+  builds it: whole epochs per call, models in SIMD lanes.
 - ``"dense"`` (``reglab.engines.dense``): a plain ``Sequential`` of Dense/``nn.Linear``,
   activation and ``nn.Dropout`` layers, on arrays with one feature axis, a loss with a written
   derivative and an optimizer given by name: the backward pass written out, M models stacked.
@@ -17,7 +20,7 @@ the engine's kind and the reason, in words a user can act on:
   through autograd, exactly as ``fit`` trains it.
 
 How a model's numbers depend on the group it trains in follows from the kind
-(``EngineChoice.group_rule``): not at all on ``dense`` and ``loop`` (the loop's, like ``fit``'s,
+(``EngineChoice.group_rule``): not at all on ``fused``, ``dense`` and ``loop`` (the loop's, like ``fit``'s,
 on the thread count); on ``vmap`` they are the same in every group of two or more (a model
 alone trains on the loop engine, whose kernels round otherwise).
 """
@@ -59,7 +62,7 @@ class EngineChoice:
         Dense-stack engine, at 1 and 2 threads alike); ``"threads"`` -- not on the group, only on
         the thread count, as the model's kernels' own numbers do (the loop); ``"pairs"`` -- at a
         given thread count, the same in every group of two or more (vmap)."""
-        return {"dense": "any", "loop": "threads", "vmap": "pairs"}[self.kind]
+        return {"fused": "any", "dense": "any", "loop": "threads", "vmap": "pairs"}[self.kind]
 
 
 def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *, n_models: int = 1,
@@ -75,13 +78,20 @@ def choose_engine(model: nn.Module, loss: Loss, batch: tuple[Any, Any] | None, *
     model raises ``EngineUnavailable``, naming the engine, the module and the op."""
     if engine != "auto" and engine not in KINDS:
         raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
-    if engine in ("auto", "dense"):
+    if engine in ("auto", "dense", "fused"):
         why_not = _dense_refusal(model, loss, batch, optimizer, arrays)
+        if why_not is None and engine in ("auto", "fused"):
+            why_not_fused = _fused_refusal(model, loss, batch, optimizer, quiet=engine == "fused")
+            if why_not_fused is None:
+                return EngineChoice("fused", "a Sequential of Dense layers whose activations, penalties, loss and "
+                                             "optimizer the fused kernel holds: compiled, models in SIMD lanes")
+            if engine == "fused":
+                raise EngineUnavailable(f"engine='fused' cannot train this model: {why_not_fused}")
         if why_not is None:
             return EngineChoice("dense", "a Sequential of Dense/Linear, activation and Dropout layers on 2-D arrays: "
                                          "backward pass written out")
-        if engine == "dense":
-            raise EngineUnavailable(f"engine='dense' cannot train this model: {why_not}")
+        if engine in ("dense", "fused"):
+            raise EngineUnavailable(f"engine={engine!r} cannot train this model: {why_not}")
     if engine == "loop":
         return EngineChoice("loop", "asked for (engine='loop'): each model through autograd, as fit trains it")
     if engine == "auto" and n_models < 2:
@@ -108,6 +118,29 @@ def _dense_refusal(model: nn.Module, loss: Loss, batch: Any, optimizer: Any, arr
     if batch is not None and torch.is_tensor(batch[0]) and not batch[0].is_floating_point():
         return f"its inputs are {batch[0].dtype} (float needed)"
     return unsupported_reason(model, loss)
+
+
+def _fused_refusal(model: nn.Module, loss: Loss, batch: Any, optimizer: Any, quiet: bool) -> str | None:
+    """Why the fused engine cannot train a model the Dense-stack engine can (None: it can). Where
+    the model is one it trains but its kernel cannot be built here, one line says so (once per
+    process), unless ``quiet``."""
+    from .dense.eligibility import Unsupported
+    from .fused import arch_of, say_once, unavailable
+    from .fused.build import library
+    from .fused.source import source
+
+    try:
+        arch = arch_of(model, loss, optimizer)
+    except Unsupported as e:
+        return str(e)
+    if batch is not None and torch.is_tensor(batch[1]) and batch[1].numel() != batch[1].shape[0] * arch.widths[-1]:
+        return f"its targets {tuple(batch[1].shape)} are not one row of {arch.widths[-1]} per example"
+    why = unavailable()
+    if why is None:
+        why = library(source(arch))[1]
+    if why is not None and not quiet:
+        say_once(why)
+    return why
 
 
 def _vmap_refusal(model: nn.Module, loss: Loss, batch: Any) -> str | None:

@@ -24,6 +24,10 @@ def make_engine(kind: str, models: Sequence[nn.Module], losses: Sequence[Loss], 
     its state)."""
     if kind == "loop":
         return LoopEngine(models, losses, with_accuracy, x_dim, rng_states)
+    if kind == "fused":
+        from .fused import FusedStack
+
+        return FusedStack(models, losses, with_accuracy, x_dim, y_dim)
     if kind == "dense":
         from .dense import DenseStack as cls
     elif kind == "vmap":

@@ -22,7 +22,7 @@ import torch
 __all__ = ["Capabilities", "Engine", "KINDS", "columns"]
 
 #: the engine kinds ``choose_engine`` picks from (``fit_many(engine=...)``)
-KINDS = ("dense", "vmap", "loop")
+KINDS = ("fused", "dense", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,18 @@ class Capabilities:
     - ``can_keep``: ``keep(rows, snap)`` gives an engine of those rows' models only, with the
       numbers they would have had here (the loop drops stopped models' rows with it);
     - ``stacked_state``: ``optimized`` tensors hold all models along axis 0, so the loop slices
-      the optimizer's state by row when it keeps rows.
+      the optimizer's state by row when it keeps rows;
+    - ``runs_epochs``: the engine trains a whole epoch in one call, optimizer included
+      (``train_epoch(data, batch_size, perms, active, optimizer)``, reading the optimizer's
+      hyperparameters) and evaluates in one (``evaluate_sums``); ``objective`` serves evaluation
+      only (the fused engine).
     """
 
     sets_grad: bool = False
     defers_penalties: bool = False
     can_keep: bool = False
     stacked_state: bool = True
+    runs_epochs: bool = False
 
 
 class Engine(Protocol):

@@ -21,7 +21,8 @@ from typing import Any
 from .files import write_text
 from .store import load_runs
 
-__all__ = ["load_results", "results_frame", "write_results_csv", "sweep_cell", "sweep_order", "METRIC_PREFIXES"]
+__all__ = ["load_results", "results_frame", "write_results_csv", "sweep_cell", "sweep_order", "METRIC_PREFIXES",
+           "check_one_engine", "engine_of"]
 
 METRIC_PREFIXES = ("val_", "test_", "fresh_", "bayes_", "excess_")
 ID_COLUMNS = ["experiment", "is_baseline", "baseline", "seed", "task", "loss_name", "epochs_run", "failed"]
@@ -42,10 +43,34 @@ def sweep_order(v: Any) -> tuple:
     return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
 
+def engine_of(row: dict) -> str:
+    """The engine that trained a run: the kernel and its version where the history records one
+    (``"fused/1"``), else the run's engine kind (``"dense"``, ``"vmap"``, ``"loop"``)."""
+    meta = (row.get("history") or {}).get("meta") or {}
+    return str(meta.get("engine") or row.get("engine") or "")
+
+
+def check_one_engine(rows: list[dict]) -> None:
+    """Refuse an experiment whose runs were trained by two engines (say the eager and the fused
+    Dense-stack engine: an earlier reglab, or a machine without a compiler, trained some): their
+    numbers differ by float32 rounding, and a table or comparison must not mix them silently."""
+    seen: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        seen.setdefault(r["experiment"], {}).setdefault(engine_of(r), []).append(int(r["seed"]))
+    for name, engines in seen.items():
+        if len(engines) > 1:
+            which = "; ".join(f"{e or 'unrecorded'}: seeds {sorted(s)}" for e, s in sorted(engines.items()))
+            raise ValueError(f"experiment {name!r}: its runs were trained by different engines ({which}), whose "
+                             "numbers differ by float32 rounding; delete the runs of one engine from its runs/ folder "
+                             "(they are trained again), or run the study into a fresh --out")
+
+
 def results_frame(rows: list[dict]):
-    """The table of ``load_runs`` rows (see the module docstring)."""
+    """The table of ``load_runs`` rows (see the module docstring); the runs of one experiment
+    must come from one engine (``check_one_engine``)."""
     import pandas as pd
 
+    check_one_engine(rows)
     records = []
     sweep_cols: list[str] = []
     for r in rows:

@@ -31,6 +31,7 @@ from ..engines.protocol import Engine
 from ..optimizers import unhooked_step
 from .callbacks import Callback, EarlyStopping
 from .denormals import FlushDenormals, keep_flushing_denormals
+from .evaluation import evaluate_stack, with_totals
 from .history import History
 from .sources import ArrayData, LoaderData
 
@@ -148,7 +149,7 @@ class _Loop:
         self.bar = tqdm(range(epochs), desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
         self.interrupted = False
         caps = stack.caps
-        self.sets_grad, self.defers = caps.sets_grad, caps.defers_penalties
+        self.sets_grad, self.defers, self.whole_epochs = caps.sets_grad, caps.defers_penalties, caps.runs_epochs
         # a stack that can drop rows does so once a quarter of its models (at least one) have stopped
         # or failed, so they cost nothing more (``Stack.keep``); not with callbacks, which see row 0
         self.can_compact = caps.can_keep and not self.callbacks and M > 1
@@ -202,6 +203,8 @@ class _Loop:
         examples seen, the last batch's index, whether accuracy is among them)``."""
         train = self.train
         perms = _permutations(self.gens, train.n, self.device) if self.shuffle and isinstance(train, ArrayData) else None
+        if self.whole_epochs:
+            return self.whole_epoch(epoch, perms)
         acc = None
         seen = 0
         b = 0
@@ -217,6 +220,25 @@ class _Loop:
                 if self.intr.flag:
                     break
         return acc, seen, b, with_acc
+
+    def whole_epoch(self, epoch: int, perms: torch.Tensor | None) -> tuple[torch.Tensor | None, int, int, bool]:
+        """The epoch's steps in one call of an engine that runs whole epochs (``caps.runs_epochs``);
+        models whose data loss turned non-finite fail at their step, as ``step`` finds them."""
+        acc, seen, steps, with_acc, fails = self.stack.train_epoch(self.train, self.batch_size, perms, self.active,
+                                                                    self.optimizer)
+        self.names = list(self.stack.names)
+        if fails:
+            newly = np.zeros(len(self.active), dtype=bool)
+            newly[list(fails)] = True
+            newly &= self.active
+            first = min(fails, key=lambda i: fails[i][0])
+            if self.raise_on_divergence and newly.any():
+                b, value = fails[first]
+                self.diverged("the data loss", value, f"at epoch {epoch} (0-based), batch {b}", epoch, b)
+            self.fail(newly, epoch, {i: fails[i][0] for i in fails}, {i: fails[i][1] for i in fails})
+            if not self.active.any():
+                return None, seen, steps - 1, with_acc
+        return acc, seen, steps - 1, with_acc
 
     def step(self, xb: Any, yb: Any, epoch: int, b: int) -> tuple[torch.Tensor | None, bool]:
         """One optimizer step on a batch: the models' ``[data loss mean, accuracy?, each
@@ -259,7 +281,7 @@ class _Loop:
     def logs(self, acc: torch.Tensor, seen: int, with_acc: bool) -> list[dict[str, float]]:
         """Per model, the epoch's logs: training statistics, then validation's."""
         tr = (acc / seen).cpu().numpy().astype(np.float64)
-        tr = _with_totals(tr, with_acc)
+        tr = with_totals(tr, with_acc)
         keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if with_acc else []) + [
             f"penalty/{n}" for n in self.names]
         # per model, its row of Python floats (one tolist for the stack, not M x K float() calls)
@@ -294,7 +316,6 @@ class _Loop:
         model) diverged at batch ``b`` (or, ``where`` says, by then): raise
         (``raise_on_divergence``) or mark them failed, with their epoch-start weights where their
         own are not finite."""
-        stack = self.stack
         ok = torch.isfinite(table).all(0).cpu().numpy()
         newly = self.active & ~ok
         if not newly.any():
@@ -302,21 +323,33 @@ class _Loop:
         if self.raise_on_divergence:
             bad = [n for n, v in zip(self.names, pens if pens is not None else []) if not bool(torch.isfinite(v).all())]
             what = f"penalty source(s) {bad}" if bad else "the data loss"
-            state = stack.snapshot()
-            if not stack.all_finite().all():
-                state = self.epoch_start
-                stack.restore(state, np.ones(stack.n_models, dtype=bool))
-            raise TrainingDiverged(
-                f"training diverged {where or f'at epoch {epoch} (0-based), batch {b}'}: {what} became "
-                f"{float(total[0])}; the history of the {epoch} completed epoch(s) and the last finite "
-                "weights are kept on this exception (.history, .state_dict) and in the model",
-                self.histories[0], stack.state_dict(state), epoch, b)
+            self.diverged(what, float(total[0]), where or f"at epoch {epoch} (0-based), batch {b}", epoch, b)
+        rows = np.flatnonzero(newly)
+        self.fail(newly, epoch, {i: b for i in rows}, {i: float(total[i].detach()) for i in rows})
+
+    def diverged(self, what: str, value: float, where: str, epoch: int, b: int) -> None:
+        """Raise ``TrainingDiverged`` for model 0 (``raise_on_divergence``), its last finite
+        weights in the model and on the exception."""
+        stack = self.stack
+        state = stack.snapshot()
+        if not stack.all_finite().all():
+            state = self.epoch_start
+            stack.restore(state, np.ones(stack.n_models, dtype=bool))
+        raise TrainingDiverged(
+            f"training diverged {where}: {what} became {value}; the history of the {epoch} completed epoch(s) and "
+            "the last finite weights are kept on this exception (.history, .state_dict) and in the model",
+            self.histories[0], stack.state_dict(state), epoch, b)
+
+    def fail(self, newly: np.ndarray, epoch: int, batch: dict[int, int], value: dict[int, float]) -> None:
+        """Mark the rows ``newly`` failed (at ``batch[row]`` with ``value[row]``) and frozen, with
+        their epoch-start weights where their own are not finite."""
+        stack = self.stack
         for i in np.flatnonzero(newly):
-            self.failed[int(self.ids[i])] = {"epoch": epoch, "batch": b, "value": float(total[i].detach())}
+            self.failed[int(self.ids[i])] = {"epoch": epoch, "batch": batch[i], "value": value[i]}
         broken = newly & ~stack.all_finite()
         if broken.any():  # keep the epoch-start weights of models whose weights are not finite
             stack.restore(self.epoch_start, broken)
-        self.active = self.active & ok
+        self.active = self.active & ~newly
         self.frozen_any = True
 
     def compact(self) -> None:
@@ -344,7 +377,10 @@ class _Loop:
         es = self.es
         if self.best is not None and es is not None:
             self.stack.restore(self.best, es.has_best_weights[self.ids])
+        version = getattr(self.stack, "version", None)  # an engine with a versioned kernel (the fused one)
         for i, h in enumerate(self.every):
+            if version is not None:
+                h.meta["engine"] = f"{self.stack.kind}/{version}"
             if es is not None:
                 h.meta["stopped_epoch"] = int(es.stopped_epoch[i])
                 h.meta["best_epoch"] = int(es.best_epoch[i])
@@ -357,44 +393,3 @@ class _Loop:
             cb.on_train_end({})
         self.bar.close()
         return LoopResult(self.every, self.failed, self.interrupted, self.stack)
-
-
-def _with_totals(rows: np.ndarray, with_accuracy: bool) -> np.ndarray:
-    """``[data loss, accuracy?, each penalty]`` rows (per model) -> ``[loss, data loss, penalty,
-    accuracy?, each penalty]``: the totals the history logs, summed in float64."""
-    head = 2 if with_accuracy else 1
-    penalty = rows[head:].sum(0) if len(rows) > head else np.zeros(rows.shape[1])
-    return np.concatenate([(rows[0] + penalty)[None], rows[:1], penalty[None], rows[1:]])
-
-
-@torch.no_grad()
-def evaluate_stack(stack: Stack, data: ArrayData | LoaderData, batch_size: int) -> dict[str, np.ndarray]:
-    """Keras-compatible batched evaluation in eval mode: ``val_loss`` (data + penalties, batch-size
-    weighted), ``val_data_loss`` (mean per-example data loss over the whole set), ``val_penalty``,
-    ``val_penalty/<source>`` and ``val_accuracy``."""
-    stack.train(False)
-    acc = None
-    seen = 0
-    names: list[str] = []
-    has_acc = False
-    batches = stack.eval_batches(data, batch_size)
-    for xb, yb, bs in batches:
-        d, correct, names, pens = stack.objective(xb, yb)
-        # per model: [data loss sum, correct sum?, each penalty times the batch size]
-        parts = [d.sum(dim=1)[None]]
-        if correct is not None:
-            has_acc = True
-            parts.append(correct.sum(dim=1)[None])
-        if pens is not None:
-            parts.append(pens * bs)
-        stats = torch.cat(parts) if len(parts) > 1 else parts[0]
-        acc = stats if acc is None else acc + stats
-        seen += bs
-    stack.train(True)
-    if acc is None:
-        return {}
-    v = (acc / seen).cpu().numpy().astype(np.float64)
-    v = _with_totals(v, has_acc)
-    keys = ["val_loss", "val_data_loss", "val_penalty"] + (["val_accuracy"] if has_acc else []) + [
-        f"val_penalty/{n}" for n in names]
-    return {k: v[j] for j, k in enumerate(keys)}
