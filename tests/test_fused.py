@@ -309,22 +309,6 @@ def test_early_stopping_stops_and_restores_each_model_as_alone():
 # ------------------------------------------------------------------ without a compiler
 
 
-def test_without_a_compiler_the_eager_engine_trains_and_one_line_says_so(tmp_path):
-    code = ("import reglab, numpy as np, torch\n"
-            "x = np.random.default_rng(0).normal(size=(40, 2)).astype('float32'); y = (x[:, :1] > 0).astype('float32')\n"
-            "b = lambda: reglab.models.mlp(2, [dict(units=4, activation='relu'), dict(units=1, activation='sigmoid')])\n"
-            "for _ in range(2):\n"
-            "    r = reglab.fit_many(b, x, y, seeds=[0, 1], loss='binary_crossentropy', epochs=2, progress=False)\n"
-            "    print(r.engine)\n")
-    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), REGLAB_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["dense", "dense"]
-    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("reglab:")]
-    assert lines == ["reglab: no C++ compiler (set CXX, or install g++); Dense-stack models train on the eager engine"]
-    assert not (tmp_path / "cache").exists()
-
-
 def test_a_kernel_is_built_once_and_cached_across_processes(tmp_path):
     code = ("import time, reglab\n"
             "from reglab.engines.fused.build import library\n"
