@@ -1121,3 +1121,21 @@ def test_split_fractions_are_of_all_examples_and_split_files_are_checked_for_cla
                                      'task = "multiclass"'), "m.toml")
     with pytest.raises(ConfigError, match=r"m.toml: data: multiclass labels must be 0..K-1; these start at 1"):
         prepare([one(p)])
+
+
+def test_list_without_paths_lists_the_default_study(tmp_path, monkeypatch):
+    """``reglab list`` with no path lists the study ``studies/default`` names, as ``reglab
+    study`` runs it; without that pointer, or with one that is not a folder name, it says what
+    to give."""
+    (tmp_path / "studies" / "st" / "experiments").mkdir(parents=True)
+    write(tmp_path / "studies" / "st" / "experiments", TINY)
+    (tmp_path / "studies" / "st" / "study.toml").write_text('title = "t"\nseeds = 3\n')
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["list"])
+    assert res.exit_code != 0 and "give PATHS" in res.output and "studies/default" in res.output, res.output
+    (tmp_path / "studies" / "default").write_text("../st\n")
+    res = CliRunner().invoke(main, ["list"])
+    assert res.exit_code != 0 and "one folder name under studies/" in res.output, res.output
+    (tmp_path / "studies" / "default").write_text("st\n")
+    res = CliRunner().invoke(main, ["list"])
+    assert res.exit_code == 0 and "tiny" in res.output and "3 seeds" in res.output, res.output

@@ -347,11 +347,24 @@ def main(threads: int | None) -> None:
     _set_threads(threads)  # light: a command that trains imports torch in ``_start``, after any helpers start
 
 
+def _default_study(what: str) -> str:
+    """The study folder ``studies/default`` names (one folder name under ``studies``), as
+    ``reglab study`` and ``reglab list`` take it when given no path."""
+    pointer = Path("studies") / "default"
+    if not pointer.is_file():
+        raise click.UsageError(f"give {what}, or run where studies/default names a study")
+    name = pointer.read_text().strip()
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise click.UsageError(f"{pointer}: names {name!r}; it must hold one folder name under studies/")
+    return str(Path("studies") / name)
+
+
 @main.command("list")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 def list_cmd(paths: tuple[str, ...]) -> None:
-    """List experiment files (files, folders or study folders) and what they contain."""
-    for s in _load(paths):
+    """List experiment files (files, folders or study folders) and what they contain. Without
+    PATHS: the study that ``studies/default`` names, as ``reglab study``."""
+    for s in _load(paths or (_default_study("PATHS (experiment files, folders or study folders)"),)):
         tr = s.config["train"]
         opt = tr["optimizer"]
         model = s.config["model"]
@@ -541,10 +554,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
     from .report.render import write_report
 
     if study_dir is None:
-        pointer = Path("studies") / "default"
-        if not pointer.is_file():
-            raise click.UsageError("give STUDY_DIR (a folder with study.toml), or run where studies/default names one")
-        study_dir = str(Path("studies") / pointer.read_text().strip())
+        study_dir = _default_study("STUDY_DIR (a folder with study.toml)")
     try:
         st = load_study(study_dir)
     except ConfigError as e:
