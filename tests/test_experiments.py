@@ -755,7 +755,7 @@ def test_a_vmap_unit_gets_the_same_numbers_in_any_group(tmp_path, threads):
     """On the vmap path (a CNN with batch norm and dropout) a unit's numbers do not depend on its
     group: 4 seeds together, 2 of them together, a lost unit redone (beside a twin, not the whole
     group), one seed alone, and ``--seeds 2`` grown to 4 -- all bit-identical, at 1 and 2 threads."""
-    from reglab.experiments.runner import group_rule
+    from reglab.experiments.group import group_rule
 
     spec = _cnn_spec(tmp_path, CNN.replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), nn.Dropout(0.3), nn.Flatten()"))
     assert group_rule(spec) == "pairs" and group_rule(validate(tomllib.loads(TINY), "t.toml")) == "any"
@@ -810,7 +810,7 @@ def test_a_unit_with_other_randomness_is_redone_alone_with_the_numbers_it_had(tm
     itself and equals the run that was lost, bit for bit, as does a run of it alone. (Under
     ``vmap`` its noise came from draws for the whole group, and a lost unit needed its whole
     group again.)"""
-    from reglab.experiments.runner import group_rule
+    from reglab.experiments.group import group_rule
 
     noisy = CNN.replace("from torch import nn", """import torch
 from torch import nn
@@ -954,11 +954,11 @@ def test_a_run_reads_its_finished_runs_once_after_training(tmp_path, monkeypatch
     # each run file is read and checked to see what is done when the run is planned and again
     # under its group's lock, and once after training, for the divergence messages and
     # results.csv together (they read it once each: ~0.7 s for the 340 runs of a study)
-    from reglab.experiments import runner, store
+    from reglab.experiments import runner, schedule, store
 
     reads = []
     real = store.verified
-    for module in (store, runner):  # every reader of the run store
+    for module in (store, runner, schedule):  # every reader of the run store
         monkeypatch.setattr(module, "verified", lambda p: reads.append(p.name) or real(p))
     out = tmp_path / "out"
     res = run([write(tmp_path, TINY)], out, "--seeds", "3", "--no-baselines")

@@ -401,7 +401,7 @@ def _labels_line(spec) -> str | None:
 
 def _engine_line(spec) -> str:
     """``kind (reason)`` of the engine a group of the experiment's seeds trains on."""
-    from .experiments.runner import engine_choice
+    from .experiments.group import engine_choice
 
     try:
         choice = engine_choice(spec, max(2, spec.seeds))

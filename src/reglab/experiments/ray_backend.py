@@ -1,9 +1,9 @@
 """The study runner's tasks on a Ray cluster (``execute(..., backend="ray")``, ``reglab run
 --backend ray [--address ADDR]``). Only this module imports ray, and only when it is used.
 
-``RayPool`` stands where the local helper pool stands in ``runner.execute``: the driver (this
+``RayPool`` stands where the local helper pool stands in ``schedule.Scheduler``: the driver (this
 process) plans the groups, decides which units are done and holds each group's lock, exactly as
-locally; each Ray task trains one ``fit_many`` group (``runner._train_group_task``) and writes
+locally; each Ray task trains one ``fit_many`` group (``group.train_group_task``) and writes
 its units into ``OUT`` itself -- every file atomically, the verified JSON last -- so a task
 retried after its worker died rewrites the same files with the same bits and a unit can never be
 half-written or present twice.
