@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -1030,9 +1031,14 @@ def test_a_folder_without_a_record_and_the_python_api_leave_earlier_versions_out
     (out / "current.json").unlink()
     old_base = reglab.load_results(out).query("is_baseline").experiment.iloc[0]
     edited = one(write(tmp_path, TINY.replace("units = 4", "units = 5"), "edited.toml"))  # the same name, edited
-    execute(plan_units([edited]), out, progress=False)
+    (out / "results.csv").unlink()
+    with pytest.warns(UserWarning, match=r"^note: 4 run\(s\) of earlier versions of baseline\.\w+, tiny are kept under "):
+        info = execute(plan_units([edited]), out, progress=False)  # says what the CLI says
     df = reglab.load_results(out)
     assert len(df) == 4 and old_base not in set(df.experiment) and set(df.baseline.dropna()) == {edited.baseline().name}
+    assert info["results_csv"] == out / "results.csv" and len(info["earlier"]) == 4 and len(info["runs"]) == 4
+    written = (out / "results.csv").read_bytes()  # as `reglab run` writes it
+    assert pd.read_csv(out / "results.csv")[["experiment", "seed"]].values.tolist() == df[["experiment", "seed"]].values.tolist()
     record = json.loads((out / "current.json").read_text())["experiments"]
     assert record["tiny"] == {"digests": [edited.digest()], "baselines": [edited.baseline().name]}
     assert json.loads((out / "current.json").read_text())["only"] is False
@@ -1040,7 +1046,7 @@ def test_a_folder_without_a_record_and_the_python_api_leave_earlier_versions_out
 
     run_unit(Unit(one(p), 3), out)  # the first version's seed 3: written, not recorded
     assert json.loads((out / "current.json").read_text())["experiments"] == record
-    assert len(reglab.load_results(out)) == 4
+    assert len(reglab.load_results(out)) == 4 and (out / "results.csv").read_bytes() == written  # nor tabled
 
 
 def test_a_study_reports_only_the_experiments_it_lists(tmp_path):

@@ -149,25 +149,6 @@ def _backend_options(f):
                         help="Where groups train: this machine's processes, or Ray tasks (pip install 'reglab[ray]').")(f)
 
 
-def _echo_failures(units, runs: list[dict]) -> None:
-    """Name each experiment with runs that diverged (kept, marked failed and left out of the
-    statistics), on stderr (``runs``: ``load_runs``' rows)."""
-    by_id = {(r["experiment"], Path(r["_path"]).stem): r for r in runs}  # where each unit's file lies
-    failed: dict[str, list[int]] = {}
-    total: dict[str, int] = {}
-    for u in units:
-        row = by_id.get((u.spec.name, u.run_id))
-        point = ", ".join(f"{k} = {v}" for k, v in u.spec.sweep_point.items())
-        name = u.spec.name + (f" [{point}]" if point else "")  # each grid point on its own
-        total[name] = total.get(name, 0) + 1
-        if row is not None and row.get("failed"):
-            failed.setdefault(name, []).append(u.seed)
-    for name, seeds in failed.items():
-        click.echo(f"diverged: {name}: {len(seeds)} of {total[name]} seed(s) ({', '.join(map(str, seeds[:10]))}"
-                   f"{', ...' if len(seeds) > 10 else ''}); kept as failed runs, left out of the statistics and "
-                   "counted in the report", err=True)
-
-
 def _drop_stale_report(out: Path, changed: bool) -> None:
     """After ``reglab run`` changed the results: remove the report and ``comparisons.csv`` of the
     runs before (they would sit beside the new results.csv, another version's numbers) and say how
@@ -180,26 +161,13 @@ def _drop_stale_report(out: Path, changed: bool) -> None:
                    f"`reglab report {out}` (with --study DIR for a study's settings) writes them anew", err=True)
 
 
-def _echo_earlier(earlier: list[dict], out: Path) -> None:
-    """Say, on stderr, how many runs of earlier versions of the experiment files lie under
-    ``out`` and are left out (``reglab.experiments.current``)."""
-    from .experiments.current import named
-
-    if earlier:
-        click.echo(f"note: {len(earlier)} run(s) of earlier versions of {named(earlier)} are kept under {out}/runs "
-                   "and left out of the results and the report (the experiment files, their builders or data "
-                   "changed since, or the study no longer lists them)", err=True)
-
-
 def _execute(units, out: Path, **kw) -> dict:
-    """``execute``; on Ctrl-C, say what was kept and exit non-zero (130): finished runs stay, the
-    interrupted groups wrote nothing and are redone by the next run. ``info["runs"]``: every
-    finished run under ``out`` of the files as they are now (``load_runs``), read once for the
-    messages and what follows; ``info["earlier"]``: those of earlier versions, left out."""
+    """``execute`` (its notes on stderr); on Ctrl-C, say what was kept and exit non-zero (130):
+    finished runs stay, the interrupted groups wrote nothing and are redone by the next run."""
     from concurrent.futures.process import BrokenProcessPool
 
     from .experiments.current import CurrentRecordError
-    from .experiments.runner import Unit, execute, load_runs
+    from .experiments.runner import Unit, execute
 
     units = list(units)
     _check_writable(out)
@@ -211,11 +179,7 @@ def _execute(units, out: Path, **kw) -> dict:
         if importlib.util.find_spec("ray") is None:
             raise click.ClickException("--backend ray needs Ray: pip install 'reglab[ray]'")
     try:
-        info = execute(units, out, **kw)
-        info["earlier"] = []
-        info["runs"] = load_runs(out, left_out=info["earlier"])
-        _echo_failures(units, info["runs"])
-        _echo_earlier(info["earlier"], out)
+        info = execute(units, out, say=lambda line: click.echo(line, err=True), **kw)
         if "where" in info:
             click.echo("ran on Ray: " + (", ".join(f"{node}: {n} task(s)" for node, n in sorted(info["where"].items()))
                                          or "no task"), err=True)
@@ -429,18 +393,16 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_
     if threads is not None:
         _set_threads(threads)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
-    from .experiments.results import write_results_csv
-
     specs = _place(_load(paths), device, backend, gpus_per_task)
     _prepare(specs, baselines)
     units = _plan(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
+    before = (out_p / "results.csv").read_bytes() if (out_p / "results.csv").is_file() else None
     info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address,
                     gpus_per_task=gpus_per_task)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
-    before = (out_p / "results.csv").read_bytes() if (out_p / "results.csv").is_file() else None
-    csv = write_results_csv(out_p, info["runs"])
+    csv = info["results_csv"]
     _drop_stale_report(out_p, changed=before != csv.read_bytes())
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
                f"results in {out_p}/runs and {csv}")
@@ -581,7 +543,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
     info = _execute(_plan(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
                     backend=backend, address=address, record="replace",  # the folder is the study's
-                    gpus_per_task=gpus_per_task)
+                    gpus_per_task=gpus_per_task, results=False)  # the report writes results.csv
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],

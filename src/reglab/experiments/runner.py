@@ -17,6 +17,7 @@ distribution is known).
 from __future__ import annotations
 
 import collections
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from .current import mark_current
 from .evaluate import FRESH_SAMPLES, evaluate_run
 from .files import own_folder, write_json
 from .group import group_cost
+from .notes import earlier_note, failure_notes
 from .prepare import prepare
+from .results import write_results_csv
 from .schedule import GroupRules, Scheduler, Task, compose
 from .schema import ConfigError, ExperimentSpec
 from .store import Unit, load_model, load_runs, verified
@@ -79,7 +82,8 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             on_group_done: Callable[[ExperimentSpec, list[int]], None] | None = None,
             workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = (),
             threads: int | None = None, backend: str = "local", address: str | None = None,
-            record: str | None = "merge", gpus_per_task: float = 0.0) -> dict[str, Any]:
+            record: str | None = "merge", gpus_per_task: float = 0.0, results: bool = True,
+            say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
     are skipped (resume).
 
@@ -116,13 +120,36 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     locks, files and numbers; ``"where"`` in the result counts the tasks per node. Each task asks
     Ray for ``gpus_per_task`` GPUs (a fraction packs several tasks onto one GPU; the experiments'
     device is then ``"cuda"``: ``devices.place``).
+
+    When training is done: ``"runs"`` in the result holds every finished run under ``out`` of the
+    experiment files as they are now (``load_runs``, read once), ``"earlier"`` those of earlier
+    versions, kept and left out; each line of ``notes.py`` (runs that diverged, earlier runs left
+    out) goes to ``say`` (default: ``warnings.warn``); ``results=True`` writes ``out/results.csv``
+    (``"results_csv"``), as ``reglab run`` does.
     """
+    out = Path(out)
+    units = list(units)
+    info = _train(units, out, progress, on_group_done, workers, side_tasks, threads, backend, address, record,
+                  gpus_per_task)
+    info["earlier"] = []
+    info["runs"] = load_runs(out, left_out=info["earlier"])
+    say = say or (lambda line: warnings.warn(line, stacklevel=3))
+    for line in failure_notes(units, info["runs"]) + [earlier_note(info["earlier"], out)]:
+        if line is not None:
+            say(line)
+    if results:
+        info["results_csv"] = write_results_csv(out, info["runs"])
+    return info
+
+
+def _train(units: list[Unit], out: Path, progress: bool, on_group_done: Any, workers: int,
+           side_tasks: Sequence[tuple[Callable[..., Any], tuple]], threads: int | None, backend: str,
+           address: str | None, record: str | None, gpus_per_task: float) -> dict[str, Any]:
+    """``execute``'s training: the checks, the current record, the tasks and their scheduler."""
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}")
     if record not in ("merge", "replace", None):
         raise ValueError(f"record must be 'merge', 'replace' or None; got {record!r}")
-    out = Path(out)
-    units = list(units)
     for name in sorted({u.spec.name for u in units}):  # reglab's own folders, or an error naming what is there
         own_folder(out, "runs", name)
     own_folder(out, "locks")
@@ -158,5 +185,5 @@ def run_unit(unit: Unit, out: str | Path) -> dict:
     with the numbers ``execute`` gives it (``compose``: beside a twin where that matters)."""
     out = Path(out)
     if verified(unit.path(out)) is None:  # not recorded: the driver records the whole plan (``execute``)
-        execute([unit], out, progress=False, record=None)
+        _train([unit], out, False, None, 1, (), None, "local", None, None, 0.0)
     return verified(unit.path(out))
