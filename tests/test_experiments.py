@@ -968,6 +968,34 @@ def test_a_run_reads_its_finished_runs_once_after_training(tmp_path, monkeypatch
     assert len(reglab.load_results(out)) == 3
 
 
+def test_a_run_hashes_each_file_at_most_twice(tmp_path, monkeypatch):
+    """A run's weights and arrays are hashed once when written and once when trusted, per
+    ``reglab run``: trained, then resumed (nothing trained), then after a finished run is
+    deleted (only it retrained)."""
+    from collections import Counter
+
+    from reglab.experiments import code, group, store
+
+    hashed = Counter()
+    real = code.file_sha256
+    for module in (code, group, store):  # every caller of the hash
+        monkeypatch.setattr(module, "file_sha256", lambda p: hashed.update([Path(p).name]) or real(p))
+    out = tmp_path / "out"
+    p = write(tmp_path, TINY)
+    for k in range(3):
+        hashed.clear()
+        res = run([p], out, "--seeds", "3")
+        assert res.exit_code == 0, res.output
+        files = sorted(out.glob("runs/*/*.pt")) + sorted(out.glob("runs/*/*.npz"))
+        assert len(files) >= 6 and set(hashed) <= {f.name for f in files}, (hashed, files)
+        assert max(hashed.values()) <= 2 and len(hashed) == len(files), (k, hashed)
+        if k == 1:
+            victim = sorted(out.glob("runs/tiny/*.json"))[0]
+            for f in victim.parent.glob(victim.stem + ".*"):
+                f.unlink()
+    assert "1 runs trained, 5 already done" in res.output, res.output
+
+
 # ----------------------------------------------------------------------------- earlier versions of a file
 
 
