@@ -996,6 +996,35 @@ def test_a_run_hashes_each_file_at_most_twice(tmp_path, monkeypatch):
     assert "1 runs trained, 5 already done" in res.output, res.output
 
 
+def test_the_builder_is_called_once_per_model_trained_and_once_per_group_before(tmp_path, monkeypatch):
+    """Before training, each experiment's model is built once (``prepare``'s probe, which the
+    engine's group rule reuses); then once per model trained: a run of 3 seeds of an experiment
+    and its baseline calls the builder 2 + 6 times; after one run is deleted, 2 + 2 (the vmap
+    engine trains the missing seed beside a twin, ``group_rule``)."""
+    (tmp_path / "models.py").write_text(BUILDER.replace(
+        "def build(input_shape, n_outputs, width=6, dropout=0.0):\n",
+        "def build(input_shape, n_outputs, width=6, dropout=0.0):\n"
+        "    open(__import__('os').environ['BUILD_LOG'], 'a').write('x')\n"))
+    log = tmp_path / "builds.log"
+    monkeypatch.setenv("BUILD_LOG", str(log))
+    p = write(tmp_path, TINY.split("[[model.layers]]")[0].replace('"binary_crossentropy"', '{name = "binary_crossentropy", '
+                                                                  'from_logits = true}') +
+              '[model]\nbuilder = "models.py:build"\nargs = {width = 3, dropout = 0.2}\n'
+              '[baseline]\nargs = {dropout = 0.0}\n')
+    out = tmp_path / "out"
+    res = run([p], out, "--seeds", "3")
+    assert res.exit_code == 0 and "6 runs trained" in res.output, res.output
+    assert len(log.read_text()) == 2 + 6
+    victim = sorted(out.glob("runs/tiny/*.json"))[0]
+    for f in victim.parent.glob(victim.stem + ".*"):
+        f.unlink()
+    log.write_text("")
+    res = run([p], out, "--seeds", "3")
+    assert res.exit_code == 0 and "1 runs trained, 5 already done" in res.output, res.output
+    assert load_runs(out)[0]["engine"].startswith("vmap")
+    assert len(log.read_text()) == 2 + 2
+
+
 # ----------------------------------------------------------------------------- earlier versions of a file
 
 

@@ -24,6 +24,7 @@ from .build import builder, early_stopping, loss_name, loss_of, splits_of, train
 from .code import file_sha256
 from .evaluate import evaluate_run
 from .files import atomic_write, own_folder, write_json
+from .prepare import take_probe
 from .schema import ExperimentSpec
 from .store import Unit
 
@@ -107,16 +108,20 @@ def train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], ou
 
 def engine_choice(spec: ExperimentSpec, n_models: int = 2) -> Any:
     """The engine ``choose_engine`` picks for a group of ``n_models`` of the experiment's models
-    (model 0 built as seed 0's, probed on seed 0's first examples): an ``EngineChoice``."""
+    (model 0 built as seed 0's -- the one ``prepare`` built, where it ran in this process --
+    probed on seed 0's first examples): an ``EngineChoice``."""
     from .. import losses as _losses
     from ..engines.choose import choose_engine
     from ..training.engine import ArrayData
     from ..training.fit import prepare_arrays
 
     sp = splits_of(spec, 0)
-    torch.manual_seed(0)
-    out = builder(spec, sp.input_shape, sp.n_outputs)()
-    model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
+    probe = take_probe(spec)
+    if probe is None:
+        torch.manual_seed(0)
+        out = builder(spec, sp.input_shape, sp.n_outputs)()
+        probe = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
+    model, lo = probe
     lo = _losses.get(lo)
     p0 = next(model.parameters())
     data = ArrayData(*prepare_arrays(model, sp.x_train[:2], sp.y_train[:2], lo, p0.dtype, p0.device))

@@ -18,7 +18,17 @@ from .code import where_in
 from .data import DataError, Splits
 from .schema import ConfigError, ExperimentSpec
 
-__all__ = ["prepare"]
+__all__ = ["prepare", "take_probe"]
+
+#: each prepared experiment's model and loss (built as seed 0's, probed), by digest, for the one
+#: later step that needs a model of it before training (``group.engine_choice``): the builder is
+#: called once per group before training
+_probes: dict[str, tuple[torch.nn.Module, Any]] = {}
+
+
+def take_probe(spec: ExperimentSpec) -> tuple[torch.nn.Module, Any] | None:
+    """The model and loss ``prepare`` built for ``spec`` in this process (then forgotten), or None."""
+    return _probes.pop(spec.digest(), None)
 
 
 def prepare(specs: Iterable[ExperimentSpec]) -> None:
@@ -101,6 +111,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             if layer not in names:
                 raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
                                   f"{sorted(n for n in names if n)[:20]}")
+        _probes[spec.digest()] = (model, loss)
 
 
 def _check_loss_fits_task(spec: ExperimentSpec, sp: Splits, loss: Any) -> None:
