@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import reglab
 from reglab.cli import main
-from reglab.experiments.path import with_strength
+from reglab.experiments.spec import with_strength
 from reglab.experiments.runner import Unit, execute, load_model, load_runs, plan_units, prepare, splits_of
 from reglab.experiments.schema import ConfigError, load_experiment, load_experiments, validate
 
@@ -252,6 +252,48 @@ def test_runs_with_a_min_delta_get_new_ids_since_its_sign_follows_keras():
     without = validate(tomllib.loads(TINY.replace("batch_size = 20", es.replace(", min_delta = 0.01", ""))), "x.toml")
     assert without.digest() == plain_digest(without)
     assert with_delta.digest() != plain_digest(with_delta)
+
+
+def test_the_lecture_experiments_keep_their_identity():
+    """Every lecture experiment's digest and its baseline's name and digest (run identities, so
+    an existing results folder is reused as it is), as the code before the typed spec made them
+    (10f286a)."""
+    import hashlib
+
+    from reglab.experiments.study import load_specs
+
+    specs = load_specs([str(LECTURE.parent)])
+    lines = sorted(f"{s.name}:{s.digest()}:{s.baseline().name}:{s.baseline().digest()}" for s in specs)
+    assert len(lines) == 13 and lines[0] == "p1_regularized_loss:b443c92878239dbb:baseline.f6b0fe53d3:f6b0fe53d3258435"
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16] == "5e8fead9f3c10efc"
+
+
+def test_the_typed_sections_of_a_spec():
+    """What reglab reads of an experiment, section by section; ``with_train`` sets keys after
+    the others and removes those set to None."""
+    spec = validate(tomllib.loads(TINY), "x.toml")
+    tr = spec.train
+    assert (tr.loss, tr.optimizer["name"], tr.optimizer["learning_rate"], tr.epochs, tr.batch_size) == (
+        "binary_crossentropy", "adam", 0.01, 3, 20)
+    assert tr.early_stopping is None and tr.device is None
+    assert [la["units"] for la in spec.model.layers] == [4, 1] and spec.model.builder is None
+    assert spec.model.described == "MLP 4-1" and spec.data.source == "blobs" and spec.data.transform is None
+    assert spec.split.resample is True and spec.regularize.params is None
+    assert spec.analysis.sparsity_layers == [] and spec.analysis.weight_histograms is False
+    on = spec.with_train(device="cuda", epochs=5)
+    assert list(on.config["train"])[-2:] == ["device", "epochs"] and on.train.epochs == 5
+    assert on.digest() != spec.digest() and on.with_train(device=None, epochs=3).digest() == spec.digest()
+
+
+def test_nothing_outside_the_schema_reads_the_raw_experiment_dictionary():
+    """Only ``schema.py`` (which makes it) and ``spec.py`` (its typed views) read keys of an
+    experiment's ``config``; the rest reads the typed sections."""
+    import re
+
+    src = Path(reglab.__file__).parent
+    pattern = re.compile(r"\.config\s*\[|\.config\.get\(|\.config\.items\(|\bcfg\s*\[")
+    readers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if pattern.search(p.read_text()))
+    assert readers == ["experiments/schema.py", "experiments/spec.py"], readers
 
 
 # ----------------------------------------------------------------------------- any model, any data

@@ -329,21 +329,15 @@ def list_cmd(paths: tuple[str, ...]) -> None:
     """List experiment files (files, folders or study folders) and what they contain. Without
     PATHS: the study that ``studies/default`` names, as ``reglab study``."""
     for s in _load(paths or (_default_study("PATHS (experiment files, folders or study folders)"),)):
-        tr = s.config["train"]
-        opt = tr["optimizer"]
-        model = s.config["model"]
-        arch = ("MLP " + "-".join(str(layer["units"]) for layer in model["layers"]) if "layers" in model
-                else f"builder {model['builder']}")
-        data = s.config["data"]
-        src = data.get("name") or data.get("file") or data.get("loader") or "files"
+        tr, opt, data = s.train, s.train.optimizer, s.data
         point = ", ".join(f"{k} = {v}" for k, v in s.sweep_point.items())
-        on = f", on {tr['device']}" if tr.get("device", "cpu") != "cpu" else ""
+        on = f", on {tr.device}" if (tr.device or "cpu") != "cpu" else ""
         if opt.get("weight_decay") or opt["name"] == "adamw":
             on += f", weight decay {opt.get('weight_decay', 0.004):g}" + (f" on {opt['decay']}" if "decay" in opt else "")
-        if data.get("transform"):
-            on += f", transform {data['transform']}"
-        click.echo(f"{s.name:24s} {src}, {arch}, {opt['name']} lr {opt.get('learning_rate', 0.001):g}, "
-                   f"{tr['epochs']} epochs, batch {tr['batch_size']}, {s.seeds} seeds{on}" +
+        if data.transform:
+            on += f", transform {data.transform}"
+        click.echo(f"{s.name:24s} {data.source}, {s.model.described}, {opt['name']} lr {opt.get('learning_rate', 0.001):g}, "
+                   f"{tr.epochs} epochs, batch {tr.batch_size}, {s.seeds} seeds{on}" +
                    (f"  [{point}]" if point else ""))
         click.echo(f"{'':24s} {s.title}")
         click.echo(f"{'':24s} engine: {_engine_line(s)}")
@@ -510,7 +504,8 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
     if threads is not None:
         _set_threads(threads)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
-    from .experiments.path import path_file, path_key, regularization_path, with_strength
+    from .experiments.path import path_file, path_key, regularization_path
+    from .experiments.spec import with_strength
     from .experiments.schema import ConfigError
     from .experiments.study import analysis_key, load_study, reusable, run_analysis
     from .report.render import write_report

@@ -29,7 +29,7 @@ DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categoric
 
 def _layers(spec: ExperimentSpec) -> list[dict[str, Any]]:
     out = []
-    for layer in spec.config["model"]["layers"]:
+    for layer in spec.model.layers:
         lay = dict(layer)
         for k in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
             if k in lay:
@@ -65,25 +65,24 @@ def _call_builder(fn: Callable[..., Any], ref: str, args: dict[str, Any], input_
 def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) -> Callable[[], Any]:
     """``build() -> model`` or ``(model, RegularizedLoss)`` for ``fit``/``fit_many``. Errors
     (a builder failing, a ``[regularize]`` pattern matching nothing) name the file and key."""
-    cfg = spec.config
-    loss_cfg = cfg["train"].get("loss")
+    loss_cfg, model_spec, reg = spec.train.loss, spec.model, spec.regularize
     file = spec.path
 
     def build() -> nn.Module | tuple[nn.Module, _losses.Loss]:
-        if "layers" in cfg["model"]:
+        if model_spec.layers is not None:
             model = mlp(int(_flat(input_shape)), _layers(spec))
             if len(input_shape) > 1:  # images and other non-flat examples: flattened first
                 model = nn.Sequential(nn.Flatten(), *model)
         else:
-            fn, _, _ = resolve(cfg["model"]["builder"], spec.base, f"{file}: model.builder")
-            model = _call_builder(fn, cfg["model"]["builder"], cfg["model"].get("args", {}), input_shape, n_outputs,
+            fn, _, _ = resolve(model_spec.builder, spec.base, f"{file}: model.builder")
+            model = _call_builder(fn, model_spec.builder, model_spec.args, input_shape, n_outputs,
                                   f"{file}: model.builder")
-        reg = cfg.get("regularize", {})
         for key in ("params", "activity", "constraints"):
-            if key not in reg:
+            table = getattr(reg, key)
+            if table is None:
                 continue
             objs = {p: (_constraints if key == "constraints" else _regularizers).deserialize(v)
-                    for p, v in reg[key].items()}
+                    for p, v in table.items()}
             try:
                 if key == "constraints":
                     constrain(model, objs)
@@ -109,7 +108,7 @@ def _flat(shape: tuple[int, ...]) -> int:
 
 def loss_config(spec: ExperimentSpec, task: str) -> Any:
     """The training loss as written, or the task's default."""
-    lo = spec.config["train"].get("loss")
+    lo = spec.train.loss
     return DEFAULT_LOSS[task] if lo is None else lo
 
 
@@ -127,7 +126,7 @@ def loss_of(spec: ExperimentSpec, task: str) -> Any:
 def regression_loss(spec: ExperimentSpec) -> str | None:
     """The training loss's name where the file names a regression loss (mean squared or absolute
     error; of a regularized loss, its data loss), else None: integer targets are then a regression."""
-    lo = spec.config["train"].get("loss")
+    lo = spec.train.loss
     if isinstance(lo, dict):
         lo = lo.get("data_loss") if lo.get("name") == "regularized" else lo.get("name")
     if not isinstance(lo, str):
@@ -148,12 +147,12 @@ def from_logits(spec: ExperimentSpec, task: str) -> bool:
 
 
 def early_stopping(spec: ExperimentSpec) -> list[EarlyStopping]:
-    es = spec.config["train"].get("early_stopping")
+    es = spec.train.early_stopping
     return [EarlyStopping(**es)] if es else []
 
 
 def splits_of(spec: ExperimentSpec, seed: int) -> Splits:
-    return load_splits(spec.config["data"], spec.config["split"], spec.base, spec.path, seed,
+    return load_splits(spec.data.table, spec.split.table, spec.base, spec.path, seed,
                        regression_loss=regression_loss(spec))
 
 

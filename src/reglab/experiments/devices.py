@@ -9,7 +9,6 @@ CPU.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ __all__ = ["of", "place", "ray_device"]
 
 def of(spec: Any) -> str:
     """The device an experiment trains on (``resolve`` of its ``train.device``)."""
-    return resolve(spec.config["train"].get("device"), f"{spec.path}: train.device")
+    return resolve(spec.train.device, f"{spec.path}: train.device")
 
 
 def ray_device(value: str | None, gpus_per_task: float, where: str) -> str:
@@ -51,11 +50,8 @@ def place(specs: Sequence[Any], device: str | None = None, gpus_per_task: float 
     ``--device``."""
     out = []
     for s in specs:
-        value = device if device is not None else s.config["train"].get("device")
+        value = device if device is not None else s.train.device
         where = "--device" if device is not None else f"{s.path}: train.device"
         dev = ray_device(value, gpus_per_task, where) if gpus_per_task is not None else resolve(value, where)
-        train = {k: v for k, v in s.config["train"].items() if k != "device"}
-        if dev != "cpu":
-            train["device"] = dev
-        out.append(dataclasses.replace(s, config={**s.config, "train": train}))
+        out.append(s.with_train(device=dev if dev != "cpu" else None))
     return out

@@ -83,14 +83,14 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
         if k in last:
             metrics[f"history_{k}"] = last[k]
     metrics["epochs_run"] = len(history)
-    analysis = spec.config.get("analysis", {})
+    analysis = spec.analysis
     extra: dict[str, Any] = {}
     if len(history) and "val_data_loss" in history:
         extra["overfitting"] = overfitting(history).to_dict()
-    layers = analysis.get("sparsity_layers")
+    layers = analysis.sparsity_layers
     if layers:
         extra["sparsity"] = sparsity(model, sp.x_test, layers)
-    if analysis.get("weight_histograms"):
+    if analysis.weight_histograms:
         extra["weights"] = {n: np.abs(p.detach().cpu().numpy()).ravel().tolist()
                             for n, p in model.named_parameters() if n.endswith("weight")}
     return {"metrics": metrics, **extra}, arrays

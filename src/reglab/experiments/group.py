@@ -38,10 +38,10 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     raises ``KeyboardInterrupt``. ``threads``: as ``fit_many``'s (None: ``reglab.threads``' rule)."""
     write = set(seeds if write is None else write)
     t0 = time.perf_counter()
-    resample = spec.config["split"].get("resample", True)
+    resample = spec.split.resample
     data = [splits_of(spec, s) for s in seeds] if resample else [splits_of(spec, 0)] * len(seeds)
     sp0 = data[0]
-    tr = spec.config["train"]
+    tr = spec.train
 
     def per_model(attr: str) -> Any:
         return [getattr(d, attr) for d in data] if resample and len(seeds) > 1 else getattr(sp0, attr)
@@ -49,8 +49,8 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     device = _devices.of(spec)
     x, y = training_data(data, shared=not (resample and len(seeds) > 1))
     res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), x, y,
-                   seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr["optimizer"], epochs=tr["epochs"],
-                   batch_size=tr["batch_size"], validation_data=(per_model("x_val"), per_model("y_val")),
+                   seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr.optimizer, epochs=tr.epochs,
+                   batch_size=tr.batch_size, validation_data=(per_model("x_val"), per_model("y_val")),
                    callbacks=early_stopping(spec), progress=progress, threads=threads, device=device,
                    metrics=("accuracy",) if sp0.task != "regression" else ())
     if res.interrupted:
@@ -95,8 +95,8 @@ def jsonable(v: Any) -> Any:
 
 
 def group_cost(spec: ExperimentSpec, n: int) -> float:
-    t = spec.config["train"]
-    return t["epochs"] * (1.0 + 300 / t["batch_size"]) * (1 + n / 100)  # steps dominate; M adds little
+    t = spec.train
+    return t.epochs * (1.0 + 300 / t.batch_size) * (1 + n / 100)  # steps dominate; M adds little
 
 
 def train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, write: list[int],
@@ -126,7 +126,7 @@ def engine_choice(spec: ExperimentSpec, n_models: int = 2) -> Any:
     p0 = next(model.parameters())
     data = ArrayData(*prepare_arrays(model, sp.x_train[:2], sp.y_train[:2], lo, p0.dtype, p0.device))
     sets = sp.training()  # examples read one by one: each model reads (and augments) its own
-    return choose_engine(model, lo, data.probe_batch(), n_models=n_models, optimizer=spec.config["train"]["optimizer"],
+    return choose_engine(model, lo, data.probe_batch(), n_models=n_models, optimizer=spec.train.optimizer,
                          arrays=sets is None, data_draws=sets is not None and draws_random(sets))
 
 

@@ -13,7 +13,6 @@ itself varies.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import regularizers as _regularizers
 from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..vectorized.fit_many import fit_many
@@ -30,43 +28,15 @@ from . import devices as _devices
 from .build import builder, early_stopping, loss_of, splits_of, training_data
 from .files import own_folder, write_json
 from .evaluate import evaluate_run
-from .schema import MAX_STRENGTH, ExperimentSpec
+from .schema import MAX_STRENGTH
+from .spec import ExperimentSpec, with_strength
 
-__all__ = ["regularization_path", "with_strength", "path_file"]
+__all__ = ["regularization_path", "path_file"]
 
 
 def path_file(out: str | Path, experiment: str) -> Path:
     """Where the path of ``experiment`` is written: ``out/paths/<experiment>.json``."""
     return Path(out) / "paths" / f"{experiment}.json"
-
-
-def _set_strength(ser: dict, lam: float) -> dict:
-    reg = _regularizers.deserialize(ser)
-    hp = {k: lam for k, v in reg.hparams().items() if v}
-    return _regularizers.serialize(reg.with_hparams(**hp)) if hp else ser
-
-
-def with_strength(spec: ExperimentSpec, lam: float) -> ExperimentSpec:
-    """The experiment with every non-zero regularization strength replaced by ``lam``."""
-    cfg = copy.deepcopy(spec.config)
-    n = 0
-    for layer in cfg["model"].get("layers", []):
-        for k in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
-            if k in layer:
-                layer[k] = _set_strength(layer[k], lam)
-                n += 1
-    for key in ("params", "activity"):
-        for pattern, ser in cfg.get("regularize", {}).get(key, {}).items():
-            cfg["regularize"][key][pattern] = _set_strength(ser, lam)
-            n += 1
-    loss = cfg["train"].get("loss")
-    if isinstance(loss, dict) and loss.get("name") == "regularized":
-        loss["strength"] = lam
-        n += 1
-    if n == 0:
-        raise ValueError(f"experiment {spec.name!r} has no regularizer whose strength a path could vary")
-    cfg["name"] = f"{spec.name}_path"
-    return ExperimentSpec(cfg, spec.path, dict(spec.inputs))
 
 
 def path_key(spec: ExperimentSpec, strengths: Sequence[float], seeds: Sequence[int]) -> str:
@@ -102,11 +72,11 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     specs = {lam: with_strength(spec, lam) for lam in strengths}
     builders = {lam: builder(specs[lam], sp0.input_shape, sp0.n_outputs) for lam in strengths}
     order = [(s, lam) for s in seeds for lam in strengths]  # fit_many's product(seeds, grid) order
-    tr = spec.config["train"]
+    tr = spec.train
     x, y = training_data([data[s] for s, _ in order], shared=False)
     res = fit_many(lambda lam: builders[lam](), x, y,
                    seeds=seeds, grid=[{"lam": lam} for lam in strengths], loss=loss_of(spec, task),
-                   optimizer=tr["optimizer"], epochs=tr["epochs"], batch_size=tr["batch_size"],
+                   optimizer=tr.optimizer, epochs=tr.epochs, batch_size=tr.batch_size,
                    validation_data=([data[s].x_val for s, _ in order], [data[s].y_val for s, _ in order]),
                    callbacks=early_stopping(spec), progress=progress, device=(device := _devices.of(spec)),
                    metrics=("accuracy",) if task != "regression" else ())

@@ -58,7 +58,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             import traceback
 
             last = traceback.extract_tb(e.__traceback__)[-1]
-            ref = spec.config["model"].get("builder", "the model's layers")
+            ref = spec.model.builder or "the model's layers"
             raise ConfigError(f"{spec.path}: model.builder: {ref} raised {type(e).__name__}: {e} (at {last.filename}, "
                               f"line {last.lineno})") from None
         model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
@@ -79,16 +79,7 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
         if not bool(torch.isfinite(pred).all()):
             raise ConfigError(f"{spec.path}: model: its output on the first {len(xb)} training examples holds NaN or "
                               "inf before any training (its initial weights or its forward): nothing could be learned")
-        width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
-        if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
-            hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""
-                    if sp.task == "binary" else
-                    f"{sp.n_outputs} (one per class 0..{sp.n_outputs - 1}); if the target is a count or a measurement, "
-                    "set data.task = \"regression\"")
-            where = (f"model.layers[{len(spec.config['model']['layers']) - 1}].units"
-                     if "layers" in spec.config["model"] else "model")
-            raise ConfigError(f"{spec.path}: {where}: the model outputs {width} value(s) per example but the "
-                              f"{sp.task} task of the data needs {hint}")
+        _check_width(spec, sp, pred)
         yb = torch.as_tensor(np.asarray(sp.y_train[:len(xb)]))
         try:
             loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
@@ -102,16 +93,30 @@ def prepare(specs: Iterable[ExperimentSpec]) -> None:
             raise ConfigError(f"{spec.path}: train.loss: {e}{hint}") from None
         _check_constraints(spec, model)
         _check_decay(spec, model)
-        es = spec.config["train"].get("early_stopping", {})
+        es = spec.train.early_stopping or {}
         if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
             raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
                               "regression task; monitor val_loss or val_data_loss")
         names = {n for n, _ in model.named_modules()}
-        for layer in spec.config.get("analysis", {}).get("sparsity_layers", []):
+        for layer in spec.analysis.sparsity_layers:
             if layer not in names:
                 raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
                                   f"{sorted(n for n in names if n)[:20]}")
         _probes[spec.digest()] = (model, loss)
+
+
+def _check_width(spec: ExperimentSpec, sp: Splits, pred: torch.Tensor) -> None:
+    """A classifier outputs one value per class (one for a binary task)."""
+    width = int(np.prod(pred.shape[1:])) if pred.dim() > 1 else 1
+    if sp.task in ("binary", "multiclass") and width != sp.n_outputs:
+        hint = ("one unit (P(y = 1), e.g. a sigmoid); for a softmax over 2 units set data.task = \"multiclass\""
+                if sp.task == "binary" else
+                f"{sp.n_outputs} (one per class 0..{sp.n_outputs - 1}); if the target is a count or a measurement, "
+                "set data.task = \"regression\"")
+        layers = spec.model.layers
+        where = f"model.layers[{len(layers) - 1}].units" if layers is not None else "model"
+        raise ConfigError(f"{spec.path}: {where}: the model outputs {width} value(s) per example but the "
+                          f"{sp.task} task of the data needs {hint}")
 
 
 def _check_loss_fits_task(spec: ExperimentSpec, sp: Splits, loss: Any) -> None:
@@ -137,7 +142,7 @@ def _check_decay(spec: ExperimentSpec, model: torch.nn.Module) -> None:
     from .. import optimizers as _optimizers
     from ..selectors import select_all
 
-    decay = spec.config["train"]["optimizer"].get(_optimizers.DECAY)
+    decay = spec.train.optimizer.get(_optimizers.DECAY)
     if decay is not None:
         try:
             select_all(model, _optimizers.decay_patterns(decay))
@@ -156,7 +161,7 @@ def _check_constraints(spec: ExperimentSpec, model: torch.nn.Module) -> None:
             with torch.no_grad():
                 c.project(p.detach().clone())
         except (ValueError, RuntimeError, IndexError) as e:
-            key = ("regularize.constraints" if spec.config.get("regularize", {}).get("constraints")
+            key = ("regularize.constraints" if spec.regularize.constraints
                    else "model.layers[...].kernel_constraint / bias_constraint")
             raise ConfigError(f"{spec.path}: {key}: {c!r} cannot apply to {name!r} of shape {tuple(p.shape)}: "
                               f"{e}") from None

@@ -71,7 +71,7 @@ def _check_baselines_differ(specs: Sequence[ExperimentSpec]) -> None:
         if all(p.trains_as_baseline() for p in points):
             hint = ("its builder's own regularization (dropout, a weight decay argument) stays on unless "
                     "[baseline] args turns it off, e.g. [baseline] args = {dropout = 0.0}"
-                    if "builder" in points[0].config["model"] else
+                    if points[0].model.builder is not None else
                     "it has no regularizer, constraint, dropout, early stopping or weight decay")
             raise ConfigError(f"{path}: baseline: the experiment {name!r} trains exactly what its unregularized "
                               f"baseline trains, so the comparison would be +0 by construction: {hint}; or run it "

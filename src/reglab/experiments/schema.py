@@ -40,14 +40,12 @@ the key and what was expected.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +58,7 @@ from .. import devices as _devices
 from .. import regularizers as _regularizers
 from . import data as _data
 from .code import resolve
+from .spec import PRESENTATION, ExperimentSpec
 
 __all__ = ["ExperimentSpec", "ConfigError", "load_experiment", "load_experiments", "validate", "LIMITS"]
 
@@ -81,8 +80,6 @@ LIMITS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 1_000_000, "units": 
 #: a model only diverges
 MAX_STRENGTH = 1e6
 #: keys of a validated config that do not change what is trained (kept out of run ids)
-PRESENTATION = ("seeds", "title", "description", "reference")
-BASELINE_PREFIX = "baseline."  # "." cannot appear in an experiment's name: no name can enter this namespace
 
 
 class ConfigError(ValueError):
@@ -140,117 +137,6 @@ def _check_object(spec: Any, file: str, key: str, deserialize) -> dict[str, Any]
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) < MAX_STRENGTH:
             raise ConfigError(f"{file}: {key}: {k}: expected a strength below {MAX_STRENGTH:g}; got {v!r}")
     return ser
-
-
-@dataclass(frozen=True)
-class ExperimentSpec:
-    """A validated experiment (one grid point of its sweep): plain JSON-able ``config``, the
-    file it came from, and ``inputs`` -- the sha256 of every file that shapes its results
-    (a builder's source, data files), part of its identity."""
-
-    config: dict[str, Any]
-    path: str
-    inputs: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config["name"]
-
-    @property
-    def base(self) -> Path:
-        """The folder relative paths in the file are resolved against."""
-        return Path(self.path).resolve().parent
-
-    @property
-    def title(self) -> str:
-        return self.config.get("title", self.name)
-
-    @property
-    def seeds(self) -> int:
-        return int(self.config.get("seeds", 20))
-
-    @property
-    def sweep_point(self) -> dict[str, Any]:
-        """``{"regularize/params/*.weight/l2": value, ...}``: this grid point's sweep values."""
-        return dict(self.config.get("sweep_point", {}))
-
-    @property
-    def is_baseline(self) -> bool:
-        return bool(self.config.get("baseline_of"))
-
-    def digest(self) -> str:
-        """Hash of what produces the results: the validated config (not the file's formatting or
-        presentation keys) and the hashes of its input files."""
-        cfg = {k: v for k, v in self.config.items() if k not in PRESENTATION + ("baseline_of", "name")}
-        if "device" in cfg.get("train", {}):  # a GPU run is another run than a CPU run; which GPU, not
-            cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "device"}
-            if _devices.kind(self.config["train"]["device"]) != "cpu":
-                cfg["device"] = "cuda"
-        validation = self.config.get("split", {}).get("validation", 0.2)
-        if not isinstance(validation, str) and "files" not in self.config["data"]:
-            # a validation fraction of one pool is ceil(fraction x all examples) since reglab 0.1.0's
-            # second split rule (before: fraction / (1 - test) of the rest, one more at times): new ids
-            cfg["split_rule"] = 2
-        if (self.config.get("train", {}).get("early_stopping") or {}).get("min_delta"):
-            # early stopping's min_delta has Keras's sign since reglab 0.1.0's engine seam (before,
-            # a fall smaller than min_delta counted as an improvement): new ids for such runs
-            cfg["min_delta_rule"] = 2
-        blob = json.dumps({"config": cfg, "inputs": self.inputs}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def trains_as_baseline(self) -> bool:
-        """Whether this experiment trains exactly what its baseline trains (the same model, data,
-        loss, optimizer and schedule: nothing the baseline rule removes -- a builder's own
-        regularization is turned off only by ``[baseline] args``)."""
-        drop = set(PRESENTATION) | {"name", "analysis", "sweep_point", "baseline", "baseline_of"}
-        mine, its = ({k: v for k, v in c.items() if k not in drop} for c in (self.config, self.baseline().config))
-        return mine == its
-
-    def baseline(self) -> ExperimentSpec:
-        """The unregularized counterpart: the same data (without ``data.transform``'s
-        augmentation), split, model (without its regularizers, constraints and dropout; builder
-        arguments overridden by ``[baseline] args``), data loss, optimizer with all its settings
-        but weight decay, epochs and batch size; no early stopping."""
-        c = copy.deepcopy(self.config)
-        model = c["model"]
-        if "layers" in model:
-            model["layers"] = [{k: v for k, v in layer.items() if k in ("units", "activation", "use_bias",
-                                                                         "kernel_initializer", "bias_initializer")}
-                               for layer in model["layers"]]
-        else:
-            model["args"] = {**model.get("args", {}), **c.get("baseline", {}).get("args", {})}
-        for k in ("regularize", "baseline", "sweep_point", "analysis"):  # analyses are the experiment's
-            c.pop(k, None)
-        c["data"] = {k: v for k, v in c["data"].items() if k != "transform"}  # augmentation is regularization
-        tr = c["train"]
-        tr.pop("early_stopping", None)
-        if isinstance(tr.get("loss"), Mapping) and tr["loss"].get("name") == "regularized":
-            tr["loss"] = tr["loss"].get("data_loss", "binary_crossentropy")
-        opt = dict(tr["optimizer"])
-        opt.pop("weight_decay", None)
-        opt.pop(_optimizers.DECAY, None)  # what the decay applies to goes with it
-        if opt["name"] == "adamw":
-            opt["name"] = "adam"  # AdamW without its decay is Adam
-        tr["optimizer"] = opt
-        for k in PRESENTATION:
-            c.pop(k, None)
-        c["seeds"] = self.seeds
-        c["name"] = "baseline"
-        c["baseline_of"] = True
-        b = ExperimentSpec(c, self.path, {k: v for k, v in self.inputs.items() if k != "data.transform"})
-        c["name"] = BASELINE_PREFIX + b.digest()[:10]
-        c["title"] = f"Unregularized baseline ({_schedule_words(tr)})"
-        return b
-
-
-def _schedule_words(tr: Mapping[str, Any]) -> str:
-    opt = tr["optimizer"]
-    extra = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in opt.items()
-                      if k not in ("name", "learning_rate"))
-    loss = tr.get("loss")
-    loss = loss if isinstance(loss, str) else (loss or {}).get("name", "default loss")
-    return (f"{opt['name']} lr {opt.get('learning_rate', 0.001):g}{', ' + extra if extra else ''}, "
-            f"{tr['epochs']} epochs, batch {tr['batch_size']}, {loss}")
 
 
 # ----------------------------------------------------------------------------- sections

@@ -38,7 +38,6 @@ that is a list of strings is a bulleted list. Code is named as in experiment fil
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import re
@@ -109,12 +108,11 @@ def load_specs(paths: tuple[str, ...] | list[str]) -> list[ExperimentSpec]:
 def _with_study(spec: ExperimentSpec, st: Study | None) -> ExperimentSpec:
     if st is None:
         return spec
-    config = dict(spec.config)
     if st.seeds is not None:
-        config["seeds"] = st.seeds
-    if st.device is not None and "device" not in config["train"]:
-        config["train"] = {**config["train"], "device": st.device}
-    return dataclasses.replace(spec, config=config)
+        spec = spec.with_seeds(st.seeds)
+    if st.device is not None and spec.train.device is None:
+        spec = spec.with_train(device=st.device)
+    return spec
 
 
 def _device(raw: dict[str, Any], file: Path) -> str | None:
