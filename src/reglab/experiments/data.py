@@ -1,4 +1,6 @@
 """An experiment's data: where it comes from (``[data]``), how it is split (``[split]``), its task.
+(The tables are checked in ``data_tables.py``; files, split files and loaders are read in
+``data_files.py``; this module splits, encodes labels, standardizes: ``load_splits``.)
 
 Three roles, never mixed: the **training** split trains; the **validation** split drives every
 training decision (early stopping, restoring the best weights, choosing a strength) and every
@@ -28,24 +30,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import datasets as _datasets
-from ..diagnostics.metrics import TASKS
 from ..training.sources import draws_random
-from .augment import Augmented, Transform, is_dataset, read_all
-from .code import NO_SIGNATURE, call_problem, call_user, file_sha256, resolve
+from .augment import Augmented, Transform
+from .code import resolve
+from .data_files import check_xy, read_roles
+from .data_tables import DEFAULT_SPLIT, fail
 
-__all__ = ["Splits", "check_data", "check_split", "DataError", "load_splits", "data_inputs", "MAX_EXAMPLES"]
-
-DATA_KEYS = {"name", "file", "target", "files", "loader", "args", "standardize", "standardize_target", "task",
-             "transform"}
-SPLIT_KEYS = {"validation", "test", "resample"}
-SPLIT_NAMES = ("train", "validation", "test")
-MAX_EXAMPLES = 10_000_000
-DEFAULT_SPLIT = {"validation": 0.2, "test": 0.2, "resample": True}
-
-
-class DataError(ValueError):
-    """Bad data: the message names the file and key."""
+__all__ = ["Splits", "load_splits", "infer_task", "fingerprint"]
 
 
 @dataclass
@@ -90,301 +81,6 @@ class Splits:
         return tuple(self.x_train.shape[1:])
 
 
-def _fail(file: str, key: str, msg: str) -> None:
-    raise DataError(f"{file}: {key}: {msg}")
-
-
-def _frac(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
-
-
-def check_split(split: Any, file: str, has_files: bool) -> dict[str, Any]:
-    """Validate ``[split]`` (defaults filled in)."""
-    if split is None:
-        return {}
-    if not isinstance(split, Mapping):
-        _fail(file, "split", f"expected a table; got {split!r}")
-    bad = set(split) - SPLIT_KEYS
-    if bad:
-        _fail(file, "split", f"unknown key(s) {sorted(bad)}; expected some of {sorted(SPLIT_KEYS)}")
-    if has_files and set(split) - {"validation"}:
-        _fail(file, "split", "data.files gives the splits; [split] may only set validation (a fraction of the "
-              "training file, where files has no validation entry)")
-    out = dict(split)  # as written: the defaults apply where a key is absent (load_splits)
-    if "test" in out and not _frac(out["test"]):
-        _fail(file, "split.test", f"expected a fraction in (0, 1); got {out['test']!r}")
-    v = out.get("validation")
-    if v is not None and v != "test" and not _frac(v):
-        _fail(file, "split.validation", f'expected a fraction in (0, 1) or "test" (the validation data are the test '
-              f"data); got {v!r}")
-    t = out.get("test", DEFAULT_SPLIT["test"])
-    if _frac(v) and _frac(t) and v + t >= 1:
-        _fail(file, "split", f"validation + test = {v + t:g} leaves no training data")
-    if not isinstance(out.get("resample", True), bool):
-        _fail(file, "split.resample", f"expected true or false; got {out['resample']!r}")
-    return out
-
-
-def check_data(data: Any, file: str) -> dict[str, Any]:
-    """Validate ``[data]``'s keys and values (files are read later, by ``load_splits``)."""
-    if not isinstance(data, Mapping):
-        _fail(file, "data", f"expected a table; got {data!r}")
-    bad = set(data) - DATA_KEYS - (set(data) if isinstance(data.get("name"), str) and
-                                   data["name"] in ("blobs", "moons", "circles") else set())
-    sources = [k for k in ("name", "file", "files", "loader") if k in data]
-    if len(sources) != 1:
-        _fail(file, "data", f"expected exactly one of name, file, files, loader; got {sources or 'none'}")
-    if "name" in data and (not isinstance(data["name"], str) or data["name"] not in _datasets.names()):
-        _fail(file, "data.name", f"expected one of {_datasets.names()}; got {data['name']!r}")
-    if "test_size" in data or "validation_size" in data:
-        _fail(file, "data.test_size", "the splits come from data.files; remove it here" if "files" in data else
-              "the split is set in [split] (validation = 0.2, test = 0.2); remove it here")
-    if bad:
-        _fail(file, "data", f"unknown key(s) {sorted(bad)}; expected some of {sorted(DATA_KEYS)}")
-    if "random_state" in data:
-        _fail(file, "data.random_state", "set by the seed of each run; remove it")
-    out = dict(data)
-    if "task" in data and data["task"] not in TASKS:
-        _fail(file, "data.task", f"expected one of {list(TASKS)}; got {data['task']!r}")
-    for k in ("standardize", "standardize_target"):
-        if k in data and not isinstance(data[k], bool):
-            _fail(file, f"data.{k}", f"expected true or false; got {data[k]!r}")
-    src = sources[0]
-    if src == "name":
-        if not isinstance(data["name"], str) or data["name"] not in _datasets.names():
-            _fail(file, "data.name", f"expected one of {_datasets.names()}; got {data['name']!r}")
-        args = {k: v for k, v in data.items() if k not in DATA_KEYS}
-        if "n_samples" in args and not (isinstance(args["n_samples"], int) and not isinstance(args["n_samples"], bool)
-                                        and 4 <= args["n_samples"] <= MAX_EXAMPLES):
-            _fail(file, "data.n_samples", f"expected an integer in [4, {MAX_EXAMPLES}]; got {args['n_samples']!r}")
-        for k, v in args.items():  # the generators' arguments are numbers: true is no noise level
-            if isinstance(v, bool):
-                _fail(file, f"data.{k}", f"expected a number; got {v!r}")
-        try:
-            _datasets.sample(data["name"], 0, **{**args, "n_samples": 8} if "n_samples" in args or
-                             data["name"] in ("blobs", "moons", "circles") else args)
-        except (TypeError, ValueError) as e:
-            _fail(file, "data", str(e))
-    elif src == "file":
-        _check_path(data["file"], file, "data.file")
-        if str(data["file"]).endswith(".csv") and not isinstance(data.get("target"), str):
-            _fail(file, "data.target", f"a CSV file needs target = \"<column>\"; got {data.get('target')!r}")
-    elif src == "files":
-        fs = data["files"]
-        if not isinstance(fs, Mapping) or not {"train", "test"} <= set(fs) or set(fs) - set(SPLIT_NAMES):
-            _fail(file, "data.files", f"expected a table with train and test (and optionally validation) files; got {fs!r}")
-        for k, v in fs.items():
-            _check_path(v, file, f"data.files.{k}")
-    else:
-        if "args" in data and not isinstance(data["args"], Mapping):
-            _fail(file, "data.args", f"expected a table; got {data['args']!r}")
-    if "transform" in data and not (isinstance(data["transform"], str) and ":" in data["transform"]):
-        _fail(file, "data.transform", f"expected \"file.py:function\" or \"package.module:function\"; got "
-              f"{data['transform']!r}")
-    if "target" in data and src not in ("file", "files"):
-        _fail(file, "data.target", "only used with data.file / data.files (CSV)")
-    if "args" in data and src != "loader":
-        _fail(file, "data.args", "only used with data.loader")
-    return out
-
-
-def _check_path(v: Any, file: str, key: str) -> None:
-    if not isinstance(v, str) or not v.endswith((".csv", ".npz")):
-        _fail(file, key, f"expected a path to a .csv or .npz file; got {v!r}")
-
-
-def data_inputs(data: Mapping[str, Any], base: Path, file: str) -> dict[str, str]:
-    """``{role: sha256}`` of every file the data come from (a run's identity includes them)."""
-    out: dict[str, str] = {}
-    paths = {}
-    if "file" in data:
-        paths["data.file"] = data["file"]
-    for k, v in (data.get("files") or {}).items():
-        paths[f"data.files.{k}"] = v
-    for key, rel in paths.items():
-        p = (base / rel).resolve()
-        if not p.is_file():
-            _fail(file, key, f"no such file {str(p)!r} (paths are relative to the experiment file)")
-        out[key] = file_sha256(p)
-    for key in ("loader", "transform"):
-        if key in data:
-            try:
-                _, _, digest = resolve(data[key], base, f"{file}: data.{key}")
-            except ValueError as e:
-                raise DataError(str(e)) from None
-            out[f"data.{key}"] = digest or data[key]
-    return out
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _read(path: Path, target: str | None, file: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if not {"x", "y"} <= set(f.files):
-                    _fail(file, key, f"{str(path)!r} must hold arrays 'x' and 'y'; it holds {sorted(f.files)}")
-                return f["x"], f["y"]
-        except Exception as e:  # noqa: BLE001 -- numpy raises several kinds for a damaged file (BadZipFile, ...)
-            if isinstance(e, DataError):
-                raise
-            _fail(file, key, f"cannot read {str(path)!r} as .npz: {type(e).__name__}: {e}")
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:  # pandas raises several kinds for a bad file
-        _fail(file, key, f"cannot read {str(path)!r} as CSV: {e}")
-    _unique_header(path, list(df.columns), file, key)
-    if df.empty:
-        _fail(file, key, f"{str(path)!r} has a header ({list(df.columns)[:10]}) but no rows")
-    if target is None or target not in df.columns:
-        _fail(file, "data.target", f"column {target!r} not in {str(path)!r}; its columns are {list(df.columns)}")
-    xdf = df.drop(columns=[target])
-    non_num = [c for c in xdf.columns if not pd.api.types.is_numeric_dtype(xdf[c])]
-    if non_num:
-        _fail(file, key, f"{str(path)!r}: non-numeric input column(s) {non_num}")
-    if not pd.api.types.is_numeric_dtype(df[target]):  # class names: encoded by ``_encode_labels``
-        if df[target].isna().any():
-            r = int(np.argwhere(df[target].isna().to_numpy())[0][0])
-            _fail(file, "data.target", f"{str(path)!r}: {int(df[target].isna().sum())} empty target value(s), the "
-                  f"first on line {r + 2} of the file")
-        return xdf.to_numpy(dtype=np.float32), df[target].astype(str).to_numpy()
-    for cols, what in ((xdf, "input"), (df[[target]], "target")):
-        bad = ~np.isfinite(cols.to_numpy(dtype=np.float64))
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            _fail(file, key if what == "input" else "data.target",
-                  f"{str(path)!r}: {int(bad.sum())} empty/NaN/inf {what} value(s), the first in column "
-                  f"{cols.columns[c]!r}, line {r + 2} of the file")
-    _within_float32(xdf.to_numpy(dtype=np.float64), file, key, f"{str(path)!r}: input column(s) hold",
-                    lambda i: f"line {i + 2} of the file")
-    return xdf.to_numpy(dtype=np.float32), df[target].to_numpy()
-
-
-def _unique_header(path: Path, columns: list, file: str, key: str) -> None:
-    """Each column name of a CSV once (pandas renames a repeated ``t`` to ``t.1``: the wrong
-    column would be the target or an input)."""
-    import csv
-
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        header = next(csv.reader(f), [])
-    if len(header) == len(columns):
-        seen: set[str] = set()
-        for name in header:
-            if name in seen:
-                _fail(file, key, f"{str(path)!r}: the column name {name!r} appears twice in the header: each column "
-                      "needs its own name")
-            seen.add(name)
-
-
-def _same_columns(paths: Mapping[str, Path], file: str) -> None:
-    """The CSV files of one data set name the same columns in the same order (a test file with
-    other columns would be read as the same features)."""
-    import pandas as pd
-
-    cols = {k: list(pd.read_csv(p, nrows=0).columns) for k, p in paths.items() if p.suffix != ".npz"}
-    first = next(iter(cols), None)
-    for k, c in cols.items():
-        if c != cols[first]:
-            _fail(file, f"data.files.{k}", f"its columns {c} differ from data.files.{first}'s {cols[first]}: the "
-                  "splits must hold the same columns, in the same order")
-
-
-def _within_float32(a: np.ndarray, file: str, key: str, what: str, where: Callable[[int], str]) -> None:
-    """Fail where a (finite) value is beyond float32's range, which the model trains in: cast,
-    it would become inf."""
-    big = np.abs(a.astype(np.float64)) > np.finfo(np.float32).max
-    if big.any():
-        i = int(np.argwhere(big)[0][0])
-        _fail(file, key, f"{what} {int(big.sum())} value(s) beyond float32's range (+-3.4e38, what the model trains "
-              f"in), the first in {where(i)}, of magnitude {float(np.abs(a[i]).max()):.3g}: rescale the data")
-
-
-def _pair(v: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
-        raise DataError(f"{where}: expected (x, y); got {type(v).__name__}")
-    out = []
-    for name, a in zip("xy", v):
-        try:
-            out.append(np.asarray(a))
-        except (ValueError, TypeError) as e:  # ragged lists, objects numpy cannot hold
-            raise DataError(f"{where}: {name} is not an array of one shape ({e})") from None
-    return out[0], out[1]
-
-
-def _check_xy(x: np.ndarray, y: np.ndarray, file: str, key: str) -> None:
-    if x.ndim < 2 or x.shape[0] == 0:
-        _fail(file, key, f"x must have shape (examples, features...) with at least one example; got {x.shape}")
-    if y.shape[0] != x.shape[0] or y.ndim > 2:
-        _fail(file, key, f"x has {x.shape[0]} examples of shape {x.shape[1:]} but y has shape {y.shape}")
-    if x.shape[0] > MAX_EXAMPLES:
-        _fail(file, key, f"{x.shape[0]} examples is more than {MAX_EXAMPLES}")
-    for name, a in (("x", x), ("y", y)):
-        if not np.issubdtype(a.dtype, np.number) and a.dtype != bool or np.iscomplexobj(a):
-            _fail(file, key, f"{name} must be real numbers; got dtype {a.dtype}")
-        bad = ~np.isfinite(a.astype(np.float64))
-        if bad.any():
-            i = int(np.argwhere(bad)[0][0])
-            _fail(file, key, f"{name} has {int(bad.sum())} NaN/inf value(s), the first in example {i} "
-                  f"(counting from 0: {name}[{i}])")
-        if a.dtype.kind == "f":
-            _within_float32(a, file, key, f"{name} has", lambda i: f"example {i} (counting from 0: {name}[{i}])")
-
-
-def _raw(data: Mapping[str, Any], base: Path, file: str, seed: int) -> tuple[dict[str, tuple], Any, str | None]:
-    """``({role: (x, y)}, distribution, task of a built-in set)``; role ``"all"`` for one pool."""
-    if "name" in data:
-        args = {k: v for k, v in data.items() if k not in DATA_KEYS}
-        x, y, dist, task = _datasets.sample(data["name"], seed, **args)
-        return {"all": (x, y)}, dist, task
-    if "file" in data:
-        p = (base / data["file"]).resolve()
-        return {"all": _read(p, data.get("target"), file, "data.file")}, None, None
-    if "files" in data:
-        got = {k: _read((base / v).resolve(), data.get("target"), file, f"data.files.{k}")
-               for k, v in data["files"].items()}
-        _same_columns({k: (base / v).resolve() for k, v in data["files"].items()}, file)
-        return got, None, None
-    try:
-        fn, _, _ = resolve(data["loader"], base, f"{file}: data.loader")
-        args = dict(data.get("args", {}))
-        problem = call_problem(fn, **args)
-        if problem and problem != NO_SIGNATURE:  # a builtin: the call says what is wrong
-            raise DataError(f"{file}: data.args: {problem}")
-        got = call_user(fn, f"{file}: data.loader: {data['loader']}", **args)
-    except DataError:
-        raise
-    except ValueError as e:  # the loader raised or exited, or cannot be resolved
-        raise DataError(str(e)) from None
-    if isinstance(got, Mapping):
-        if not {"train", "test"} <= set(got) or set(got) - set(SPLIT_NAMES):
-            raise DataError(f"{file}: data.loader: a dict must have keys train and test (and optionally validation); "
-                            f"got {sorted(got)}")
-        return {k: _role(v, f"{file}: data.loader[{k!r}]") for k, v in got.items()}, None, None
-    if is_dataset(got):
-        raise DataError(f"{file}: data.loader: returned one Dataset; return a dict of Datasets per role, "
-                        "{\"train\": ..., \"test\": ...} (and \"validation\"): how a Dataset is split is yours")
-    return {"all": _pair(got, f"{file}: data.loader")}, None, None
-
-
-def _role(v: Any, where: str) -> tuple:
-    """A loader's role: ``(x, y)`` arrays, or a Dataset read once into arrays, with the Dataset
-    itself third (the training split trains from it)."""
-    if not is_dataset(v):
-        from torch.utils.data import IterableDataset
-
-        if isinstance(v, IterableDataset):
-            raise DataError(f"{where}: an IterableDataset; a study reads map-style Datasets (with __len__ and "
-                            "__getitem__), each split once and the training split at every step")
-        return _pair(v, where)
-    try:
-        return (*read_all(v, where), v)
-    except ValueError as e:
-        raise DataError(str(e)) from None
-
-
 def _integral(y: np.ndarray) -> bool:
     return np.issubdtype(y.dtype, np.integer) or y.dtype == bool or bool(np.all(np.mod(y, 1) == 0))
 
@@ -402,17 +98,17 @@ def _labels(y: np.ndarray, task: str, n_classes: int | None, file: str, key: str
         return y.astype(np.float32).reshape(y.shape[0], -1)
     flat = y.reshape(-1) if y.ndim == 1 or y.shape[1] == 1 else None
     if flat is None:
-        _fail(file, key, f"{task} labels must be one column; got y of shape {y.shape}")
+        fail(file, key, f"{task} labels must be one column; got y of shape {y.shape}")
     if not _integral(flat):
         i = int(np.argwhere(np.mod(flat, 1) != 0)[0][0])
-        _fail(file, key, f"{task} labels must be integers; label {flat[i]!r} at index {i} is not")
+        fail(file, key, f"{task} labels must be integers; label {flat[i]!r} at index {i} is not")
     lab = flat.astype(np.int64)
     hi = 1 if task == "binary" else (n_classes - 1 if n_classes else lab.max())
     bad = np.argwhere((lab < 0) | (lab > hi))
     if bad.size:
         i = int(bad[0][0])
         want = "0 or 1" if task == "binary" else f"0..{hi}"
-        _fail(file, key, f"{task} labels must be {want}; label {lab[i]} at index {i} is not")
+        fail(file, key, f"{task} labels must be {want}; label {lab[i]} at index {i} is not")
     return lab.astype(np.float32).reshape(-1, 1) if task == "binary" else lab
 
 
@@ -438,9 +134,9 @@ def _every_class(labels: np.ndarray, n_classes: int, file: str) -> None:
         return  # a negative label: named by the label check (``_labels``)
     lo = min(present)
     if lo > 0 and missing[:lo] == list(range(lo)) and len(missing) == lo:
-        _fail(file, "data", f"multiclass labels must be 0..K-1; these start at {lo} (class 0 would have no example): "
+        fail(file, "data", f"multiclass labels must be 0..K-1; these start at {lo} (class 0 would have no example): "
               "relabel them, or set data.task = \"regression\" for a count or measurement")
-    _fail(file, "data", f"multiclass labels must be 0..K-1 with an example of every class; class(es) "
+    fail(file, "data", f"multiclass labels must be 0..K-1 with an example of every class; class(es) "
           f"{missing[:10]}{' ...' if len(missing) > 10 else ''} of 0..{n_classes - 1} have none (labels present: "
           f"{sorted(present)[:10]}{' ...' if len(present) > 10 else ''}): relabel them 0..{len(present) - 1}")
 
@@ -464,7 +160,7 @@ def _check_sizes(n: int, test: float, validation: Any, file: str, what: str = "t
     empty = [k for k, v in sizes.items() if v < 1]
     if empty:
         keys = "split.test and split.validation" if test else "split.validation"
-        _fail(file, keys, f"{what} hold {n} example(s); fractions test = {test}, validation = {validation} leave "
+        fail(file, keys, f"{what} hold {n} example(s); fractions test = {test}, validation = {validation} leave "
               f"the {' and '.join(empty)} split(s) empty ({', '.join(f'{k} {v}' for k, v in sizes.items())}): "
               "use more data or other fractions")
 
@@ -489,12 +185,12 @@ def _encode_labels(roles: dict[str, tuple], data: Mapping[str, Any], regression_
     if data.get("task") == "regression" or regression_loss:
         why = "data.task is \"regression\"" if data.get("task") == "regression" else \
             f"the loss {regression_loss} is a regression loss"
-        _fail(file, "data.task" if data.get("task") else "train.loss", f"the targets are class names (strings) but "
+        fail(file, "data.task" if data.get("task") else "train.loss", f"the targets are class names (strings) but "
               f"{why}: a regression needs numbers; for classes, use a classification loss (or remove data.task)")
     try:
         names = sorted({str(v) for y in ys for v in y.reshape(-1)})
     except TypeError as e:
-        _fail(file, "data", f"the targets mix strings with other values: {e}")
+        fail(file, "data", f"the targets mix strings with other values: {e}")
     index = {n: i for i, n in enumerate(names)}
     return {r: (x, np.array([index[str(v)] for v in np.asarray(y).reshape(-1)], dtype=np.int64).reshape(
         np.asarray(y).shape)) for r, (x, y) in roles.items()}, names
@@ -509,7 +205,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
     base = Path(base)
     resample = bool(split.get("resample", True))
     data_seed = seed if resample else 0
-    roles, dist, known_task = _raw(data, base, file, data_seed)
+    roles, dist, known_task = read_roles(data, base, file, data_seed)
     train_set = roles["train"][2] if len(roles.get("train", ())) == 3 else None
     roles = {r: v[:2] for r, v in roles.items()}
     roles, classes = _encode_labels(roles, data, regression_loss, file)
@@ -517,20 +213,20 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         _check_train_set(data, classes, file)
     key = lambda r: _source_key(data, base, r)  # noqa: E731
     for role, (x, y) in roles.items():
-        _check_xy(np.asarray(x), np.asarray(y), file, key(role))
+        check_xy(np.asarray(x), np.asarray(y), file, key(role))
     all_y = np.concatenate([np.asarray(y).reshape(np.asarray(y).shape[0], -1) for _, y in roles.values()])
     task = data.get("task") or known_task or ("regression" if regression_loss and classes is None else None) or \
         infer_task(all_y if all_y.shape[1] > 1 else all_y.reshape(-1))
     if classes is not None and task == "regression":
-        _fail(file, "data.task", "the targets are class names (strings): the task is binary or multiclass")
+        fail(file, "data.task", "the targets are class names (strings): the task is binary or multiclass")
     n_classes = None
     if task == "multiclass":
         n_classes = int(all_y.max()) + 1 if _integral(all_y) else None
     if task == "binary" and all_y.shape[1] == 1 and _integral(all_y) and np.unique(all_y).size > 2:
-        _fail(file, "data.task", f"binary needs two classes; the targets have {np.unique(all_y).size} values")
+        fail(file, "data.task", f"binary needs two classes; the targets have {np.unique(all_y).size} values")
     if task in ("binary", "multiclass") and np.unique(all_y).size < 2:
         only = all_y.reshape(-1)[0].item()
-        _fail(file, "data", f"the targets hold one class only ({only!r} in all {all_y.shape[0]} examples): a "
+        fail(file, "data", f"the targets hold one class only ({only!r} in all {all_y.shape[0]} examples): a "
               "classifier has nothing to learn; check the target column (or set data.task = \"regression\")")
     if task == "multiclass" and n_classes:
         _every_class(all_y.reshape(-1), n_classes, file)
@@ -551,7 +247,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         xtr, ytr, xv, yv, xte, yte, train_set = _given_splits(roles, split, vfrac, train_set, data_seed, task, file)
     shapes = {r: a.shape[1:] for r, a in (("train", xtr), ("validation", xv), ("test", xte))}
     if len(set(shapes.values())) != 1:
-        _fail(file, "data.files", f"the splits' examples differ in shape: {shapes}")
+        fail(file, "data.files", f"the splits' examples differ in shape: {shapes}")
     n_out = (int(n_classes or (max(ytr.max(), yv.max(), yte.max()) + 1)) if task == "multiclass" else
              1 if task == "binary" else int(ytr.shape[1]))
     transform = None
@@ -563,7 +259,7 @@ def load_splits(data: Mapping[str, Any], split: Mapping[str, Any], base: str | P
         xtr, xv, xte = transform(xtr), transform(xv), transform(xte)
     y_transform = None
     if data.get("standardize_target") and task != "regression":
-        _fail(file, "data.standardize_target", f"only for regression targets; the task is {task}")
+        fail(file, "data.standardize_target", f"only for regression targets; the task is {task}")
     if data.get("standardize_target"):
         y_transform = _Standardize(ytr.mean(axis=0, dtype=np.float64), np.where(ytr.std(axis=0) > 0, ytr.std(axis=0), 1.0))
         ytr, yv, yte = y_transform(ytr), y_transform(yv), y_transform(yte)
@@ -586,7 +282,7 @@ def _given_splits(roles: dict[str, tuple], split: Mapping[str, Any], vfrac: Any,
     ignored = [k for k in ("test", "validation") if k in split and split[k] != "test" and
                (k == "test" or "validation" in roles)]
     if ignored:
-        _fail(file, f"split.{ignored[0]}", "the data come already split (files or a loader's dict with "
+        fail(file, f"split.{ignored[0]}", "the data come already split (files or a loader's dict with "
               f"{sorted(roles)}), so this fraction would be ignored; remove it")
     xtr, ytr = roles["train"]
     xte, yte = roles["test"]
@@ -609,17 +305,17 @@ def _given_splits(roles: dict[str, tuple], split: Mapping[str, Any], vfrac: Any,
 def _check_train_set(data: Mapping[str, Any], classes: Any, file: str) -> None:
     """What a loader's training Dataset cannot be combined with, said before anything trains."""
     if classes is not None:
-        _fail(file, "data.loader", "the training Dataset's labels are strings; a Dataset gives the model its labels "
+        fail(file, "data.loader", "the training Dataset's labels are strings; a Dataset gives the model its labels "
               "as they are, so give integers 0..K-1")
     for key in ("standardize", "standardize_target", "transform"):
         if data.get(key):
-            _fail(file, f"data.{key}", "the training split is a loader's Dataset: do this in the Dataset (it gives "
+            fail(file, f"data.{key}", "the training split is a loader's Dataset: do this in the Dataset (it gives "
                   "the model its examples as they are)")
 
 
 def _no_augmented_validation(ds: Any, file: str) -> None:
     if draws_random(ds):
-        _fail(file, "split.validation", "the training Dataset draws random numbers (augmentation), so validation "
+        fail(file, "split.validation", "the training Dataset draws random numbers (augmentation), so validation "
               "examples cut from it would be augmented: return a \"validation\" Dataset from the loader, or set "
               "[split] validation = \"test\"")
 

@@ -99,10 +99,11 @@ def group_cost(spec: ExperimentSpec, n: int) -> float:
     return t.epochs * (1.0 + 300 / t.batch_size) * (1 + n / 100)  # steps dominate; M adds little
 
 
-def train_group_task(config: dict, path: str, inputs: dict, seeds: list[int], out: str, write: list[int],
-                      threads: int | None = None) -> int:
-    """Helper-process entry point (picklable arguments only)."""
-    train_group(ExperimentSpec(config, path, inputs), seeds, Path(out), write=write, threads=threads)
+def train_group_task(spec: ExperimentSpec, seeds: list[int], out: str, write: list[int],
+                     threads: int | None = None) -> int:
+    """Helper-process and Ray entry point: the validated spec crosses as it is (a frozen
+    dataclass of plain data, pickled), nothing is rebuilt from raw parts."""
+    train_group(spec, seeds, Path(out), write=write, threads=threads)
     return len(write)
 
 

@@ -28,7 +28,7 @@ from . import devices as _devices
 from .build import builder, early_stopping, loss_of, splits_of, training_data
 from .files import own_folder, write_json
 from .evaluate import evaluate_run
-from .schema import MAX_STRENGTH
+from .sections import MAX_STRENGTH
 from .spec import ExperimentSpec, with_strength
 
 __all__ = ["regularization_path", "path_file"]

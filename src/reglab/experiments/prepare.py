@@ -15,7 +15,8 @@ from ..training.data import as_input
 from ..training.fit import PROBE, check_targets_and_outputs, check_trainable, probe_inputs
 from .build import builder, loss_of, splits_of
 from .code import where_in
-from .data import DataError, Splits
+from .data import Splits
+from .data_tables import DataError
 from .schema import ConfigError, ExperimentSpec
 
 __all__ = ["prepare", "take_probe"]

@@ -56,7 +56,7 @@ class Task:
         if self.side is not None:
             return side_task, self.side[1:]
         s = self.units[0].spec
-        return train_group_task, (s.config, s.path, s.inputs, [u.seed for u in self.units], str(out), self.written,
+        return train_group_task, (s, [u.seed for u in self.units], str(out), self.written,
                                   self.threads if threads is None else threads)
 
 

@@ -49,7 +49,8 @@ from typing import Any
 from .. import devices
 from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
 from .files import own_folder, write_json
-from .schema import MAX_STRENGTH, ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
+from .schema import ConfigError, ExperimentSpec, LIMITS, load_experiments, read_toml
+from .sections import MAX_STRENGTH
 
 __all__ = ["Study", "load_study", "experiment_files", "load_specs", "run_analysis"]
 
