@@ -383,3 +383,18 @@ def build_twin(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_seed_global_sets_what_torch_manual_seed_sets():
+    """``fit_many`` seeds each model's build with ``seed_global``: the CPU generator's state is
+    the one ``torch.manual_seed`` gives, for any seed (a CPU-only machine skips CUDA's queued
+    seeding, with its stack trace)."""
+    from reglab.engines.loop import seed_global
+
+    for seed in (0, 1, 12345, 2**40 + 7):
+        torch.manual_seed(seed)
+        want = torch.get_rng_state()
+        torch.manual_seed(seed + 1)
+        seed_global(seed)
+        assert torch.equal(torch.get_rng_state(), want)
+        assert torch.initial_seed() == seed

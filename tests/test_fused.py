@@ -341,3 +341,25 @@ def test_runs_of_two_engines_are_not_mixed_in_one_experiments_results():
     with pytest.raises(ValueError, match=r"experiment 'e': its runs were trained by different engines "
                                          r"\(dense: seeds \[1\]; fused/1: seeds \[0\]\)"):
         results_frame([row(0, "fused", {"engine": "fused/1"}), row(1, "dense", {})])
+
+
+def test_validation_without_per_example_outputs_gives_the_same_sums():
+    """Validation each epoch asks the kernel for sums only (no per-example buffer): the same
+    bits as the pass that also writes each example's loss and correct."""
+    from types import SimpleNamespace
+
+    from reglab.engines.fused.stack import FusedStack
+
+    models = []
+    for s in range(11):  # two chunks, the second partly empty
+        torch.manual_seed(s)
+        models.append(program6())
+    st = FusedStack(models, [reglab.losses.get("binary_crossentropy")] * 11, True, 2, 2)
+    x, y = torch.as_tensor(XV), torch.as_tensor(YV)
+    full = st.evaluate_sums(x, y, False)
+    sums = st.evaluate_sums(x, y, False, per_example=False)
+    assert sums[1] is None and sums[2] is None and full[1].shape == (11, len(XV))
+    assert torch.equal(full[0], sums[0]) and torch.equal(full[3], sums[3])
+    rows, names, acc = st.evaluation(SimpleNamespace(x=x, y=y, per_model=False, n=len(XV)))
+    assert acc and torch.equal(rows[:2], full[0])
+    assert torch.allclose(full[0][0] / len(XV), full[1].mean(1).double().float(), rtol=1e-5)

@@ -18,7 +18,7 @@ from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import threads as _threads
 from ..engines.choose import choose_engine
-from ..engines.loop import rng_state
+from ..engines.loop import rng_state, seed_global
 from ..engines.make import make_engine
 from ..engines.protocol import KINDS
 from ..training.callbacks import EarlyStopping
@@ -241,9 +241,9 @@ def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, cal
 
 
 def _build(build: Callable[..., Any], config: dict, point: dict, loss: Any, device: Any, rngs: dict, i: int):
-    """Model i: ``build(**point)`` right after ``torch.manual_seed(seed)``, with its loss; its
+    """Model i: ``build(**point)`` right after ``torch.manual_seed(seed)`` (``seed_global``), with its loss; its
     random state right after the build goes into ``rngs[i]`` (where it draws from alone)."""
-    torch.manual_seed(config["seed"])
+    seed_global(config["seed"])
     out = build(**point)
     model, lo = (out if isinstance(out, tuple) and len(out) == 2 else (out, loss))
     if lo is None:

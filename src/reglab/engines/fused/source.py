@@ -287,12 +287,12 @@ def _eval_chunk_code(arch: Arch) -> str:
         f"  {{ vf f = vf{{}}; for (int k = 0; k < {w[sl + 1] * w[sl] if pt == 'W' else w[sl + 1]}; ++k) "
         f"f += pen_{term}<vf>(P[{offs[sl][0 if pt == 'W' else 1]} + k]); st[{2 + s}] += f; }}"
         for s, (sl, pt, term) in enumerate(arch.param_slots))
-    per_eval = "dsum += lb; csum += cb; pe[(int64_t)(s + b)] = lb; pe[(int64_t)A->n + s + b] = cb;"
+    per_eval = "dsum += lb; csum += cb; if (pe) { pe[(int64_t)(s + b)] = lb; pe[(int64_t)A->n + s + b] = cb; }"
     return f"""static void eval_chunk(const Args* A, int c, Scratch& S) {{
   const vf* P = (const vf*)A->params + (int64_t)c * NP;
   vf* st = (vf*)A->stats + (int64_t)c * NS;
   const int32_t* rows = A->rows + (int64_t)c * LANES;
-  vf* pe = (vf*)A->per_example + (int64_t)c * 2 * A->n;
+  vf* pe = A->per_example ? (vf*)A->per_example + (int64_t)c * 2 * A->n : nullptr;  // null: sums only
   vf* h0 = S.h0.data(); vf* yv = S.yv.data(); vf* buf = S.buf.data();
 {_views(arch, "y", "buf")}
   vf af[{max(n_act, 1)}] = {{}};

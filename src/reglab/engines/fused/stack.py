@@ -179,22 +179,24 @@ class FusedStack:
         """Every model on all of ``data`` in one pass: ``(rows, M)`` sums ``[data loss, correct?,
         each penalty times the examples]`` (as ``evaluate_stack`` sums its batches), the penalty
         names and whether accuracy is among the rows."""
-        sums, _, _, pens = self.evaluate_sums(data.x, data.y, data.per_model)
+        sums, _, _, pens = self.evaluate_sums(data.x, data.y, data.per_model, per_example=False)
         rows = [sums[:1], sums[1:2]] if self.with_accuracy else [sums[:1]]
         return torch.cat(rows + [pens * data.n]), self.names, self.with_accuracy
 
-    def evaluate_sums(self, x: torch.Tensor, y: torch.Tensor, per_model: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_sums(self, x: torch.Tensor, y: torch.Tensor, per_model: bool, per_example: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """Evaluation of every model on ``(x, y)``: ``(2, M)`` sums of the data loss and correct
-        over the examples (in order), per example ``(M, n)`` data loss and correct, and per
-        source ``(K, M)`` the penalty as Keras evaluates it in one batch."""
+        over the examples (in order), per example ``(M, n)`` data loss and correct (None unless
+        ``per_example``: the kernel then writes sums only), and per source ``(K, M)`` the penalty
+        as Keras evaluates it in one batch."""
         x, y, rows, n = self._data(x, y, per_model)
         C, L, M = self.C, self.L, self.n_models
         stats = torch.zeros(C, self.arch.n_stats, L)
-        pe = torch.zeros(C, 2, n, L)
-        a = self._args(n, max(1, n), x, y, rows, stats, per_example=pe)
+        pe = torch.zeros(C, 2, n, L) if per_example else None
+        a = self._args(n, max(1, n), x, y, rows, stats, **({"per_example": pe} if per_example else {}))
         self.lib.evaluate(ctypes.byref(a))
         st = stats.transpose(1, 2).reshape(C * L, -1)[:M].T
-        per = pe.permute(1, 0, 3, 2).reshape(2, C * L, n)[:, :M]
+        per = pe.permute(1, 0, 3, 2).reshape(2, C * L, n)[:, :M] if pe is not None else (None, None)
         return st[:2].clone(), per[0], per[1], self._penalties(st[2:], 1.0 / n)
 
     # -- the protocol
