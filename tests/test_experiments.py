@@ -1260,3 +1260,15 @@ def test_list_without_paths_lists_the_default_study(tmp_path, monkeypatch):
     (tmp_path / "studies" / "default").write_text("st\n")
     res = CliRunner().invoke(main, ["list"])
     assert res.exit_code == 0 and "tiny" in res.output and "3 seeds" in res.output, res.output
+
+
+def test_probe_models_are_not_kept_after_a_run(tmp_path):
+    """``prepare`` keeps each experiment's probe model for the group rule; once ``execute`` is
+    done, none stays in memory (here no rule needed one: whole groups)."""
+    from reglab.experiments import prepare as prep
+
+    spec = validate(tomllib.loads(TINY), "x.toml")
+    prepare([spec, spec.baseline()])
+    assert len(prep._probes) == 2
+    execute(plan_units([spec], seeds=2), tmp_path / "out", progress=False)
+    assert prep._probes == {}

@@ -19,7 +19,7 @@ from .data import Splits
 from .data_tables import DataError
 from .schema import ConfigError, ExperimentSpec
 
-__all__ = ["prepare", "take_probe"]
+__all__ = ["prepare", "take_probe", "forget_probes"]
 
 #: each prepared experiment's model and loss (built as seed 0's, probed), by digest, for the one
 #: later step that needs a model of it before training (``group.engine_choice``): the builder is
@@ -30,6 +30,11 @@ _probes: dict[str, tuple[torch.nn.Module, Any]] = {}
 def take_probe(spec: ExperimentSpec) -> tuple[torch.nn.Module, Any] | None:
     """The model and loss ``prepare`` built for ``spec`` in this process (then forgotten), or None."""
     return _probes.pop(spec.digest(), None)
+
+
+def forget_probes() -> None:
+    """Drop the probe models no group rule took (a run is over: they would only hold memory)."""
+    _probes.clear()
 
 
 def prepare(specs: Iterable[ExperimentSpec]) -> None:

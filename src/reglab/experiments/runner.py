@@ -28,7 +28,7 @@ from .evaluate import FRESH_SAMPLES, evaluate_run
 from .files import own_folder, write_json
 from .group import group_cost
 from .notes import earlier_note, failure_notes
-from .prepare import prepare
+from .prepare import forget_probes, prepare
 from .results import write_results_csv
 from .schedule import GroupRules, Scheduler, Task, compose
 from .schema import ConfigError, ExperimentSpec
@@ -129,8 +129,11 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     """
     out = Path(out)
     units = list(units)
-    info = _train(units, out, progress, on_group_done, workers, side_tasks, threads, backend, address, record,
-                  gpus_per_task)
+    try:
+        info = _train(units, out, progress, on_group_done, workers, side_tasks, threads, backend, address, record,
+                      gpus_per_task)
+    finally:
+        forget_probes()  # what group rules did not take: the run no longer needs a model of its experiments
     info["earlier"] = []
     info["runs"] = load_runs(out, left_out=info["earlier"])
     say = say or (lambda line: warnings.warn(line, stacklevel=3))
