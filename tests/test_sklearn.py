@@ -31,7 +31,7 @@ def test_sklearn_compatible(estimator, check):
 def test_binary_and_multiclass_with_any_label_type():
     x, y, xt, yt = blobs()
     labels = np.where(y.ravel() > 0, "yes", "no")
-    clf = RegularizedMLPClassifier(epochs=40, learning_rate=0.01, random_state=0).fit(x, labels)
+    clf = RegularizedMLPClassifier(epochs=40, learning_rate=0.01, random_state=0, n_iter_no_change=np.inf).fit(x, labels)
     assert list(clf.classes_) == ["no", "yes"]
     assert clf.score(xt, np.where(yt.ravel() > 0, "yes", "no")) > 0.75
     assert clf.predict_proba(xt).shape == (75, 2)
@@ -219,3 +219,113 @@ def test_regressor_fits_make_regression_1d_and_2d():
     norm = lambda est: sum(float((m.weight.detach() ** 2).sum()) for m in est.model_ if hasattr(m, "weight"))  # noqa: E731
     assert norm(strong) < 0.5 * norm(one)
     assert strong.score(xte, yte[:, 0]) < one.score(xte, yte[:, 0])
+
+
+# ----------------------------------------------------------------------------- stopping (sklearn's rule)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from reglab.sklearn import NoImprovement  # noqa: E402
+
+
+def _sklearn_stop_epoch(losses, tol, n_iter_no_change):
+    """The epoch (1-based) at which scikit-learn's own MLP rule stops on this training-loss curve
+    (its ``_update_no_improvement_count`` run on a real ``MLPClassifier``), and its ``best_loss_``."""
+    sk = MLPClassifier(tol=tol, n_iter_no_change=n_iter_no_change)
+    sk.loss_curve_, sk.best_loss_, sk._no_improvement_count = [], np.inf, 0
+    for i, v in enumerate(losses):
+        sk.loss_curve_.append(v)
+        sk._update_no_improvement_count(False, None, None, None)
+        if sk._no_improvement_count > sk.n_iter_no_change:
+            return i + 1, sk.best_loss_
+    return None, sk.best_loss_
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.5, 0.4999, 0.49, 0.45, 0.4, 0.41, float("nan"), 0.3]), min_size=1, max_size=40),
+       st.sampled_from([0.0, 1e-4, 0.02]), st.integers(1, 4))
+def test_stopping_rule_is_sklearns(losses, tol, n):
+    """``NoImprovement`` stops at the epoch scikit-learn's rule stops, with its best; on scores
+    (higher is better: the negated losses) it stops at the same epoch."""
+    want, best = _sklearn_stop_epoch(losses, tol, n)
+    for higher, sign in ((False, 1.0), (True, -1.0)):
+        rule, got = NoImprovement(tol, n, higher=higher), None
+        for i, v in enumerate(losses):
+            if rule.update(sign * v)[0]:
+                got = i + 1
+                break
+        assert got == want
+        assert sign * rule.best == best
+
+
+def test_training_loss_plateau_stops_as_mlpclassifier_does():
+    """Default parameters (early_stopping=False, tol=1e-4, n_iter_no_change=10): a large learning
+    rate makes the loss plateau; training stops there, as MLPClassifier's does on the same data,
+    and n_iter_no_change=inf trains every epoch."""
+    x, y, _, _ = blobs()
+    kw = dict(hidden_layer_sizes=(32, 32), learning_rate=0.01, batch_size=32, random_state=0)
+    est = RegularizedMLPClassifier(epochs=200, **kw).fit(x, y.ravel())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = MLPClassifier(max_iter=200, learning_rate_init=0.01, hidden_layer_sizes=(32, 32), batch_size=32,
+                           random_state=0).fit(x, y.ravel())
+    assert sk.n_iter_ < 200 and est.n_iter_ < 200  # both stop on the plateau
+    assert est.n_iter_ == len(est.loss_curve_) == len(est.history_)
+    assert est.best_loss_ == min(est.loss_curve_) and est.validation_scores_ is None
+    assert est.best_validation_score_ is None
+    # the last n_iter_no_change + 1 epochs never beat the best before them by tol
+    before = min(est.loss_curve_[:-11])
+    assert all(v > before - 1e-4 for v in est.loss_curve_[-11:])
+    full = RegularizedMLPClassifier(epochs=est.n_iter_ + 5, n_iter_no_change=np.inf, **kw).fit(x, y.ravel())
+    assert full.n_iter_ == est.n_iter_ + 5
+    assert full.loss_curve_[:est.n_iter_] == est.loss_curve_  # the same run, only longer
+
+
+@pytest.mark.parametrize("cls", [RegularizedMLPClassifier, RegularizedMLPRegressor])
+def test_early_stopping_holds_out_a_split_and_restores_the_best_epoch(cls):
+    rng = np.random.default_rng(0)
+    if cls is RegularizedMLPClassifier:
+        x, y, xt, yt = blobs()
+        y, yt = y.ravel(), yt.ravel()
+    else:
+        x = rng.normal(size=(300, 4))
+        y = x @ np.array([1.0, -0.5, 0.25, 0.0]) + 0.5 * rng.normal(size=300)
+        x, y, xt, yt = x[:240], y[:240], x[240:], y[240:]
+    kw = dict(hidden_layer_sizes=(32, 32), learning_rate=0.01, batch_size=16, epochs=150, random_state=0)
+    est = cls(early_stopping=True, validation_fraction=0.2, n_iter_no_change=5, **kw).fit(x, y)
+    assert est.n_iter_ < 150 and est.best_loss_ is None
+    assert len(est.validation_scores_) == est.n_iter_ == len(est.history_)
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    # the weights kept are the best epoch's: the held-out split scores best_validation_score_ again
+    from sklearn.model_selection import train_test_split
+    strat = y if cls is RegularizedMLPClassifier else None
+    _, xv, _, yv = train_test_split(x, y, random_state=0, test_size=0.2, stratify=strat)
+    assert est.score(xv, yv) == pytest.approx(est.best_validation_score_, abs=1e-12)
+    last = est.validation_scores_[-1]
+    best_i = int(np.argmax(est.validation_scores_))
+    assert best_i < est.n_iter_ - 1 or last == est.best_validation_score_
+    # scikit-learn's own MLP stops early on the same data and settings too
+    sk_cls = MLPClassifier if cls is RegularizedMLPClassifier else MLPRegressor
+    sk = sk_cls(hidden_layer_sizes=(32, 32), learning_rate_init=0.01, batch_size=16, max_iter=150, random_state=0,
+                early_stopping=True, validation_fraction=0.2, n_iter_no_change=5).fit(x, y)
+    assert sk.n_iter_ < 150
+    assert est.score(xt, yt) > sk.score(xt, yt) - 0.05  # and it does no worse on the test points
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(early_stopping="yes"), "early_stopping must be True or False"),
+    (dict(validation_fraction=1.0), "validation_fraction must lie in [0, 1)"),
+    (dict(n_iter_no_change=0), "n_iter_no_change must be a positive integer"),
+    (dict(n_iter_no_change=2.5), "n_iter_no_change must be a positive integer"),
+    (dict(tol=-1.0), "tol must be a non-negative finite number"),
+    (dict(early_stopping=True, validation_fraction=0.01), "The validation set is too small"),
+])
+@pytest.mark.parametrize("cls", [RegularizedMLPClassifier, RegularizedMLPRegressor])
+def test_stopping_parameters_are_checked_in_fit(kw, what, cls):
+    x, y, _, _ = blobs()
+    est = cls(epochs=1, **kw)  # constructing is fine (sklearn: checks in fit)
+    if cls is RegularizedMLPClassifier and "too small" in what:
+        what = "The test_size = 1 should be greater or equal to the number of classes = 2"  # sklearn's own
+    with pytest.raises(ValueError, match=__import__("re").escape(what)):
+        est.fit(x[:50], y[:50].ravel())

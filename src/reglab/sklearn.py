@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch.func import functional_call
@@ -17,6 +20,7 @@ from . import _checks
 from .attach import PenaltyPlan
 from .models import mlp
 from .regularizers import L2
+from .training.callbacks import Callback
 from .training.fit import fit
 
 __all__ = ["RegularizedMLPClassifier", "RegularizedMLPRegressor"]
@@ -31,8 +35,64 @@ _ALPHA_DOC = """``alpha`` (default 0: no penalty) is Keras ``L2(alpha)`` on ever
 _REGULARIZERS_DOC = """Other regularizers are anything ``reglab.regularizers.get`` accepts (``"l2"``, ``L2(1e-3)``, a
     config dict) and apply to every hidden and output layer (activity: hidden layers only).
 
+    Stopping, with ``MLPClassifier``'s parameters, meanings and defaults (``epochs`` is its
+    ``max_iter``): with ``early_stopping=False`` training stops once the epoch's training loss
+    (penalties included) has failed to fall below the best so far minus ``tol`` for more than
+    ``n_iter_no_change`` epochs in a row; with ``early_stopping=True``, ``validation_fraction`` of the
+    training data is held out (``train_test_split`` seeded by ``random_state``, stratified for
+    classes) and the rule watches ``score`` on it (accuracy; R²) rising above the best so far plus
+    ``tol``; the weights of the best-scoring epoch are put back at the end.
+    ``n_iter_no_change=numpy.inf`` trains every epoch.
+
     After ``fit``: ``model_`` (the torch module), ``history_`` (``reglab.History``), ``n_iter_``
-    (epochs run), ``n_features_in_``"""
+    (epochs run), ``loss_curve_``, ``best_loss_`` (None with early stopping),
+    ``validation_scores_`` and ``best_validation_score_`` (None without), ``n_features_in_``"""
+
+
+class NoImprovement:
+    """scikit-learn's stopping rule for its MLPs (``_update_no_improvement_count``), one value at
+    a time: a validation score (``higher=True``, improvement means ``v >= best + tol``) or a
+    training loss (``higher=False``: ``v <= best - tol``). The count of epochs without improvement
+    restarts on one; ``best`` moves on any strict gain; ``update`` says when to stop
+    (``count > n_iter_no_change``) and whether ``v`` is the new best."""
+
+    def __init__(self, tol: float, n_iter_no_change: float, higher: bool):
+        self.tol, self.n_iter_no_change, self.higher = tol, n_iter_no_change, higher
+        self.best = -math.inf if higher else math.inf
+        self.count = 0
+
+    def update(self, v: float) -> tuple[bool, bool]:
+        """``(stop, is_best)`` after value ``v`` (NaN never improves and never counts, as sklearn)."""
+        if self.higher:
+            no_gain, is_best = v < self.best + self.tol, v > self.best
+        else:
+            no_gain, is_best = v > self.best - self.tol, v < self.best
+        self.count = self.count + 1 if no_gain else 0
+        if is_best:
+            self.best = v
+        return self.count > self.n_iter_no_change, is_best
+
+
+class _Stopping(Callback):
+    """Applies ``NoImprovement`` after every epoch: to the logged training loss, or to the
+    estimator's ``score`` on the held-out ``(x_val, y_val)`` (the weights are live during
+    training), keeping a copy of the best-scoring weights."""
+
+    def __init__(self, est: _RegularizedMLP, val: tuple[np.ndarray, np.ndarray] | None):
+        self.est, self.val = est, val
+        self.rule = NoImprovement(est.tol, est.n_iter_no_change, higher=val is not None)
+        self.scores: list[float] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if self.val is None:
+            v = float(logs["loss"])
+        else:
+            v = float(self.est.score(*self.val))
+            self.scores.append(v)
+        self.stop_training, is_best = self.rule.update(v)
+        if is_best and self.val is not None:
+            self.best_state = copy.deepcopy(self.model.state_dict())
 
 
 class _RegularizedMLP(BaseEstimator):
@@ -42,7 +102,9 @@ class _RegularizedMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes: tuple[int, ...] = (32, 32), activation: str = "relu", *,
                  alpha: float = 0.0, kernel_regularizer: Any = None, bias_regularizer: Any = None,
                  activity_regularizer: Any = None, optimizer: str = "adam", learning_rate: float = 0.001,
-                 epochs: int = 200, batch_size: int = 32, shuffle: bool = True, random_state: int | None = None):
+                 epochs: int = 200, batch_size: int = 32, shuffle: bool = True, random_state: int | None = None,
+                 early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
+                 tol: float = 1e-4):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -55,6 +117,33 @@ class _RegularizedMLP(BaseEstimator):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.random_state = random_state
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+
+    def _check_stopping(self) -> None:
+        """The stopping parameters, checked as scikit-learn's ``_parameter_constraints`` do."""
+        _checks.flag(self.early_stopping, "early_stopping")
+        _checks.fraction(self.validation_fraction, "validation_fraction")
+        if not (self.n_iter_no_change == np.inf and not isinstance(self.n_iter_no_change, bool)):
+            _checks.positive_int(self.n_iter_no_change, "n_iter_no_change")
+        _checks.non_negative_float(float(self.tol) if isinstance(self.tol, np.floating) else self.tol, "tol")
+
+    def _held_out(self, X: np.ndarray, y: np.ndarray, y_score: np.ndarray, seed: int, stratify: bool):
+        """``(X_train, y_train, (X_val, y_score_val))``: with ``early_stopping``, sklearn's split
+        (``train_test_split`` with ``test_size=validation_fraction``, stratified on the classes
+        where asked); ``y_score`` is what ``score`` compares with (the original labels)."""
+        if not self.early_stopping:
+            return X, y, None
+        idx = np.arange(len(X))
+        tr, va = train_test_split(idx, random_state=seed, test_size=self.validation_fraction,
+                                  stratify=y_score if stratify else None)
+        if len(va) < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             f"your dataset (validation_fraction={self.validation_fraction!r} of {len(X)} samples "
+                             f"holds out {len(va)}).")
+        return X[tr], y[tr], (X[va], y_score[va])
 
     def _kernel_regularizer(self) -> Any:
         """``L2(alpha)`` for a non-zero ``alpha``, else ``kernel_regularizer``; both is an error."""
@@ -82,18 +171,30 @@ class _RegularizedMLP(BaseEstimator):
                   for s in sizes]
         return hidden, common
 
+    def _seed(self) -> int:
+        return int(self.random_state) if self.random_state is not None else int(np.random.randint(0, 2**31 - 1))
+
     def _train(self, hidden: list[dict[str, Any]], common: dict[str, Any], X: np.ndarray, y: np.ndarray,
-               n_out: int, out_activation: str | None, loss: str) -> None:
-        """Build the MLP (seeded by ``random_state``) and train it; sets ``model_``, ``history_``,
-        ``n_iter_``."""
-        seed = self.random_state if self.random_state is not None else int(np.random.randint(0, 2**31 - 1))
+               n_out: int, out_activation: str | None, loss: str, seed: int,
+               val: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Build the MLP (seeded by ``seed``) and train it, stopping by ``NoImprovement`` on the
+        training loss or (``val``) on the held-out score; sets ``model_``, ``history_``,
+        ``n_iter_`` and sklearn's stopping attributes."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+            torch.manual_seed(seed)
             self.model_ = mlp(X.shape[1], hidden + [dict(units=n_out, activation=out_activation, **common)])
+        stopping = _Stopping(self, val)
         self.history_ = fit(self.model_, X, y, loss=loss,
                             optimizer={"name": self.optimizer, "learning_rate": self.learning_rate}, epochs=self.epochs,
-                            batch_size=self.batch_size, shuffle=self.shuffle, seed=int(seed), progress=False)
+                            batch_size=self.batch_size, shuffle=self.shuffle, seed=seed, progress=False,
+                            callbacks=[stopping])
+        if stopping.best_state is not None:
+            self.model_.load_state_dict(stopping.best_state)
         self.n_iter_ = len(self.history_)
+        self.loss_curve_ = [float(v) for v in self.history_.history["loss"]]
+        self.validation_scores_ = stopping.scores if val is not None else None
+        self.best_validation_score_ = stopping.rule.best if val is not None else None
+        self.best_loss_ = None if val is not None else stopping.rule.best
 
     def _outputs(self, X: Any) -> np.ndarray:
         """The trained model's outputs on ``X``, shape ``(n, n_out)``, computed in float64 from the
@@ -132,6 +233,7 @@ class RegularizedMLPClassifier(ClassifierMixin, _RegularizedMLP):
 
     def fit(self, X: Any, y: Any) -> RegularizedMLPClassifier:
         hidden, common = self._layer_specs()
+        self._check_stopping()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
@@ -141,8 +243,10 @@ class RegularizedMLPClassifier(ClassifierMixin, _RegularizedMLP):
             return self
         binary = k == 2
         yt = y_enc.reshape(-1, 1).astype(np.float32) if binary else y_enc.astype(np.int64)
+        seed = self._seed()
+        X, yt, val = self._held_out(X, yt, y, seed, stratify=True)
         self._train(hidden, common, X, yt, 1 if binary else k, "sigmoid" if binary else "softmax",
-                    "binary_crossentropy" if binary else "sparse_categorical_crossentropy")
+                    "binary_crossentropy" if binary else "sparse_categorical_crossentropy", seed, val)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -186,11 +290,14 @@ class RegularizedMLPRegressor(RegressorMixin, _RegularizedMLP):
 
     def fit(self, X: Any, y: Any) -> RegularizedMLPRegressor:
         hidden, common = self._layer_specs()
+        self._check_stopping()
         X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         self._y_1d = y.ndim == 1
         y2 = y.reshape(-1, 1) if self._y_1d else y
         self.n_outputs_ = y2.shape[1]
-        self._train(hidden, common, X, y2, self.n_outputs_, None, "mse")
+        seed = self._seed()
+        X, y2, val = self._held_out(X, y2, y, seed, stratify=False)
+        self._train(hidden, common, X, y2, self.n_outputs_, None, "mse", seed, val)
         return self
 
     def predict(self, X: Any) -> np.ndarray:
