@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -q -e '.[test,ray]'
+	$(PIP) -q -e '.[test,ray,tune,tensorboard]'
 	touch $@
 
 install: $(VENV)/.installed

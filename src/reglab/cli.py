@@ -149,6 +149,36 @@ def _backend_options(f):
                         help="Where groups train: this machine's processes, or Ray tasks (pip install 'reglab[ray]').")(f)
 
 
+def _tensorboard_option(f):
+    """``--tensorboard LOGDIR`` (``run`` and ``study``): also write the results as TensorBoard logs."""
+    return click.option("--tensorboard", "tensorboard", type=click.Path(), default=None, metavar="LOGDIR",
+                        help="Also write every run as TensorBoard logs in LOGDIR (scalars per epoch, HParams: one "
+                             "trial per grid point, one session per seed); pip install 'reglab[tensorboard]'.")(f)
+
+
+def _check_logdir(logdir: str | None) -> None:
+    """A LOGDIR the export cannot use is said before anything trains."""
+    if logdir is not None:
+        from .report.tensorboard import TensorBoardError, check_logdir
+
+        try:
+            check_logdir(logdir)
+        except TensorBoardError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _export_tensorboard(out: Path, logdir: str | None) -> None:
+    if logdir is not None:
+        from .report.tensorboard import TensorBoardError, export_tensorboard
+
+        try:
+            n = export_tensorboard(out, logdir)
+        except TensorBoardError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"TensorBoard: {n['runs']} runs in {n['trials']} trials written to {logdir} "
+                   f"(tensorboard --logdir {logdir})")
+
+
 def _drop_stale_report(out: Path, changed: bool) -> None:
     """After ``reglab run`` changed the results: remove the report and ``comparisons.csv`` of the
     runs before (they would sit beside the new results.csv, another version's numbers) and say how
@@ -381,11 +411,14 @@ def _engine_line(spec) -> str:
 @_backend_options
 @_device_option
 @_threads_option
-def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_per_task, device, threads) -> None:
+@_tensorboard_option
+def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_per_task, device, threads,
+        tensorboard) -> None:
     """Train the experiments in PATHS (files, folders, study folders) over seeds; resumes,
     skipping finished runs; writes OUT/results.csv."""
     if threads is not None:
         _set_threads(threads)
+    _check_logdir(tensorboard)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     specs = _place(_load(paths), device, backend, gpus_per_task)
     _prepare(specs, baselines)
@@ -400,6 +433,7 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_
     _drop_stale_report(out_p, changed=before != csv.read_bytes())
     click.echo(f"{info['trained']} runs trained, {info['skipped']} already done ({info['seconds']:.1f} s); "
                f"results in {out_p}/runs and {csv}")
+    _export_tensorboard(out_p, tensorboard)
 
 
 @main.command()
@@ -497,12 +531,15 @@ def path(path, strengths, seeds, out, device) -> None:
 @_backend_options
 @_device_option
 @_threads_option
-def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_task, device, threads) -> None:
+@_tensorboard_option
+def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_task, device, threads,
+          tensorboard) -> None:
     """Run a whole study (STUDY_DIR/study.toml: experiments, paths, analyses) and write its report.
     Without STUDY_DIR: the study that ``studies/default`` names (one folder name, in the project)."""
     t0 = time.perf_counter()
     if threads is not None:
         _set_threads(threads)
+    _check_logdir(tensorboard)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.path import path_file, path_key, regularization_path
     from .experiments.spec import with_strength
@@ -549,7 +586,24 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
     click.echo(f"study done in {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {Path(paths['html']).resolve()}")
     click.echo(f"        {Path(paths['markdown']).resolve()}")
+    _export_tensorboard(out_p, tensorboard)
     _fail_on(paths["failed"])
+
+
+@main.group()
+def export() -> None:
+    """Write a results folder in another tool's format."""
+
+
+@export.command("tensorboard")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("logdir", type=click.Path())
+def export_tensorboard_cmd(out, logdir) -> None:
+    """Write every finished run in OUT as TensorBoard logs in LOGDIR: each run's history as
+    scalars per epoch, its final metrics, and its settings as HParams (one trial per grid point,
+    one session per seed). Then: tensorboard --logdir LOGDIR."""
+    _check_logdir(logdir)
+    _export_tensorboard(Path(out), logdir)
 
 
 if __name__ == "__main__":  # pragma: no cover
