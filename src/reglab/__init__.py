@@ -16,7 +16,7 @@ from ._version import __version__  # submodules read it from there (run ids hash
 _PUBLIC = ("activations", "constraints", "initializers", "layers", "losses", "optimizers", "regularizers",
            "selectors", "models", "training", "diagnostics", "datasets", "vectorized", "engines")
 #: every subpackage and module ``reglab.<name>`` reaches after a bare ``import reglab``
-_MODULES = _PUBLIC + ("threads", "attach", "experiments", "report", "sklearn")
+_MODULES = _PUBLIC + ("threads", "attach", "experiments", "report", "sklearn", "tuning")
 
 #: public name -> the module that defines it (relative to this package)
 _NAMES = {
@@ -34,6 +34,8 @@ _NAMES = {
     "regularization_path": ".experiments.path",
     "load_results": ".experiments.results",
     "load_comparisons": ".report.comparisons",
+    **dict.fromkeys(("tune", "seed_objective", "Objective"), ".tuning"),
+    "export_tensorboard": ".report.tensorboard",
     **dict.fromkeys(("RegularizedMLPClassifier", "RegularizedMLPRegressor"), ".sklearn"),
 }
 
@@ -57,7 +59,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static analysis and IDEs see
     from . import (activations, attach, constraints, datasets, diagnostics, engines, experiments, initializers, layers, losses,
-                   models, optimizers, regularizers, report, selectors, sklearn, threads, training, vectorized)
+                   models, optimizers, regularizers, report, selectors, sklearn, threads, training, tuning, vectorized)
     from .attach import (Handle, accumulate_activity, apply_constraints, apply_spec, clear_activity, constrain,
                          penalties, penalty, refresh_constraints, regularization_spec, regularize)
     from .constraints import MaxNorm, MinMaxNorm, NonNeg, UnitNorm
@@ -68,7 +70,9 @@ if TYPE_CHECKING:  # what static analysis and IDEs see
     from .losses import RegularizedLoss
     from .regularizers import L1, L1L2, L2, KLSparsity, Lp, OrthogonalRegularizer, Regularizer
     from .report.comparisons import load_comparisons
+    from .report.tensorboard import export_tensorboard
     from .selectors import BIASES, KERNELS, select
     from .sklearn import RegularizedMLPClassifier, RegularizedMLPRegressor
+    from .tuning import Objective, seed_objective, tune
     from .training import CSVLogger, EarlyStopping, History, ModelCheckpoint, TrainingDiverged, fit
     from .vectorized import ManyResult, fit_many

@@ -590,6 +590,48 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
     _fail_on(paths["failed"])
 
 
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--trials", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="Trials in all (a rerun with more goes on from the finished ones).")
+@click.option("--out", type=click.Path(file_okay=False), default="results/tune", show_default=True)
+@click.option("--batch", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Trials asked at once and trained together (batch x seeds models in one group).")
+@click.option("--seeds", type=click.IntRange(2, 1000), default=5, show_default=True,
+              help="Seeds per trial (0..N-1); a trial's value is their mean validation metric.")
+@click.option("--final-seeds", type=click.IntRange(5, 10_000), default=20, show_default=True,
+              help="Fresh seeds (after the search's) for the chosen setting and its baseline (5 or more: a paired "
+                   "verdict needs 5 pairs).")
+@click.option("--metric", default=None, help="The validation metric to optimize (default: log_loss, or mse for "
+                                             "regression; accuracy, brier, ece, mae, r2).")
+@click.option("--sampler-seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--progress/--no-progress", default=False)
+def tune(file, trials, out, batch, seeds, final_seeds, metric, sampler_seed, progress) -> None:
+    """Search FILE's [[search]] values with Optuna, each trial judged by its seed-mean validation
+    metric (trials trained in batches); then train the chosen setting and its baseline on fresh
+    seeds and compare them on the test split. Resumable: run the same command again."""
+    _start()
+    from .experiments.schema import ConfigError
+    from .tuning import TuneError
+    from .tuning import tune as run_tune
+
+    _phase[0] = "tuning (finished trials are kept in OUT/tune.sqlite3 and their runs in OUT/search)"
+    try:
+        res = run_tune(file, trials=trials, out=out, batch=batch, seeds=seeds, final_seeds=final_seeds, metric=metric,
+                       sampler_seed=sampler_seed, progress=progress, say=lambda line: click.echo(line, err=True))
+    except (ConfigError, TuneError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    o = res["objective"]
+    shown = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in res["best"].items())
+    click.echo(f"chosen: {shown} ({o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}] over {seeds} seeds); "
+               f"{res['trained']} search runs trained")
+    for c in res["final"]["comparisons"]:
+        click.echo(f"  final, {c['metric']}: {c['verdict']} "
+                   f"(difference {float(c['estimate']):+.4f} [{float(c['ci_low']):+.4f}, {float(c['ci_high']):+.4f}])")
+    click.echo(f"report: {Path(res['report']).resolve()}")
+    click.echo(f"        {Path(res['final']['report']).resolve()}")
+
+
 @main.group()
 def export() -> None:
     """Write a results folder in another tool's format."""

@@ -28,7 +28,7 @@ from .prepare import take_probe
 from .schema import ExperimentSpec
 from .store import Unit
 
-__all__ = ["train_group", "train_group_task", "group_cost", "engine_choice", "group_rule", "jsonable"]
+__all__ = ["train_group", "train_together", "train_group_task", "group_cost", "engine_choice", "group_rule", "jsonable"]
 
 
 def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress: bool = False,
@@ -36,45 +36,64 @@ def train_group(spec: ExperimentSpec, seeds: Sequence[int], out: Path, progress:
     """Train the units (spec, seed) for ``seeds`` together in one ``fit_many`` group and write
     the results of those in ``write`` (default: all). An interrupted group writes nothing and
     raises ``KeyboardInterrupt``. ``threads``: as ``fit_many``'s (None: ``reglab.threads``' rule)."""
+    return train_together([spec], seeds, out, progress, threads, write)
+
+
+def train_together(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: Path, progress: bool = False,
+                   threads: int | None = None, write: Iterable[int] | None = None) -> list[dict]:
+    """``train_group`` for several grid points at once: the units (spec, seed) for every spec and
+    seed in one ``fit_many`` group (model ``i`` is ``product(seeds, specs)[i]``, as ``fit_many``'s
+    grid orders them). The specs must differ only in what their builders build (their data,
+    split and ``[train]`` are the first's): the grid points of one ``reglab tune`` batch."""
     write = set(seeds if write is None else write)
     t0 = time.perf_counter()
+    spec = specs[0]
     resample = spec.split.resample
-    data = [splits_of(spec, s) for s in seeds] if resample else [splits_of(spec, 0)] * len(seeds)
-    sp0 = data[0]
+    by_seed = {s: splits_of(spec, s) if resample else None for s in seeds}
+    sp0 = by_seed[seeds[0]] if resample else splits_of(spec, 0)
+    order = [(s, j) for s in seeds for j in range(len(specs))]
+    data = [by_seed[s] if resample else sp0 for s, _ in order]
     tr = spec.train
+    apart = resample and len(seeds) > 1
 
     def per_model(attr: str) -> Any:
-        return [getattr(d, attr) for d in data] if resample and len(seeds) > 1 else getattr(sp0, attr)
+        return [getattr(d, attr) for d in data] if apart else getattr(sp0, attr)
 
+    if len(specs) == 1:
+        build, grid = builder(spec, sp0.input_shape, sp0.n_outputs), None
+    else:
+        builders = [builder(sp, sp0.input_shape, sp0.n_outputs) for sp in specs]
+        build, grid = (lambda j: builders[j]()), [{"j": j} for j in range(len(specs))]
     device = _devices.of(spec)
-    x, y = training_data(data, shared=not (resample and len(seeds) > 1))
-    res = fit_many(builder(spec, sp0.input_shape, sp0.n_outputs), x, y,
-                   seeds=list(seeds), loss=loss_of(spec, sp0.task), optimizer=tr.optimizer, epochs=tr.epochs,
-                   batch_size=tr.batch_size, validation_data=(per_model("x_val"), per_model("y_val")),
+    x, y = training_data(data, shared=not apart)
+    res = fit_many(build, x, y, seeds=list(seeds), grid=grid, loss=loss_of(spec, sp0.task), optimizer=tr.optimizer,
+                   epochs=tr.epochs, batch_size=tr.batch_size, validation_data=(per_model("x_val"), per_model("y_val")),
                    callbacks=early_stopping(spec), progress=progress, threads=threads, device=device,
                    metrics=("accuracy",) if sp0.task != "regression" else ())
     if res.interrupted:
-        raise KeyboardInterrupt(f"{spec.name}: interrupted; its {len(seeds)} unfinished run(s) were not written")
+        raise KeyboardInterrupt(f"{spec.name}: interrupted; its {len(order)} unfinished run(s) were not written")
     wall = time.perf_counter() - t0
     where = _grammar.record(device)
     out_rows = []
-    base = None if spec.is_baseline else spec.baseline().name
-    for i, seed in enumerate(seeds):
+    for i, (seed, j) in enumerate(order):
         if seed not in write:
             continue
-        unit = Unit(spec, seed)
+        sp = specs[j]
+        unit = Unit(sp, seed)
+        base = None if sp.is_baseline else sp.baseline().name
         failed = res.failed.get(i)
-        result, arrays = evaluate_run(spec, res.models[i], data[i], res.histories[i], arrays_for_report=i == 0)
-        title = spec.title.replace("default loss", loss_name(spec, sp0.task))
-        row = {"run_id": unit.run_id, "experiment": spec.name, "title": title, "seed": seed,
-               "version": __version__, "config": spec.config, "digest": spec.digest(), "inputs": spec.inputs,
-               "task": sp0.task, "loss_name": loss_name(spec, sp0.task), "is_baseline": spec.is_baseline,
-               "baseline": base, "sweep": spec.sweep_point, "validation_is_test": sp0.validation_is_test,
+        result, arrays = evaluate_run(sp, res.models[i], data[i], res.histories[i], arrays_for_report=seed == seeds[0])
+        title = sp.title.replace("default loss", loss_name(sp, sp0.task))
+        row = {"run_id": unit.run_id, "experiment": sp.name, "title": title, "seed": seed,
+               "version": __version__, "config": sp.config, "digest": sp.digest(), "inputs": sp.inputs,
+               "task": sp0.task, "loss_name": loss_name(sp, sp0.task), "is_baseline": sp.is_baseline,
+               "baseline": base, "sweep": sp.sweep_point, "validation_is_test": sp0.validation_is_test,
                "history": res.histories[i].to_dict(), "failed": jsonable(failed), "group_wall_time": wall,
-               "group_size": len(seeds), "engine": res.engine, "engine_reason": res.engine_reason,
-               "threads": res.threads, **where, **({"classes": sp0.classes} if sp0.classes is not None else {}), **result}
+               "group_size": len(order), "engine": res.engine, "engine_reason": res.engine_reason,
+               "threads": res.threads, **where, **({"classes": sp0.classes} if sp0.classes is not None else {}),
+               **result}
         path = unit.path(out)
-        own_folder(out, "runs", spec.name)
+        own_folder(out, "runs", sp.name)
         files = {}
         if arrays:
             atomic_write(path.with_suffix(".npz"), lambda f: np.savez_compressed(f, **arrays))

@@ -54,11 +54,14 @@ from typing import Any
 from .. import constraints as _constraints
 from .. import regularizers as _regularizers
 from .data_tables import MAX_EXAMPLES, DataError, check_data, check_split, data_inputs
+from .keypath import column, get_at, set_at
+from .search_space import Dimension, search_space
 from .sections import (ANALYSIS_KEYS, LIMITS, REFERENCE_KEYS, TOP_KEYS, ConfigError, bounded_int,
                        expect, is_int, is_num, model_section, regularize_section, train_section, unknown)
 from .spec import PRESENTATION, ExperimentSpec
 
-__all__ = ["ExperimentSpec", "ConfigError", "load_experiment", "load_experiments", "validate", "LIMITS"]
+__all__ = ["ExperimentSpec", "ConfigError", "load_experiment", "load_experiments", "validate", "LIMITS", "at_point",
+           "Dimension"]
 
 def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
     """Check every key and value of one parsed experiment file without a ``[[sweep]]`` (see
@@ -131,37 +134,6 @@ def validate(raw: Mapping[str, Any], file: str) -> ExperimentSpec:
 # ----------------------------------------------------------------------------- sweeps
 
 
-def column(path: list) -> str:
-    """A sweep path as a results column: its keys joined by "/"."""
-    return "/".join(str(p) for p in path)
-
-
-def _get(raw: Any, path: list, file: str, where: str) -> Any:
-    node = raw
-    for i, key in enumerate(path):
-        here = column(path[:i + 1])
-        if isinstance(node, str):
-            raise ConfigError(f"{file}: {where}: {column(path[:i])!r} is the bare alias {node!r}; write it as a table "
-                              f"(e.g. {{name = {node!r}, ...}}) to sweep one of its arguments")
-        if isinstance(node, list):
-            if not is_int(key) or not 0 <= key < len(node):
-                raise ConfigError(f"{file}: {where}: {here!r}: expected an index below {len(node)}; got {key!r}")
-        elif isinstance(node, Mapping):
-            if key not in node:
-                raise ConfigError(f"{file}: {where}: {here!r} is not in the file; the keys there are {sorted(node)}")
-        else:
-            raise ConfigError(f"{file}: {where}: {column(path[:i])!r} holds a value, not a table or list")
-        node = node[key]
-    return node
-
-
-def _set(raw: Any, path: list, value: Any) -> None:
-    node = raw
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-
-
 GRID_BOUND_VARIABLE = "REGLAB_MAX_GRID_POINTS"
 
 
@@ -214,6 +186,31 @@ def _canonical(v: Any) -> Any:
     return v
 
 
+def _body(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The file without its ``[[sweep]]`` and ``[[search]]`` tables: one experiment."""
+    return {k: v for k, v in raw.items() if k not in ("sweep", "search")}
+
+
+def at_point(raw: Mapping[str, Any], file: str, values: list[tuple[list, Any]],
+             point: dict[str, Any] | None = None, what: str = "sweep point") -> ExperimentSpec:
+    """The experiment of ``raw`` with each ``(path, value)`` of ``values`` written in, validated;
+    its ``sweep_point`` is ``point`` (default: each path's column and value), which results and
+    run identities carry. An error names the point (``what``: a sweep's, a search's)."""
+    r = copy.deepcopy(_body(raw))
+    for path, v in values:
+        set_at(r, path, v)
+    try:
+        spec = validate(r, file)
+    except ConfigError as e:
+        if not values:
+            raise
+        at = ", ".join(f"{column(p)} = {v!r}" for p, v in values)
+        raise ConfigError(f"{e} (at the {what} {at})") from None
+    if values:
+        spec.config["sweep_point"] = dict(point) if point is not None else {column(p): v for p, v in values}
+    return spec
+
+
 def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
     """One spec per grid point of the file's ``[[sweep]]`` entries (their product), each
     validated; a file without sweeps gives one spec."""
@@ -231,7 +228,7 @@ def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
                 "a key that changes what is trained (not name, seeds, title, description or reference)", path)
         expect(isinstance(values, list) and 0 < len(values) <= 1000, file, f"{where}.values",
                 "a list of 1 to 1000 values", values)
-        _get(raw, path, file, f"{where}.path")
+        get_at(raw, path, file, f"{where}.path")
         same = _repeated(values)
         if same is not None:
             raise ConfigError(f"{file}: {where}.values: {same!r} appears twice; each value once (a repeated value "
@@ -244,24 +241,11 @@ def expand(raw: Mapping[str, Any], file: str) -> list[ExperimentSpec]:
         raise ConfigError(f"{file}: sweep: the grid has {points:,} points ({' x '.join(str(len(v)) for _, v in axes)}), "
                           f"more than the bound of {bound:,}: split it over several files, or raise the bound with "
                           f"the environment variable {GRID_BOUND_VARIABLE} (e.g. {GRID_BOUND_VARIABLE}={points})")
-    body = {k: v for k, v in raw.items() if k != "sweep"}
+    search_space(raw, file, {column(p) for p, _ in axes})  # checked now; ``reglab tune`` uses it
     if axes:
-        validate(body, file)  # an error of the file as written names no sweep point
-    specs = []
-    for point in itertools.product(*[v for _, v in axes]) if axes else [()]:
-        r = copy.deepcopy(body)
-        for (path, _), v in zip(axes, point):
-            _set(r, path, v)
-        try:
-            spec = validate(r, file)
-        except ConfigError as e:
-            if not axes:
-                raise
-            at = ", ".join(f"{column(p)} = {v!r}" for (p, _), v in zip(axes, point))
-            raise ConfigError(f"{e} (at the sweep point {at})") from None
-        if axes:
-            spec.config["sweep_point"] = {column(p): v for (p, _), v in zip(axes, point)}
-        specs.append(spec)
+        validate(_body(raw), file)  # an error of the file as written names no sweep point
+    specs = [at_point(raw, file, list(zip([p for p, _ in axes], point)))
+             for point in (itertools.product(*[v for _, v in axes]) if axes else [()])]
     if len(specs) > 1:  # two values that mean one thing ("L2" and "l2", "swish" and "silu")
         seen: dict[str, ExperimentSpec] = {}
         for s in specs:

@@ -24,7 +24,7 @@ __all__ = ["ConfigError", "expect", "is_int", "is_num", "bounded_int", "unknown"
 
 
 TOP_KEYS = {"name", "title", "description", "seeds", "data", "split", "model", "baseline", "regularize", "train",
-            "sweep", "reference", "analysis"}
+            "sweep", "reference", "analysis", "search"}
 TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "early_stopping", "device"}
 LAYER_KEYS = {"units", "activation", "use_bias", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
               "kernel_constraint", "bias_constraint", "kernel_initializer", "bias_initializer",

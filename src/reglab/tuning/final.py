@@ -1,0 +1,39 @@
+"""The chosen setting against its unregularized baseline on fresh seeds: the search's one look at
+the test split (``tune``'s step 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..experiments.runner import execute
+from ..experiments.store import Unit
+from .objective import Searchable
+
+__all__ = ["final_comparison"]
+
+
+def final_comparison(s: Searchable, params: Mapping[str, Any], seeds: list[int], out: Path, progress: bool = False,
+                     say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the setting ``params`` and its baseline on ``seeds`` into ``out`` (reusing finished
+    runs) and write ``out``'s report (paired comparisons on the test split). Returns
+    ``{"folder", "report", "comparisons": rows of comparisons.csv for the setting, "trained"}``."""
+    from ..report.comparisons import load_comparisons
+    from ..report.render import write_report
+
+    spec = s.at(params)
+    units = [Unit(spec.baseline(), seed) for seed in seeds] + [Unit(spec, seed) for seed in seeds]
+    info = execute(units, out, progress=progress, record="replace", say=say)
+    shown = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in params.items())
+    paths = write_report(out, title=f"{spec.name} tuned: {shown}, on {len(seeds)} fresh seeds",
+                         intro=(f"The setting `reglab tune` chose on the validation split ({shown}) against its "
+                                f"unregularized baseline, each trained on seeds {seeds[0]}-{seeds[-1]}, which the "
+                                "search never used; scored on the test split."))
+    comp = load_comparisons(out)
+    mine = comp.experiment == spec.name
+    if "comparison" in comp:
+        mine &= comp.comparison == "own baseline"
+    rows = comp[mine].to_dict("records")
+    return {"folder": out, "report": Path(paths["html"]), "markdown": Path(paths["markdown"]), "comparisons": rows,
+            "trained": info["trained"]}

@@ -1,0 +1,98 @@
+"""``OUT/tune.md`` and ``OUT/tune.png``: the search (every trial's seed-mean validation metric
+with its 95% interval, the chosen point) and the final comparison on fresh seeds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..diagnostics.statistics import mean_ci
+from ..experiments.files import atomic_write, write_text
+from .objective import Searchable
+
+__all__ = ["write_tune_report"]
+
+
+def _num(v: float) -> str:
+    return f"{v:.4f}" if math.isfinite(v) else "–"
+
+
+def _value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+def _figure(path: Path, s: Searchable, rows: list[dict], best: int, metric: str) -> bool:
+    """The objective against the first searched value (its interval as an error bar, the chosen
+    trial in red); False where that value is not a number (choices of strings)."""
+    d = s.dims[0]
+    ok = [r for r in rows if r["objective"].ok and isinstance(r["params"][d.column], (int, float))]
+    if not ok:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for r in ok:
+        o, x = r["objective"], r["params"][d.column]
+        lo, hi = (o.mean - o.low, o.high - o.mean) if math.isfinite(o.low) else (0.0, 0.0)
+        ax.errorbar([x], [o.mean], yerr=[[lo], [hi]], fmt="o", color="tab:red" if r["number"] == best else "tab:blue",
+                    ecolor="0.6", capsize=3, zorder=3 if r["number"] == best else 2)
+    if d.log:
+        ax.set_xscale("log")
+    ax.set_xlabel(d.column)
+    ax.set_ylabel(f"{metric} (mean over seeds, 95% CI)")
+    ax.set_title("Search: each trial's seed-mean validation metric (red: chosen)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+def write_tune_report(out: Path, s: Searchable, rows: list[dict], best: int, metric: str, minimize: bool,
+                      seeds: int, final: dict[str, Any]) -> Path:
+    """Write ``out/tune.md`` (and ``out/tune.png``); returns the Markdown file's path."""
+    chosen = next(r for r in rows if r["number"] == best)
+    o = chosen["objective"]
+    cols = [d.column for d in s.dims]
+    lines = [f"# Tuning `{s.spec.name}` ({s.file})", "",
+             f"Searched: {'; '.join(d.describe() for d in s.dims)}. {len(rows)} trials, each trained on {seeds} seeds "
+             f"(0-{seeds - 1}); a trial's value is the mean over its seeds of the **validation** {metric} "
+             f"({'lower' if minimize else 'higher'} is better), with its 95% interval (Student t over seeds). No "
+             "test point was seen by the search.", "",
+             f"**Chosen** (trial {best}): " + ", ".join(f"`{c}` = {_value(chosen['params'][c])}" for c in cols) +
+             f" -- {metric} {_num(o.mean)} [{_num(o.low)}, {_num(o.high)}].", ""]
+    if _figure(out / "tune.png", s, rows, best, metric):
+        lines += ["![the search](tune.png)", ""]
+    lines += ["## Final comparison on fresh seeds", ""]
+    comp = final["comparisons"]
+    if comp:
+        lines += [f"The chosen setting and its unregularized baseline, trained on seeds the search never used, "
+                  f"compared on the **test** split (paired over seeds; full report: "
+                  f"[final/report.md](final/report.md)).", "",
+                  "| metric | better when | difference (experiment - baseline) | 95% interval | verdict |",
+                  "|---|---|---|---|---|"]
+        for c in comp:
+            lines.append(f"| {c['metric']} | {c['better']} | {_num(float(c['estimate']))} | "
+                         f"[{_num(float(c['ci_low']))}, {_num(float(c['ci_high']))}] | {c['verdict']} |")
+        lines.append("")
+    else:
+        lines += ["No comparison could be made (see [final/report.md](final/report.md)).", ""]
+    lines += ["## Trials", "", "Every trial trains the same seeds (the same initializations and, where the file "
+              "resamples, the same splits), so two trials' difference is paired over seeds: its interval leaves out "
+              "the seed-to-seed spread that all trials share, which the seed interval of each trial includes.", "",
+              "| trial | " + " | ".join(f"`{c}`" for c in cols) + f" | {metric} | 95% interval | difference from the "
+              "chosen, paired [95%] | seeds failed |", "|---" * (len(cols) + 5) + "|"]
+    for r in rows:
+        ob = r["objective"]
+        mark = " (chosen)" if r["number"] == best else ""
+        diff = ([a - b for a, b in zip(ob.values, o.values)] if r["number"] != best and ob.ok and o.ok else [])
+        d, dlo, dhi = mean_ci(diff) if len(diff) > 1 else (math.nan, math.nan, math.nan)
+        lines.append(f"| {r['number']}{mark} | " + " | ".join(_value(r["params"][c]) for c in cols) +
+                     f" | {_num(ob.mean)} | [{_num(ob.low)}, {_num(ob.high)}] | "
+                     f"{_num(d) if math.isfinite(d) else '–'} [{_num(dlo)}, {_num(dhi)}] | {ob.failed} |")
+    path = out / "tune.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

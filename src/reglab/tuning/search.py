@@ -1,0 +1,261 @@
+"""``tune``: search an experiment file's ``[[search]]`` values with Optuna, each trial judged by
+its seed-mean validation metric, then compare the chosen setting on fresh seeds.
+
+Steps, all under ``OUT``:
+
+1. The search. Optuna's TPE sampler proposes ``batch`` trials at a time; each trial's experiment
+   trains ``seeds`` models (seeds ``0..S-1``), and a batch's ``batch x seeds`` models train in one
+   ``fit_many`` group where the trials differ only in their regularization (``objective.py``).
+   A trial's value is the seed-mean **validation** metric (``Objective``); a trial with a failed
+   (diverged) seed fails. The runs are kept in ``OUT/search`` (a results folder), Optuna's
+   record in ``OUT/tune.sqlite3``.
+2. The final comparison. The best trial's setting and its unregularized baseline train on
+   ``final_seeds`` seeds the search never used (``S..S+F-1``) into ``OUT/final``, whose report
+   (``OUT/final/report.html``) compares them with the study's paired statistics on the **test**
+   split -- the first time any test point is looked at.
+3. ``OUT/tune.md`` and ``OUT/tune.png``: every trial with its seed interval, the chosen point, the
+   final comparison.
+
+Resuming: Ctrl-C, SIGTERM or ``kill -9`` leave the finished trials in the SQLite file and the
+finished runs in ``OUT/search``; the same command goes on where it stopped. Trials that were
+asked but not told (the batch that was training) are trained again with the values Optuna gave
+them -- runs that finished are read back -- and the search then asks exactly what it would have
+asked without the interruption: the sampler of each batch is seeded by the batch's first trial
+number and sees the trials finished before it. The file, the searched ranges, the seeds and the
+metric are recorded in the study; a rerun with other ones is refused (use another ``--out``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..experiments.files import OutputError, own_folder
+from ..experiments.store import Unit
+from .objective import Objective, Searchable, evaluate_points, load_searchable
+
+__all__ = ["tune", "TuneError", "STORAGE", "STUDY"]
+
+STORAGE = "tune.sqlite3"
+STUDY = "reglab-tune"
+
+
+class TuneError(ValueError):
+    """A tune that cannot start: a damaged or foreign SQLite file, a search recorded with other
+    settings, no Optuna."""
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise TuneError("`reglab tune` needs Optuna: pip install 'reglab[tune]'") from None
+    return optuna
+
+
+def _check_storage(db: Path) -> None:
+    """An existing ``tune.sqlite3`` must be an Optuna database holding reglab's study; it is
+    opened read-only for the check, so a foreign file is never changed."""
+    if not db.exists():
+        return
+    if not db.is_file() or db.is_symlink():
+        raise TuneError(f"{db}: not a file; reglab keeps its search record there: move it away")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+            names = {r[0] for r in con.execute("select study_name from studies")} if "studies" in tables else set()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise TuneError(f"{db}: not a readable SQLite database ({e}); it is left as it is -- move it away or "
+                        "use another --out") from None
+    if not {"studies", "trials", "version_info"} <= tables or STUDY not in names:
+        raise TuneError(f"{db}: an SQLite file that holds no reglab search (no Optuna study {STUDY!r}); it is left "
+                        "as it is -- move it away or use another --out")
+
+
+def _fingerprint(s: Searchable, seeds: int, metric: str | None) -> dict[str, Any]:
+    return {"experiment": s.spec.name, "digest": s.spec.digest(), "search": [d.describe() for d in s.dims],
+            "seeds": seeds, "metric": metric}
+
+
+def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str | None, minimize: bool) -> Any:
+    db = out / STORAGE
+    _check_storage(db)
+    url = f"sqlite:///{db.resolve()}"
+    mine = _fingerprint(s, seeds, metric)
+    if db.exists():
+        study = optuna.load_study(study_name=STUDY, storage=url)
+        got = study.user_attrs.get("reglab")
+        if got != mine:
+            raise TuneError(f"{db}: the search there was of another setting ({json.dumps(got, sort_keys=True)}); this "
+                            f"one is {json.dumps(mine, sort_keys=True)} -- use another --out (a changed file, range, "
+                            "seed count or metric is another search)")
+        return study
+    study = optuna.create_study(study_name=STUDY, storage=url, direction="minimize" if minimize else "maximize")
+    study.set_user_attr("reglab", mine)
+    return study
+
+
+def _tell(optuna: Any, study: Any, number: int, obj: Objective) -> None:
+    TrialState = optuna.trial.TrialState
+    if obj.ok:
+        study.tell(number, obj.mean)
+    else:
+        study.tell(number, state=TrialState.FAIL)
+
+
+def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seeds: int = 5,
+         final_seeds: int = 20, metric: str | None = None, sampler_seed: int = 0, progress: bool = False,
+         say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search ``file``'s ``[[search]]`` values (see the module docstring); returns
+    ``{"best": params, "objective": Objective, "trials": [...], "trained": n, "report": path}``."""
+    from ..report.summary import MIN_PAIRS
+
+    for name, v, lo in (("trials", trials, 1), ("batch", batch, 1), ("seeds", seeds, 2),
+                        ("final_seeds", final_seeds, MIN_PAIRS)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}; got {name}={v!r}")
+    optuna = _optuna()
+    s = load_searchable(file)
+    from ..diagnostics.metrics import METRICS
+    from ..experiments.build import splits_of
+
+    task = splits_of(s.spec, 0).task
+    m = metric or ("mse" if task == "regression" else "log_loss")
+    if m not in METRICS[task]:
+        raise ValueError(f"metric {m!r} is not a {task} metric; choose one of {sorted(METRICS[task])}")
+    minimize = METRICS[task][m]
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a folder: give --out a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / "tune.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TuneError(f"{out}: another `reglab tune` is running on this folder; wait for it or use another --out") from None
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = _open_study(optuna, out, s, seeds, metric, minimize)
+        search_out = own_folder(out, "search")
+        seed_list = list(range(seeds))
+        trained_before = _count_runs(search_out)
+        _search(optuna, study, s, trials, batch, seed_list, search_out, m, sampler_seed, progress, say)
+        TrialState = optuna.trial.TrialState
+        trained = _count_runs(search_out) - trained_before
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if not done:
+            raise TuneError(f"{file}: no trial finished (every setting tried diverged for some seed); narrow the "
+                            "search's ranges")
+        best = study.best_trial
+        from .final import final_comparison
+        from .report import write_tune_report
+
+        final = final_comparison(s, dict(best.params), list(range(seeds, seeds + final_seeds)), out / "final",
+                                 progress=progress, say=say)
+        rows = _trial_rows(optuna, study, s, seed_list, search_out, m)
+        report = write_tune_report(out, s, rows, best.number, m, minimize, seeds, final)
+        best_obj = next(r["objective"] for r in rows if r["number"] == best.number)
+        return {"best": dict(best.params), "objective": best_obj, "trials": rows, "trained": trained,
+                "report": report, "final": final}
+    finally:
+        optuna.logging.set_verbosity(level)
+        lock.release()
+
+
+class _Deferred:
+    """SIGINT and SIGTERM wait (in the main thread) until the block ends, then raise
+    ``KeyboardInterrupt``: Optuna's record never holds a batch asked in part."""
+
+    def __init__(self) -> None:
+        self.got: int | None = None
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Deferred:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.got = self.got or signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if self.got is not None and exc[0] is None:
+            handler = self.old.get(self.got)
+            if callable(handler):
+                handler(self.got, None)  # the handler it would have met (SIGTERM: reglab's, raising)
+            raise KeyboardInterrupt(f"signal {self.got}")
+
+
+def _search(optuna: Any, study: Any, s: Searchable, trials: int, batch: int, seeds: list[int], out: Path,
+            metric: str, sampler_seed: int, progress: bool, say: Callable[[str], None]) -> None:
+    """Ask, train and tell until ``trials`` trials are finished: first the trials an
+    interruption left asked but not told (with the values they were given), then new batches,
+    each asked from a TPE sampler seeded by its first trial number."""
+    TrialState = optuna.trial.TrialState
+    while True:
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+                    and set(t.params) == {d.column for d in s.dims}]  # not one abandoned unasked
+        running = sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number)
+        if running:  # asked, not told: the batch an interruption cut short, trained again as it was
+            numbers, params = [], []
+            for t in running:
+                if set(t.params) != {d.column for d in s.dims}:
+                    study.tell(t.number, state=TrialState.FAIL)  # killed between its suggestions
+                    continue
+                numbers.append(t.number)
+                params.append(dict(t.params))
+            if not numbers:
+                continue
+            say(f"resuming trial(s) {numbers}, asked before the interruption")
+        elif len(finished) >= trials:
+            break
+        else:
+            k = min(batch, trials - len(finished))
+            first = len(study.get_trials(deepcopy=False))
+            study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + first)
+            with _Deferred():  # a batch is asked whole: an interrupt waits until its values are stored
+                asked = [study.ask() for _ in range(k)]
+                params = [{d.column: d.suggest(t) for d in s.dims} for t in asked]
+            numbers = [t.number for t in asked]
+        specs = [s.at(p) for p in params]
+        objs = evaluate_points(specs, seeds, out, metric, progress)
+        for n, p, o in zip(numbers, params, objs):
+            _tell(optuna, study, n, o)
+            shown = ", ".join(f"{c} = {v:.4g}" if isinstance(v, float) else f"{c} = {v!r}" for c, v in p.items())
+            say(f"trial {n}: {shown}: {o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}]" if o.ok else
+                f"trial {n}: {shown}: failed ({o.failed} of {len(o.values)} seeds diverged)")
+
+
+def _count_runs(folder: Path) -> int:
+    return sum(1 for _ in (folder / "runs").glob("*/*.json")) if (folder / "runs").is_dir() else 0
+
+
+def _trial_rows(optuna: Any, study: Any, s: Searchable, seeds: list[int], out: Path, metric: str) -> list[dict]:
+    """Every finished trial: number, state, params and its ``Objective`` (read back from the run
+    store: nothing trains)."""
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state.name not in ("COMPLETE", "FAIL") or set(t.params) != {d.column for d in s.dims}:
+            continue
+        spec = s.at(dict(t.params))
+        if not all(Unit(spec, seed).done(out) for seed in seeds):
+            continue
+        obj = evaluate_points([spec], seeds, out, metric)[0]
+        rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params), "objective": obj,
+                     "value": t.value if t.value is not None else math.nan})
+    return rows

@@ -1,0 +1,235 @@
+"""``reglab tune`` and ``reglab.seed_objective``: real Optuna, real training at small sizes."""
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("optuna")
+
+import reglab  # noqa: E402
+from reglab.cli import main  # noqa: E402
+from reglab.experiments.schema import ConfigError, load_experiment  # noqa: E402
+from reglab.tuning import TuneError, seed_objective, tune  # noqa: E402
+from reglab.tuning.objective import load_searchable  # noqa: E402
+
+L2 = "regularize/params/@kernels/l2"
+
+TUNED = """
+name = "reg_tuned"
+seeds = 3
+[data]
+files = {train = "train.csv", validation = "validation.csv", test = "TEST"}
+target = "target"
+standardize = true
+[train]
+optimizer = {name = "adam", learning_rate = 0.02}
+epochs = 8
+batch_size = 10
+[[model.layers]]
+units = 8
+activation = "relu"
+[[model.layers]]
+units = 1
+[regularize]
+params = {"@kernels" = {name = "L2", l2 = 1e-3}}
+[[search]]
+path = ["regularize", "params", "@kernels", "l2"]
+low = 1e-5
+high = 3.0
+log = true
+"""
+
+
+def _csv(path, n, seed, noise=0.3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + noise * rng.normal(size=n)
+    path.write_text("\n".join(["a,b,c,target"] + [f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(x, y)]) + "\n")
+
+
+def _folder(tmp_path, name="d", test="test.csv", text=TUNED):
+    d = tmp_path / name
+    d.mkdir()
+    _csv(d / "train.csv", 40, 0)
+    _csv(d / "validation.csv", 30, 1)
+    _csv(d / "test.csv", 30, 2)
+    f = d / "tuned.toml"
+    f.write_text(text.replace("TEST", test))
+    return d, f
+
+
+def _trials(res):
+    return [(r["number"], r["params"], r["value"]) for r in res["trials"]]
+
+
+def test_tune_batches_trials_reports_and_never_reads_the_test_split(tmp_path):
+    d, f = _folder(tmp_path)
+    res = tune(f, trials=4, out=d / "out", batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    assert len(res["trials"]) == 4 and all(r["state"] == "COMPLETE" for r in res["trials"])
+    # a trial's value is the mean of its seeds' validation MSE, read from the runs themselves
+    for r in res["trials"]:
+        o = r["objective"]
+        assert o.metric == "val_mse" and o.minimize and len(o.values) == 2
+        assert r["value"] == pytest.approx(np.mean(o.values), rel=1e-12)
+    best = min(res["trials"], key=lambda r: r["value"])
+    assert res["best"] == best["params"]
+    # each batch of 2 trials x 2 seeds trained as one fit_many group of 4 models
+    rows = [json.loads(p.read_text()) for p in (d / "out" / "search" / "runs" / "reg_tuned").glob("*.json")]
+    assert len(rows) == 8 and {r["group_size"] for r in rows} == {4} and {r["seed"] for r in rows} == {0, 1}
+    assert {r["sweep"][L2] for r in rows} == {r["params"][L2] for r in res["trials"]}
+    # the final comparison: the chosen point and its baseline on 5 fresh seeds (2..6)
+    final = reglab.load_results(d / "out" / "final")
+    assert sorted(set(final.seed)) == [2, 3, 4, 5, 6] and set(final.is_baseline) == {True, False}
+    assert {c["metric"] for c in res["final"]["comparisons"]} == {"test_mse", "test_mae", "test_r2"}
+    text = (d / "out" / "tune.md").read_text()
+    assert "**Chosen** (trial" in text and "Final comparison on fresh seeds" in text and (d / "out" / "tune.png").is_file()
+    # noised test labels: the search (every trial, its value, the choice) is the same to the bit
+    d2, f2 = _folder(tmp_path, "noisy", test="noisy.csv")
+    rng = np.random.default_rng(5)
+    lines = (d2 / "test.csv").read_text().splitlines()
+    (d2 / "noisy.csv").write_text("\n".join([lines[0]] + [",".join(line.split(",")[:3] + [str(rng.normal() * 9)])
+                                                          for line in lines[1:]]) + "\n")
+    res2 = tune(f2, trials=4, out=d2 / "out", batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    assert _trials(res2) == _trials(res) and res2["best"] == res["best"]
+    assert res2["final"]["comparisons"][0]["estimate"] != res["final"]["comparisons"][0]["estimate"]
+
+
+def test_interrupted_and_resumed_search_equals_the_uninterrupted_one(tmp_path):
+    d, f = _folder(tmp_path)
+    kw = dict(trials=6, batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    whole = tune(f, out=d / "whole", **kw)
+    out = d / "cut"
+    db = out / "tune.sqlite3"
+
+    def interrupt_in_second_batch():  # a real SIGINT once the second batch is asked (it is training then)
+        while True:
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                    if con.execute("select count(*) from trials").fetchone()[0] >= 4:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt_in_second_batch, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        tune(f, out=out, **kw)
+    watcher.join(5)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        states = [s for (s,) in con.execute("select state from trials order by number")]
+    assert states[:2] == ["COMPLETE", "COMPLETE"] and "RUNNING" in states[2:]  # the cut batch was asked, not told
+    seen = []
+    res = tune(f, out=out, **{**kw, "say": seen.append})
+    assert any(line.startswith("resuming trial(s) [2, 3]") for line in seen), (states, seen)
+    assert _trials(res) == _trials(whole) and res["best"] == whole["best"]
+    assert res["trained"] == 8  # batches 2 and 3 (2 trials x 2 seeds each); batch 1's runs were kept
+    # finished: a rerun trains nothing and asks nothing
+    again = tune(f, out=out, **kw)
+    assert again["trained"] == 0 and _trials(again) == _trials(whole)
+
+
+def test_seed_objective_is_the_batched_trials_value(tmp_path):
+    d, f = _folder(tmp_path)
+    res = tune(f, trials=2, out=d / "out", batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    r = res["trials"][1]
+    alone = seed_objective(f, r["params"], seeds=2)  # trained alone, in a temporary folder
+    assert alone.values == r["objective"].values  # bit for bit: the batch changes no model's numbers
+    assert alone.mean == pytest.approx(r["value"], rel=1e-15)
+    assert alone.low < alone.mean < alone.high
+    lo_acc = seed_objective(f, {L2: 1e-3}, seeds=[0, 1], metric="r2")
+    assert lo_acc.metric == "val_r2" and not lo_acc.minimize
+    with pytest.raises(ValueError, match="metric 'accuracy' is not a regression metric"):
+        seed_objective(f, {L2: 1e-3}, seeds=2, metric="accuracy")
+    with pytest.raises(ValueError, match=r"params: \['nope'\] are not searched"):
+        seed_objective(f, {"nope": 1.0}, seeds=2)
+
+
+BAD = [
+    ('path = ["regularize", "params", "@kernels", "l3"]', "'regularize/params/@kernels/l3' is not in the file"),
+    ('low = 1e-5\nhigh = 3.0\nlog = true', None),
+    ('low = 0.1\nhigh = 1e-3', "low must be below high; got low = 0.1, high = 0.001"),
+    ('low = 0.0\nhigh = 1.0\nlog = true', "log = true needs a positive low"),
+    ('choices = []', "search[0].choices: expected a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD[:1] + BAD[2:])
+def test_bad_search_tables_are_refused_before_anything_trains(tmp_path, change, message):
+    text = TUNED
+    if change.startswith("path"):
+        text = text.replace('path = ["regularize", "params", "@kernels", "l2"]', change)
+    else:
+        text = text.replace("low = 1e-5\nhigh = 3.0\nlog = true", change)
+    d, f = _folder(tmp_path, text=text)
+    with pytest.raises(ConfigError, match=__import__("re").escape(message)):
+        tune(f, trials=2, out=d / "out", seeds=2, say=lambda s: None)
+    assert not (d / "out").exists()
+    res = CliRunner().invoke(main, ["run", str(f), "--out", str(d / "out2"), "--no-progress"])  # `run` checks it too
+    assert res.exit_code == 1 and message in res.output and not (d / "out2").exists()
+
+
+def test_a_searched_path_that_is_swept_too_and_other_files_are_refused(tmp_path):
+    swept = TUNED + '[[sweep]]\npath = ["regularize", "params", "@kernels", "l2"]\nvalues = [1e-3, 1e-2]\n'
+    d, f = _folder(tmp_path, text=swept)
+    with pytest.raises(ConfigError, match="is swept too"):
+        load_experiment(f)
+    d, f = _folder(tmp_path, "plain", text=TUNED.split("[[search]]")[0])
+    with pytest.raises(ConfigError, match=r"search: missing; `reglab tune` needs a \[\[search\]\] table"):
+        load_searchable(f)
+    lecture = TUNED.replace('files = {train = "train.csv", validation = "validation.csv", test = "TEST"}',
+                            'name = "blobs"').replace('target = "target"\n', "") + '[split]\ntest = 0.25\nvalidation = "test"\n'
+    lecture = lecture.replace("[train]", '[train]\nloss = "binary_crossentropy"')
+    d, f = _folder(tmp_path, "lect", text=lecture.replace("units = 1\n", 'units = 1\nactivation = "sigmoid"\n'))
+    with pytest.raises(ConfigError, match="the validation data are the test data here"):
+        load_searchable(f)
+
+
+def test_a_search_table_does_not_change_what_run_trains(tmp_path):
+    d, f = _folder(tmp_path)
+    plain = d / "plain.toml"
+    plain.write_text(f.read_text().split("[[search]]")[0])
+    assert load_experiment(f)[0].digest() == load_experiment(plain)[0].digest()
+
+
+def test_damaged_foreign_or_other_searches_in_out_are_refused_and_kept(tmp_path):
+    d, f = _folder(tmp_path)
+    out = d / "out"
+    out.mkdir()
+    db = out / "tune.sqlite3"
+    db.write_bytes(b"not a database at all" * 50)
+    with pytest.raises(TuneError, match="not a readable SQLite database"):
+        tune(f, trials=2, out=out, seeds=2, say=lambda s: None)
+    assert db.read_bytes() == b"not a database at all" * 50 and not (out / "search").exists()
+    db.unlink()
+    with sqlite3.connect(db) as con:
+        con.execute("create table mine (x int)")
+    before = db.read_bytes()
+    with pytest.raises(TuneError, match="holds no reglab search"):
+        tune(f, trials=2, out=out, seeds=2, say=lambda s: None)
+    assert db.read_bytes() == before
+    db.unlink()
+    tune(f, trials=2, out=out, batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    f.write_text(f.read_text().replace("high = 3.0", "high = 1.0"))
+    with pytest.raises(TuneError, match="the search there was of another setting"):
+        tune(f, trials=2, out=out, seeds=2, say=lambda s: None)
+
+
+def test_tune_command_line(tmp_path):
+    d, f = _folder(tmp_path)
+    res = CliRunner().invoke(main, ["tune", str(f), "--trials", "2", "--batch", "2", "--seeds", "2", "--final-seeds",
+                                    "5", "--out", str(d / "out")])
+    assert res.exit_code == 0, res.output
+    assert "trial 0: regularize/params/@kernels/l2 = " in res.output and "chosen: regularize/params/@kernels/l2 = " in res.output
+    assert "final, test_mse: " in res.output and (d / "out" / "final" / "report.html").is_file()
+    res = CliRunner().invoke(main, ["tune", str(f), "--final-seeds", "3", "--out", str(d / "out")])
+    assert res.exit_code == 2 and "--final-seeds" in res.output
