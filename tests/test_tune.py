@@ -230,6 +230,26 @@ def test_tune_command_line(tmp_path):
                                     "5", "--out", str(d / "out")])
     assert res.exit_code == 0, res.output
     assert "trial 0: regularize/params/@kernels/l2 = " in res.output and "chosen: regularize/params/@kernels/l2 = " in res.output
-    assert "final, test_mse: " in res.output and (d / "out" / "final" / "report.html").is_file()
+    assert "final, against the own baseline, test_mse: " in res.output and (d / "out" / "final" / "report.html").is_file()
     res = CliRunner().invoke(main, ["tune", str(f), "--final-seeds", "3", "--out", str(d / "out")])
     assert res.exit_code == 2 and "--final-seeds" in res.output
+
+
+def test_the_baseline_is_tuned_as_hard_where_the_file_asks(tmp_path):
+    lr = ('\n[[search]]\nname = "lr"\npath = ["train", "optimizer", "learning_rate"]\nlow = 1e-3\nhigh = 5e-2\n'
+          'log = true\nbaseline = true\n')
+    d, f = _folder(tmp_path, text=TUNED + lr)
+    res = tune(f, trials=2, out=d / "out", batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    assert set(res["best"]) == {L2, "lr"} and set(res["baseline_best"]) == {"lr"}
+    assert len(res["baseline_trials"]) == 2  # the same budget: 2 trials of 2 seeds
+    base = reglab.load_results(d / "out" / "final")
+    bases = sorted(set(base[base.is_baseline].experiment))
+    assert res["baseline_best"]["lr"] != res["best"]["lr"]
+    assert len(bases) == 2 and sorted(set(base.seed)) == [2, 3, 4, 5, 6]  # own and tuned baseline, fresh seeds
+    kinds = {(c["comparison"], c["baseline"]) for c in res["final"]["comparisons"]}
+    assert {k for k, _ in kinds} == {"own baseline", "best plain baseline"} and {b for _, b in kinds} <= set(bases)
+    assert "## The baseline's search" in (d / "out" / "tune.md").read_text()
+    bad = TUNED.replace("log = true\n", "log = true\nbaseline = true\n")
+    d2, f2 = _folder(tmp_path, "bad", text=bad)
+    with pytest.raises(ConfigError, match=r"search\[0\]\.baseline: only a value of \[train\]"):
+        load_experiment(f2)

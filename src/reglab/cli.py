@@ -626,7 +626,7 @@ def tune(file, trials, out, batch, seeds, final_seeds, metric, sampler_seed, pro
     click.echo(f"chosen: {shown} ({o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}] over {seeds} seeds); "
                f"{res['trained']} search runs trained")
     for c in res["final"]["comparisons"]:
-        click.echo(f"  final, {c['metric']}: {c['verdict']} "
+        click.echo(f"  final, against the {c.get('comparison', 'own baseline')}, {c['metric']}: {c['verdict']} "
                    f"(difference {float(c['estimate']):+.4f} [{float(c['ci_low']):+.4f}, {float(c['ci_high']):+.4f}])")
     click.echo(f"report: {Path(res['report']).resolve()}")
     click.echo(f"        {Path(res['final']['report']).resolve()}")

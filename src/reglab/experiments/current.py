@@ -68,10 +68,13 @@ def _read(out: Path) -> tuple[dict[str, dict[str, Any]], bool] | None:
     return entries, only
 
 
-def mark_current(out: str | Path, units: Iterable[Any], replace: bool = False) -> None:
+def mark_current(out: str | Path, units: Iterable[Any], replace: bool = False,
+                 baselines: dict[str, list[str]] | None = None) -> None:
     """Record the planned ``units``' experiments as the current ones (see the module): each
     experiment named by a unit gets the digests of its planned units; other entries are kept
-    (``replace``: dropped). Under a lock, so concurrent runs on one folder each add their own."""
+    (``replace``: dropped). ``baselines``: more baselines (by name) an experiment is compared
+    with besides its own (``reglab tune``'s tuned baseline). Under a lock, so concurrent runs on
+    one folder each add their own."""
     out = Path(out)
     planned: dict[str, dict[str, Any]] = {}
     for u in units:
@@ -81,6 +84,9 @@ def mark_current(out: str | Path, units: Iterable[Any], replace: bool = False) -
             e["digests"].append(s.digest())
             if not s.is_baseline and s.baseline().name not in e["baselines"]:
                 e["baselines"].append(s.baseline().name)
+    for name, more in (baselines or {}).items():
+        e = planned.setdefault(name, {"digests": [], "baselines": []})
+        e["baselines"].extend(b for b in more if b not in e["baselines"])
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(own_file(out / f".{RECORD}.lock"))):
         entries, only = ({}, True) if replace else (_read(out) or ({}, False))

@@ -7,13 +7,16 @@ its range::
     [[search]]
     path = ["regularize", "params", "@kernels", "l2"]
     # name = "l2"            # what results call it (default: the path joined by "/")
+    # baseline = true        # (a [train] value only) the baseline's schedule is searched over it too
     low = 1e-6
     high = 1e-1
     log = true               # sample log(value) uniformly; needs low > 0
     # int = true             # integers from low to high (both integers)
     # choices = ["relu", "tanh"]   # instead of low/high: one of these values
 
-A ``run`` or ``study`` trains the file as written (its own values at those places) and ignores
+An entry with ``baseline = true`` (a ``[train]`` value: the learning rate, the epochs) is also
+searched, with the same budget, for the experiment's unregularized baseline, so that the chosen
+setting is compared with a baseline tuned as hard. A ``run`` or ``study`` trains the file as written (its own values at those places) and ignores
 the table; it is checked all the same, so a bad search is said before anything trains.
 """
 
@@ -31,7 +34,7 @@ from .spec import PRESENTATION
 __all__ = ["Dimension", "search_space", "MAX_DIMENSIONS"]
 
 MAX_DIMENSIONS = 32
-KEYS = {"path", "paths", "name", "low", "high", "log", "int", "choices"}
+KEYS = {"path", "paths", "name", "low", "high", "log", "int", "choices", "baseline"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Dimension:
     integer: bool = False
     choices: tuple | None = None
     name: str | None = None
+    baseline: bool = False
 
     @property
     def column(self) -> str:
@@ -89,6 +93,12 @@ def _dimension(raw: Mapping, entry: Any, file: str, where: str, swept: set[str])
         if column(p) in swept:
             raise ConfigError(f"{file}: {key}: {column(p)!r} is swept too ([[sweep]]); a value is searched or "
                               "swept, not both")
+    base = entry.get("baseline", False)
+    expect(isinstance(base, bool), file, f"{where}.baseline", "true or false", base)
+    if base and any(p[0] != "train" for p in paths):
+        raise ConfigError(f"{file}: {where}.baseline: only a value of [train] (the schedule an experiment and its "
+                          "baseline share) is searched for the baseline too; got a path into "
+                          f"{[p[0] for p in paths if p[0] != 'train'][0]!r}")
     name = entry.get("name")
     if name is not None:
         expect(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.@/-]{1,80}", name) is not None, file,
@@ -102,7 +112,7 @@ def _dimension(raw: Mapping, entry: Any, file: str, where: str, swept: set[str])
                f"{where}.choices", "a non-empty list of numbers, strings or booleans", ch)
         if len({(type(c).__name__, c) for c in ch}) != len(ch):
             raise ConfigError(f"{file}: {where}.choices: each value once; got {ch!r}")
-        return Dimension(tuple(tuple(p) for p in paths), choices=tuple(ch), name=name)
+        return Dimension(tuple(tuple(p) for p in paths), choices=tuple(ch), name=name, baseline=base)
     for k in ("low", "high"):
         if k not in entry:
             raise ConfigError(f"{file}: {where}: {k}: missing; a range needs low and high (or give choices = [...])")
@@ -120,7 +130,7 @@ def _dimension(raw: Mapping, entry: Any, file: str, where: str, swept: set[str])
     if integer and not (is_int(low) and is_int(high)):
         raise ConfigError(f"{file}: {where}: int = true needs integer bounds; got low = {low!r}, high = {high!r}")
     return Dimension(tuple(tuple(p) for p in paths), float(low) if not integer else low,
-                     float(high) if not integer else high, log, integer, name=name)
+                     float(high) if not integer else high, log, integer, name=name, baseline=base)
 
 
 def search_space(raw: Mapping, file: str, swept: set[str]) -> list[Dimension]:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..experiments.current import mark_current
 from ..experiments.runner import execute
 from ..experiments.store import Unit
 from .objective import Searchable
@@ -14,26 +15,30 @@ from .objective import Searchable
 __all__ = ["final_comparison"]
 
 
-def final_comparison(s: Searchable, params: Mapping[str, Any], seeds: list[int], out: Path, progress: bool = False,
+def final_comparison(s: Searchable, params: Mapping[str, Any], seeds: list[int], out: Path,
+                     tuned_baseline: Mapping[str, Any] | None = None, progress: bool = False,
                      say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the setting ``params`` and its baseline on ``seeds`` into ``out`` (reusing finished
-    runs) and write ``out``'s report (paired comparisons on the test split). Returns
-    ``{"folder", "report", "comparisons": rows of comparisons.csv for the setting, "trained"}``."""
+    runs) -- and the baseline at the schedule its own search chose (``tuned_baseline``), which
+    the report's "best plain baseline" comparison then weighs against the own baseline on the
+    validation split -- and write ``out``'s report (paired comparisons on the test split).
+    Returns ``{"folder", "report", "comparisons": rows of comparisons.csv for the setting, "trained"}``."""
     from ..report.comparisons import load_comparisons
     from ..report.render import write_report
 
     spec = s.at(params)
-    units = [Unit(spec.baseline(), seed) for seed in seeds] + [Unit(spec, seed) for seed in seeds]
-    info = execute(units, out, progress=progress, record="replace", say=say)
+    bases = [spec.baseline()]
+    if tuned_baseline is not None and s.baseline_at(tuned_baseline).digest() != bases[0].digest():
+        bases.append(s.baseline_at(tuned_baseline))
+    units = [Unit(b, seed) for b in bases for seed in seeds] + [Unit(spec, seed) for seed in seeds]
+    mark_current(out, units, replace=True, baselines={spec.name: [b.name for b in bases[1:]]})
+    info = execute(units, out, progress=progress, record=None, say=say)
     shown = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in params.items())
     paths = write_report(out, title=f"{spec.name} tuned: {shown}, on {len(seeds)} fresh seeds",
                          intro=(f"The setting `reglab tune` chose on the validation split ({shown}) against its "
                                 f"unregularized baseline, each trained on seeds {seeds[0]}-{seeds[-1]}, which the "
                                 "search never used; scored on the test split."))
     comp = load_comparisons(out)
-    mine = comp.experiment == spec.name
-    if "comparison" in comp:
-        mine &= comp.comparison == "own baseline"
-    rows = comp[mine].to_dict("records")
+    rows = comp[comp.experiment == spec.name].to_dict("records")
     return {"folder": out, "report": Path(paths["html"]), "markdown": Path(paths["markdown"]), "comparisons": rows,
             "trained": info["trained"]}

@@ -78,6 +78,17 @@ class Searchable:
         return at_point(self.raw, self.file, values, point={d.column: params[d.column] for d in self.dims},
                         what="search point")
 
+    @property
+    def baseline_dims(self) -> tuple[Dimension, ...]:
+        """The searched values the baseline is searched over too (``baseline = true``)."""
+        return tuple(d for d in self.dims if d.baseline)
+
+    def baseline_at(self, params: Mapping[str, Any]) -> ExperimentSpec:
+        """The unregularized baseline with each of ``baseline_dims``' values of ``params``
+        written in (the other searched values as the file has them: the baseline has none)."""
+        values = [(list(p), params[d.column]) for d in self.baseline_dims for p in d.paths]
+        return at_point(self.raw, self.file, values, what="search point").baseline()
+
 
 def load_searchable(file: str | Path) -> Searchable:
     """The file, checked: one experiment (no ``[[sweep]]``), a ``[[search]]`` table, and a

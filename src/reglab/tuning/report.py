@@ -51,8 +51,27 @@ def _figure(path: Path, s: Searchable, rows: list[dict], best: int, metric: str)
     return True
 
 
+def _trial_table(rows: list[dict], cols: list[str], best: int | None, metric: str) -> list[str]:
+    """The trials as a Markdown table: values, seed-mean metric with its interval, and the paired
+    difference from the chosen trial."""
+    chosen = next((r["objective"] for r in rows if r["number"] == best), None)
+    lines = ["| trial | " + " | ".join(f"`{c}`" for c in cols) + f" | {metric} | 95% interval | difference from the "
+             "chosen, paired [95%] | seeds failed |", "|---" * (len(cols) + 5) + "|"]
+    for r in rows:
+        ob = r["objective"]
+        mark = " (chosen)" if r["number"] == best else ""
+        diff = ([a - b for a, b in zip(ob.values, chosen.values)]
+                if chosen is not None and r["number"] != best and ob.ok and chosen.ok else [])
+        d, dlo, dhi = mean_ci(diff) if len(diff) > 1 else (math.nan, math.nan, math.nan)
+        lines.append(f"| {r['number']}{mark} | " + " | ".join(_value(r["params"][c]) for c in cols) +
+                     f" | {_num(ob.mean)} | [{_num(ob.low)}, {_num(ob.high)}] | {_num(d)} [{_num(dlo)}, {_num(dhi)}] "
+                     f"| {ob.failed} |")
+    return lines
+
+
 def write_tune_report(out: Path, s: Searchable, rows: list[dict], best: int, metric: str, minimize: bool,
-                      seeds: int, final: dict[str, Any]) -> Path:
+                      seeds: int, final: dict[str, Any], base_rows: list[dict] = (),
+                      base_best: int | None = None) -> Path:
     """Write ``out/tune.md`` (and ``out/tune.png``); returns the Markdown file's path."""
     chosen = next(r for r in rows if r["number"] == best)
     o = chosen["objective"]
@@ -72,27 +91,26 @@ def write_tune_report(out: Path, s: Searchable, rows: list[dict], best: int, met
         lines += [f"The chosen setting and its unregularized baseline, trained on seeds the search never used, "
                   f"compared on the **test** split (paired over seeds; full report: "
                   f"[final/report.md](final/report.md)).", "",
-                  "| metric | better when | difference (experiment - baseline) | 95% interval | verdict |",
-                  "|---|---|---|---|---|"]
+                  "| against | baseline | metric | better when | difference (experiment - baseline) | 95% interval | "
+                  "verdict |", "|---|---|---|---|---|---|---|"]
         for c in comp:
-            lines.append(f"| {c['metric']} | {c['better']} | {_num(float(c['estimate']))} | "
-                         f"[{_num(float(c['ci_low']))}, {_num(float(c['ci_high']))}] | {c['verdict']} |")
+            lines.append(f"| {c.get('comparison', 'own baseline')} | `{c['baseline']}` | {c['metric']} | {c['better']} | "
+                         f"{_num(float(c['estimate']))} | [{_num(float(c['ci_low']))}, {_num(float(c['ci_high']))}] | "
+                         f"{c['verdict']} |")
         lines.append("")
     else:
         lines += ["No comparison could be made (see [final/report.md](final/report.md)).", ""]
     lines += ["## Trials", "", "Every trial trains the same seeds (the same initializations and, where the file "
               "resamples, the same splits), so two trials' difference is paired over seeds: its interval leaves out "
-              "the seed-to-seed spread that all trials share, which the seed interval of each trial includes.", "",
-              "| trial | " + " | ".join(f"`{c}`" for c in cols) + f" | {metric} | 95% interval | difference from the "
-              "chosen, paired [95%] | seeds failed |", "|---" * (len(cols) + 5) + "|"]
-    for r in rows:
-        ob = r["objective"]
-        mark = " (chosen)" if r["number"] == best else ""
-        diff = ([a - b for a, b in zip(ob.values, o.values)] if r["number"] != best and ob.ok and o.ok else [])
-        d, dlo, dhi = mean_ci(diff) if len(diff) > 1 else (math.nan, math.nan, math.nan)
-        lines.append(f"| {r['number']}{mark} | " + " | ".join(_value(r["params"][c]) for c in cols) +
-                     f" | {_num(ob.mean)} | [{_num(ob.low)}, {_num(ob.high)}] | "
-                     f"{_num(d) if math.isfinite(d) else '–'} [{_num(dlo)}, {_num(dhi)}] | {ob.failed} |")
+              "the seed-to-seed spread that all trials share, which the seed interval of each trial includes.", ""]
+    lines += _trial_table(rows, cols, best, metric)
+    if base_rows:
+        bcols = [d.column for d in s.baseline_dims]
+        lines += ["", "## The baseline's search", "", f"The unregularized baseline searched over "
+                  f"{', '.join(f'`{c}`' for c in bcols)} with the same budget and seeds; the final comparison's "
+                  "\"best plain baseline\" rows weigh its chosen schedule against the chosen setting's own baseline "
+                  "on the validation split.", ""]
+        lines += _trial_table(list(base_rows), bcols, base_best, metric)
     path = out / "tune.md"
     write_text(path, "\n".join(lines) + "\n")
     return path

@@ -81,25 +81,31 @@ def _check_storage(db: Path) -> None:
                         "as it is -- move it away or use another --out")
 
 
-def _fingerprint(s: Searchable, seeds: int, metric: str | None) -> dict[str, Any]:
-    return {"experiment": s.spec.name, "digest": s.spec.digest(), "search": [d.describe() for d in s.dims],
-            "seeds": seeds, "metric": metric}
+def _fingerprint(s: Searchable, seeds: int, metric: str | None, baseline: bool) -> dict[str, Any]:
+    dims = s.baseline_dims if baseline else s.dims
+    return {"experiment": s.spec.name, "digest": s.spec.digest(), "search": [d.describe() for d in dims],
+            "seeds": seeds, "metric": metric, "baseline": baseline}
 
 
-def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str | None, minimize: bool) -> Any:
+def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str | None, minimize: bool,
+                baseline: bool = False) -> Any:
+    """The search's Optuna study in ``OUT/tune.sqlite3`` (``baseline``: the baseline's), made
+    or, where it is there, loaded and checked to be of this setting."""
     db = out / STORAGE
     _check_storage(db)
     url = f"sqlite:///{db.resolve()}"
-    mine = _fingerprint(s, seeds, metric)
-    if db.exists():
-        study = optuna.load_study(study_name=STUDY, storage=url)
+    mine = _fingerprint(s, seeds, metric, baseline)
+    name = STUDY + ("-baseline" if baseline else "")
+    names = {x.study_name for x in optuna.get_all_study_summaries(storage=url)} if db.exists() else set()
+    if name in names:
+        study = optuna.load_study(study_name=name, storage=url)
         got = study.user_attrs.get("reglab")
         if got != mine:
             raise TuneError(f"{db}: the search there was of another setting ({json.dumps(got, sort_keys=True)}); this "
                             f"one is {json.dumps(mine, sort_keys=True)} -- use another --out (a changed file, range, "
                             "seed count or metric is another search)")
         return study
-    study = optuna.create_study(study_name=STUDY, storage=url, direction="minimize" if minimize else "maximize")
+    study = optuna.create_study(study_name=name, storage=url, direction="minimize" if minimize else "maximize")
     study.set_user_attr("reglab", mine)
     return study
 
@@ -151,8 +157,16 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
         search_out = own_folder(out, "search")
         seed_list = list(range(seeds))
         trained_before = _count_runs(search_out)
-        _search(optuna, study, s, trials, batch, seed_list, search_out, m, sampler_seed, progress, say)
+        _search(optuna, study, s.dims, s.at, trials, batch, seed_list, search_out, m, sampler_seed, progress, say)
         TrialState = optuna.trial.TrialState
+        base_study = base_best = None
+        if s.baseline_dims:  # the baseline's schedule searched with the same budget
+            say(f"searching the baseline's {', '.join(d.column for d in s.baseline_dims)} ({trials} trials)")
+            base_study = _open_study(optuna, out, s, seeds, metric, minimize, baseline=True)
+            _search(optuna, base_study, s.baseline_dims, s.baseline_at, trials, batch, seed_list, search_out, m,
+                    sampler_seed, progress, say, label="baseline trial")
+            if any(t.state == TrialState.COMPLETE for t in base_study.get_trials(deepcopy=False)):
+                base_best = dict(base_study.best_trial.params)
         trained = _count_runs(search_out) - trained_before
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if not done:
@@ -163,12 +177,15 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
         from .report import write_tune_report
 
         final = final_comparison(s, dict(best.params), list(range(seeds, seeds + final_seeds)), out / "final",
-                                 progress=progress, say=say)
-        rows = _trial_rows(optuna, study, s, seed_list, search_out, m)
-        report = write_tune_report(out, s, rows, best.number, m, minimize, seeds, final)
+                                 tuned_baseline=base_best, progress=progress, say=say)
+        rows = _trial_rows(study, s.dims, s.at, seed_list, search_out, m)
+        base_rows = (_trial_rows(base_study, s.baseline_dims, s.baseline_at, seed_list, search_out, m)
+                     if base_study is not None else [])
+        report = write_tune_report(out, s, rows, best.number, m, minimize, seeds, final, base_rows,
+                                   base_study.best_trial.number if base_best is not None else None)
         best_obj = next(r["objective"] for r in rows if r["number"] == best.number)
         return {"best": dict(best.params), "objective": best_obj, "trials": rows, "trained": trained,
-                "report": report, "final": final}
+                "report": report, "final": final, "baseline_best": base_best, "baseline_trials": base_rows}
     finally:
         optuna.logging.set_verbosity(level)
         lock.release()
@@ -201,58 +218,63 @@ class _Deferred:
             raise KeyboardInterrupt(f"signal {self.got}")
 
 
-def _search(optuna: Any, study: Any, s: Searchable, trials: int, batch: int, seeds: list[int], out: Path,
-            metric: str, sampler_seed: int, progress: bool, say: Callable[[str], None]) -> None:
+def _search(optuna: Any, study: Any, dims: tuple, make: Callable[[dict], Any], trials: int, batch: int,
+            seeds: list[int], out: Path, metric: str, sampler_seed: int, progress: bool,
+            say: Callable[[str], None], label: str = "trial") -> None:
     """Ask, train and tell until ``trials`` trials are finished: first the trials an
     interruption left asked but not told (with the values they were given), then new batches,
-    each asked from a TPE sampler seeded by its first trial number."""
+    each asked from a TPE sampler seeded by its first trial number. ``make(params)``: the spec
+    a trial trains."""
     TrialState = optuna.trial.TrialState
+    columns = {d.column for d in dims}
     while True:
         finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-                    and set(t.params) == {d.column for d in s.dims}]  # not one abandoned unasked
+                    and set(t.params) == columns]  # not one abandoned unasked
         running = sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number)
         if running:  # asked, not told: the batch an interruption cut short, trained again as it was
             numbers, params = [], []
             for t in running:
-                if set(t.params) != {d.column for d in s.dims}:
+                if set(t.params) != columns:
                     study.tell(t.number, state=TrialState.FAIL)  # killed between its suggestions
                     continue
                 numbers.append(t.number)
                 params.append(dict(t.params))
             if not numbers:
                 continue
-            say(f"resuming trial(s) {numbers}, asked before the interruption")
+            say(f"resuming {label}(s) {numbers}, asked before the interruption")
         elif len(finished) >= trials:
             break
         else:
             k = min(batch, trials - len(finished))
             first = len(study.get_trials(deepcopy=False))
-            study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + first)
+            offset = 500_009 if label != "trial" else 0  # the baseline's search draws its own values
+            study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + first + offset)
             with _Deferred():  # a batch is asked whole: an interrupt waits until its values are stored
                 asked = [study.ask() for _ in range(k)]
-                params = [{d.column: d.suggest(t) for d in s.dims} for t in asked]
+                params = [{d.column: d.suggest(t) for d in dims} for t in asked]
             numbers = [t.number for t in asked]
-        specs = [s.at(p) for p in params]
+        specs = [make(p) for p in params]
         objs = evaluate_points(specs, seeds, out, metric, progress)
         for n, p, o in zip(numbers, params, objs):
             _tell(optuna, study, n, o)
             shown = ", ".join(f"{c} = {v:.4g}" if isinstance(v, float) else f"{c} = {v!r}" for c, v in p.items())
-            say(f"trial {n}: {shown}: {o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}]" if o.ok else
-                f"trial {n}: {shown}: failed ({o.failed} of {len(o.values)} seeds diverged)")
+            say(f"{label} {n}: {shown}: {o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}]" if o.ok else
+                f"{label} {n}: {shown}: failed ({o.failed} of {len(o.values)} seeds diverged)")
 
 
 def _count_runs(folder: Path) -> int:
     return sum(1 for _ in (folder / "runs").glob("*/*.json")) if (folder / "runs").is_dir() else 0
 
 
-def _trial_rows(optuna: Any, study: Any, s: Searchable, seeds: list[int], out: Path, metric: str) -> list[dict]:
+def _trial_rows(study: Any, dims: tuple, make: Callable[[dict], Any], seeds: list[int], out: Path,
+                metric: str) -> list[dict]:
     """Every finished trial: number, state, params and its ``Objective`` (read back from the run
     store: nothing trains)."""
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state.name not in ("COMPLETE", "FAIL") or set(t.params) != {d.column for d in s.dims}:
+        if t.state.name not in ("COMPLETE", "FAIL") or set(t.params) != {d.column for d in dims}:
             continue
-        spec = s.at(dict(t.params))
+        spec = make(dict(t.params))
         if not all(Unit(spec, seed).done(out) for seed in seeds):
             continue
         obj = evaluate_points([spec], seeds, out, metric)[0]
