@@ -253,3 +253,34 @@ def test_the_baseline_is_tuned_as_hard_where_the_file_asks(tmp_path):
     d2, f2 = _folder(tmp_path, "bad", text=bad)
     with pytest.raises(ConfigError, match=r"search\[0\]\.baseline: only a value of \[train\]"):
         load_experiment(f2)
+
+
+def test_kill_9_then_the_same_command_goes_on_as_if_uninterrupted(tmp_path):
+    """``kill -9`` of ``reglab tune`` while a batch trains (its values stored): the same command
+    goes on with the trials and values of an uninterrupted search."""
+    import subprocess
+    import sys
+
+    d, f = _folder(tmp_path)
+    whole = tune(f, out=d / "whole", trials=6, batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    out = d / "cut"
+    cmd = [sys.executable, "-m", "reglab.cli", "tune", str(f), "--trials", "6", "--batch", "2", "--seeds", "2",
+           "--final-seeds", "5", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "tune.sqlite3"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                if con.execute("select count(*) from trial_params").fetchone()[0] >= 4:
+                    break  # the second batch is asked, its values stored: it trains now
+        except sqlite3.Error:
+            pass
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    res = CliRunner().invoke(main, cmd[3:])
+    assert res.exit_code == 0, res.output
+    again = tune(f, out=out, trials=6, batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    assert _trials(again) == _trials(whole) and again["best"] == whole["best"] and again["trained"] == 0

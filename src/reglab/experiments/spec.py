@@ -192,6 +192,18 @@ class ExperimentSpec:
         blob = json.dumps({"config": cfg, "inputs": self.inputs}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def unregularized_core(self) -> tuple[dict[str, Any], Any]:
+        """What this experiment trains apart from its regularization (``[regularize]``, the
+        layers' regularizers) and presentation: two experiments with equal cores differ only in
+        penalties, so their models train in one ``fit_many`` group (``reglab tune``'s batches)."""
+        drop = set(PRESENTATION) | {"name", "sweep_point", "regularize", "analysis"}
+        reg = {"kernel_regularizer", "bias_regularizer", "activity_regularizer"}
+        c = {k: v for k, v in self.config.items() if k not in drop}
+        layers = c.get("model", {}).get("layers")
+        if layers is not None:
+            c["model"] = {**c["model"], "layers": [{k: v for k, v in lay.items() if k not in reg} for lay in layers]}
+        return c, self.inputs
+
     def trains_as_baseline(self) -> bool:
         """Whether this experiment trains exactly what its baseline trains (the same model, data,
         loss, optimizer and schedule: nothing the baseline rule removes -- a builder's own

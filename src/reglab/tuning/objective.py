@@ -28,7 +28,6 @@ from ..experiments.build import splits_of
 from ..experiments.group import train_together
 from ..experiments.schema import ConfigError, ExperimentSpec, at_point, expand, read_toml
 from ..experiments.search_space import Dimension, search_space
-from ..experiments.spec import PRESENTATION
 from ..experiments.store import Unit, verified
 
 __all__ = ["Objective", "seed_objective", "evaluate_points", "Searchable", "load_searchable"]
@@ -113,19 +112,9 @@ def load_searchable(file: str | Path) -> Searchable:
 
 def _batchable(specs: Sequence[ExperimentSpec]) -> bool:
     """Whether the specs may train in one ``fit_many`` group: equal but for their
-    regularization (``[regularize]``, the layers' regularizers) and presentation."""
-    drop = set(PRESENTATION) | {"name", "sweep_point", "regularize", "analysis"}
-    reg = {"kernel_regularizer", "bias_regularizer", "activity_regularizer"}
-
-    def core(s: ExperimentSpec) -> Any:
-        c = {k: v for k, v in s.config.items() if k not in drop}
-        layers = c.get("model", {}).get("layers")
-        if layers is not None:
-            c["model"] = {**c["model"], "layers": [{k: v for k, v in lay.items() if k not in reg} for lay in layers]}
-        return c, s.inputs
-
-    first = core(specs[0])
-    return all(core(s) == first for s in specs[1:])
+    regularization (``ExperimentSpec.unregularized_core``)."""
+    first = specs[0].unregularized_core()
+    return all(s.unregularized_core() == first for s in specs[1:])
 
 
 def _metric(task: str, metric: str | None) -> tuple[str, bool]:
