@@ -341,6 +341,13 @@ def test_runs_of_two_engines_are_not_mixed_in_one_experiments_results():
     with pytest.raises(ValueError, match=r"experiment 'e': its runs were trained by different engines "
                                          r"\(dense: seeds \[1\]; fused/1: seeds \[0\]\)"):
         results_frame([row(0, "fused", {"engine": "fused/1"}), row(1, "dense", {})])
+    # two grid points of a sweep (relu on the fused engine, tanh on the eager one) are two points
+    relu, tanh = ({"sweep": {"model/layers/0/activation": a}} for a in ("relu", "tanh"))
+    frame = results_frame([row(0, "fused", {"engine": "fused/1"}) | relu, row(1, "fused", {"engine": "fused/1"}) | relu,
+                           row(0, "dense", {}) | tanh, row(1, "dense", {}) | tanh])
+    assert len(frame) == 4
+    with pytest.raises(ValueError, match=r"experiment 'e' at \{\"model/layers/0/activation\": \"tanh\"\}: its runs"):
+        results_frame([row(0, "fused", {"engine": "fused/1"}) | tanh, row(1, "dense", {}) | tanh])
 
 
 def test_validation_without_per_example_outputs_gives_the_same_sums():

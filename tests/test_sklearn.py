@@ -320,6 +320,7 @@ def test_early_stopping_holds_out_a_split_and_restores_the_best_epoch(cls):
     (dict(n_iter_no_change=2.5), "n_iter_no_change must be a positive integer"),
     (dict(tol=-1.0), "tol must be a non-negative finite number"),
     (dict(early_stopping=True, validation_fraction=0.01), "The validation set is too small"),
+    (dict(early_stopping=True, validation_fraction=0.0), "validation_fraction must be above 0 with early_stopping=True"),
 ])
 @pytest.mark.parametrize("cls", [RegularizedMLPClassifier, RegularizedMLPRegressor])
 def test_stopping_parameters_are_checked_in_fit(kw, what, cls):
@@ -329,3 +330,9 @@ def test_stopping_parameters_are_checked_in_fit(kw, what, cls):
         what = "The test_size = 1 should be greater or equal to the number of classes = 2"  # sklearn's own
     with pytest.raises(ValueError, match=__import__("re").escape(what)):
         est.fit(x[:50], y[:50].ravel())
+
+
+def test_hidden_layer_sizes_may_be_an_int_as_in_sklearn():
+    x, y, _, _ = blobs()
+    est = RegularizedMLPClassifier(hidden_layer_sizes=16, epochs=2, random_state=0).fit(x, y.ravel())
+    assert [m.out_features for m in est.model_ if hasattr(m, "out_features")] == [16, 1]

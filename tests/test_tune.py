@@ -284,3 +284,53 @@ def test_kill_9_then_the_same_command_goes_on_as_if_uninterrupted(tmp_path):
     assert res.exit_code == 0, res.output
     again = tune(f, out=out, trials=6, batch=2, seeds=2, final_seeds=5, say=lambda s: None)
     assert _trials(again) == _trials(whole) and again["best"] == whole["best"] and again["trained"] == 0
+
+
+def test_values_the_file_cannot_take_are_said_when_it_loads(tmp_path):
+    bad = TUNED + '\n[[search]]\npath = ["model", "layers", 0, "activation"]\nchoices = ["relu", "nosuchact"]\n'
+    d, f = _folder(tmp_path, text=bad)
+    with pytest.raises(ConfigError, match=r"nosuchact.*\(at the search point .*model/layers/0/activation = 'nosuchact'"):
+        tune(f, trials=2, out=d / "out", seeds=2, say=lambda s: None)
+    assert not (d / "out").exists()
+
+
+def test_a_study_cut_short_before_its_setting_was_recorded_is_taken_up(tmp_path):
+    """A kill between Optuna's making the study and reglab's recording its setting (or between
+    two baselines' studies) leaves a study with no setting and no trials: it is reglab's, taken
+    up; and a new tune.sqlite3 is renamed into place whole (an interrupted start leaves none)."""
+    import optuna
+
+    d, f = _folder(tmp_path)
+    out = d / "out"
+    out.mkdir()
+    (out / ".tune.sqlite3.999.tmp").write_bytes(b"half")  # an earlier start cut short
+    optuna.create_study(study_name="reglab-tune", storage=f"sqlite:///{out / 'tune.sqlite3'}")
+    res = tune(f, trials=2, out=out, batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    assert len(res["trials"]) == 2
+    d2, f2 = _folder(tmp_path, "fresh")
+    tune(f2, trials=1, out=d2 / "out", batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    assert not list((d2 / "out").glob(".tune.sqlite3.*.tmp"))
+
+
+def test_export_and_tune_say_what_is_wrong_with_their_folders(tmp_path):
+    d, f = _folder(tmp_path)
+    (d / "afile").write_text("x")
+    res = CliRunner().invoke(main, ["tune", str(f), "--out", str(d / "afile" / "sub"), "--trials", "1"])
+    assert res.exit_code == 1 and "cannot make the folder" in res.output
+    tune(f, trials=1, out=d / "out", batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    res = CliRunner().invoke(main, ["export", "tensorboard", str(d / "out"), str(d / "logs")])
+    assert res.exit_code == 1 and "no finished runs to export" in res.output and "out/final" in res.output
+    res = CliRunner().invoke(main, ["export", "tensorboard", str(d / "out" / "final"), str(d / "afile" / "sub")])
+    assert res.exit_code == 1 and "is a file, so the TensorBoard log folder cannot be made there" in res.output
+    res = CliRunner().invoke(main, ["export", "tensorboard", str(d / "out" / "search"), str(d / "logs")])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_chosen_setting_without_regularization_is_said(tmp_path):
+    text = TUNED.replace("low = 1e-5\nhigh = 3.0\nlog = true", "choices = [0.0]")
+    d, f = _folder(tmp_path, text=text)
+    res = CliRunner().invoke(main, ["tune", str(f), "--trials", "1", "--batch", "1", "--seeds", "2", "--final-seeds",
+                                    "5", "--out", str(d / "out")])
+    assert res.exit_code == 0, res.output
+    assert "the chosen setting trains what its baseline trains" in res.output
+    assert "**The chosen setting trains what its baseline trains**" in (d / "out" / "tune.md").read_text()

@@ -169,11 +169,11 @@ def _check_logdir(logdir: str | None) -> None:
 
 def _export_tensorboard(out: Path, logdir: str | None) -> None:
     if logdir is not None:
-        from .report.tensorboard import TensorBoardError, export_tensorboard
+        from .report.tensorboard import export_tensorboard
 
         try:
             n = export_tensorboard(out, logdir)
-        except TensorBoardError as e:
+        except ValueError as e:  # a LOGDIR it cannot use, no runs, runs of two engines at one point
             raise click.ClickException(str(e)) from None
         click.echo(f"TensorBoard: {n['runs']} runs in {n['trials']} trials written to {logdir} "
                    f"(tensorboard --logdir {logdir})")
@@ -625,6 +625,9 @@ def tune(file, trials, out, batch, seeds, final_seeds, metric, sampler_seed, pro
     shown = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in res["best"].items())
     click.echo(f"chosen: {shown} ({o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}] over {seeds} seeds); "
                f"{res['trained']} search runs trained")
+    if res["final"].get("same_as_baseline"):
+        click.echo("note: the chosen setting trains what its baseline trains (its regularization is off or zero): the search "
+                   "found no regularization worth having", err=True)
     for c in res["final"]["comparisons"]:
         click.echo(f"  final, against the {c.get('comparison', 'own baseline')}, {c['metric']}: {c['verdict']} "
                    f"(difference {float(c['estimate']):+.4f} [{float(c['ci_low']):+.4f}, {float(c['ci_high']):+.4f}])")

@@ -126,6 +126,10 @@ class _RegularizedMLP(BaseEstimator):
         """The stopping parameters, checked as scikit-learn's ``_parameter_constraints`` do."""
         _checks.flag(self.early_stopping, "early_stopping")
         _checks.fraction(self.validation_fraction, "validation_fraction")
+        if self.early_stopping and not self.validation_fraction > 0:
+            raise ValueError("validation_fraction must be above 0 with early_stopping=True (it is the share of the "
+                             f"training data held out to score each epoch); got validation_fraction="
+                             f"{self.validation_fraction!r}")
         if not (self.n_iter_no_change == np.inf and not isinstance(self.n_iter_no_change, bool)):
             _checks.positive_int(self.n_iter_no_change, "n_iter_no_change")
         _checks.non_negative_float(float(self.tol) if isinstance(self.tol, np.floating) else self.tol, "tol")
@@ -163,7 +167,8 @@ class _RegularizedMLP(BaseEstimator):
 
     def _layer_specs(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The hidden layers' specs and the regularizers the output layer shares with them."""
-        sizes = tuple(self.hidden_layer_sizes)
+        sizes = self.hidden_layer_sizes
+        sizes = tuple(sizes) if hasattr(sizes, "__iter__") else (sizes,)  # an int is one layer, as sklearn's
         if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers; got {self.hidden_layer_sizes!r}")
         common = dict(kernel_regularizer=self._kernel_regularizer(), bias_regularizer=self.bias_regularizer)

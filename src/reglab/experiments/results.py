@@ -51,16 +51,20 @@ def engine_of(row: dict) -> str:
 
 
 def check_one_engine(rows: list[dict]) -> None:
-    """Refuse an experiment whose runs were trained by two engines (say the eager and the fused
-    Dense-stack engine: an earlier reglab, or a machine without a compiler, trained some): their
-    numbers differ by float32 rounding, and a table or comparison must not mix them silently."""
-    seen: dict[str, dict[str, list[int]]] = {}
+    """Refuse a grid point of an experiment whose seeds were trained by two engines (say the
+    eager and the fused Dense-stack engine: an earlier reglab, or a machine without a compiler,
+    trained some): their numbers differ by float32 rounding, and a table or comparison over seeds
+    must not mix them silently. Two grid points may train on two engines (a sweep over the
+    activation: relu on the fused engine, tanh on the eager one)."""
+    seen: dict[tuple[str, str], dict[str, list[int]]] = {}
     for r in rows:
-        seen.setdefault(r["experiment"], {}).setdefault(engine_of(r), []).append(int(r["seed"]))
-    for name, engines in seen.items():
+        point = json.dumps(r.get("sweep") or {}, sort_keys=True, default=str)
+        seen.setdefault((r["experiment"], point), {}).setdefault(engine_of(r), []).append(int(r["seed"]))
+    for (name, point), engines in seen.items():
         if len(engines) > 1:
             which = "; ".join(f"{e or 'unrecorded'}: seeds {sorted(s)}" for e, s in sorted(engines.items()))
-            raise ValueError(f"experiment {name!r}: its runs were trained by different engines ({which}), whose "
+            at = f" at {point}" if point != "{}" else ""
+            raise ValueError(f"experiment {name!r}{at}: its runs were trained by different engines ({which}), whose "
                              "numbers differ by float32 rounding; delete the runs of one engine from its runs/ folder "
                              "(they are trained again), or run the study into a fresh --out")
 

@@ -60,6 +60,9 @@ def check_logdir(logdir: str | Path) -> Path:
     _tensorboard()
     if p.exists() and not p.is_dir():
         raise TensorBoardError(f"{p}: the TensorBoard log folder is a file; give a new or empty folder")
+    above = next((q for q in p.parents if q.exists()), None)
+    if above is not None and not above.is_dir():
+        raise TensorBoardError(f"{p}: {above} is a file, so the TensorBoard log folder cannot be made there")
     if p.is_dir() and any(p.iterdir()) and not (p / MANIFEST).is_file():
         raise TensorBoardError(f"{p}: the folder holds files that no reglab export wrote (no {MANIFEST}); give a "
                                "new or empty folder (TensorBoard would show the other logs as runs of this study)")
@@ -120,6 +123,10 @@ def export_tensorboard(out: str | Path, logdir: str | Path) -> dict[str, int]:
         raise FileNotFoundError(f"{out}: no such results folder")
     p = check_logdir(logdir)
     rows = load_runs(out)
+    if not rows:
+        hint = (f"; a tune's runs are in {Path(out) / 'search'} (the search) and {Path(out) / 'final'} (the final "
+                "comparison)" if (Path(out) / "tune.sqlite3").is_file() else "")
+        raise TensorBoardError(f"{out}: no finished runs to export (none under {Path(out) / 'runs'}){hint}")
     check_one_engine(rows)
     from ..experiments.files import write_json
 

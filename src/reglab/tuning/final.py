@@ -28,8 +28,8 @@ def final_comparison(s: Searchable, params: Mapping[str, Any], seeds: list[int],
 
     spec = s.at(params)
     bases = [spec.baseline()]
-    if tuned_baseline is not None and s.baseline_at(tuned_baseline).digest() != bases[0].digest():
-        bases.append(s.baseline_at(tuned_baseline))
+    if tuned_baseline is not None and s.baseline_at(tuned_baseline, params).digest() != bases[0].digest():
+        bases.append(s.baseline_at(tuned_baseline, params))
     units = [Unit(b, seed) for b in bases for seed in seeds] + [Unit(spec, seed) for seed in seeds]
     mark_current(out, units, replace=True, baselines={spec.name: [b.name for b in bases[1:]]})
     info = execute(units, out, progress=progress, record=None, say=say)
@@ -40,5 +40,8 @@ def final_comparison(s: Searchable, params: Mapping[str, Any], seeds: list[int],
                                 "search never used; scored on the test split."))
     comp = load_comparisons(out)
     rows = comp[comp.experiment == spec.name].to_dict("records")
-    return {"folder": out, "report": Path(paths["html"]), "markdown": Path(paths["markdown"]), "comparisons": rows,
+    own = [c for c in rows if c.get("comparison", "own baseline") == "own baseline"]
+    same = spec.trains_as_baseline() or bool(own) and all(  # L2(0), say: the same numbers, seed for seed
+        float(c["estimate"]) == 0.0 and float(c["ci_low"]) == 0.0 == float(c["ci_high"]) for c in own)
+    return {"same_as_baseline": same, "folder": out, "report": Path(paths["html"]), "markdown": Path(paths["markdown"]), "comparisons": rows,
             "trained": info["trained"]}

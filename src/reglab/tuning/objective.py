@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..diagnostics.metrics import METRICS
+from ..diagnostics.metrics import METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..experiments.build import splits_of
 from ..experiments.group import train_together
 from ..experiments.schema import ConfigError, ExperimentSpec, at_point, expand, read_toml
+from ..experiments.keypath import get_at
 from ..experiments.search_space import Dimension, search_space
 from ..experiments.store import Unit, verified
 
@@ -77,16 +78,28 @@ class Searchable:
         return at_point(self.raw, self.file, values, point={d.column: params[d.column] for d in self.dims},
                         what="search point")
 
+    def own_values(self) -> dict[str, Any]:
+        """Each searched value as the file has it."""
+        return {d.column: get_at(self.raw, list(d.paths[0]), self.file, "search") for d in self.dims}
+
+    def check_ends(self) -> None:
+        """Every choice and both ends of every range, each with the other values as the file has
+        them, make a valid experiment (else the ``ConfigError`` that names the point): a value
+        the file cannot take is said before anything trains, not when a trial draws it."""
+        own = self.own_values()
+        for d in self.dims:
+            for v in d.choices if d.choices is not None else (d.low, d.high):
+                self.at({**own, d.column: v})
+
     @property
     def baseline_dims(self) -> tuple[Dimension, ...]:
         """The searched values the baseline is searched over too (``baseline = true``)."""
         return tuple(d for d in self.dims if d.baseline)
 
-    def baseline_at(self, params: Mapping[str, Any]) -> ExperimentSpec:
-        """The unregularized baseline with each of ``baseline_dims``' values of ``params``
-        written in (the other searched values as the file has them: the baseline has none)."""
-        values = [(list(p), params[d.column]) for d in self.baseline_dims for p in d.paths]
-        return at_point(self.raw, self.file, values, what="search point").baseline()
+    def baseline_at(self, params: Mapping[str, Any], chosen: Mapping[str, Any]) -> ExperimentSpec:
+        """The unregularized baseline of the setting ``chosen`` with each of ``baseline_dims``'
+        values of ``params`` written in (its model is the chosen setting's, unregularized)."""
+        return self.at({**chosen, **{d.column: params[d.column] for d in self.baseline_dims}}).baseline()
 
 
 def load_searchable(file: str | Path) -> Searchable:
@@ -103,11 +116,13 @@ def load_searchable(file: str | Path) -> Searchable:
         raise ConfigError(f"{file}: search: missing; `reglab tune` needs a [[search]] table (path = [...], "
                           "low/high or choices)")
     spec = specs[0]
+    searchable = Searchable(raw, file, spec, tuple(dims))
+    searchable.check_ends()
     if splits_of(spec, 0).validation_is_test:
         raise ConfigError(f"{file}: split.validation: the validation data are the test data here, so a search would "
                           "choose its point on the test split; give a validation fraction (e.g. [split] validation "
                           "= 0.2, taken from the training data) for tuning")
-    return Searchable(raw, file, spec, tuple(dims))
+    return searchable
 
 
 def _batchable(specs: Sequence[ExperimentSpec]) -> bool:
@@ -149,6 +164,8 @@ def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: 
         failed = sum(1 for r in rows if r.get("failed"))
         mean, low, high = mean_ci(vals) if not failed and len(vals) > 1 else (
             (vals[0], math.nan, math.nan) if not failed else (math.nan, math.nan, math.nan))
+        lo_end, hi_end = metric_range(key)  # an interval never leaves the metric's range (log-loss >= 0)
+        low, high = (max(low, lo_end), min(high, hi_end)) if math.isfinite(low) else (low, high)
         result.append(Objective(key, float(mean), float(low), float(high), vals, failed, lower))
     return result
 
@@ -163,14 +180,14 @@ def seed_objective(experiment: str | Path | Searchable, params: Mapping[str, Any
             l2 = trial.suggest_float("regularize/params/@kernels/l2", 1e-6, 1e-1, log=True)
             return reglab.seed_objective("l2.toml", {"regularize/params/@kernels/l2": l2}, seeds=5).mean
 
-    ``params`` maps each searched column (the ``[[search]]`` path joined by "/") to its value
-    (None: the file's own values); ``seeds``: a count (seeds 0..n-1) or the seeds themselves;
+    ``params`` maps searched columns (an entry's ``name``, or its path joined by "/") to values
+    (a value not given: the file's own; a value outside the search's range is taken as it is); ``seeds``: a count (seeds 0..n-1) or the seeds themselves;
     ``metric``: the task's metric to average on the **validation** split (default log-loss or
     MSE; ``.minimize`` says its direction); ``out``: a results folder whose run store keeps the
     runs (a setting asked again is read back), else a temporary one. Returns an ``Objective``
     (``mean``, ``low``, ``high``, per-seed ``values``)."""
     s = experiment if isinstance(experiment, Searchable) else load_searchable(experiment)
-    spec = s.spec if params is None else s.at(params)
+    spec = s.spec if params is None else s.at({**s.own_values(), **params})
     seed_list = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not seed_list or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seed_list):
         raise ValueError(f"seeds must be a positive count or a list of non-negative integers; got {seeds!r}")

@@ -23,10 +23,10 @@ def _value(v: Any) -> str:
 
 
 def _figure(path: Path, s: Searchable, rows: list[dict], best: int, metric: str) -> bool:
-    """The objective against the first searched value (its interval as an error bar, the chosen
-    trial in red); False where that value is not a number (choices of strings)."""
-    d = s.dims[0]
-    ok = [r for r in rows if r["objective"].ok and isinstance(r["params"][d.column], (int, float))]
+    """The objective against each searched value, one panel per value (at most six): its seed
+    interval as an error bar, the chosen trial in red; choices (strings, booleans) as categories.
+    False where no trial finished."""
+    ok = [r for r in rows if r["objective"].ok]
     if not ok:
         return False
     import matplotlib
@@ -34,17 +34,25 @@ def _figure(path: Path, s: Searchable, rows: list[dict], best: int, metric: str)
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for r in ok:
-        o, x = r["objective"], r["params"][d.column]
-        lo, hi = (o.mean - o.low, o.high - o.mean) if math.isfinite(o.low) else (0.0, 0.0)
-        ax.errorbar([x], [o.mean], yerr=[[lo], [hi]], fmt="o", color="tab:red" if r["number"] == best else "tab:blue",
-                    ecolor="0.6", capsize=3, zorder=3 if r["number"] == best else 2)
-    if d.log:
-        ax.set_xscale("log")
-    ax.set_xlabel(d.column)
-    ax.set_ylabel(f"{metric} (mean over seeds, 95% CI)")
-    ax.set_title("Search: each trial's seed-mean validation metric (red: chosen)")
+    dims = s.dims[:6]
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims) + 1.0, 3.8), squeeze=False, sharey=True)
+    for ax, d in zip(axes[0], dims):
+        numeric = d.choices is None or all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in d.choices)
+        ticks = list(d.choices) if not numeric else None
+        for r in ok:
+            o, v = r["objective"], r["params"][d.column]
+            x = ticks.index(v) if ticks is not None else v
+            lo, hi = (o.mean - o.low, o.high - o.mean) if math.isfinite(o.low) else (0.0, 0.0)
+            ax.errorbar([x], [o.mean], yerr=[[lo], [hi]], fmt="o", color="tab:red" if r["number"] == best else
+                        "tab:blue", ecolor="0.6", capsize=3, zorder=3 if r["number"] == best else 2)
+        if ticks is not None:
+            ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
+        elif d.log:
+            ax.set_xscale("log")
+        ax.set_xlabel(d.column)
+    axes[0][0].set_ylabel(f"{metric} (mean over seeds, 95% CI)")
+    fig.suptitle("Each trial's seed-mean validation metric (red: chosen)")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
@@ -86,6 +94,10 @@ def write_tune_report(out: Path, s: Searchable, rows: list[dict], best: int, met
     if _figure(out / "tune.png", s, rows, best, metric):
         lines += ["![the search](tune.png)", ""]
     lines += ["## Final comparison on fresh seeds", ""]
+    if final.get("same_as_baseline"):
+        lines += ["**The chosen setting trains what its baseline trains** (its regularization is off or zero): the search "
+                  "found no regularization worth having, and the comparison with its own baseline below is of a "
+                  "setting with itself.", ""]
     comp = final["comparisons"]
     if comp:
         lines += [f"The chosen setting and its unregularized baseline, trained on seeds the search never used, "

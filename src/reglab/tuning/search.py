@@ -27,8 +27,8 @@ metric are recorded in the study; a rerun with other ones is refused (use anothe
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import signal
 import sqlite3
 import threading
@@ -38,6 +38,7 @@ from typing import Any
 
 from ..experiments.files import OutputError, own_folder
 from ..experiments.store import Unit
+from ..experiments.schema import ConfigError
 from .objective import Objective, Searchable, evaluate_points, load_searchable
 
 __all__ = ["tune", "TuneError", "STORAGE", "STUDY"]
@@ -81,32 +82,52 @@ def _check_storage(db: Path) -> None:
                         "as it is -- move it away or use another --out")
 
 
-def _fingerprint(s: Searchable, seeds: int, metric: str | None, baseline: bool) -> dict[str, Any]:
-    dims = s.baseline_dims if baseline else s.dims
+def _fingerprint(s: Searchable, seeds: int, metric: str | None, base: str | None) -> dict[str, Any]:
+    dims = s.baseline_dims if base else s.dims
     return {"experiment": s.spec.name, "digest": s.spec.digest(), "search": [d.describe() for d in dims],
-            "seeds": seeds, "metric": metric, "baseline": baseline}
+            "seeds": seeds, "metric": metric, "baseline": base}
+
+
+def _differences(got: Any, mine: dict[str, Any]) -> str:
+    if not isinstance(got, dict):
+        return "no setting recorded"
+    what = {"digest": "the experiment file (or its data or builder)", "search": "the searched ranges",
+            "seeds": "--seeds", "metric": "--metric", "experiment": "the experiment's name"}
+    return "; ".join(f"{what.get(k, k)}: {got.get(k)!r} there, {mine[k]!r} here" for k in mine if got.get(k) != mine[k])
 
 
 def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str | None, minimize: bool,
-                baseline: bool = False) -> Any:
-    """The search's Optuna study in ``OUT/tune.sqlite3`` (``baseline``: the baseline's), made
-    or, where it is there, loaded and checked to be of this setting."""
+                base: str | None = None) -> Any:
+    """The search's Optuna study in ``OUT/tune.sqlite3`` (``base``: the search of the baseline
+    whose digest it is), made or, where it is there, loaded and checked to be of this setting.
+    The file itself is made whole or not at all (written aside, then renamed into place)."""
     db = out / STORAGE
     _check_storage(db)
+    mine = _fingerprint(s, seeds, metric, base)
+    name = STUDY + (f"-baseline-{base}" if base else "")
+    direction = "minimize" if minimize else "maximize"
+    if not db.exists():
+        for old in out.glob(f".{STORAGE}.*.tmp"):  # an earlier start cut short (under the lock: ours)
+            old.unlink()
+        tmp = out / f".{STORAGE}.{os.getpid()}.tmp"
+        made = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{tmp.resolve()}", direction=direction)
+        made.set_user_attr("reglab", _fingerprint(s, seeds, metric, None))
+        del made
+        os.replace(tmp, db)
     url = f"sqlite:///{db.resolve()}"
-    mine = _fingerprint(s, seeds, metric, baseline)
-    name = STUDY + ("-baseline" if baseline else "")
-    names = {x.study_name for x in optuna.get_all_study_summaries(storage=url)} if db.exists() else set()
-    if name in names:
-        study = optuna.load_study(study_name=name, storage=url)
-        got = study.user_attrs.get("reglab")
-        if got != mine:
-            raise TuneError(f"{db}: the search there was of another setting ({json.dumps(got, sort_keys=True)}); this "
-                            f"one is {json.dumps(mine, sort_keys=True)} -- use another --out (a changed file, range, "
-                            "seed count or metric is another search)")
+    names = {x.study_name for x in optuna.get_all_study_summaries(storage=url)}
+    if name not in names:
+        study = optuna.create_study(study_name=name, storage=url, direction=direction)
+        study.set_user_attr("reglab", mine)
         return study
-    study = optuna.create_study(study_name=name, storage=url, direction="minimize" if minimize else "maximize")
-    study.set_user_attr("reglab", mine)
+    study = optuna.load_study(study_name=name, storage=url)
+    got = study.user_attrs.get("reglab")
+    if got is None and not study.get_trials(deepcopy=False):  # made, then cut short before its setting was set
+        study.set_user_attr("reglab", mine)
+        return study
+    if got != mine:
+        raise TuneError(f"{db}: the search there was of another setting ({_differences(got, mine)}); use another --out "
+                        "(a changed file, range, seed count or metric is another search)")
     return study
 
 
@@ -142,7 +163,10 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file, not a folder: give --out a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot make the folder ({e.strerror}: {e.filename})") from None
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(out / "tune.lock"))
@@ -159,27 +183,29 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
         trained_before = _count_runs(search_out)
         _search(optuna, study, s.dims, s.at, trials, batch, seed_list, search_out, m, sampler_seed, progress, say)
         TrialState = optuna.trial.TrialState
-        base_study = base_best = None
-        if s.baseline_dims:  # the baseline's schedule searched with the same budget
-            say(f"searching the baseline's {', '.join(d.column for d in s.baseline_dims)} ({trials} trials)")
-            base_study = _open_study(optuna, out, s, seeds, metric, minimize, baseline=True)
-            _search(optuna, base_study, s.baseline_dims, s.baseline_at, trials, batch, seed_list, search_out, m,
-                    sampler_seed, progress, say, label="baseline trial")
-            if any(t.state == TrialState.COMPLETE for t in base_study.get_trials(deepcopy=False)):
-                base_best = dict(base_study.best_trial.params)
-        trained = _count_runs(search_out) - trained_before
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if not done:
             raise TuneError(f"{file}: no trial finished (every setting tried diverged for some seed); narrow the "
                             "search's ranges")
         best = study.best_trial
+        base_study = base_best = None
+        if s.baseline_dims:  # the chosen setting's baseline, its schedule searched with the same budget
+            chosen = dict(best.params)
+            make = lambda p: s.baseline_at(p, chosen)  # noqa: E731
+            say(f"searching the baseline's {', '.join(d.column for d in s.baseline_dims)} ({trials} trials)")
+            base_study = _open_study(optuna, out, s, seeds, metric, minimize, base=s.at(chosen).baseline().digest())
+            _search(optuna, base_study, s.baseline_dims, make, trials, batch, seed_list, search_out, m,
+                    sampler_seed, progress, say, label="baseline trial")
+            if any(t.state == TrialState.COMPLETE for t in base_study.get_trials(deepcopy=False)):
+                base_best = dict(base_study.best_trial.params)
+        trained = _count_runs(search_out) - trained_before
         from .final import final_comparison
         from .report import write_tune_report
 
         final = final_comparison(s, dict(best.params), list(range(seeds, seeds + final_seeds)), out / "final",
                                  tuned_baseline=base_best, progress=progress, say=say)
         rows = _trial_rows(study, s.dims, s.at, seed_list, search_out, m)
-        base_rows = (_trial_rows(base_study, s.baseline_dims, s.baseline_at, seed_list, search_out, m)
+        base_rows = (_trial_rows(base_study, s.baseline_dims, make, seed_list, search_out, m)
                      if base_study is not None else [])
         report = write_tune_report(out, s, rows, best.number, m, minimize, seeds, final, base_rows,
                                    base_study.best_trial.number if base_best is not None else None)
@@ -253,9 +279,19 @@ def _search(optuna: Any, study: Any, dims: tuple, make: Callable[[dict], Any], t
                 asked = [study.ask() for _ in range(k)]
                 params = [{d.column: d.suggest(t) for d in dims} for t in asked]
             numbers = [t.number for t in asked]
-        specs = [make(p) for p in params]
-        objs = evaluate_points(specs, seeds, out, metric, progress)
-        for n, p, o in zip(numbers, params, objs):
+        specs, bad = [], {}
+        for n, p in zip(numbers, params):
+            try:
+                specs.append(make(p))
+            except ConfigError as e:  # a value inside the range the file cannot take: that trial fails
+                bad[n] = str(e)
+        objs = iter(evaluate_points(specs, seeds, out, metric, progress) if specs else [])
+        for n, p in zip(numbers, params):
+            if n in bad:
+                study.tell(n, state=TrialState.FAIL)
+                say(f"{label} {n}: failed: {bad[n]}")
+                continue
+            o = next(objs)
             _tell(optuna, study, n, o)
             shown = ", ".join(f"{c} = {v:.4g}" if isinstance(v, float) else f"{c} = {v!r}" for c, v in p.items())
             say(f"{label} {n}: {shown}: {o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}]" if o.ok else
@@ -274,7 +310,10 @@ def _trial_rows(study: Any, dims: tuple, make: Callable[[dict], Any], seeds: lis
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if t.state.name not in ("COMPLETE", "FAIL") or set(t.params) != {d.column for d in dims}:
             continue
-        spec = make(dict(t.params))
+        try:
+            spec = make(dict(t.params))
+        except ConfigError:  # a value the file cannot take: the trial failed before training
+            continue
         if not all(Unit(spec, seed).done(out) for seed in seeds):
             continue
         obj = evaluate_points([spec], seeds, out, metric)[0]
