@@ -334,3 +334,9 @@ def test_a_chosen_setting_without_regularization_is_said(tmp_path):
     assert res.exit_code == 0, res.output
     assert "the chosen setting trains what its baseline trains" in res.output
     assert "**The chosen setting trains what its baseline trains**" in (d / "out" / "tune.md").read_text()
+
+
+def test_list_says_what_tune_searches():
+    res = CliRunner().invoke(main, ["list", str(Path(__file__).resolve().parents[1] / "studies" / "lecture" / "tune")])
+    assert res.exit_code == 0, res.output
+    assert "reglab tune searches: l2 from 1e-06 to 0.1 (log-uniform)" in res.output

@@ -374,6 +374,18 @@ def list_cmd(paths: tuple[str, ...]) -> None:
         labels = _labels_line(s)
         if labels:
             click.echo(f"{'':24s} labels: {labels}")
+        searched = _search_line(s.path)
+        if searched:
+            click.echo(f"{'':24s} reglab tune searches: {searched}")
+
+
+def _search_line(path: str) -> str | None:
+    """The file's ``[[search]]`` table in words (it was checked when the file loaded)."""
+    from .experiments.schema import read_toml
+    from .experiments.search_space import search_space
+
+    dims = search_space(read_toml(path), str(path), set())
+    return "; ".join(d.describe() + (" (and the baseline's)" if d.baseline else "") for d in dims) or None
 
 
 def _labels_line(spec) -> str | None:
