@@ -666,3 +666,20 @@ def test_without_a_compiler_the_eager_engine_trains_and_one_line_says_so(tmp_pat
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("reglab:")]
     assert lines == ["reglab: no C++ compiler (set CXX, or install g++); Dense-stack models train on the eager engine"]
     assert not (tmp_path / "cache").exists()
+
+
+def test_without_a_compiler_a_study_with_helpers_says_so_once(tmp_path):
+    """The line is the machine's, said by the process that chooses the engines; the helpers that
+    train the groups say nothing (two workers, two experiments)."""
+    exp = ("name = \"{name}\"\nseeds = 2\n[data]\nname = \"blobs\"\nn_samples = 60\n[train]\nloss = \"binary_crossentropy\"\n"
+           "epochs = 2\nbatch_size = 20\n[[model.layers]]\nunits = 4\nactivation = \"relu\"\n"
+           "kernel_regularizer = {{name = \"L2\", l2 = {l2}}}\n[[model.layers]]\nunits = 1\nactivation = \"sigmoid\"\n")
+    for name, l2 in (("a", 0.01), ("b", 0.1)):
+        (tmp_path / f"{name}.toml").write_text(exp.format(name=name, l2=l2))
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), REGLAB_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-m", "reglab.cli", "run", str(tmp_path / "a.toml"), str(tmp_path / "b.toml"),
+                          "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("reglab:")]
+    assert lines == ["reglab: no C++ compiler (set CXX, or install g++); Dense-stack models train on the eager engine"]

@@ -76,7 +76,13 @@ def _watch_parent(parent: int) -> None:
             os._exit(70)
 
 
+#: set in every helper process: notes about the machine (the fused engine's missing compiler) are
+#: the parent's to give, once, not each helper's again
+IN_HELPER = "REGLAB_IN_HELPER"
+
+
 def _init(parent: int, threads: int, explicit: int | None = None) -> None:
+    os.environ[IN_HELPER] = "1"
     skip_final_collection()
     for s in _STOPS:
         signal.signal(s, _on_sigint)

@@ -131,7 +131,11 @@ def _compile(cxx: str, src: str, so: Path) -> None:
 
 
 def say_once(why: str) -> None:
-    """One line on stderr, once per process and reason: the fused engine is not used, and why."""
+    """One line on stderr, once per process and reason: the fused engine is not used, and why.
+    A study's helper processes say nothing: the parent, which chooses every group's engine
+    before a helper trains it, has said it (``experiments.helpers.IN_HELPER``)."""
     if why not in _SAID:
         _SAID.add(why)
+        if os.environ.get("REGLAB_IN_HELPER"):
+            return
         print(f"reglab: {why}; Dense-stack models train on the eager engine", file=sys.stderr)
