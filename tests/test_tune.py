@@ -19,6 +19,7 @@ from reglab.cli import main  # noqa: E402
 from reglab.experiments.schema import ConfigError, load_experiment  # noqa: E402
 from reglab.tuning import TuneError, seed_objective, tune  # noqa: E402
 from reglab.tuning.objective import load_searchable  # noqa: E402
+from reglab.experiments.files import OutputError  # noqa: E402
 
 L2 = "regularize/params/@kernels/l2"
 
@@ -340,3 +341,96 @@ def test_list_says_what_tune_searches():
     res = CliRunner().invoke(main, ["list", str(Path(__file__).resolve().parents[1] / "studies" / "lecture" / "tune")])
     assert res.exit_code == 0, res.output
     assert "reglab tune searches: l2 from 1e-06 to 0.1 (log-uniform)" in res.output
+
+
+def test_trials_of_different_regularizer_kinds_train_apart(tmp_path):
+    """Kinds (L1 against L2) and constraints cannot share a fit_many group; strengths can."""
+    text = TUNED.replace('params = {"@kernels" = {name = "L2", l2 = 1e-3}}', 'params = {"@kernels" = "l2"}').replace(
+        'path = ["regularize", "params", "@kernels", "l2"]\nlow = 1e-5\nhigh = 3.0\nlog = true',
+        'path = ["regularize", "params", "@kernels"]\nchoices = ["l1", "l2"]')
+    d, f = _folder(tmp_path, text=text)
+    res = tune(f, trials=2, out=d / "out", batch=2, seeds=2, final_seeds=5, say=lambda s: None)
+    assert len(res["trials"]) == 2 and all(r["state"] == "COMPLETE" for r in res["trials"])
+
+
+def test_a_changed_search_sampler_seed_or_metric_is_another_search(tmp_path):
+    d, f = _folder(tmp_path)
+    out = d / "out"
+    tune(f, trials=1, out=out, batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    tune(f, trials=1, out=out, batch=1, seeds=2, final_seeds=5, metric="mse", say=lambda s: None)  # the default, named
+    with pytest.raises(TuneError, match="--sampler-seed: 0 there, 5000 here"):
+        tune(f, trials=1, out=out, batch=1, seeds=2, final_seeds=5, sampler_seed=5000, say=lambda s: None)
+    moved = f.read_text().replace('path = ["regularize", "params", "@kernels", "l2"]',
+                                  'name = "x"\npath = ["train", "optimizer", "learning_rate"]').replace("high = 3.0", "high = 0.1")
+    f.write_text(moved)
+    with pytest.raises(TuneError, match="the searched ranges"):
+        tune(f, trials=2, out=out, batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    res = tune(f, trials=1, out=d / "big", batch=1, seeds=2, final_seeds=5, sampler_seed=2**31 - 1, say=lambda s: None)
+    assert len(res["trials"]) == 1
+    with pytest.raises(ValueError, match="sampler_seed must be an integer >= 0"):
+        tune(f, trials=1, out=d / "neg", sampler_seed=-1, say=lambda s: None)
+
+
+def test_nothing_is_written_through_a_symlink_in_out(tmp_path):
+    d, f = _folder(tmp_path)
+    out, elsewhere = d / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "final").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="is a symlink"):
+        tune(f, trials=1, out=out, batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    assert not any(elsewhere.iterdir())
+
+
+def test_an_abandoned_trial_shifts_no_later_value(tmp_path):
+    """A trial asked but given no value (a kill -9 inside the asking) fails; the search then
+    asks what it would have asked without it."""
+    import optuna
+
+    d, f = _folder(tmp_path)
+    whole = tune(f, trials=3, out=d / "whole", batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    out = d / "cut"
+    tune(f, trials=1, out=out, batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    optuna.load_study(study_name="reglab-tune", storage=f"sqlite:///{out / 'tune.sqlite3'}").ask()  # abandoned
+    res = tune(f, trials=3, out=out, batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    assert [(r["params"], r["value"]) for r in res["trials"]] == [(r["params"], r["value"]) for r in whole["trials"]]
+
+
+def test_seed_objective_checks_its_arguments_before_training(tmp_path):
+    d, f = _folder(tmp_path)
+    for bad in (2.5, [0, -1], [], True):
+        with pytest.raises(ValueError, match="seeds must be a positive count"):
+            seed_objective(f, {L2: 1e-3}, seeds=bad)
+    with pytest.raises(ValueError, match="metric 'nonsense' is not a regression metric"):
+        seed_objective(f, {L2: 1e-3}, seeds=2, metric="nonsense", out=d / "o")
+    assert not (d / "o" / "runs").exists()
+    assert len(seed_objective(f, {L2: 1e-3}, seeds=np.int64(2)).values) == 2
+
+
+def test_tensorboard_folders_never_come_from_a_run_file(tmp_path):
+    from reglab.report.tensorboard import export_tensorboard
+
+    d, f = _folder(tmp_path)
+    tune(f, trials=1, out=d / "out", batch=1, seeds=2, final_seeds=5, say=lambda s: None)
+    search = d / "out" / "search"
+    for p in (search / "runs" / "reg_tuned").glob("*.json"):
+        row = json.loads(p.read_text())
+        row["digest"] = "/../../../"
+        p.write_text(json.dumps(row))
+    export_tensorboard(search, d / "logs")  # (the digest is not checked by the run store: only its files are)
+    assert not list((d / "logs").parent.glob("seed-*")) and list((d / "logs" / "reg_tuned").glob("point-*/seed-*"))
+
+
+def test_more_baselines_are_recorded_only_for_experiments_being_recorded(tmp_path):
+    from reglab.experiments.current import mark_current
+    from reglab.experiments.store import Unit
+
+    d, f = _folder(tmp_path)
+    spec = load_searchable(f).spec
+    units = [Unit(spec, 0), Unit(spec.baseline(), 0)]
+    mark_current(d / "o", units, baselines={spec.name: ["baseline.x"]})
+    rec = json.loads((d / "o" / "current.json").read_text())["experiments"][spec.name]
+    assert rec["baselines"] == [spec.baseline().name, "baseline.x"] and rec["digests"] == [spec.digest()]
+    for bad in ({"other": ["baseline.x"]}, {spec.name: "baseline.x"}):
+        with pytest.raises(ValueError, match="expected an experiment among the units and a list of baseline names"):
+            mark_current(d / "o", units, baselines=bad)

@@ -156,8 +156,11 @@ def _tensorboard_option(f):
                              "trial per grid point, one session per seed); pip install 'reglab[tensorboard]'.")(f)
 
 
-def _check_logdir(logdir: str | None) -> None:
+def _check_logdir(logdir: str | None, out: str | None = None) -> None:
     """A LOGDIR the export cannot use is said before anything trains."""
+    if logdir is not None and out is not None and Path(logdir).resolve() == Path(out).resolve():
+        raise click.ClickException(f"--tensorboard {logdir}: the results folder itself; give the logs a folder of "
+                                   "their own (e.g. a subfolder)")
     if logdir is not None:
         from .report.tensorboard import TensorBoardError, check_logdir
 
@@ -430,7 +433,7 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_
     skipping finished runs; writes OUT/results.csv."""
     if threads is not None:
         _set_threads(threads)
-    _check_logdir(tensorboard)
+    _check_logdir(tensorboard, out)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     specs = _place(_load(paths), device, backend, gpus_per_task)
     _prepare(specs, baselines)
@@ -551,7 +554,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
     t0 = time.perf_counter()
     if threads is not None:
         _set_threads(threads)
-    _check_logdir(tensorboard)
+    _check_logdir(tensorboard, out)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     from .experiments.path import path_file, path_key, regularization_path
     from .experiments.spec import with_strength

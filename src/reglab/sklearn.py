@@ -124,9 +124,10 @@ class _RegularizedMLP(BaseEstimator):
 
     def _check_stopping(self) -> None:
         """The stopping parameters, checked as scikit-learn's ``_parameter_constraints`` do."""
-        _checks.flag(self.early_stopping, "early_stopping")
+        _checks.flag(bool(self.early_stopping) if isinstance(self.early_stopping, np.bool_) else self.early_stopping,
+                     "early_stopping")
         _checks.fraction(self.validation_fraction, "validation_fraction")
-        if self.early_stopping and not self.validation_fraction > 0:
+        if bool(self.early_stopping) and not self.validation_fraction > 0:
             raise ValueError("validation_fraction must be above 0 with early_stopping=True (it is the share of the "
                              f"training data held out to score each epoch); got validation_fraction="
                              f"{self.validation_fraction!r}")

@@ -85,8 +85,10 @@ def mark_current(out: str | Path, units: Iterable[Any], replace: bool = False,
             if not s.is_baseline and s.baseline().name not in e["baselines"]:
                 e["baselines"].append(s.baseline().name)
     for name, more in (baselines or {}).items():
-        e = planned.setdefault(name, {"digests": [], "baselines": []})
-        e["baselines"].extend(b for b in more if b not in e["baselines"])
+        if name not in planned or isinstance(more, str):
+            raise ValueError(f"baselines: {name!r}: expected an experiment among the units and a list of baseline "
+                             f"names; got {more!r}")
+        planned[name]["baselines"].extend(b for b in more if b not in planned[name]["baselines"])
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(own_file(out / f".{RECORD}.lock"))):
         entries, only = ({}, True) if replace else (_read(out) or ({}, False))

@@ -192,16 +192,28 @@ class ExperimentSpec:
         blob = json.dumps({"config": cfg, "inputs": self.inputs}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def unregularized_core(self) -> tuple[dict[str, Any], Any]:
-        """What this experiment trains apart from its regularization (``[regularize]``, the
-        layers' regularizers) and presentation: two experiments with equal cores differ only in
-        penalties, so their models train in one ``fit_many`` group (``reglab tune``'s batches)."""
-        drop = set(PRESENTATION) | {"name", "sweep_point", "regularize", "analysis"}
+    def strength_free_core(self) -> tuple[dict[str, Any], Any]:
+        """What this experiment trains with every regularizer's numbers blanked (its strengths;
+        presentation aside): two experiments with equal cores differ only in penalty strengths --
+        the same regularizer kinds on the same parameters, the same constraints -- so their models
+        train in one ``fit_many`` group (``reglab tune``'s batches)."""
+        drop = set(PRESENTATION) | {"name", "sweep_point", "analysis"}
         reg = {"kernel_regularizer", "bias_regularizer", "activity_regularizer"}
+
+        def blank(v: Any) -> Any:
+            if isinstance(v, Mapping):
+                return {k: blank(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [blank(x) for x in v]
+            return None if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
         c = {k: v for k, v in self.config.items() if k not in drop}
+        if "regularize" in c:
+            c["regularize"] = {k: (blank(v) if k in ("params", "activity") else v) for k, v in c["regularize"].items()}
         layers = c.get("model", {}).get("layers")
         if layers is not None:
-            c["model"] = {**c["model"], "layers": [{k: v for k, v in lay.items() if k not in reg} for lay in layers]}
+            c["model"] = {**c["model"], "layers": [{k: (blank(v) if k in reg else v) for k, v in lay.items()}
+                                                   for lay in layers]}
         return c, self.inputs
 
     def trains_as_baseline(self) -> bool:

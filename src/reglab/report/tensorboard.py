@@ -23,6 +23,7 @@ it listed are replaced and nothing else in the folder is touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -104,7 +105,8 @@ def _point(row: dict) -> tuple[str, str]:
     if not sweep:
         return row["experiment"], row["experiment"]
     at = ", ".join(f"{k}={_hparam_value(v)}" for k, v in sweep.items())
-    return f"{row['experiment']} [{at}]", f"{row['experiment']}/point-{str(row.get('digest', ''))[:10]}"
+    point = hashlib.sha256(json.dumps(sweep, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{row['experiment']} [{at}]", f"{row['experiment']}/point-{point}"  # never a path read from the run
 
 
 def _hparam(hp: Any, name: str, values: set) -> Any:

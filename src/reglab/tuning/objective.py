@@ -126,10 +126,10 @@ def load_searchable(file: str | Path) -> Searchable:
 
 
 def _batchable(specs: Sequence[ExperimentSpec]) -> bool:
-    """Whether the specs may train in one ``fit_many`` group: equal but for their
-    regularization (``ExperimentSpec.unregularized_core``)."""
-    first = specs[0].unregularized_core()
-    return all(s.unregularized_core() == first for s in specs[1:])
+    """Whether the specs may train in one ``fit_many`` group: equal but for their penalty
+    strengths (``ExperimentSpec.strength_free_core``)."""
+    first = specs[0].strength_free_core()
+    return all(s.strength_free_core() == first for s in specs[1:])
 
 
 def _metric(task: str, metric: str | None) -> tuple[str, bool]:
@@ -149,17 +149,30 @@ def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: 
     (``_batchable``), else one group per spec."""
     out = Path(out)
     seeds = [int(s) for s in seeds]
-    pending = [s for s in specs if any(not Unit(s, seed).done(out) for seed in seeds)]
+    key, lower = _metric(splits_of(specs[0], seeds[0]).task, metric)  # a bad metric is said before training
+    pending: dict[str, ExperimentSpec] = {}  # by digest: a point asked twice trains once
+    missing: set[int] = set()
+    for s in specs:
+        gone = {seed for seed in seeds if not Unit(s, seed).done(out)}
+        if gone:
+            pending.setdefault(s.digest(), s)
+            missing |= gone
+    todo = sorted(missing)  # only the seeds some point lacks (a point that has one gets it again, the same bits)
     if pending:
-        groups = [pending] if _batchable(pending) else [[s] for s in pending]
-        for g in groups:
-            train_together(g, seeds, out, progress=progress)
+        group = list(pending.values())
+        if _batchable(group):
+            try:
+                train_together(group, todo, out, progress=progress)
+                group = []
+            except ValueError:  # models fit_many will not train together after all: one group each
+                pass
+        for s in group:
+            train_together([s], todo, out, progress=progress)
     result = []
     for s in specs:
         rows = [verified(Unit(s, seed).path(out)) for seed in seeds]
         if any(r is None for r in rows):
             raise RuntimeError(f"{s.name}: runs missing from {out} after training")  # a bug, never a user error
-        key, lower = _metric(rows[0]["task"], metric)
         vals = [math.nan if r.get("failed") else float(r["metrics"].get(key, math.nan)) for r in rows]
         failed = sum(1 for r in rows if r.get("failed"))
         mean, low, high = mean_ci(vals) if not failed and len(vals) > 1 else (
@@ -188,8 +201,18 @@ def seed_objective(experiment: str | Path | Searchable, params: Mapping[str, Any
     (``mean``, ``low``, ``high``, per-seed ``values``)."""
     s = experiment if isinstance(experiment, Searchable) else load_searchable(experiment)
     spec = s.spec if params is None else s.at({**s.own_values(), **params})
-    seed_list = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
-    if not seed_list or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seed_list):
+    import numbers
+
+    def whole(x: Any) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    if whole(seeds):
+        seed_list = list(range(int(seeds)))
+    elif isinstance(seeds, (list, tuple, range)) and all(whole(x) and x >= 0 for x in seeds):
+        seed_list = [int(x) for x in seeds]
+    else:
+        seed_list = []
+    if not seed_list:
         raise ValueError(f"seeds must be a positive count or a list of non-negative integers; got {seeds!r}")
     if out is not None:
         return evaluate_points([spec], seed_list, out, metric, progress)[0]

@@ -81,7 +81,9 @@ def write_tune_report(out: Path, s: Searchable, rows: list[dict], best: int, met
                       seeds: int, final: dict[str, Any], base_rows: list[dict] = (),
                       base_best: int | None = None) -> Path:
     """Write ``out/tune.md`` (and ``out/tune.png``); returns the Markdown file's path."""
-    chosen = next(r for r in rows if r["number"] == best)
+    chosen = next((r for r in rows if r["number"] == best), None)
+    if chosen is None:
+        raise RuntimeError(f"the chosen trial {best} has no runs in the search folder")  # a bug, never a user error
     o = chosen["objective"]
     cols = [d.column for d in s.dims]
     lines = [f"# Tuning `{s.spec.name}` ({s.file})", "",

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..experiments.files import OutputError, own_folder
+from ..experiments.files import OutputError, own_file, own_folder
 from ..experiments.store import Unit
 from ..experiments.schema import ConfigError
 from .objective import Objective, Searchable, evaluate_points, load_searchable
@@ -82,28 +82,30 @@ def _check_storage(db: Path) -> None:
                         "as it is -- move it away or use another --out")
 
 
-def _fingerprint(s: Searchable, seeds: int, metric: str | None, base: str | None) -> dict[str, Any]:
+def _fingerprint(s: Searchable, seeds: int, metric: str, base: str | None, sampler_seed: int) -> dict[str, Any]:
     dims = s.baseline_dims if base else s.dims
-    return {"experiment": s.spec.name, "digest": s.spec.digest(), "search": [d.describe() for d in dims],
-            "seeds": seeds, "metric": metric, "baseline": base}
+    return {"experiment": s.spec.name, "digest": s.spec.digest(),
+            "search": [[d.describe(), [list(p) for p in d.paths], d.baseline] for d in dims],
+            "seeds": seeds, "metric": metric, "baseline": base, "sampler_seed": sampler_seed}
 
 
 def _differences(got: Any, mine: dict[str, Any]) -> str:
     if not isinstance(got, dict):
         return "no setting recorded"
     what = {"digest": "the experiment file (or its data or builder)", "search": "the searched ranges",
-            "seeds": "--seeds", "metric": "--metric", "experiment": "the experiment's name"}
+            "seeds": "--seeds", "metric": "--metric", "experiment": "the experiment's name",
+            "sampler_seed": "--sampler-seed"}
     return "; ".join(f"{what.get(k, k)}: {got.get(k)!r} there, {mine[k]!r} here" for k in mine if got.get(k) != mine[k])
 
 
-def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str | None, minimize: bool,
+def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str, minimize: bool, sampler_seed: int,
                 base: str | None = None) -> Any:
     """The search's Optuna study in ``OUT/tune.sqlite3`` (``base``: the search of the baseline
     whose digest it is), made or, where it is there, loaded and checked to be of this setting.
     The file itself is made whole or not at all (written aside, then renamed into place)."""
     db = out / STORAGE
     _check_storage(db)
-    mine = _fingerprint(s, seeds, metric, base)
+    mine = _fingerprint(s, seeds, metric, base, sampler_seed)
     name = STUDY + (f"-baseline-{base}" if base else "")
     direction = "minimize" if minimize else "maximize"
     if not db.exists():
@@ -111,7 +113,7 @@ def _open_study(optuna: Any, out: Path, s: Searchable, seeds: int, metric: str |
             old.unlink()
         tmp = out / f".{STORAGE}.{os.getpid()}.tmp"
         made = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{tmp.resolve()}", direction=direction)
-        made.set_user_attr("reglab", _fingerprint(s, seeds, metric, None))
+        made.set_user_attr("reglab", _fingerprint(s, seeds, metric, None, sampler_seed))
         del made
         os.replace(tmp, db)
     url = f"sqlite:///{db.resolve()}"
@@ -147,7 +149,7 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
     from ..report.summary import MIN_PAIRS
 
     for name, v, lo in (("trials", trials, 1), ("batch", batch, 1), ("seeds", seeds, 2),
-                        ("final_seeds", final_seeds, MIN_PAIRS)):
+                        ("final_seeds", final_seeds, MIN_PAIRS), ("sampler_seed", sampler_seed, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}; got {name}={v!r}")
     optuna = _optuna()
@@ -169,7 +171,7 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
         raise OutputError(f"{out}: cannot make the folder ({e.strerror}: {e.filename})") from None
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(out / "tune.lock"))
+    lock = FileLock(str(own_file(out / "tune.lock")))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -177,7 +179,7 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = _open_study(optuna, out, s, seeds, metric, minimize)
+        study = _open_study(optuna, out, s, seeds, m, minimize, sampler_seed)
         search_out = own_folder(out, "search")
         seed_list = list(range(seeds))
         trained_before = _count_runs(search_out)
@@ -193,7 +195,8 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
             chosen = dict(best.params)
             make = lambda p: s.baseline_at(p, chosen)  # noqa: E731
             say(f"searching the baseline's {', '.join(d.column for d in s.baseline_dims)} ({trials} trials)")
-            base_study = _open_study(optuna, out, s, seeds, metric, minimize, base=s.at(chosen).baseline().digest())
+            base_study = _open_study(optuna, out, s, seeds, m, minimize, sampler_seed,
+                                     base=s.at(chosen).baseline().digest())
             _search(optuna, base_study, s.baseline_dims, make, trials, batch, seed_list, search_out, m,
                     sampler_seed, progress, say, label="baseline trial")
             if any(t.state == TrialState.COMPLETE for t in base_study.get_trials(deepcopy=False)):
@@ -202,7 +205,8 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
         from .final import final_comparison
         from .report import write_tune_report
 
-        final = final_comparison(s, dict(best.params), list(range(seeds, seeds + final_seeds)), out / "final",
+        final = final_comparison(s, dict(best.params), list(range(seeds, seeds + final_seeds)),
+                                 own_folder(out, "final"),
                                  tuned_baseline=base_best, progress=progress, say=say)
         rows = _trial_rows(study, s.dims, s.at, seed_list, search_out, m)
         base_rows = (_trial_rows(base_study, s.baseline_dims, make, seed_list, search_out, m)
@@ -272,9 +276,9 @@ def _search(optuna: Any, study: Any, dims: tuple, make: Callable[[dict], Any], t
             break
         else:
             k = min(batch, trials - len(finished))
-            first = len(study.get_trials(deepcopy=False))
+            first = len(finished)  # trials abandoned unasked (kill -9) do not shift the seeds
             offset = 500_009 if label != "trial" else 0  # the baseline's search draws its own values
-            study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + first + offset)
+            study.sampler = optuna.samplers.TPESampler(seed=(sampler_seed * 1_000_003 + first + offset) % 2**32)
             with _Deferred():  # a batch is asked whole: an interrupt waits until its values are stored
                 asked = [study.ask() for _ in range(k)]
                 params = [{d.column: d.suggest(t) for d in dims} for t in asked]
