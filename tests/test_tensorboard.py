@@ -14,7 +14,7 @@ import reglab  # noqa: E402
 from reglab.cli import main  # noqa: E402
 from reglab.experiments.runner import execute, plan_units, prepare  # noqa: E402
 from reglab.experiments.schema import load_experiments  # noqa: E402
-from reglab.report.tensorboard import MANIFEST, export_tensorboard  # noqa: E402
+from reglab.report.tensorboard import MANIFEST, export_tensorboard, trial_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +88,9 @@ def test_one_trial_per_grid_point_one_session_per_seed(diabetes, tmp_path):
 def test_scalars_per_epoch_are_the_history(diabetes, tmp_path):
     export_tensorboard(diabetes, tmp_path / "logs")
     run = json.loads(next((diabetes / "runs" / "l2").glob("*.json")).read_text())
-    point = run["digest"][:10]
-    got = _scalars(tmp_path / "logs" / "l2" / f"point-{point}" / f"seed-{run['seed']}")
+    name, folder = trial_of(run)
+    assert name.startswith("l2 [regularize/params/@kernels/l2=") and folder.startswith("l2/point-")
+    got = _scalars(tmp_path / "logs" / folder / f"seed-{run['seed']}")
     hist = run["history"]
     for key, series in hist["history"].items():
         assert [s for s, _ in got[f"epoch/{key}"]] == hist["epoch"]

@@ -34,7 +34,7 @@ from typing import Any
 from ..experiments.results import METRIC_PREFIXES, check_one_engine, sweep_cell
 from ..experiments.store import load_runs
 
-__all__ = ["export_tensorboard", "check_logdir", "TensorBoardError", "MANIFEST"]
+__all__ = ["export_tensorboard", "check_logdir", "trial_of", "TensorBoardError", "MANIFEST"]
 
 MANIFEST = "reglab-tensorboard.json"
 
@@ -99,7 +99,7 @@ def _hparam_value(v: Any) -> Any:
     return v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
 
 
-def _point(row: dict) -> tuple[str, str]:
+def trial_of(row: dict) -> tuple[str, str]:
     """``(trial name, folder under LOGDIR)`` of the row's grid point."""
     sweep = row.get("sweep") or {}
     if not sweep:
@@ -134,7 +134,7 @@ def export_tensorboard(out: str | Path, logdir: str | Path) -> dict[str, int]:
 
     old = _owned(p)
     p.mkdir(parents=True, exist_ok=True)
-    new = sorted({f"{_point(r)[1]}/seed-{int(r['seed'])}" for r in rows}) + ["."]
+    new = sorted({f"{trial_of(r)[1]}/seed-{int(r['seed'])}" for r in rows}) + ["."]
     # the manifest first: an export cut short leaves a folder the next one may clear and rewrite
     manifest = {"written_by": "reglab export tensorboard", "results": str(Path(out).resolve())}
     write_json(p / MANIFEST, {**manifest, "folders": sorted({os.path.relpath(f, p.resolve()) for f in old} | set(new))})
@@ -147,7 +147,7 @@ def export_tensorboard(out: str | Path, logdir: str | Path) -> dict[str, int]:
     trials, metrics, values = set(), set(), {}
     for row in sorted(rows, key=lambda r: (r["experiment"], json.dumps(r.get("sweep") or {}, sort_keys=True,
                                                                         default=str), int(r["seed"]))):
-        trial, folder = _point(row)
+        trial, folder = trial_of(row)
         trials.add(trial)
         hparams = {"experiment": row["experiment"], "baseline": row.get("baseline") or "",
                    "is_baseline": bool(row.get("is_baseline"))}
