@@ -150,19 +150,9 @@ def best_plain_baselines(results, kinds: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: float = ALPHA,
-                      kinds: dict[str, str] | None = None, methods: str | dict[str, str] | None = None):
-    """The comparisons of a ``load_results`` table (see the module docstring). With ``kinds``
-    (baseline name -> a key of its data, model and loss), each experiment is also compared with
-    the best plain baseline of its kind (``comparison = "best plain baseline"``, its own family).
-    ``methods``: ``"t"`` (default) or ``"bootstrap"`` for every family, or ``{metric: method}``
-    (``"default"``: the rest)."""
-    import pandas as pd
-
-    if results.empty:
-        return pd.DataFrame(columns=COLUMNS)
-    best = best_plain_baselines(results, kinds) if kinds else {}
-    sweep = [c for c in results.columns if "/" in c]
+def _paired(results, best: dict[str, str], sweep: list[str]) -> list[dict[str, Any]]:
+    """One row per (experiment grid point, baseline it is compared with, metric): the paired
+    differences ``_d`` over the seeds both finished, the baseline's values ``_base`` and rows."""
     exps = results[~results["is_baseline"]]
     keys = exps[["experiment", *sweep]].drop_duplicates().to_dict("records")
     rows: list[dict[str, Any]] = []
@@ -185,6 +175,45 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
                 d = (pair[f"{metric}_e"] - pair[f"{metric}_b"]).to_numpy(dtype=float)
                 rows.append({**key, "baseline": base_name, "metric": metric, "comparison": kind, "_d": d,
                              "_base": pair[f"{metric}_b"].to_numpy(dtype=float), "_b_rows": b})
+    return rows
+
+
+def _interval(d: np.ndarray, estimate: float, margin: float, lower: bool, method: str, a: float, m: int,
+              alpha: float) -> dict[str, Any]:
+    """The family-adjusted interval of ``MIN_PAIRS`` or more paired differences ``d`` (level
+    ``1 - a``, ``a = alpha / m``), its adjusted p, the verdict against ``margin``, the mde and,
+    for an inconclusive row, the seeds a verdict would need (see the module docstring)."""
+    n, sd = len(d), float(d.std(ddof=1))
+    if method == "bootstrap" and sd > 0:
+        lo, hi, p = bootstrap_interval(d, a)
+        p_adj = min(1.0, m * p)
+    else:
+        c = paired_comparison(d, np.zeros_like(d), confidence=1 - a, alpha=alpha, n_comparisons=m)
+        lo, hi, p_adj = (c.ci_low, c.ci_high, c.p_adjusted) if sd > 0 else (estimate,) * 2 + (c.p_adjusted,)
+    if math.isfinite(margin) and -margin < lo and hi < margin:
+        verdict = "equivalent"
+    elif lo > 0 or hi < 0:
+        verdict = "better" if (hi < 0) == lower else "worse"
+    else:
+        verdict = "inconclusive"
+    return dict(ci_low=lo, ci_high=hi, p_adjusted=p_adj, verdict=verdict, mde=_mde(n, sd, a) if sd > 0 else 0.0,
+                n_needed=_n_needed(estimate, sd, a) if verdict == "inconclusive" else None)
+
+
+def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: float = ALPHA,
+                      kinds: dict[str, str] | None = None, methods: str | dict[str, str] | None = None):
+    """The comparisons of a ``load_results`` table (see the module docstring). With ``kinds``
+    (baseline name -> a key of its data, model and loss), each experiment is also compared with
+    the best plain baseline of its kind (``comparison = "best plain baseline"``, its own family).
+    ``methods``: ``"t"`` (default) or ``"bootstrap"`` for every family, or ``{metric: method}``
+    (``"default"``: the rest)."""
+    import pandas as pd
+
+    if results.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    best = best_plain_baselines(results, kinds) if kinds else {}
+    sweep = [c for c in results.columns if "/" in c]
+    rows = _paired(results, best, sweep)
     out = []
     families: dict[tuple[str, str], int] = {}
     for r in rows:
@@ -215,22 +244,7 @@ def comparisons_frame(results, margins: dict[str, float] | None = None, alpha: f
                        n_needed=None)
             out.append(row)
             continue
-        sd = float(d.std(ddof=1))
-        if method == "bootstrap" and sd > 0:
-            lo, hi, p = bootstrap_interval(d, a)
-            p_adj = min(1.0, m * p)
-        else:
-            c = paired_comparison(d, np.zeros_like(d), confidence=1 - a, alpha=alpha, n_comparisons=m)
-            lo, hi, p_adj = (c.ci_low, c.ci_high, c.p_adjusted) if sd > 0 else (row["estimate"],) * 2 + (c.p_adjusted,)
-        margin = row["margin"]
-        if math.isfinite(margin) and -margin < lo and hi < margin:
-            verdict = "equivalent"
-        elif lo > 0 or hi < 0:
-            verdict = "better" if (hi < 0) == lower else "worse"
-        else:
-            verdict = "inconclusive"
-        row.update(ci_low=lo, ci_high=hi, p_adjusted=p_adj, verdict=verdict, mde=_mde(n, sd, a) if sd > 0
-                   else 0.0, n_needed=_n_needed(row["estimate"], sd, a) if verdict == "inconclusive" else None)
+        row.update(_interval(d, row["estimate"], row["margin"], lower, method, a, m, alpha))
         out.append(row)
     cols = ["experiment", *sweep] + [c for c in COLUMNS if c != "experiment"]
     df = pd.DataFrame.from_records(out).reindex(columns=cols)  # a column no row set (no pairs at all) is empty
