@@ -16,6 +16,8 @@ pytest.importorskip("optuna")
 
 import reglab  # noqa: E402
 from reglab.cli import main  # noqa: E402
+
+from .test_experiments import _csv as experiments_csv  # noqa: E402  (a regression CSV of 3 features)
 from reglab.experiments.schema import ConfigError, load_experiment  # noqa: E402
 from reglab.tuning import TuneError, seed_objective, tune  # noqa: E402
 from reglab.tuning.objective import load_searchable  # noqa: E402
@@ -50,10 +52,7 @@ log = true
 
 
 def _csv(path, n, seed, noise=0.3):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3))
-    y = x @ np.array([1.0, -2.0, 0.5]) + noise * rng.normal(size=n)
-    path.write_text("\n".join(["a,b,c,target"] + [f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(x, y)]) + "\n")
+    experiments_csv(path, n=n, seed=seed, noise=noise)
 
 
 def _folder(tmp_path, name="d", test="test.csv", text=TUNED):

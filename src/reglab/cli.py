@@ -637,7 +637,9 @@ def tune(file, trials, out, batch, seeds, final_seeds, metric, sampler_seed, pro
     except (ConfigError, TuneError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     o = res["objective"]
-    shown = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in res["best"].items())
+    from .tuning.objective import describe_params
+
+    shown = describe_params(res["best"])
     click.echo(f"chosen: {shown} ({o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}] over {seeds} seeds); "
                f"{res['trained']} search runs trained")
     if res["final"].get("same_as_baseline"):

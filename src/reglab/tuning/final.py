@@ -10,7 +10,7 @@ from typing import Any
 from ..experiments.current import mark_current
 from ..experiments.runner import execute
 from ..experiments.store import Unit
-from .objective import Searchable
+from .objective import Searchable, describe_params
 
 __all__ = ["final_comparison"]
 
@@ -33,7 +33,7 @@ def final_comparison(s: Searchable, params: Mapping[str, Any], seeds: list[int],
     units = [Unit(b, seed) for b in bases for seed in seeds] + [Unit(spec, seed) for seed in seeds]
     mark_current(out, units, replace=True, baselines={spec.name: [b.name for b in bases[1:]]})
     info = execute(units, out, progress=progress, record=None, say=say)
-    shown = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in params.items())
+    shown = describe_params(params, "g")
     paths = write_report(out, title=f"{spec.name} tuned: {shown}, on {len(seeds)} fresh seeds",
                          intro=(f"The setting `reglab tune` chose on the validation split ({shown}) against its "
                                 f"unregularized baseline, each trained on seeds {seeds[0]}-{seeds[-1]}, which the "

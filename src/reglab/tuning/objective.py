@@ -31,7 +31,8 @@ from ..experiments.keypath import get_at
 from ..experiments.search_space import Dimension, search_space
 from ..experiments.store import Unit, verified
 
-__all__ = ["Objective", "seed_objective", "evaluate_points", "Searchable", "load_searchable"]
+__all__ = ["Objective", "seed_objective", "evaluate_points", "Searchable", "load_searchable", "resolve_metric",
+           "describe_params"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Searchable:
     file: str
     spec: ExperimentSpec
     dims: tuple[Dimension, ...]
+    task: str  # the data's task ("binary", "multiclass", "regression")
 
     def at(self, params: Mapping[str, Any]) -> ExperimentSpec:
         """The experiment with each searched value of ``params`` (by column) written in; its
@@ -116,9 +118,10 @@ def load_searchable(file: str | Path) -> Searchable:
         raise ConfigError(f"{file}: search: missing; `reglab tune` needs a [[search]] table (path = [...], "
                           "low/high or choices)")
     spec = specs[0]
-    searchable = Searchable(raw, file, spec, tuple(dims))
+    sp = splits_of(spec, 0)
+    searchable = Searchable(raw, file, spec, tuple(dims), sp.task)
     searchable.check_ends()
-    if splits_of(spec, 0).validation_is_test:
+    if sp.validation_is_test:
         raise ConfigError(f"{file}: split.validation: the validation data are the test data here, so a search would "
                           "choose its point on the test split; give a validation fraction (e.g. [split] validation "
                           "= 0.2, taken from the training data) for tuning")
@@ -132,14 +135,19 @@ def _batchable(specs: Sequence[ExperimentSpec]) -> bool:
     return all(s.strength_free_core() == first for s in specs[1:])
 
 
-def _metric(task: str, metric: str | None) -> tuple[str, bool]:
-    """``("val_<m>", lower is better)`` for the task's metric ``m`` (default: its primary,
-    log-loss or MSE)."""
+def resolve_metric(task: str, metric: str | None) -> tuple[str, bool]:
+    """``(m, lower is better)`` for the task's metric ``m`` (default: its primary, log-loss or
+    MSE); an error names the task's metrics."""
     choices = METRICS[task]
     m = metric or ("mse" if task == "regression" else "log_loss")
     if m not in choices:
         raise ValueError(f"metric {m!r} is not a {task} metric; choose one of {sorted(choices)}")
-    return f"val_{m}", choices[m]
+    return m, choices[m]
+
+
+def describe_params(params: Mapping[str, Any], number: str = ".4g") -> str:
+    """``"l2 = 0.004359, activation = 'relu'"``: a setting in words (floats in ``number``'s format)."""
+    return ", ".join(f"{k} = {v:{number}}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in params.items())
 
 
 def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: str | Path,
@@ -149,7 +157,6 @@ def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: 
     (``_batchable``), else one group per spec."""
     out = Path(out)
     seeds = [int(s) for s in seeds]
-    key, lower = _metric(splits_of(specs[0], seeds[0]).task, metric)  # a bad metric is said before training
     pending: dict[str, ExperimentSpec] = {}  # by digest: a point asked twice trains once
     missing: set[int] = set()
     for s in specs:
@@ -159,6 +166,7 @@ def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: 
             missing |= gone
     todo = sorted(missing)  # only the seeds some point lacks (a point that has one gets it again, the same bits)
     if pending:
+        resolve_metric(splits_of(specs[0], seeds[0]).task, metric)  # a bad metric is said before training
         group = list(pending.values())
         if _batchable(group):
             try:
@@ -173,6 +181,8 @@ def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: 
         rows = [verified(Unit(s, seed).path(out)) for seed in seeds]
         if any(r is None for r in rows):
             raise RuntimeError(f"{s.name}: runs missing from {out} after training")  # a bug, never a user error
+        m, lower = resolve_metric(rows[0]["task"], metric)
+        key = f"val_{m}"
         vals = [math.nan if r.get("failed") else float(r["metrics"].get(key, math.nan)) for r in rows]
         failed = sum(1 for r in rows if r.get("failed"))
         mean, low, high = mean_ci(vals) if not failed and len(vals) > 1 else (

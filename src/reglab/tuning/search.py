@@ -39,7 +39,7 @@ from typing import Any
 from ..experiments.files import OutputError, own_file, own_folder
 from ..experiments.store import Unit
 from ..experiments.schema import ConfigError
-from .objective import Objective, Searchable, evaluate_points, load_searchable
+from .objective import Objective, Searchable, describe_params, evaluate_points, load_searchable, resolve_metric
 
 __all__ = ["tune", "TuneError", "STORAGE", "STUDY"]
 
@@ -154,14 +154,7 @@ def tune(file: str | Path, *, trials: int, out: str | Path, batch: int = 4, seed
             raise ValueError(f"{name} must be an integer >= {lo}; got {name}={v!r}")
     optuna = _optuna()
     s = load_searchable(file)
-    from ..diagnostics.metrics import METRICS
-    from ..experiments.build import splits_of
-
-    task = splits_of(s.spec, 0).task
-    m = metric or ("mse" if task == "regression" else "log_loss")
-    if m not in METRICS[task]:
-        raise ValueError(f"metric {m!r} is not a {task} metric; choose one of {sorted(METRICS[task])}")
-    minimize = METRICS[task][m]
+    m, minimize = resolve_metric(s.task, metric)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file, not a folder: give --out a folder")
@@ -297,7 +290,7 @@ def _search(optuna: Any, study: Any, dims: tuple, make: Callable[[dict], Any], t
                 continue
             o = next(objs)
             _tell(optuna, study, n, o)
-            shown = ", ".join(f"{c} = {v:.4g}" if isinstance(v, float) else f"{c} = {v!r}" for c, v in p.items())
+            shown = describe_params(p)
             say(f"{label} {n}: {shown}: {o.metric} {o.mean:.4f} [{o.low:.4f}, {o.high:.4f}]" if o.ok else
                 f"{label} {n}: {shown}: failed ({o.failed} of {len(o.values)} seeds diverged)")
 
