@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import reglab
 from reglab.engines import EngineUnavailable, choose_engine
+from reglab.engines.choose import EngineChoice
 from reglab.losses import get as get_loss
 
 
@@ -202,10 +203,32 @@ def test_a_forced_engine_that_cannot_train_the_model_says_why_in_one_line(engine
 
 def test_an_unknown_engine_is_refused_before_anything_is_built():
     built = []
-    with pytest.raises(ValueError, match=r"engine must be 'auto' or one of \['fused', 'dense', 'vmap', 'loop'\]; got engine='jit'"):
+    with pytest.raises(ValueError, match=r"engine must be 'auto', one of \['fused', 'dense', 'vmap', 'loop'\] or an "
+                                         r"EngineChoice; got engine='jit'"):
         reglab.fit_many(lambda: built.append(1) or Custom(), np.zeros((4, 4)), np.zeros(4), seeds=[0], loss="mse",
                         engine="jit")
+    with pytest.raises(ValueError, match=r"got engine=EngineChoice\(kind='jit'"):
+        reglab.fit_many(lambda: built.append(1) or Custom(), np.zeros((4, 4)), np.zeros(4), seeds=[0], loss="mse",
+                        engine=EngineChoice("jit", "mine"))
     assert not built
+
+
+def test_fit_many_trains_on_the_engine_choice_it_is_given_without_choosing_again(monkeypatch):
+    """An ``EngineChoice`` (an experiment plan's) is used as it is: the chooser is not called
+    again, and the models get the numbers the chooser's own choice gives them."""
+    fm = sys.modules["reglab.vectorized.fit_many"]  # the module (the package's name is the function)
+    x, y = sequences()
+    kw = dict(seeds=[0, 1], loss=SPARSE, epochs=2, batch_size=8, progress=False, threads=1)
+    build = lambda: Recurrent("GRU")  # noqa: E731
+    auto = reglab.fit_many(build, x, y, **kw)
+    torch.manual_seed(0)
+    choice = choose_engine(build(), get_loss(SPARSE), (torch.as_tensor(x[:2]), torch.as_tensor(y[:2])), n_models=2)
+    assert (choice.kind, auto.engine) == ("loop", "loop")
+    monkeypatch.setattr(fm, "choose_engine", lambda *a, **k: pytest.fail("chosen again"))
+    given = reglab.fit_many(build, x, y, engine=choice, **kw)
+    assert (given.engine, given.engine_reason) == (choice.kind, choice.reason)
+    for a, b in zip(auto.models, given.models):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def _fit_alone(build, seed, x, y, **kw):
@@ -448,7 +471,7 @@ def test_a_study_of_a_users_own_models_trains_each_as_fit_trains_it(tmp_path):
     from click.testing import CliRunner
 
     from reglab.cli import main
-    from reglab.experiments.build import builder, loss_of
+    from reglab.experiments.build import builder
     from reglab.experiments.runner import splits_of
     from reglab.experiments.schema import load_experiment
 
@@ -482,7 +505,7 @@ def test_a_study_of_a_users_own_models_trains_each_as_fit_trains_it(tmp_path):
             sp = splits_of(spec, seed)
             torch.manual_seed(seed)
             model = builder(spec, sp.input_shape, sp.n_outputs)()
-            h = reglab.fit(model, sp.x_train, sp.y_train, loss=loss_of(spec, sp.task), optimizer=spec.config["train"]["optimizer"],
+            h = reglab.fit(model, sp.x_train, sp.y_train, loss=spec.train.loss.for_fit(sp.task), optimizer=spec.config["train"]["optimizer"],
                            epochs=2, batch_size=16, validation_data=(sp.x_val, sp.y_val), seed=seed, progress=False,
                            threads=1)
             state = torch.load(f.with_suffix(".pt"), weights_only=True)

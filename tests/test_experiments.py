@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 import reglab
@@ -288,7 +289,7 @@ def test_the_typed_sections_of_a_spec():
     the others and removes those set to None."""
     spec = validate(tomllib.loads(TINY), "x.toml")
     tr = spec.train
-    assert (tr.loss, tr.optimizer["name"], tr.optimizer["learning_rate"], tr.epochs, tr.batch_size) == (
+    assert (tr.loss.written, tr.optimizer["name"], tr.optimizer["learning_rate"], tr.epochs, tr.batch_size) == (
         "binary_crossentropy", "adam", 0.01, 3, 20)
     assert tr.early_stopping is None and tr.device is None
     assert [la["units"] for la in spec.model.layers] == [4, 1] and spec.model.builder is None
@@ -298,6 +299,34 @@ def test_the_typed_sections_of_a_spec():
     on = spec.with_train(device="cuda", epochs=5)
     assert list(on.config["train"])[-2:] == ["device", "epochs"] and on.train.epochs == 5
     assert on.digest() != spec.digest() and on.with_train(device=None, epochs=3).digest() == spec.digest()
+
+
+@pytest.mark.parametrize("written,task,name,logits,fit,regression", [
+    (None, "binary", "binary_crossentropy", False, "binary_crossentropy", None),
+    (None, "multiclass", "sparse_categorical_crossentropy", False, "sparse_categorical_crossentropy", None),
+    (None, "regression", "mean_squared_error", False, "mean_squared_error", None),
+    ("mae", "regression", "mae", False, "mae", "mean_absolute_error"),
+    ({"name": "binary_crossentropy", "from_logits": True}, "binary", "binary_crossentropy", True,
+     "BinaryCrossentropy(from_logits=True)", None),
+    ({"name": "regularized", "data_loss": "mse", "codes": ["L2"], "strength": 0.1}, "regression", "regularized",
+     False, None, "mean_squared_error"),
+    ({"name": "regularized", "codes": ["L2"], "strength": 0.1}, "binary", "regularized", False, None, None),
+])
+def test_what_the_loss_of_a_spec_means(written, task, name, logits, fit, regression):
+    """``spec.train.loss``: the one reading of ``[train] loss`` -- its name, ``from_logits``, what
+    ``fit_many`` takes (None: the builder returns a regularized loss), and the regression loss
+    that makes integer targets a regression."""
+    from reglab import losses
+    from reglab.experiments.spec import Loss
+
+    lo = Loss(written)
+    assert (lo.name(task), lo.from_logits(task), lo.regression, lo.regularized) == (
+        name, logits, regression, name == "regularized")
+    got = lo.for_fit(task)
+    if isinstance(got, losses.Loss):
+        assert type(got).__name__ + f"(from_logits={got.from_logits})" == fit
+    else:
+        assert got == fit
 
 
 def test_nothing_outside_the_schema_reads_the_raw_experiment_dictionary():
@@ -814,10 +843,10 @@ def test_a_vmap_unit_gets_the_same_numbers_in_any_group(tmp_path, threads):
     """On the vmap path (a CNN with batch norm and dropout) a unit's numbers do not depend on its
     group: 4 seeds together, 2 of them together, a lost unit redone (beside a twin, not the whole
     group), one seed alone, and ``--seeds 2`` grown to 4 -- all bit-identical, at 1 and 2 threads."""
-    from reglab.experiments.group import group_rule
+    from reglab.experiments.plan import plan_of
 
     spec = _cnn_spec(tmp_path, CNN.replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), nn.Dropout(0.3), nn.Flatten()"))
-    assert group_rule(spec) == "pairs" and group_rule(validate(tomllib.loads(TINY), "t.toml")) == "any"
+    assert plan_of(spec).group_rule == "pairs" and plan_of(validate(tomllib.loads(TINY), "t.toml")).group_rule == "any"
     units = [Unit(spec, s) for s in range(4)]
     out = tmp_path / "out"
     execute(units, out, progress=False, threads=threads)
@@ -869,7 +898,7 @@ def test_a_unit_with_other_randomness_is_redone_alone_with_the_numbers_it_had(tm
     itself and equals the run that was lost, bit for bit, as does a run of it alone. (Under
     ``vmap`` its noise came from draws for the whole group, and a lost unit needed its whole
     group again.)"""
-    from reglab.experiments.group import group_rule
+    from reglab.experiments.plan import plan_of
 
     noisy = CNN.replace("from torch import nn", """import torch
 from torch import nn
@@ -879,7 +908,7 @@ class Noise(nn.Module):
         return x + 0.3 * torch.randn_like(x) if self.training else x
 """).replace("nn.ReLU(), nn.Flatten()", "nn.ReLU(), Noise(), nn.Flatten()")
     spec = _cnn_spec(tmp_path, noisy)
-    assert group_rule(spec) == "threads"
+    assert plan_of(spec).group_rule == "threads"
     units = [Unit(spec, s) for s in range(4)]
     out = tmp_path / "out"
     execute(units, out, progress=False, threads=1)
@@ -1054,11 +1083,28 @@ def test_a_run_hashes_each_file_at_most_twice(tmp_path, monkeypatch):
     assert "1 runs trained, 5 already done" in res.output, res.output
 
 
+def test_each_seeds_splits_are_read_once_per_run(tmp_path, monkeypatch):
+    """``reglab run`` of an experiment and its baseline (3 seeds, each its own split, in this
+    process): each seed's splits are read from the data once -- seed 0's by the checks, reused
+    by both groups' training, the others by the first group to train, reused by the second
+    (before the plan: 2 by the checks and 3 per group, 8 in all)."""
+    from collections import Counter
+
+    from reglab.experiments import build
+
+    reads = Counter()
+    real = build.load_splits
+    monkeypatch.setattr(build, "load_splits", lambda *a, **k: reads.update([a[4]]) or real(*a, **k))
+    res = run([write(tmp_path, TINY)], tmp_path / "out", "--seeds", "3")
+    assert res.exit_code == 0 and "6 runs trained" in res.output, res.output
+    assert reads == {0: 1, 1: 1, 2: 1}, reads
+
+
 def test_the_builder_is_called_once_per_model_trained_and_once_per_group_before(tmp_path, monkeypatch):
     """Before training, each experiment's model is built once (``prepare``'s probe, which the
     engine's group rule reuses); then once per model trained: a run of 3 seeds of an experiment
     and its baseline calls the builder 2 + 6 times; after one run is deleted, 2 + 2 (the vmap
-    engine trains the missing seed beside a twin, ``group_rule``)."""
+    engine trains the missing seed beside a twin, ``Plan.group_rule``)."""
     (tmp_path / "models.py").write_text(BUILDER.replace(
         "def build(input_shape, n_outputs, width=6, dropout=0.0):\n",
         "def build(input_shape, n_outputs, width=6, dropout=0.0):\n"
@@ -1262,13 +1308,19 @@ def test_list_without_paths_lists_the_default_study(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "tiny" in res.output and "3 seeds" in res.output, res.output
 
 
-def test_probe_models_are_not_kept_after_a_run(tmp_path):
-    """``prepare`` keeps each experiment's probe model for the group rule; once ``execute`` is
-    done, none stays in memory (here no rule needed one: whole groups)."""
-    from reglab.experiments import prepare as prep
+def test_a_plan_is_plain_data_and_is_forgotten_after_a_run(tmp_path):
+    """An experiment's plan keeps no model (its probe is dropped once the engine is chosen) and
+    crosses a process boundary pickled as it is; once ``execute`` is done, the splits kept are
+    dropped."""
+    import pickle
+
+    from reglab.experiments import plan as plans
 
     spec = validate(tomllib.loads(TINY), "x.toml")
-    prepare([spec, spec.baseline()])
-    assert len(prep._probes) == 2
+    made = list(prepare([spec, spec.baseline(), spec]).values())
+    assert [p.spec for p in made] == [spec, spec.baseline()] and plans._first
+    assert made[0].engine.kind in ("fused", "dense") and made[0].task == "binary" and made[0].n_outputs == 1
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(made[0]).values())
+    assert pickle.loads(pickle.dumps(made[0])) == made[0]
     execute(plan_units([spec], seeds=2), tmp_path / "out", progress=False)
-    assert prep._probes == {}
+    assert not plans._first and not plans._splits

@@ -43,14 +43,14 @@ def _load(paths):
         raise click.ClickException(str(e)) from None
 
 
-def _prepare(specs, baselines: bool = True):
+def _prepare(specs, baselines: bool = True) -> dict:
     """Everything that can fail before training (data, builders, patterns, shapes), for the
-    experiments and their baselines."""
+    experiments and their baselines: their plans."""
     from .experiments.runner import prepare
     from .experiments.schema import ConfigError
 
     try:
-        prepare(list(specs) + ([s.baseline() for s in specs] if baselines else []))
+        return prepare(list(specs) + ([s.baseline() for s in specs] if baselines else []))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -393,21 +393,21 @@ def _search_line(path: str) -> str | None:
 
 def _labels_line(spec) -> str | None:
     """``name = 0, ...`` where the data's class labels are strings (encoded in sorted order)."""
-    from .experiments.runner import splits_of
+    from .experiments.plan import plan_of
 
     try:
-        classes = splits_of(spec, 0).classes
-    except (ValueError, OSError):
+        classes = plan_of(spec).classes
+    except (ValueError, OSError, RuntimeError):
         return None  # said on the engine line
     return ", ".join(f"{c} = {i}" for i, c in enumerate(classes)) if classes else None
 
 
 def _engine_line(spec) -> str:
-    """``kind (reason)`` of the engine a group of the experiment's seeds trains on."""
-    from .experiments.group import engine_choice
+    """``kind (reason)`` of the engine a group of the experiment's seeds trains on (its plan's)."""
+    from .experiments.plan import plan_of
 
     try:
-        choice = engine_choice(spec, max(2, spec.seeds))
+        choice = plan_of(spec).engine
     except (ValueError, OSError, RuntimeError) as e:  # data or model that cannot be read: list the rest
         return f"not known ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return f"{choice.kind} ({choice.reason})"
@@ -436,13 +436,13 @@ def run(paths, seeds, out, baselines, workers, progress, backend, address, gpus_
     _check_logdir(tensorboard, out)
     _start(workers if backend == "local" else 1)  # first: the helpers start before the imports below
     specs = _place(_load(paths), device, backend, gpus_per_task)
-    _prepare(specs, baselines)
+    plans = _prepare(specs, baselines)
     units = _plan(specs, seeds, baselines)
     out_p = Path(out)
     t0 = time.perf_counter()
     before = (out_p / "results.csv").read_bytes() if (out_p / "results.csv").is_file() else None
     info = _execute(units, out_p, progress=progress, workers=workers, backend=backend, address=address,
-                    gpus_per_task=gpus_per_task)
+                    gpus_per_task=gpus_per_task, plans=plans)
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"])
     csv = info["results_csv"]
     _drop_stale_report(out_p, changed=before != csv.read_bytes())
@@ -569,7 +569,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     specs = _place(_load((str(study_dir),)), device, backend, gpus_per_task)
-    _prepare(specs)
+    plans = _prepare(specs)
     out_p = Path(out)
     side = []
     for p in st.paths:
@@ -590,7 +590,7 @@ def study(study_dir, seeds, out, workers, progress, backend, address, gpus_per_t
             side.append((run_analysis, (name, ref, str(st.folder), args, out_p)))
     info = _execute(_plan(specs, seeds or st.seeds), out_p, progress=progress, workers=workers, side_tasks=side,
                     backend=backend, address=address, record="replace",  # the folder is the study's
-                    gpus_per_task=gpus_per_task, results=False)  # the report writes results.csv
+                    gpus_per_task=gpus_per_task, results=False, plans=plans)  # the report writes results.csv
     click.echo(f"experiments: {info['trained']} runs trained, {info['skipped']} reused; "
                f"{len(side)} side task(s) (paths, analyses); {info['seconds']:.1f} s")
     _meta_update(out_p, wall_seconds=time.perf_counter() - t0, trained=info["trained"], skipped=info["skipped"],

@@ -19,12 +19,7 @@ from .code import NO_SIGNATURE, UserCodeError, call_problem, call_user, resolve
 from .data import Splits, load_splits
 from .schema import ExperimentSpec
 
-__all__ = ["builder", "early_stopping", "loss_config", "loss_of", "from_logits", "regression_loss", "DEFAULT_LOSS",
-           "splits_of", "training_data"]
-
-#: the loss an experiment trains with when ``train.loss`` is absent
-DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
-                "regression": "mean_squared_error"}
+__all__ = ["builder", "early_stopping", "splits_of", "training_data"]
 
 
 def _layers(spec: ExperimentSpec) -> list[dict[str, Any]]:
@@ -65,7 +60,7 @@ def _call_builder(fn: Callable[..., Any], ref: str, args: dict[str, Any], input_
 def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) -> Callable[[], Any]:
     """``build() -> model`` or ``(model, RegularizedLoss)`` for ``fit``/``fit_many``. Errors
     (a builder failing, a ``[regularize]`` pattern matching nothing) name the file and key."""
-    loss_cfg, model_spec, reg = spec.train.loss, spec.model, spec.regularize
+    loss, model_spec, reg = spec.train.loss, spec.model, spec.regularize
     file = spec.path
 
     def build() -> nn.Module | tuple[nn.Module, _losses.Loss]:
@@ -90,10 +85,9 @@ def builder(spec: ExperimentSpec, input_shape: tuple[int, ...], n_outputs: int) 
                     regularize(model, **{key: objs})
             except ValueError as e:
                 raise ValueError(f"{file}: regularize.{key}: {e}") from None
-        if isinstance(loss_cfg, dict) and loss_cfg.get("name") == "regularized":
-            loss = _losses.RegularizedLoss(loss_cfg.get("data_loss", "binary_crossentropy"), model, loss_cfg["codes"],
-                                           strength=loss_cfg["strength"])
-            return model, loss
+        if loss.regularized:
+            w = loss.written
+            return model, _losses.RegularizedLoss(loss.data_loss, model, w["codes"], strength=w["strength"])
         return model
 
     return build
@@ -106,46 +100,6 @@ def _flat(shape: tuple[int, ...]) -> int:
     return n
 
 
-def loss_config(spec: ExperimentSpec, task: str) -> Any:
-    """The training loss as written, or the task's default."""
-    lo = spec.train.loss
-    return DEFAULT_LOSS[task] if lo is None else lo
-
-
-def loss_of(spec: ExperimentSpec, task: str) -> Any:
-    """What ``fit_many(loss=...)`` takes (``None`` where the builder returns the loss)."""
-    lo = loss_config(spec, task)
-    if isinstance(lo, dict):
-        if lo.get("name") == "regularized":
-            return None
-        cls = type(_losses.get(lo["name"]))
-        return cls(from_logits=bool(lo.get("from_logits", False)))
-    return lo
-
-
-def regression_loss(spec: ExperimentSpec) -> str | None:
-    """The training loss's name where the file names a regression loss (mean squared or absolute
-    error; of a regularized loss, its data loss), else None: integer targets are then a regression."""
-    lo = spec.train.loss
-    if isinstance(lo, dict):
-        lo = lo.get("data_loss") if lo.get("name") == "regularized" else lo.get("name")
-    if not isinstance(lo, str):
-        return None
-    loss = _losses.get(lo)
-    return loss.name if isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)) else None
-
-
-def loss_name(spec: ExperimentSpec, task: str) -> str:
-    """The training loss's Keras name, or ``"regularized"``."""
-    lo = loss_config(spec, task)
-    return lo["name"] if isinstance(lo, dict) else lo
-
-
-def from_logits(spec: ExperimentSpec, task: str) -> bool:
-    lo = loss_config(spec, task)
-    return bool(lo.get("from_logits", False)) if isinstance(lo, dict) else False
-
-
 def early_stopping(spec: ExperimentSpec) -> list[EarlyStopping]:
     es = spec.train.early_stopping
     return [EarlyStopping(**es)] if es else []
@@ -153,7 +107,7 @@ def early_stopping(spec: ExperimentSpec) -> list[EarlyStopping]:
 
 def splits_of(spec: ExperimentSpec, seed: int) -> Splits:
     return load_splits(spec.data.table, spec.split.table, spec.base, spec.path, seed,
-                       regression_loss=regression_loss(spec))
+                       regression_loss=spec.train.loss.regression)
 
 
 def training_data(splits: list[Splits], shared: bool) -> tuple[Any, Any]:

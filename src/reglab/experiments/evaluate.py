@@ -12,7 +12,6 @@ from ..diagnostics.evaluate import predict
 from ..diagnostics.metrics import METRICS, score, to_probabilities
 from ..diagnostics.overfitting import overfitting
 from ..diagnostics.sparsity import sparsity
-from .build import from_logits
 from .data import Splits
 from .schema import ExperimentSpec
 
@@ -53,7 +52,7 @@ def evaluate_run(spec: ExperimentSpec, model: torch.nn.Module, sp: Splits, histo
     the arrays the report draws (a decision boundary for 2-D binary inputs). The model is moved
     to the CPU first: wherever it trained, it is evaluated (and saved) there."""
     model.cpu()
-    fl = from_logits(spec, sp.task)
+    fl = spec.train.loss.from_logits(sp.task)
     metrics: dict[str, Any] = {}
     for prefix, x, y in (("val", sp.x_val, sp.y_val), ("test", sp.x_test, sp.y_test)):
         for k, v in _scores(sp, fl, model, x, y).items():

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..diagnostics.metrics import LABELS, METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
-from ..vectorized.fit_many import fit_many
 from .. import devices as _grammar
 from . import devices as _devices
-from .build import builder, early_stopping, loss_of, splits_of, training_data
+from .build import builder, splits_of
 from .files import own_folder, write_json
+from .plan import fit_group
 from .evaluate import evaluate_run
 from .sections import MAX_STRENGTH
 from .spec import ExperimentSpec, with_strength
@@ -72,14 +72,9 @@ def regularization_path(spec: ExperimentSpec, strengths: Sequence[float], seeds:
     specs = {lam: with_strength(spec, lam) for lam in strengths}
     builders = {lam: builder(specs[lam], sp0.input_shape, sp0.n_outputs) for lam in strengths}
     order = [(s, lam) for s in seeds for lam in strengths]  # fit_many's product(seeds, grid) order
-    tr = spec.train
-    x, y = training_data([data[s] for s, _ in order], shared=False)
-    res = fit_many(lambda lam: builders[lam](), x, y,
-                   seeds=seeds, grid=[{"lam": lam} for lam in strengths], loss=loss_of(spec, task),
-                   optimizer=tr.optimizer, epochs=tr.epochs, batch_size=tr.batch_size,
-                   validation_data=([data[s].x_val for s, _ in order], [data[s].y_val for s, _ in order]),
-                   callbacks=early_stopping(spec), progress=progress, device=(device := _devices.of(spec)),
-                   metrics=("accuracy",) if task != "regression" else ())
+    res = fit_group(spec, task, lambda lam: builders[lam](), seeds, [{"lam": lam} for lam in strengths],
+                    [data[s] for s, _ in order], shared=False, progress=progress)
+    device = _devices.of(spec)
     if res.interrupted:  # a path cut short is never stored (nor returned) as finished
         raise KeyboardInterrupt(f"{spec.name}: its regularization path was interrupted; nothing of it was written")
     select = "log_loss" if task != "regression" else "mse"

@@ -5,7 +5,6 @@ task, the analysis layers. Each failure is a ``ConfigError`` naming the file and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -13,102 +12,101 @@ import torch
 
 from ..training.data import as_input
 from ..training.fit import PROBE, check_targets_and_outputs, check_trainable, probe_inputs
-from .build import builder, loss_of, splits_of
+from .build import builder
 from .code import where_in
 from .data import Splits
 from .data_tables import DataError
 from .schema import ConfigError, ExperimentSpec
 
-__all__ = ["prepare", "take_probe", "forget_probes"]
-
-#: each prepared experiment's model and loss (built as seed 0's, probed), by digest, for the one
-#: later step that needs a model of it before training (``group.engine_choice``): the builder is
-#: called once per group before training
-_probes: dict[str, tuple[torch.nn.Module, Any]] = {}
+__all__ = ["probe_model"]
 
 
-def take_probe(spec: ExperimentSpec) -> tuple[torch.nn.Module, Any] | None:
-    """The model and loss ``prepare`` built for ``spec`` in this process (then forgotten), or None."""
-    return _probes.pop(spec.digest(), None)
+def probe_model(spec: ExperimentSpec, sp: Splits) -> tuple[torch.nn.Module, Any]:
+    """Seed 0's model of the experiment and its loss (a ``reglab.losses.Loss``), built once and
+    put through every check that can fail before training, on seed 0's splits ``sp``: the data
+    (an augmentation on the training arrays), the builder, the loss against the task, a forward
+    pass on the first examples (finite, as wide as the task needs, in the loss's range), the
+    constraints, the decay patterns, early stopping's monitor, the analysis layers. Raises
+    ``ConfigError`` naming file and key."""
+    model, loss = _built(spec, sp)
+    _check_forward(spec, sp, model, loss)
+    _check_constraints(spec, model)
+    _check_decay(spec, model)
+    _check_analysis(spec, sp, model)
+    return model, loss
 
 
-def forget_probes() -> None:
-    """Drop the probe models no group rule took (a run is over: they would only hold memory)."""
-    _probes.clear()
-
-
-def prepare(specs: Iterable[ExperimentSpec]) -> None:
-    """Everything that can fail before training, for every experiment: the data (files, shapes,
-    NaN, labels), the builder, the ``[regularize]`` patterns, the model output against the loss,
-    the analysis layers. Raises ``ConfigError`` naming file and key."""
+def _built(spec: ExperimentSpec, sp: Splits) -> tuple[torch.nn.Module, Any]:
+    """Seed 0's model and its loss, the loss checked against the task."""
     from .. import losses as _losses
 
-    done: set[str] = set()
-    for spec in specs:
-        if spec.digest() in done:
-            continue
-        done.add(spec.digest())
-        try:
-            sp = splits_of(spec, 0)
-            if sp.augment is not None:
-                sp.augment.check(sp.x_train)
-        except (DataError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-        try:
-            torch.manual_seed(0)
-            out = builder(spec, sp.input_shape, sp.n_outputs)()
-        except ValueError as e:
-            where = "train.loss.codes" if "regularizers list" in str(e) else "model"
-            raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: {where}: {e}") from None
-        except Exception as e:  # the user's builder failed: say where, in their code
-            import traceback
+    try:
+        if sp.augment is not None:
+            sp.augment.check(sp.x_train)
+    except (DataError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    try:
+        torch.manual_seed(0)
+        out = builder(spec, sp.input_shape, sp.n_outputs)()
+    except ValueError as e:
+        where = "train.loss.codes" if "regularizers list" in str(e) else "model"
+        raise ConfigError(str(e) if spec.path in str(e) else f"{spec.path}: {where}: {e}") from None
+    except Exception as e:  # the user's builder failed: say where, in their code
+        import traceback
 
-            last = traceback.extract_tb(e.__traceback__)[-1]
-            ref = spec.model.builder or "the model's layers"
-            raise ConfigError(f"{spec.path}: model.builder: {ref} raised {type(e).__name__}: {e} (at {last.filename}, "
-                              f"line {last.lineno})") from None
-        model, lo = out if isinstance(out, tuple) else (out, loss_of(spec, sp.task))
-        loss = _losses.get(lo)
-        _check_loss_fits_task(spec, sp, loss)
-        try:
-            p0 = check_trainable(model, "the model")
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{spec.path}: model: {e}") from None
-        # as many as fit probes, integers kept where the model takes them (fit's rule)
-        xb = as_input(torch.as_tensor(np.asarray(sp.x_train[:PROBE])), p0.dtype)
-        try:
-            pred, _ = probe_inputs(model, xb, p0.dtype, "x")
-        except ValueError as e:  # any error of the user's forward
-            cause = e.__cause__ or e
-            raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
-                              f"{type(cause).__name__}: {cause}{where_in(cause)}") from None
-        if not bool(torch.isfinite(pred).all()):
-            raise ConfigError(f"{spec.path}: model: its output on the first {len(xb)} training examples holds NaN or "
-                              "inf before any training (its initial weights or its forward): nothing could be learned")
-        _check_width(spec, sp, pred)
-        yb = torch.as_tensor(np.asarray(sp.y_train[:len(xb)]))
-        try:
-            loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
-        except ValueError as e:
-            raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for {len(xb)} examples does not "
-                              f"fit the {sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
-        try:  # fit's own check: labels in range, probabilities where the loss wants them
-            check_targets_and_outputs(loss, pred, torch.as_tensor(np.asarray(sp.y_train)).to(p0.dtype))
-        except ValueError as e:
-            hint = (f' (here: loss = {{name = "{loss.name}", from_logits = true}})' if "from_logits" in str(e) else "")
-            raise ConfigError(f"{spec.path}: train.loss: {e}{hint}") from None
-        _check_constraints(spec, model)
-        _check_decay(spec, model)
-        es = spec.train.early_stopping or {}
-        if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
-            raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
-                              "regression task; monitor val_loss or val_data_loss")
-        names = {n for n, _ in model.named_modules()}
-        for layer in spec.analysis.sparsity_layers:
-            if layer not in names:
-                raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
-                                  f"{sorted(n for n in names if n)[:20]}")
-        _probes[spec.digest()] = (model, loss)
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        ref = spec.model.builder or "the model's layers"
+        raise ConfigError(f"{spec.path}: model.builder: {ref} raised {type(e).__name__}: {e} (at {last.filename}, "
+                          f"line {last.lineno})") from None
+    model, lo = out if isinstance(out, tuple) else (out, spec.train.loss.for_fit(sp.task))
+    loss = _losses.get(lo)
+    _check_loss_fits_task(spec, sp, loss)
+    return model, loss
+
+
+def _check_forward(spec: ExperimentSpec, sp: Splits, model: torch.nn.Module, loss: Any) -> None:
+    """The model trains and runs on the first training examples: its output finite, as wide as
+    the task needs, of the targets' shape, in the range the loss expects."""
+    try:
+        p0 = check_trainable(model, "the model")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{spec.path}: model: {e}") from None
+    # as many as fit probes, integers kept where the model takes them (fit's rule)
+    xb = as_input(torch.as_tensor(np.asarray(sp.x_train[:PROBE])), p0.dtype)
+    try:
+        pred, _ = probe_inputs(model, xb, p0.dtype, "x")
+    except ValueError as e:  # any error of the user's forward
+        cause = e.__cause__ or e
+        raise ConfigError(f"{spec.path}: model: a forward pass on x of shape {tuple(xb.shape)} failed: "
+                          f"{type(cause).__name__}: {cause}{where_in(cause)}") from None
+    if not bool(torch.isfinite(pred).all()):
+        raise ConfigError(f"{spec.path}: model: its output on the first {len(xb)} training examples holds NaN or "
+                          "inf before any training (its initial weights or its forward): nothing could be learned")
+    _check_width(spec, sp, pred)
+    yb = torch.as_tensor(np.asarray(sp.y_train[:len(xb)]))
+    try:
+        loss.check_shapes(tuple(pred.shape), tuple(yb.shape))
+    except ValueError as e:
+        raise ConfigError(f"{spec.path}: model: output shape {tuple(pred.shape)} for {len(xb)} examples does not "
+                          f"fit the {sp.task} targets of shape {tuple(yb.shape)} ({e})") from None
+    try:  # fit's own check: labels in range, probabilities where the loss wants them
+        check_targets_and_outputs(loss, pred, torch.as_tensor(np.asarray(sp.y_train)).to(p0.dtype))
+    except ValueError as e:
+        hint = (f' (here: loss = {{name = "{loss.name}", from_logits = true}})' if "from_logits" in str(e) else "")
+        raise ConfigError(f"{spec.path}: train.loss: {e}{hint}") from None
+
+
+def _check_analysis(spec: ExperimentSpec, sp: Splits, model: torch.nn.Module) -> None:
+    """Early stopping monitors what is logged for the task; the analysis layers exist."""
+    es = spec.train.early_stopping or {}
+    if sp.task == "regression" and "accuracy" in es.get("monitor", ""):
+        raise ConfigError(f"{spec.path}: train.early_stopping.monitor: {es['monitor']!r} is not logged for a "
+                          "regression task; monitor val_loss or val_data_loss")
+    names = {n for n, _ in model.named_modules()}
+    for layer in spec.analysis.sparsity_layers:
+        if layer not in names:
+            raise ConfigError(f"{spec.path}: analysis.sparsity_layers: no module {layer!r}; the modules are "
+                              f"{sorted(n for n in names if n)[:20]}")
 
 
 def _check_width(spec: ExperimentSpec, sp: Splits, pred: torch.Tensor) -> None:

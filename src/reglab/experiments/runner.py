@@ -8,7 +8,8 @@ an unchanged one is never recomputed. Each finished unit is written to
 ``<out>/runs/<experiment>/<run_id>.json`` (+ ``.pt`` weights, ``.npz`` arrays), every file
 atomically; the JSON, written last, records each file's sha256, and a unit counts as done only
 when they match (``store.py``). ``execute`` trains the pending units of one grid point in one
-vectorized ``fit_many`` group (``group.py``), after the checks of ``prepare.py``, in the order and
+vectorized ``fit_many`` group (``group.py``) from its experiment's plan (``plan.py``, made once,
+after the checks of ``prepare.py``), in the order and
 the processes ``schedule.py`` gives; the metrics come from ``evaluate.py``. Training decisions (early stopping, best weights) see only the
 validation split; the reported scores come from the test split (and a fresh sample where the
 distribution is known).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import collections
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ from .evaluate import FRESH_SAMPLES, evaluate_run
 from .files import own_folder, write_json
 from .group import group_cost
 from .notes import earlier_note, failure_notes
-from .prepare import forget_probes, prepare
+from .plan import Plan, forget_splits, group_key, prepare
 from .results import write_results_csv
-from .schedule import GroupRules, Scheduler, Task, compose
+from .schedule import Scheduler, Task, compose
 from .schema import ConfigError, ExperimentSpec
 from .store import Unit, load_model, load_runs, verified
 
@@ -83,9 +84,10 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
             workers: int = 1, side_tasks: Sequence[tuple[Callable[..., Any], tuple]] = (),
             threads: int | None = None, backend: str = "local", address: str | None = None,
             record: str | None = "merge", gpus_per_task: float = 0.0, results: bool = True,
-            say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the pending units, one ``fit_many`` group per experiment grid point; finished units
-    are skipped (resume).
+            say: Callable[[str], None] | None = None, plans: Mapping[str, Plan] | None = None) -> dict[str, Any]:
+    """Run the pending units, one ``fit_many`` group per experiment grid point, each from its
+    experiment's plan (``plans``, as ``prepare`` returns them; those missing are made first, so
+    every check runs before anything trains); finished units are skipped (resume).
 
     First the units' experiments are recorded as the current ones in ``out/current.json``
     (``current.py``; ``record="replace"``: they alone, ``None``: not recorded), so the tables
@@ -105,7 +107,7 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     results are returned in ``"side"``, in order.
 
     A unit gets the numbers it gets in any other run of the study, whatever else is pending
-    (``group_rule``): where one model alone would train on other kernels it trains beside a twin
+    (``Plan.group_rule``): where one model alone would train on other kernels it trains beside a twin
     (written only if pending itself); where only the same group gives the same numbers, a grid
     point with some units finished trains its whole planned group again and writes only the
     missing units.
@@ -131,9 +133,9 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
     units = list(units)
     try:
         info = _train(units, out, progress, on_group_done, workers, side_tasks, threads, backend, address, record,
-                      gpus_per_task)
+                      gpus_per_task, dict(plans or {}))
     finally:
-        forget_probes()  # what group rules did not take: the run no longer needs a model of its experiments
+        forget_splits()  # the run is over: the splits kept would only hold memory
     info["earlier"] = []
     info["runs"] = load_runs(out, left_out=info["earlier"])
     say = say or (lambda line: warnings.warn(line, stacklevel=3))
@@ -147,8 +149,9 @@ def execute(units: Iterable[Unit], out: str | Path, progress: bool = True,
 
 def _train(units: list[Unit], out: Path, progress: bool, on_group_done: Any, workers: int,
            side_tasks: Sequence[tuple[Callable[..., Any], tuple]], threads: int | None, backend: str,
-           address: str | None, record: str | None, gpus_per_task: float) -> dict[str, Any]:
-    """``execute``'s training: the checks, the current record, the tasks and their scheduler."""
+           address: str | None, record: str | None, gpus_per_task: float, plans: dict[str, Plan]) -> dict[str, Any]:
+    """``execute``'s training: the checks and plans, the current record, the tasks and their
+    scheduler."""
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}")
     if record not in ("merge", "replace", None):
@@ -156,14 +159,15 @@ def _train(units: list[Unit], out: Path, progress: bool, on_group_done: Any, wor
     for name in sorted({u.spec.name for u in units}):  # reglab's own folders, or an error naming what is there
         own_folder(out, "runs", name)
     own_folder(out, "locks")
+    planned, pending, skipped = _pending(units, out)
+    # each pending group's plan, in this thread (it builds a model), before anything is written
+    plans.update(prepare(us[0].spec for key, us in pending.items() if key not in plans))
     if record is not None:
         mark_current(out, units, replace=record == "replace")  # before training: finished units are current
-    planned, pending, skipped = _pending(units, out)
-    rules = GroupRules()
-    group_tasks = [compose(us, planned[key], rules(us, planned[key]), out) for key, us in pending.items()]
+    group_tasks = [compose(us, planned[key], plans[key], out) for key, us in pending.items()]
     group_tasks.sort(key=lambda t: -group_cost(t.units[0].spec, len(t.units)))
     tasks = collections.deque([Task(side=(i, fn, args)) for i, (fn, args) in enumerate(side_tasks)] + group_tasks)
-    return Scheduler(tasks, out, rules, len(side_tasks), skipped, sum(len(t.written) for t in group_tasks), progress,
+    return Scheduler(tasks, out, len(side_tasks), skipped, sum(len(t.written) for t in group_tasks), progress,
                      threads, workers, backend, address, gpus_per_task, on_group_done).run()
 
 
@@ -174,7 +178,7 @@ def _pending(units: list[Unit], out: Path) -> tuple[dict[str, list[Unit]], dict[
     planned: dict[str, list[Unit]] = {}
     skipped = 0
     for u in units:
-        key = u.spec.digest() + u.spec.name
+        key = group_key(u.spec)
         planned.setdefault(key, []).append(u)
         if u.done(out):
             skipped += 1
@@ -188,5 +192,5 @@ def run_unit(unit: Unit, out: str | Path) -> dict:
     with the numbers ``execute`` gives it (``compose``: beside a twin where that matters)."""
     out = Path(out)
     if verified(unit.path(out)) is None:  # not recorded: the driver records the whole plan (``execute``)
-        _train([unit], out, False, None, 1, (), None, "local", None, None, 0.0)
+        _train([unit], out, False, None, 1, (), None, "local", None, None, 0.0, {})
     return verified(unit.path(out))

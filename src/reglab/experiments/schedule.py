@@ -2,7 +2,7 @@
 
 A *task* is one grid point's pending units, trained together (``group.train_group``), or a side
 task (a regularization path). ``compose`` makes a grid point's task so that each unit gets the
-numbers it gets in any other run (``group.group_rule``). ``Scheduler`` runs the tasks, costliest
+numbers it gets in any other run (the group rule of the experiment's plan, ``plan.py``). ``Scheduler`` runs the tasks, costliest
 first, in this process and in helpers (``helpers.py``) or on Ray (``ray_backend.py``): a helper
 gets its next task the moment it finishes one, and each group trains under its lock
 (``locks.py``)."""
@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from .. import threads as _threads
-from .group import group_rule, train_group_task
+from .group import train_group_task
+from .plan import Plan
 from .schema import ExperimentSpec
 from .store import Unit, verified
 
-__all__ = ["Task", "compose", "GroupRules", "Scheduler"]
+__all__ = ["Task", "compose", "Scheduler"]
 
 
 def side_task(fn: Callable[..., Any], args: tuple) -> Any:
@@ -41,6 +42,7 @@ class Task:
     side: tuple[int, Callable[..., Any], tuple] | None = None
     write: list[int] | None = None
     planned: list[Unit] | None = None  # every unit of the grid point (what ``compose`` draws on)
+    plan: Plan | None = None  # its experiment's
     threads: int | None = None  # the count its finished units recorded (used when none is given)
 
     @property
@@ -55,17 +57,17 @@ class Task:
     def call(self, out: Path, threads: int | None = None) -> tuple[Callable[..., Any], tuple]:
         if self.side is not None:
             return side_task, self.side[1:]
-        s = self.units[0].spec
-        return train_group_task, (s, [u.seed for u in self.units], str(out), self.written,
-                                  self.threads if threads is None else threads)
+        return train_group_task, (self.units[0].spec, self.plan, [u.seed for u in self.units], str(out),
+                                  self.written, self.threads if threads is None else threads)
 
 
-def compose(left: list[Unit], planned: list[Unit], rule: str, out: Path) -> Task:
+def compose(left: list[Unit], planned: list[Unit], plan: Plan, out: Path) -> Task:
     """The task that trains the units ``left`` (of a grid point's ``planned`` ones) so that each
-    gets the numbers it gets in any other run (``rule``: ``group_rule``'s): beside a twin where
-    one would train alone (``"pairs"``); only ``left`` is written. Where numbers depend on the
-    thread count (not ``"any"``), at the count the grid point's finished units recorded, unless
-    one is given (``--threads``)."""
+    gets the numbers it gets in any other run (``Plan.group_rule``): beside a twin where one would
+    train alone (``"pairs"``); only ``left`` is written. Where numbers depend on the thread count
+    (not ``"any"``), at the count the grid point's finished units recorded, unless one is given
+    (``--threads``)."""
+    rule = plan.group_rule
     threads = None
     if rule != "any" and len(left) < len(planned):
         pending = {u.seed for u in left}
@@ -73,32 +75,8 @@ def compose(left: list[Unit], planned: list[Unit], rule: str, out: Path) -> Task
         threads = next((r["threads"] for r in rows if r is not None and isinstance(r.get("threads"), int)), None)
     if rule == "pairs" and len(left) == 1:
         twin = next((v for v in planned if v.seed != left[0].seed), None) or Unit(left[0].spec, left[0].seed + 1)
-        return Task(units=[left[0], twin], write=[left[0].seed], planned=planned, threads=threads)
-    return Task(units=left, planned=planned, threads=threads)
-
-
-class GroupRules:
-    """Each experiment's ``group_rule``, found once (it builds a model) and only where needed."""
-
-    def __init__(self) -> None:
-        self.rules: dict[str, str] = {}
-
-    @staticmethod
-    def whole(left: list[Unit], planned: list[Unit]) -> bool:
-        """A whole group of two or more: its numbers are the same under every rule."""
-        return len(left) > 1 and len(left) == len(planned)
-
-    def known(self, left: list[Unit], planned: list[Unit]) -> bool:
-        """Whether the rule can be answered without ``group_rule`` (which builds a model)."""
-        return self.whole(left, planned) or left[0].spec.digest() in self.rules
-
-    def __call__(self, left: list[Unit], planned: list[Unit]) -> str:
-        if self.whole(left, planned):
-            return "any"
-        key = left[0].spec.digest()
-        if key not in self.rules:
-            self.rules[key] = group_rule(left[0].spec)
-        return self.rules[key]
+        return Task(units=[left[0], twin], write=[left[0].seed], planned=planned, plan=plan, threads=threads)
+    return Task(units=left, planned=planned, plan=plan, threads=threads)
 
 
 class Scheduler:
@@ -109,18 +87,16 @@ class Scheduler:
     With helpers (local backend), a helper gets its next task the moment it finishes one: its
     future's done-callback, in the pool's thread, claims and sends it while this process trains
     (``feed``). ``handoff`` guards what both threads touch: the line of tasks, ``running``,
-    ``waiting``, the locks, the counts. A task whose group rule is not known yet stays for this
-    thread (``group_rule`` builds a model, drawing from the global generator this thread's
-    training may use)."""
+    ``waiting``, the locks, the counts."""
 
-    def __init__(self, tasks: collections.deque, out: Path, rules: GroupRules, n_side: int, skipped: int,
+    def __init__(self, tasks: collections.deque, out: Path, n_side: int, skipped: int,
                  n_runs: int, progress: bool, threads: int | None, workers: int, backend: str, address: str | None,
                  gpus_per_task: float, on_group_done: Callable[[ExperimentSpec, list[int]], None] | None):
         from tqdm.auto import tqdm
 
         from .locks import GroupLocks
 
-        self.tasks, self.out, self.rules, self.on_group_done = tasks, out, rules, on_group_done
+        self.tasks, self.out, self.on_group_done = tasks, out, on_group_done
         self.bar = tqdm(total=n_runs, desc="study", unit="run", disable=not progress or not sys.stderr.isatty())
         self.threads = _threads.check(threads) if threads is not None else _threads.explicit()
         self.here = backend == "local"  # whether this process trains too
@@ -154,11 +130,9 @@ class Scheduler:
             self.pool_submit = lambda fn, *a: submit(pool, fn, *a)
             self.pool_interrupt = lambda: interrupt(pool)
 
-    def claim(self, task: Task, wait: bool = False, ahead: bool = False) -> Task | None:
+    def claim(self, task: Task, wait: bool = False) -> Task | None:
         """The task with its lock held and only its unfinished units, or None (nothing to do, or
-        another process holds it: then it waits in ``waiting``; ``ahead``, from the pool's
-        thread: also where its rule would have to be found, and then it goes back to the front
-        of the line). Called with ``handoff`` held."""
+        another process holds it: then it waits in ``waiting``). Called with ``handoff`` held."""
         if task.units is None:
             return task
         if wait:
@@ -168,10 +142,6 @@ class Scheduler:
             return None
         todo = [u for u in task.units if u.seed in set(task.written)]
         left = [u for u in todo if not u.done(self.out)]  # another run may have finished some
-        if ahead and left and not self.rules.known(left, task.planned):
-            self.locks.release(task.key)
-            self.tasks.appendleft(task)
-            return None
         for u in left:
             u.clear_partial(self.out)
         self.counts["skipped"] += len(todo) - len(left)
@@ -179,7 +149,7 @@ class Scheduler:
         if not left:
             self.locks.release(task.key)
             return None
-        return compose(left, task.planned, self.rules(left, task.planned), self.out)
+        return compose(left, task.planned, task.plan, self.out)
 
     def finish(self, task: Task, result: Any) -> None:
         if task.units is None:
@@ -203,7 +173,7 @@ class Scheduler:
             while self.tasks and not self.stop.is_set() and self.busy() < self.n_helpers:
                 head = self.tasks.popleft()
                 try:
-                    task = self.claim(head, ahead=True)
+                    task = self.claim(head)
                     if task is not None:
                         self.send(task)
                 except BaseException:
@@ -211,8 +181,6 @@ class Scheduler:
                         self.locks.release(head.key)
                     self.tasks.appendleft(head)
                     raise
-                if task is None and self.tasks and self.tasks[0] is head:
-                    break  # its rule is to be found: left for this thread
 
     def quiet_feed(self, f: cf.Future) -> None:
         if f.cancelled() or f.exception() is not None:

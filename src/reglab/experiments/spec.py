@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import devices as _devices
+from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import regularizers as _regularizers
 
-__all__ = ["ExperimentSpec", "Data", "Split", "Model", "Train", "Regularize", "Analysis", "PRESENTATION",
-           "BASELINE_PREFIX", "with_strength"]
+__all__ = ["ExperimentSpec", "Data", "Split", "Model", "Train", "Loss", "Regularize", "Analysis", "PRESENTATION",
+           "BASELINE_PREFIX", "DEFAULT_LOSS", "with_strength"]
 
 #: keys that say how an experiment is shown, not what it trains: no part of a run's identity
 PRESENTATION = ("seeds", "title", "description", "reference")
 BASELINE_PREFIX = "baseline."  # "." cannot appear in an experiment's name: no name can enter this namespace
+#: the loss an experiment trains with when ``train.loss`` is absent
+DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
+                "regression": "mean_squared_error"}
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,63 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Loss:
+    """``[train] loss``: what it means, worked out here only. ``written`` is the value in the file
+    -- None (the task's default, ``DEFAULT_LOSS``), a Keras name, ``{name, from_logits}``, or
+    ``{name = "regularized", data_loss, codes, strength}`` (a ``RegularizedLoss`` bound to the
+    model, which the builder returns with it)."""
+    written: Any
+
+    @property
+    def regularized(self) -> bool:
+        return isinstance(self.written, Mapping) and self.written.get("name") == "regularized"
+
+    def config(self, task: str) -> Any:
+        """The loss as written, or the task's default."""
+        return DEFAULT_LOSS[task] if self.written is None else self.written
+
+    def name(self, task: str) -> str:
+        """The Keras name, or ``"regularized"``."""
+        lo = self.config(task)
+        return lo["name"] if isinstance(lo, Mapping) else lo
+
+    def from_logits(self, task: str) -> bool:
+        lo = self.config(task)
+        return bool(lo.get("from_logits", False)) if isinstance(lo, Mapping) else False
+
+    def for_fit(self, task: str) -> Any:
+        """What ``fit_many(loss=...)`` takes (None where the builder returns the loss)."""
+        lo = self.config(task)
+        if not isinstance(lo, Mapping):
+            return lo
+        if self.regularized:
+            return None
+        return type(_losses.get(lo["name"]))(from_logits=bool(lo.get("from_logits", False)))
+
+    @property
+    def data_loss(self) -> Any:
+        """What a regularized loss measures the data with (as written)."""
+        return self.written.get("data_loss", "binary_crossentropy")
+
+    @property
+    def regression(self) -> str | None:
+        """The loss's name where the file names a regression loss (mean squared or absolute
+        error; of a regularized loss, its data loss), else None: integer targets are then a
+        regression."""
+        lo = self.written
+        if isinstance(lo, Mapping):
+            lo = self.data_loss if self.regularized else lo.get("name")
+        if not isinstance(lo, str):
+            return None
+        loss = _losses.get(lo)
+        return loss.name if isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)) else None
+
+
+@dataclass(frozen=True)
 class Train:
-    """``[train]``: the loss as written (None: the task's default), the optimizer's table, the
-    schedule, early stopping's arguments (None: none) and the device (None: the CPU)."""
-    loss: Any
+    """``[train]``: the loss (``Loss``), the optimizer's table, the schedule, early stopping's
+    arguments (None: none) and the device (None: the CPU)."""
+    loss: Loss
     optimizer: dict[str, Any]
     epochs: int
     batch_size: int
@@ -123,7 +180,7 @@ class ExperimentSpec:
     @property
     def train(self) -> Train:
         t = self.config["train"]
-        return Train(t.get("loss"), dict(t["optimizer"]), t["epochs"], t["batch_size"], t.get("early_stopping") or None,
+        return Train(Loss(t.get("loss")), dict(t["optimizer"]), t["epochs"], t["batch_size"], t.get("early_stopping") or None,
                      t.get("device"))
 
     @property

@@ -17,7 +17,7 @@ from .. import _checks
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import threads as _threads
-from ..engines.choose import choose_engine
+from ..engines.choose import EngineChoice, choose_engine
 from ..engines.loop import rng_state, seed_global
 from ..engines.make import make_engine
 from ..engines.protocol import KINDS
@@ -134,7 +134,7 @@ def fit_many(
     progress: bool = True,
     memory_budget: int | None = 2 * 1024**3,
     threads: int | None = None,
-    engine: str = "auto",
+    engine: str | EngineChoice = "auto",
 ) -> ManyResult:
     """Train ``len(seeds) * len(grid)`` models of one architecture together.
 
@@ -150,8 +150,8 @@ def fit_many(
     ``engine``: ``"auto"`` (``reglab.engines.choose_engine``: Dense-stack, vmap, or the
     per-model loop for what vmap cannot batch or draw as each model alone -- recurrent layers,
     attention dropout, custom autograd functions), or ``"dense"``/``"vmap"``/``"loop"`` to force
-    one (an ``EngineUnavailable`` error says why a forced one cannot train the model). The
-    choice and its reason are in ``ManyResult.engine`` and ``.engine_reason``.
+    one (``EngineUnavailable`` says why it cannot), or the ``EngineChoice`` ``choose_engine`` made
+    for this ``build`` and M (a plan's: not probed again); in ``ManyResult.engine``, ``.engine_reason``.
 
     ``x, y`` and ``validation_data``: shared arrays, lists with one array per model (same
     shapes), a map-style ``Dataset`` of ``(x, y)`` (each model its own ``DataLoader``, shuffled by
@@ -177,8 +177,8 @@ def fit_many(
 
     first, first_loss = make(0)
     train0 = data.train(first, first_loss, [0], configs)
-    choice = choose_engine(first, first_loss, train0.probe_batch(), n_models=M, optimizer=optimizer,
-                           arrays=data.arrays, data_draws=data.draws, engine=engine)
+    choice = engine if isinstance(engine, EngineChoice) else choose_engine(first, first_loss, train0.probe_batch(),
+        n_models=M, optimizer=optimizer, arrays=data.arrays, data_draws=data.draws, engine=engine)
     bounds = _chunks(M, choice.kind, memory_budget, first, batch_size, train0)
     bar = _bar(M, progress)
     result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
@@ -227,8 +227,9 @@ def _checked(seeds, optimizer, engine, epochs, batch_size, metrics, threads, cal
         raise ValueError(f"seeds must differ (a repeated seed trains the same model twice); got seeds={seeds}")
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError("fit_many needs an optimizer name or config (an optimizer instance is bound to one model)")
-    if engine != "auto" and engine not in KINDS:
-        raise ValueError(f"engine must be 'auto' or one of {list(KINDS)}; got engine={engine!r}")
+    given = engine.kind if isinstance(engine, EngineChoice) else engine
+    if given not in KINDS and engine != "auto":
+        raise ValueError(f"engine must be 'auto', one of {list(KINDS)} or an EngineChoice; got engine={engine!r}")
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     metrics = check_metrics(metrics)
