@@ -1100,6 +1100,42 @@ def test_each_seeds_splits_are_read_once_per_run(tmp_path, monkeypatch):
     assert reads == {0: 1, 1: 1, 2: 1}, reads
 
 
+def test_splits_kept_for_reuse_are_copied_for_each_reader(tmp_path, monkeypatch):
+    """A reader that writes into the splits it got (a forward pass that changes its input in
+    place) changes no other reader's: each gets its own copy of the arrays kept, read once."""
+    from reglab.experiments import build
+    from reglab.experiments.plan import plan_of
+
+    reads = []
+    real = build.load_splits
+    monkeypatch.setattr(build, "load_splits", lambda *a, **k: reads.append(a[4]) or real(*a, **k))
+    plan = plan_of(validate(tomllib.loads(TINY), "x.toml"))
+    first = plan.splits(0)
+    clean = first.x_train.copy()
+    for k in ("x_train", "x_val", "x_test", "y_train"):
+        getattr(first, k)[...] = 7
+    again = plan.splits(0)
+    assert reads == [0] and np.array_equal(again.x_train, clean) and again.y_train.max() <= 1
+
+
+def test_a_plans_engine_is_not_taken_where_its_choice_may_not_hold(tmp_path, monkeypatch):
+    """A plan made where the fused kernel can be built, trained where it cannot (a Ray node
+    without a compiler; here ``REGLAB_FUSED=0``): the group's ``fit_many`` chooses there, and
+    trains on the Dense-stack engine (it had raised ``FusedUnavailable``)."""
+    from reglab.experiments.group import train_group
+    from reglab.experiments.plan import plan_of
+
+    spec = validate(tomllib.loads(TINY), "x.toml")
+    plan = plan_of(spec)
+    if plan.engine.kind != "fused":
+        pytest.skip("no fused kernel here")
+    assert plan.engine_for(2, "cpu") is plan.engine
+    monkeypatch.setenv("REGLAB_FUSED", "0")
+    assert plan.engine_for(2, "cpu") == "auto"
+    rows = train_group(spec, [0, 1], tmp_path / "out", plan=plan)
+    assert [r["engine"] for r in rows] == ["dense", "dense"]
+
+
 def test_the_builder_is_called_once_per_model_trained_and_once_per_group_before(tmp_path, monkeypatch):
     """Before training, each experiment's model is built once (``prepare``'s probe, which the
     engine's group rule reuses); then once per model trained: a run of 3 seeds of an experiment
@@ -1318,9 +1354,9 @@ def test_a_plan_is_plain_data_and_is_forgotten_after_a_run(tmp_path):
 
     spec = validate(tomllib.loads(TINY), "x.toml")
     made = list(prepare([spec, spec.baseline(), spec]).values())
-    assert [p.spec for p in made] == [spec, spec.baseline()] and plans._first
+    assert [p.spec for p in made] == [spec, spec.baseline()] and plans._splits
     assert made[0].engine.kind in ("fused", "dense") and made[0].task == "binary" and made[0].n_outputs == 1
     assert not any(isinstance(v, torch.nn.Module) for v in vars(made[0]).values())
     assert pickle.loads(pickle.dumps(made[0])) == made[0]
     execute(plan_units([spec], seeds=2), tmp_path / "out", progress=False)
-    assert not plans._first and not plans._splits
+    assert not plans._splits

@@ -373,8 +373,9 @@ def list_cmd(paths: tuple[str, ...]) -> None:
                    f"{tr.epochs} epochs, batch {tr.batch_size}, {s.seeds} seeds{on}" +
                    (f"  [{point}]" if point else ""))
         click.echo(f"{'':24s} {s.title}")
-        click.echo(f"{'':24s} engine: {_engine_line(s)}")
-        labels = _labels_line(s)
+        plan = _plan_or_error(s)
+        click.echo(f"{'':24s} engine: {_engine_line(plan)}")
+        labels = _labels_line(plan)
         if labels:
             click.echo(f"{'':24s} labels: {labels}")
         searched = _search_line(s.path)
@@ -391,26 +392,28 @@ def _search_line(path: str) -> str | None:
     return "; ".join(d.describe() + (" (and the baseline's)" if d.baseline else "") for d in dims) or None
 
 
-def _labels_line(spec) -> str | None:
+def _plan_or_error(spec):
+    """The experiment's plan, or the error that stops it (data or model that cannot be read)."""
+    from .experiments.plan import plan_of
+
+    try:
+        return plan_of(spec)
+    except (ValueError, OSError, RuntimeError) as e:
+        return e
+
+
+def _labels_line(plan) -> str | None:
     """``name = 0, ...`` where the data's class labels are strings (encoded in sorted order)."""
-    from .experiments.plan import plan_of
-
-    try:
-        classes = plan_of(spec).classes
-    except (ValueError, OSError, RuntimeError):
-        return None  # said on the engine line
-    return ", ".join(f"{c} = {i}" for i, c in enumerate(classes)) if classes else None
+    if isinstance(plan, Exception) or not plan.classes:
+        return None  # an error is said on the engine line
+    return ", ".join(f"{c} = {i}" for i, c in enumerate(plan.classes))
 
 
-def _engine_line(spec) -> str:
+def _engine_line(plan) -> str:
     """``kind (reason)`` of the engine a group of the experiment's seeds trains on (its plan's)."""
-    from .experiments.plan import plan_of
-
-    try:
-        choice = plan_of(spec).engine
-    except (ValueError, OSError, RuntimeError) as e:  # data or model that cannot be read: list the rest
-        return f"not known ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    return f"{choice.kind} ({choice.reason})"
+    if isinstance(plan, Exception):
+        return f"not known ({type(plan).__name__}: {str(plan).splitlines()[0] if str(plan) else ''})"
+    return f"{plan.engine.kind} ({plan.engine.reason})"
 
 
 @main.command()

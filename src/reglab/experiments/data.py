@@ -36,7 +36,11 @@ from .code import resolve
 from .data_files import check_xy, read_roles
 from .data_tables import DEFAULT_SPLIT, fail
 
-__all__ = ["Splits", "load_splits", "infer_task", "fingerprint"]
+__all__ = ["Splits", "ARRAYS", "load_splits", "infer_task", "fingerprint"]
+
+
+#: the arrays of ``Splits``
+ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 @dataclass

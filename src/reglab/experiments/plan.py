@@ -6,19 +6,25 @@ names), the loss, the metrics for the task, and the engine the one chooser
 model built once, as seed 0's, and put through every check that can fail before training
 (``prepare.probe_model``). Training reads these from the plan (``Plan.fit``), so nothing about the
 experiment is worked out again, and ``fit_many`` trains on the plan's engine instead of choosing
-its own (``fit_group``: the one ``fit_many`` call of an experiment's models, a regularization
-path's too). A plan is plain data: it crosses to a helper process or a Ray task pickled as it is.
+its own, wherever the choice holds (the same device, machine and fused-kernel availability;
+elsewhere, a Ray node, ``fit_many`` chooses). ``fit_group`` is the one ``fit_many`` call of an
+experiment's models (a regularization path's too, whose grid changes the strengths the plan
+probed: there ``fit_many`` chooses). A plan is plain data: it crosses to a helper process or a Ray
+task pickled as it is.
 
-Splits are read through ``Plan.splits`` and kept by what they are made from (the data and split
-tables, the input files' hashes, the seed that draws them): seed 0's, loaded for the checks, until
-the run is over (``forget_splits``: ``runner.execute`` calls it), other seeds' while they are among
-the last ``KEEP_SPLITS`` loaded. So in one process each seed's splits are read once for a grid
-point and the experiments on the same data (its baseline, the other grid points) share them."""
+Splits are read through ``Plan.splits``; the last ``KEEP_SPLITS`` read are kept by what they are
+made from (the data and split tables, the input files' hashes, the seed that draws them), so seed
+0's, read for the checks, serve its group's training in this process, and the experiments on the
+same data (its baseline, the other grid points) read each seed once. Each caller gets its own copy
+of the arrays (a forward pass that writes into its input changes no other group's data), as when
+each read its own. ``runner.execute`` drops them when it ends (``forget_splits``)."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,24 +35,24 @@ from ..engines.choose import EngineChoice, choose_engine
 from ..training.sources import draws_random
 from . import devices as _devices
 from .build import builder, early_stopping, splits_of, training_data
-from .data import Splits
+from .data import ARRAYS, Splits
 from .devices import DeviceError
 from .prepare import probe_model
 from .spec import ExperimentSpec
 
 __all__ = ["Plan", "plan_of", "prepare", "forget_splits", "fit_group", "group_key"]
 
-#: other seeds' splits kept (``Plan.splits``): not every seed's of a study
-KEEP_SPLITS = 2
+#: splits kept (``Plan.splits``): the last few read, not every seed's of a study
+KEEP_SPLITS = 3
 
-_first: dict[str, Splits] = {}  # seed 0's
 _splits: collections.OrderedDict[str, Splits] = collections.OrderedDict()
 
 
 @dataclass(frozen=True)
 class Plan:
     """One experiment (``spec``, a grid point) resolved for training. ``engine`` trains a group
-    of two or more of its models, ``alone`` one model; both were chosen on ``engine_device``."""
+    of two or more of its models, ``alone`` one model; both hold where ``chosen_on`` says
+    (``_where``: the device, the machine, whether a fused kernel can be built there)."""
 
     spec: ExperimentSpec
     task: str
@@ -56,7 +62,7 @@ class Plan:
     validation_is_test: bool
     engine: EngineChoice
     alone: EngineChoice
-    engine_device: str
+    chosen_on: str
 
     @property
     def loss_name(self) -> str:
@@ -90,9 +96,9 @@ class Plan:
 
     def engine_for(self, n_models: int, device: str) -> EngineChoice | str:
         """The plan's engine for a group of ``n_models`` on ``device``; ``"auto"`` (``fit_many``
-        chooses) where the plan could not choose on that device (a Ray driver without the GPU
-        its tasks train on)."""
-        if device != self.engine_device:
+        chooses) where the choice may not hold: another device (a Ray driver without the GPU its
+        tasks train on), another machine, or one where a fused kernel is (not) to be had."""
+        if _where(device) != self.chosen_on:
             return "auto"
         return self.engine if n_models >= 2 else self.alone
 
@@ -144,7 +150,7 @@ def plan_of(spec: ExperimentSpec) -> Plan:
         device = "cpu"
     engine, alone = _choices(spec, sp, model.to(device), loss)
     return Plan(spec, sp.task, sp.input_shape, sp.n_outputs, sp.classes, sp.validation_is_test, engine, alone,
-                device)
+                _where(device))
 
 
 def prepare(specs: Iterable[ExperimentSpec]) -> dict[str, Plan]:
@@ -161,8 +167,15 @@ def prepare(specs: Iterable[ExperimentSpec]) -> dict[str, Plan]:
 
 def forget_splits() -> None:
     """Drop the splits kept (a run is over: they would only hold memory)."""
-    _first.clear()
     _splits.clear()
+
+
+def _where(device: str) -> str:
+    """What an engine choice depends on besides the model and data: the device, the machine,
+    and whether a fused kernel can be built there (``REGLAB_FUSED``, a compiler)."""
+    from ..engines.fused import unavailable
+
+    return f"{device} on {socket.gethostname()}, fused kernel: {unavailable() or 'available'}"
 
 
 def _choices(spec: ExperimentSpec, sp: Splits, model: torch.nn.Module, loss: Any) -> tuple[EngineChoice, EngineChoice]:
@@ -183,19 +196,16 @@ def _choices(spec: ExperimentSpec, sp: Splits, model: torch.nn.Module, loss: Any
 
 
 def _splits_of(spec: ExperimentSpec, seed: int) -> Splits:
-    """``build.splits_of``, kept: seed 0's until ``forget_splits``, others for the next
-    ``KEEP_SPLITS`` loads of other splits."""
+    """``build.splits_of``, kept for the next ``KEEP_SPLITS`` reads of other splits; a copy of
+    its arrays for each caller."""
     drawn = seed if spec.split.resample else 0
     key = json.dumps([spec.data.table, spec.split.table, str(spec.base), spec.inputs, spec.train.loss.regression,
                       drawn], sort_keys=True, default=str)
-    if drawn == 0:
-        if key not in _first:
-            _first[key] = splits_of(spec, seed)
-        return _first[key]
     if key in _splits:
         _splits.move_to_end(key)
-        return _splits[key]
-    sp = _splits[key] = splits_of(spec, seed)
-    while len(_splits) > KEEP_SPLITS:
-        _splits.popitem(last=False)
-    return sp
+    else:
+        _splits[key] = splits_of(spec, seed)
+        while len(_splits) > KEEP_SPLITS:
+            _splits.popitem(last=False)
+    sp = _splits[key]
+    return dataclasses.replace(sp, **{k: getattr(sp, k).copy() for k in ARRAYS})

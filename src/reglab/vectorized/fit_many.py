@@ -150,8 +150,8 @@ def fit_many(
     ``engine``: ``"auto"`` (``reglab.engines.choose_engine``: Dense-stack, vmap, or the
     per-model loop for what vmap cannot batch or draw as each model alone -- recurrent layers,
     attention dropout, custom autograd functions), or ``"dense"``/``"vmap"``/``"loop"`` to force
-    one (``EngineUnavailable`` says why it cannot), or the ``EngineChoice`` ``choose_engine`` made
-    for this ``build`` and M (a plan's: not probed again); in ``ManyResult.engine``, ``.engine_reason``.
+    one (``EngineUnavailable`` says why it cannot), or an ``EngineChoice`` ``choose_engine`` made for
+    a model of this ``build`` (a plan's: used as it is); in ``ManyResult.engine``, ``.engine_reason``.
 
     ``x, y`` and ``validation_data``: shared arrays, lists with one array per model (same
     shapes), a map-style ``Dataset`` of ``(x, y)`` (each model its own ``DataLoader``, shuffled by
