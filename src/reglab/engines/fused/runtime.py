@@ -117,22 +117,41 @@ static inline vf v_sqrt(vf x) {
 #endif
 }
 
+#define TILE static inline __attribute__((always_inline))
+
+// one step of a register tile: acc[t][u] += a[t] * b[u] (a[t] at pa[t * sa], b[u] at pb[u * sb]).
+// The shorter side is held in registers, the other streamed one vector at a time, so that a
+// TA x TB tile needs TA * TB + min(TA, TB) + 1 vector registers; every operand is KEEP'd (read
+// once per step, never again from memory).
+template <int TA, int TB>
+TILE void outer(vf (&acc)[TA][TB], const vf* __restrict pa, int sa, const vf* __restrict pb, int sb) {
+  if constexpr (TA <= TB) {
+    vf a[TA];
+    for (int t = 0; t < TA; ++t) { a[t] = pa[t * sa]; KEEP(a[t]); }
+    for (int u = 0; u < TB; ++u) {
+      vf b = pb[u * sb];
+      KEEP(b);
+      for (int t = 0; t < TA; ++t) acc[t][u] += a[t] * b;
+    }
+  } else {
+    vf b[TB];
+    for (int u = 0; u < TB; ++u) { b[u] = pb[u * sb]; KEEP(b[u]); }
+    for (int t = 0; t < TA; ++t) {
+      vf a = pa[t * sa];
+      KEEP(a);
+      for (int u = 0; u < TB; ++u) acc[t][u] += a * b[u];
+    }
+  }
+}
+
 // z[b][o] = bias[o] + sum_i h[b][i] W[o][i], tiles of TB examples x TO outputs in registers
 template <int IN, int OUT, int TB, int TO>
-static inline void tile_fwd(const vf* __restrict h, const vf* __restrict W, const vf* __restrict bias,
-                            vf* __restrict z, int b, int o) {
+TILE void tile_fwd(const vf* __restrict h, const vf* __restrict W, const vf* __restrict bias,
+                   vf* __restrict z, int b, int o) {
   vf acc[TB][TO];
   for (int t = 0; t < TB; ++t)
     for (int u = 0; u < TO; ++u) acc[t][u] = bias[o + u];
-  for (int i = 0; i < IN; ++i) {
-    vf x[TB];
-    for (int t = 0; t < TB; ++t) x[t] = h[(b + t) * IN + i];
-    for (int u = 0; u < TO; ++u) {
-      vf w = W[(o + u) * IN + i];
-      KEEP(w);
-      for (int t = 0; t < TB; ++t) acc[t][u] += x[t] * w;
-    }
-  }
+  for (int i = 0; i < IN; ++i) outer<TB, TO>(acc, h + b * IN + i, IN, W + o * IN + i, IN);
   for (int t = 0; t < TB; ++t)
     for (int u = 0; u < TO; ++u) z[(b + t) * OUT + o + u] = acc[t][u];
 }
@@ -157,19 +176,11 @@ static inline void forward(const vf* __restrict h, const vf* __restrict W, const
 
 // dh[b][i] = sum_o dz[b][o] W[o][i]
 template <int IN, int OUT, int TB, int TI>
-static inline void tile_dh(const vf* __restrict dz, const vf* __restrict W, vf* __restrict dh, int b, int i) {
+TILE void tile_dh(const vf* __restrict dz, const vf* __restrict W, vf* __restrict dh, int b, int i) {
   vf acc[TB][TI];
   for (int t = 0; t < TB; ++t)
     for (int u = 0; u < TI; ++u) acc[t][u] = vf{};
-  for (int o = 0; o < OUT; ++o) {
-    vf g[TB];
-    for (int t = 0; t < TB; ++t) g[t] = dz[(b + t) * OUT + o];
-    for (int u = 0; u < TI; ++u) {
-      vf w = W[o * IN + i + u];
-      KEEP(w);
-      for (int t = 0; t < TB; ++t) acc[t][u] += g[t] * w;
-    }
-  }
+  for (int o = 0; o < OUT; ++o) outer<TB, TI>(acc, dz + b * OUT + o, OUT, W + o * IN + i, 1);
   for (int t = 0; t < TB; ++t)
     for (int u = 0; u < TI; ++u) dh[(b + t) * IN + i + u] = acc[t][u];
 }
@@ -193,20 +204,11 @@ static inline void backward_dh(const vf* __restrict dz, const vf* __restrict W, 
 
 // gW[o][i] = sum_b dz[b][o] h[b][i] (i == IN: the bias, h = 1)
 template <int IN, int OUT, int TO, int TI>
-static inline void tile_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW, int B, int o, int i) {
+TILE void tile_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW, int B, int o, int i) {
   vf acc[TO][TI];
   for (int t = 0; t < TO; ++t)
     for (int u = 0; u < TI; ++u) acc[t][u] = vf{};
-  for (int b = 0; b < B; ++b) {
-    vf x[TI];
-    for (int u = 0; u < TI; ++u) x[u] = h[b * IN + i + u];
-    for (int u = 0; u < TI; ++u) KEEP(x[u]);
-    for (int t = 0; t < TO; ++t) {
-      vf g = dz[b * OUT + o + t];
-      KEEP(g);
-      for (int u = 0; u < TI; ++u) acc[t][u] += g * x[u];
-    }
-  }
+  for (int b = 0; b < B; ++b) outer<TO, TI>(acc, dz + b * OUT + o, 1, h + b * IN + i, 1);
   for (int t = 0; t < TO; ++t)
     for (int u = 0; u < TI; ++u) gW[(o + t) * IN + i + u] = acc[t][u];
 }
