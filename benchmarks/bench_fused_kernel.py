@@ -5,9 +5,11 @@ Each ``--tree`` (a ``src`` folder holding a ``reglab`` package; default: this tr
 kernel source for the architecture in a subprocess; every source is compiled by this tree's
 ``build.library`` and driven here through the same ``Args`` block, from the same starting
 parameters, Adam state and example orders. The rounds alternate the builds (this VM's speed drifts
-between minutes); the medians are printed in ms per model-run (200 epochs), and every build's
+between minutes: epoch by epoch, the order rotating); per round the median epoch, over rounds the
+median of those, in ms per model-run (200 epochs), and every build's
 parameters, Adam moments and statistics after the timed epochs are compared with the first's by
-``torch.equal``.
+``torch.equal``. Besides the wall time, the process CPU time in the kernel (all threads): on a
+shared, loaded machine the steadier of the two (it excludes time the threads wait for a core).
 
     python benchmarks/bench_fused_kernel.py --tree /tmp/old/src --tree src [--m 1024] [--threads 1,2]
         [--epochs 20] [--rounds 3] [--widths 2,32,32,32,32,32,1] [--acts relu,...,sigmoid] [--loss bce]
@@ -87,6 +89,7 @@ class Run:
         self.failval = torch.zeros(C, L)
         self.data, self.start, self.spec, self.threads = data, start, spec, threads
         self.steps = 0
+        self.cpu = 0.0  # process CPU seconds in the kernel (all its threads)
         self.Args = Args
 
     def epoch(self, order: torch.Tensor) -> float:
@@ -99,11 +102,12 @@ class Run:
             self.stats.data_ptr()
         a.order, a.active, a.failed, a.failval, a.hyper = order.data_ptr(), self.act.data_ptr(), self.failed.data_ptr(), \
             self.failval.data_ptr(), hyper.data_ptr()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         if self.lib.train_epoch(ctypes.byref(a)) != 0:
             raise RuntimeError("train_epoch refused")
-        t = time.perf_counter() - t
+        t, c = time.perf_counter() - t, time.process_time() - c
         self.steps += -(-n // self.spec["batch"])
+        self.cpu += c
         return t
 
     @staticmethod
@@ -176,18 +180,28 @@ def main():
           f"load={os.getloadavg()[0]:.2f}", flush=True)
     for threads in [int(v) for v in args.threads.split(",")]:
         times = {name: [] for name, _ in libs}
+        cpus = {name: [] for name, _ in libs}
         finals = {}
         for r in range(args.rounds):
             g = torch.Generator().manual_seed(1)
             orders = [torch.stack([torch.randperm(n, generator=g) for _ in range(start["C"] * start["L"])]).to(
                 torch.int32).reshape(start["C"], start["L"], n).contiguous() for _ in range(args.epochs)]
-            for name, lib in (libs if r % 2 == 0 else libs[::-1]):
-                run = Run(lib, start, dat, spec, threads)
-                run.epoch(orders[0])  # warm (not timed, not in the state compared)
-                run = Run(lib, start, dat, spec, threads)
-                t = sum(run.epoch(o) for o in orders)
-                times[name].append(t / args.epochs * 200 / args.m * 1e3)
-                finals[name] = run.state()
+            runs = {}
+            for name, lib in libs:
+                Run(lib, start, dat, spec, threads).epoch(orders[0])  # warm (not timed, not in the state compared)
+                runs[name] = Run(lib, start, dat, spec, threads)
+            # the builds alternate epoch by epoch (the order rotating), so that the VM's drift touches each alike
+            per = {name: [] for name, _ in libs}
+            for e, o in enumerate(orders):
+                k = (e + r) % len(libs)
+                for name, _ in libs[k:] + libs[:k]:
+                    c = runs[name].cpu
+                    per[name].append((runs[name].epoch(o), runs[name].cpu - c))
+            for name, _ in libs:
+                scale = 200 / args.m * 1e3
+                times[name].append(statistics.median(t for t, _ in per[name]) * scale)
+                cpus[name].append(statistics.median(c for _, c in per[name]) * scale)
+                finals[name] = runs[name].state()
         ref = libs[0][0]
         for name, _ in libs:
             same = all(torch.equal(a, b) for a, b in zip(finals[ref], finals[name]))
@@ -197,7 +211,8 @@ def main():
                         for w, a, b in zip(what, finals[ref], finals[name]) if not torch.equal(a, b)]
                 print("   ", name, "; ".join(diff))
             print(f"threads={threads} {name}: median {statistics.median(times[name]):.2f} ms/model-run "
-                  f"(rounds {', '.join(f'{v:.2f}' for v in times[name])}) bits equal to {os.path.basename(os.path.dirname(ref)) or ref}: {same}",
+                  f"(rounds {', '.join(f'{v:.2f}' for v in times[name])}); CPU median {statistics.median(cpus[name]):.2f} "
+                  f"(rounds {', '.join(f'{v:.2f}' for v in cpus[name])}) bits equal to {os.path.basename(os.path.dirname(ref)) or ref}: {same}",
                   flush=True)
         print(f"  load now {os.getloadavg()[0]:.2f}", flush=True)
 

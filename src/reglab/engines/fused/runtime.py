@@ -19,8 +19,11 @@ from __future__ import annotations
 __all__ = ["RUNTIME", "TILES"]
 
 #: register tiles (examples x outputs forward, examples x inputs for dh, outputs x inputs for dW),
-#: measured on a 2-core AMD EPYC (AVX2): 2x4, 2x4, 2x4 best of those tried (4x2, 3x4, 4x3)
-TILES = "#define FT_B 2\n#define FT_O 4\n#define HT_B 2\n#define HT_I 4\n#define WT_O 2\n#define WT_I 4"
+#: measured on a 2-core AMD EPYC (AVX2, Zen 3) on program 6 (widths 32, batches of 20): 4x3, 3x4,
+#: 4x2 (12, 12 and 8 accumulators) 11 % faster than 2x4 for each (the kernel alone, epochs
+#: alternating); of those tried (2x4, 4x2, 3x4, 4x3, 2x6, 5x2, 2x5) the best for each product
+#: alone. Any shape gives the same bits (``cover``: the one-output tiles stay where they were).
+TILES = "#define FT_B 4\n#define FT_O 3\n#define HT_B 3\n#define HT_I 4\n#define WT_O 4\n#define WT_I 2"
 
 RUNTIME = r"""
 #include <cstdint>
@@ -118,6 +121,7 @@ static inline vf v_sqrt(vf x) {
 }
 
 #define TILE static inline __attribute__((always_inline))
+#define TILE_RUN inline __attribute__((always_inline))
 
 // one step of a register tile: acc[t][u] += a[t] * b[u] (a[t] at pa[t * sa], b[u] at pb[u * sb]).
 // The shorter side is held in registers, the other streamed one vector at a time, so that a
@@ -144,91 +148,147 @@ TILE void outer(vf (&acc)[TA][TB], const vf* __restrict pa, int sa, const vf* __
   }
 }
 
-// z[b][o] = bias[o] + sum_i h[b][i] W[o][i], tiles of TB examples x TO outputs in registers
-template <int IN, int OUT, int TB, int TO>
-TILE void tile_fwd(const vf* __restrict h, const vf* __restrict W, const vf* __restrict bias,
-                   vf* __restrict z, int b, int o) {
-  vf acc[TB][TO];
-  for (int t = 0; t < TB; ++t)
-    for (int u = 0; u < TO; ++u) acc[t][u] = bias[o + u];
-  for (int i = 0; i < IN; ++i) outer<TB, TO>(acc, h + b * IN + i, IN, W + o * IN + i, IN);
-  for (int t = 0; t < TB; ++t)
-    for (int u = 0; u < TO; ++u) z[(b + t) * OUT + o + u] = acc[t][u];
+// Which outputs a product sums with separate multiplies and adds: the compiler's choice, kept as it
+// was. A tile of one output is one chain of multiply-adds through a loop; g++ tuned for some
+// CPUs (-mtune=znver*) then leaves multiply and add apart (avoid_fma_chains), while a tile of two
+// or more outputs always gets fused multiply-adds. So each product computes, with one-output
+// tiles, exactly the outputs that the first kernel's tiling (2 x 4 for each product) gave a tile of
+// their own (``corner``: the odd last example of a batch or weight row, times the columns that
+// its tiles of 4 left over) and every other output in tiles of two or more, whatever shape those
+// have: every output's bits are the first kernel's, on every CPU.
+template <int N>
+constexpr int corner() { return N >= 4 ? N - N % 4 : (N == 1 ? 0 : N); }  // the first corner column
+
+// rows [r0, r1) x columns [C0, C1) in tiles of up to TR x TC outputs, none of one output (the
+// rows are an even count): columns outer (COLS_OUTER) or rows outer
+template <int TR, int TC, int C0, int C1, class F>
+TILE void row_tiles(const F& f, int r) {  // TR rows at r, all the columns
+  constexpr int C = C1 - C0, full = C / TC, rem = C % TC;
+  if constexpr (TR == 1 && rem == 1 && full > 0) {  // never 1 x 1: the last block one wider
+    for (int k = 0; k + 1 < full; ++k) f.template run<1, TC>(r, C0 + k * TC);
+    f.template run<1, TC + 1>(r, C0 + (full - 1) * TC);
+  } else {
+    for (int k = 0; k < full; ++k) f.template run<TR, TC>(r, C0 + k * TC);
+    if constexpr (rem > 0) f.template run<TR, rem>(r, C0 + full * TC);
+  }
 }
+template <int TR, int W, int K, class F>
+TILE void rest_rows(const F& f, int r, int c, int n) {  // n < TR rows at r of one column block
+  if constexpr (K > 0) {
+    if (n == K) f.template run<K, W>(r, c);
+    else rest_rows<TR, W, K - 1>(f, r, c, n);
+  }
+}
+template <int TR, int W, class F>
+TILE void col_tiles(const F& f, int c, int r0, int r1) {  // one column block of width W, all the rows
+  int r = r0;
+  if constexpr (W == 1) {  // never 1 x 1: a last row on its own joins the block before
+    for (; r + TR < r1 - 1; r += TR) f.template run<TR, 1>(r, c);
+    if (r1 - r == TR + 1) { f.template run<TR + 1, 1>(r, c); return; }
+  }
+  for (; r + TR <= r1; r += TR) f.template run<TR, W>(r, c);
+  rest_rows<TR, W, TR - 1>(f, r, c, r1 - r);
+}
+template <int TR, int TC, int C0, int C1, int K, class F>
+TILE void rest_rows_all(const F& f, int r, int n) {  // n < TR rows at r, all the columns
+  if constexpr (K > 0) {
+    if (n == K) row_tiles<K, TC, C0, C1>(f, r);
+    else rest_rows_all<TR, TC, C0, C1, K - 1>(f, r, n);
+  }
+}
+template <int TR, int TC, int C0, int C1, bool COLS_OUTER, class F>
+TILE void cover(const F& f, int r0, int r1) {
+  constexpr int C = C1 - C0, full = C / TC, rem = C % TC;
+  if constexpr (C > 0) {
+    if constexpr (COLS_OUTER) {
+      for (int k = 0; k < full; ++k) col_tiles<TR, TC>(f, C0 + k * TC, r0, r1);
+      if constexpr (rem > 0) col_tiles<TR, rem>(f, C0 + full * TC, r0, r1);
+    } else {
+      int r = r0;
+      for (; r + TR <= r1; r += TR) row_tiles<TR, TC, C0, C1>(f, r);
+      rest_rows_all<TR, TC, C0, C1, TR - 1>(f, r, r1 - r);
+    }
+  }
+}
+// the odd last row (examples or weight rows): columns [0, C0) in tiles of 1 x 4 (or 1 x C0 below
+// 4), [C0, C1) one output each, as the first kernel
+template <int C0, int C1, class F>
+TILE void corner_row(const F& f, int r) {
+  if constexpr (C0 > 0 && C0 < 4) f.template run<1, C0>(r, 0);
+  else
+    for (int c = 0; c + 4 <= C0; c += 4) f.template run<1, 4>(r, c);
+  for (int c = C0; c < C1; ++c) f.template run<1, 1>(r, c);
+}
+
+// z[b][o] = bias[o] + sum_i h[b][i] W[o][i]: tiles of TB examples x TO outputs in registers
+template <int IN, int OUT>
+struct Fwd {
+  const vf* __restrict h; const vf* __restrict W; const vf* __restrict bias; vf* __restrict z;
+  template <int TB, int TO>
+  TILE_RUN void run(int b, int o) const {
+    vf acc[TB][TO];
+    for (int t = 0; t < TB; ++t)
+      for (int u = 0; u < TO; ++u) acc[t][u] = bias[o + u];
+    for (int i = 0; i < IN; ++i) outer<TB, TO>(acc, h + b * IN + i, IN, W + o * IN + i, IN);
+    for (int t = 0; t < TB; ++t)
+      for (int u = 0; u < TO; ++u) z[(b + t) * OUT + o + u] = acc[t][u];
+  }
+};
 
 template <int IN, int OUT>
 static inline void forward(const vf* __restrict h, const vf* __restrict W, const vf* __restrict bias,
                            vf* __restrict z, int B) {
   // outputs outer: a tile's rows of W stay in L1 while every example passes
-  constexpr int TO = OUT >= FT_O ? FT_O : OUT;
-  int o = 0;
-  for (; o + TO <= OUT; o += TO) {
-    int b = 0;
-    for (; b + FT_B <= B; b += FT_B) tile_fwd<IN, OUT, FT_B, TO>(h, W, bias, z, b, o);
-    for (; b < B; ++b) tile_fwd<IN, OUT, 1, TO>(h, W, bias, z, b, o);
-  }
-  for (; o < OUT; ++o) {
-    int b = 0;
-    for (; b + FT_B <= B; b += FT_B) tile_fwd<IN, OUT, FT_B, 1>(h, W, bias, z, b, o);
-    for (; b < B; ++b) tile_fwd<IN, OUT, 1, 1>(h, W, bias, z, b, o);
-  }
+  Fwd<IN, OUT> f{h, W, bias, z};
+  cover<FT_B, FT_O, 0, OUT, true>(f, 0, B & ~1);
+  if (B & 1) corner_row<corner<OUT>(), OUT>(f, B - 1);
 }
 
 // dh[b][i] = sum_o dz[b][o] W[o][i]
-template <int IN, int OUT, int TB, int TI>
-TILE void tile_dh(const vf* __restrict dz, const vf* __restrict W, vf* __restrict dh, int b, int i) {
-  vf acc[TB][TI];
-  for (int t = 0; t < TB; ++t)
-    for (int u = 0; u < TI; ++u) acc[t][u] = vf{};
-  for (int o = 0; o < OUT; ++o) outer<TB, TI>(acc, dz + b * OUT + o, OUT, W + o * IN + i, 1);
-  for (int t = 0; t < TB; ++t)
-    for (int u = 0; u < TI; ++u) dh[(b + t) * IN + i + u] = acc[t][u];
-}
+template <int IN, int OUT>
+struct Dh {
+  const vf* __restrict dz; const vf* __restrict W; vf* __restrict dh;
+  template <int TB, int TI>
+  TILE_RUN void run(int b, int i) const {
+    vf acc[TB][TI];
+    for (int t = 0; t < TB; ++t)
+      for (int u = 0; u < TI; ++u) acc[t][u] = vf{};
+    for (int o = 0; o < OUT; ++o) outer<TB, TI>(acc, dz + b * OUT + o, OUT, W + o * IN + i, 1);
+    for (int t = 0; t < TB; ++t)
+      for (int u = 0; u < TI; ++u) dh[(b + t) * IN + i + u] = acc[t][u];
+  }
+};
 
 template <int IN, int OUT>
 static inline void backward_dh(const vf* __restrict dz, const vf* __restrict W, vf* __restrict dh, int B) {
   // inputs outer: a tile's columns of W stay in L1 while every example passes
-  constexpr int TI = IN >= HT_I ? HT_I : IN;
-  int i = 0;
-  for (; i + TI <= IN; i += TI) {
-    int b = 0;
-    for (; b + HT_B <= B; b += HT_B) tile_dh<IN, OUT, HT_B, TI>(dz, W, dh, b, i);
-    for (; b < B; ++b) tile_dh<IN, OUT, 1, TI>(dz, W, dh, b, i);
-  }
-  for (; i < IN; ++i) {
-    int b = 0;
-    for (; b + HT_B <= B; b += HT_B) tile_dh<IN, OUT, HT_B, 1>(dz, W, dh, b, i);
-    for (; b < B; ++b) tile_dh<IN, OUT, 1, 1>(dz, W, dh, b, i);
-  }
+  Dh<IN, OUT> f{dz, W, dh};
+  cover<HT_B, HT_I, 0, IN, true>(f, 0, B & ~1);
+  if (B & 1) corner_row<corner<IN>(), IN>(f, B - 1);
 }
 
-// gW[o][i] = sum_b dz[b][o] h[b][i] (i == IN: the bias, h = 1)
-template <int IN, int OUT, int TO, int TI>
-TILE void tile_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW, int B, int o, int i) {
-  vf acc[TO][TI];
-  for (int t = 0; t < TO; ++t)
-    for (int u = 0; u < TI; ++u) acc[t][u] = vf{};
-  for (int b = 0; b < B; ++b) outer<TO, TI>(acc, dz + b * OUT + o, 1, h + b * IN + i, 1);
-  for (int t = 0; t < TO; ++t)
-    for (int u = 0; u < TI; ++u) gW[(o + t) * IN + i + u] = acc[t][u];
-}
+// gW[o][i] = sum_b dz[b][o] h[b][i]
+template <int IN, int OUT>
+struct Dw {
+  const vf* __restrict dz; const vf* __restrict h; vf* __restrict gW; int B;
+  template <int TO, int TI>
+  TILE_RUN void run(int o, int i) const {
+    vf acc[TO][TI];
+    for (int t = 0; t < TO; ++t)
+      for (int u = 0; u < TI; ++u) acc[t][u] = vf{};
+    for (int b = 0; b < B; ++b) outer<TO, TI>(acc, dz + b * OUT + o, 1, h + b * IN + i, 1);
+    for (int t = 0; t < TO; ++t)
+      for (int u = 0; u < TI; ++u) gW[(o + t) * IN + i + u] = acc[t][u];
+  }
+};
 
 template <int IN, int OUT>
 static inline void backward_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW,
                                vf* __restrict gb, int B) {
-  constexpr int TI = IN >= WT_I ? WT_I : IN;
-  constexpr int TO = OUT >= WT_O ? WT_O : 1;
-  int o = 0;
-  for (; o + TO <= OUT; o += TO) {
-    int i = 0;
-    for (; i + TI <= IN; i += TI) tile_dw<IN, OUT, TO, TI>(dz, h, gW, B, o, i);
-    for (; i < IN; ++i) tile_dw<IN, OUT, TO, 1>(dz, h, gW, B, o, i);
-  }
-  for (; o < OUT; ++o) {
-    int i = 0;
-    for (; i + TI <= IN; i += TI) tile_dw<IN, OUT, 1, TI>(dz, h, gW, B, o, i);
-    for (; i < IN; ++i) tile_dw<IN, OUT, 1, 1>(dz, h, gW, B, o, i);
-  }
+  // outputs outer: a tile's columns of dz stay in registers' reach while h passes
+  Dw<IN, OUT> f{dz, h, gW, B};
+  cover<WT_O, WT_I, 0, IN, false>(f, 0, OUT & ~1);
+  if constexpr (OUT & 1) corner_row<corner<IN>(), IN>(f, OUT - 1);
   for (int o2 = 0; o2 < OUT; ++o2) {
     vf s = vf{};
     for (int b = 0; b < B; ++b) s += dz[b * OUT + o2];
