@@ -26,6 +26,7 @@ __all__ = ["RUNTIME", "TILES"]
 TILES = "#define FT_B 4\n#define FT_O 3\n#define HT_B 3\n#define HT_I 4\n#define WT_O 4\n#define WT_I 2"
 
 RUNTIME = r"""
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <thread>

@@ -309,18 +309,20 @@ def _eval_chunk_code(arch: Arch) -> str:
 }}"""
 
 
-#: the entry points: chunks spread over threads (chunk t, t + T, ...: a chunk's numbers do not
-#: depend on the thread that runs it), denormals flushed to zero in each (FTZ and DAZ), as the
-#: eager engines train (``reglab.training.denormals``)
+#: the entry points: chunks handed to threads as they come free (each thread claims the next
+#: unclaimed chunk: a thread slowed by another process on its core leaves more to the other; a
+#: chunk's numbers do not depend on the thread that runs it), denormals flushed to zero in each
+#: (FTZ and DAZ), as the eager engines train (``reglab.training.denormals``)
 _ENTRY = """template <class F>
 static void over_chunks(const Args* A, F f) {
   int T = A->n_threads < A->n_chunks ? A->n_threads : A->n_chunks;
   if (T < 1) T = 1;
-  auto work = [&](int t) {
+  std::atomic<int> next{0};
+  auto work = [&](int) {
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040);
     Scratch S(A->batch > BEVAL ? A->batch : BEVAL);
-    for (int c = t; c < A->n_chunks; c += T) f(A, c, S);
+    for (int c; (c = next.fetch_add(1, std::memory_order_relaxed)) < A->n_chunks;) f(A, c, S);
     _mm_setcsr(csr);
   };
   std::vector<std::thread> th;
