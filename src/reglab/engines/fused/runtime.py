@@ -290,7 +290,15 @@ static inline void backward_dw(const vf* __restrict dz, const vf* __restrict h, 
   Dw<IN, OUT> f{dz, h, gW, B};
   cover<WT_O, WT_I, 0, IN, false>(f, 0, OUT & ~1);
   if constexpr (OUT & 1) corner_row<corner<IN>(), IN>(f, OUT - 1);
-  for (int o2 = 0; o2 < OUT; ++o2) {
+  // the bias: 8 outputs' sums side by side (8 chains of adds, each over b in order, not one after another)
+  int o2 = 0;
+  for (; o2 + 8 <= OUT; o2 += 8) {
+    vf s[8] = {};
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < 8; ++j) s[j] += dz[b * OUT + o2 + j];
+    for (int j = 0; j < 8; ++j) gb[o2 + j] = s[j];
+  }
+  for (; o2 < OUT; ++o2) {
     vf s = vf{};
     for (int b = 0; b < B; ++b) s += dz[b * OUT + o2];
     gb[o2] = s;

@@ -133,11 +133,18 @@ def _forward_code(arch: Arch) -> str:
         src = "h0" if l == 0 else f"y{l - 1}"
         ow, ob = offs[l]
         lines.append(f"    forward<{w[l]}, {w[l + 1]}>({src}, P + {ow}, P + {ob}, y{l}, B);")
+        slots = [(s, term) for s, (sl, term) in enumerate(arch.act_slots) if sl == l]
+        if act != "linear" and len(slots) == 1 and slots[0][1] == "abs":
+            # one pass: the activation, and the sum of |y| (a chain of adds, in order) beside it; only
+            # for a term without a product, whose loop the compiler fuses nothing in either way
+            s, term = slots[0]
+            lines.append(f"    {{ vf a = vf{{}}; for (int k = 0; k < B * {w[l + 1]}; ++k) {{ vf z = y{l}[k]; vf y = act_{act}<vf>(z); "
+                         f"y{l}[k] = y; a += pen_{term}<vf>(y); }} af[{s}] += a; }}")
+            continue
         if act != "linear":
             lines.append(f"    for (int k = 0; k < B * {w[l + 1]}; ++k) {{ vf z = y{l}[k]; y{l}[k] = act_{act}<vf>(z); }}")
-        for s, (sl, term) in enumerate(arch.act_slots):
-            if sl == l:
-                lines.append(f"    {{ vf a = vf{{}}; for (int k = 0; k < B * {w[l + 1]}; ++k) a += pen_{term}<vf>(y{l}[k]); af[{s}] += a; }}")
+        for s, term in slots:
+            lines.append(f"    {{ vf a = vf{{}}; for (int k = 0; k < B * {w[l + 1]}; ++k) a += pen_{term}<vf>(y{l}[k]); af[{s}] += a; }}")
     return "\n".join(lines)
 
 
