@@ -14,6 +14,7 @@ instead; ``reglab`` says so once per process in one line.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -58,6 +59,7 @@ def _compiler() -> str | None:
     return shutil.which("c++") or shutil.which("g++")
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_key() -> str:
     """What ``-march=native`` compiles for: the CPU's model and flags."""
     try:
@@ -110,6 +112,7 @@ def library(src: str) -> tuple[ctypes.CDLL | None, str | None]:
     return lib, None
 
 
+@functools.lru_cache(maxsize=None)  # a compiler's version, asked once per process (a subprocess: ~5 ms)
 def _version(cxx: str | None) -> str:
     try:
         return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
