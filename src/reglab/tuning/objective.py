@@ -26,6 +26,7 @@ from ..diagnostics.metrics import METRICS, metric_range
 from ..diagnostics.statistics import mean_ci
 from ..experiments.build import splits_of
 from ..experiments.group import train_together
+from ..experiments.plan import group_key, prepare
 from ..experiments.schema import ConfigError, ExperimentSpec, at_point, expand, read_toml
 from ..experiments.keypath import get_at
 from ..experiments.search_space import Dimension, search_space
@@ -166,16 +167,17 @@ def evaluate_points(specs: Sequence[ExperimentSpec], seeds: Sequence[int], out: 
             missing |= gone
     todo = sorted(missing)  # only the seeds some point lacks (a point that has one gets it again, the same bits)
     if pending:
-        resolve_metric(splits_of(specs[0], seeds[0]).task, metric)  # a bad metric is said before training
         group = list(pending.values())
+        plans = prepare(group)  # every point checked (and its engine chosen) once, before training
+        resolve_metric(plans[group_key(group[0])].task, metric)  # a bad metric is said before training
         if _batchable(group):
             try:
-                train_together(group, todo, out, progress=progress)
+                train_together(group, todo, out, progress=progress, plan=plans[group_key(group[0])])
                 group = []
             except ValueError:  # models fit_many will not train together after all: one group each
                 pass
         for s in group:
-            train_together([s], todo, out, progress=progress)
+            train_together([s], todo, out, progress=progress, plan=plans[group_key(s)])
     result = []
     for s in specs:
         rows = [verified(Unit(s, seed).path(out)) for seed in seeds]
