@@ -169,7 +169,7 @@ class LoopEngine:
     def release(self, held, frozen) -> None:
         pass
 
-    def snapshot(self):
+    def snapshot(self, into=None):
         return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.models]
 
     def merge_snapshot(self, best, mask):

@@ -96,7 +96,9 @@ class Engine(Protocol):
     def release(self, held: Any, frozen: np.ndarray) -> None:
         """Put the ``frozen`` models' parameters (and buffers) ``held`` back."""
 
-    def snapshot(self) -> Any: ...
+    def snapshot(self, into: Any = None) -> Any:
+        """A copy of every model's weights (and buffers). ``into``, an earlier snapshot of this
+        engine that is no longer needed, may be overwritten and returned (no new allocation)."""
 
     def merge_snapshot(self, best: Any, mask: np.ndarray) -> Any:
         """``best`` with the current weights of the models in ``mask``."""

@@ -371,7 +371,7 @@ class VmapStack:
     def state_dict(self, snap):
         return {k: v[0] for k, v in snap.items()}
 
-    def snapshot(self):
+    def snapshot(self, into=None):
         return {k: v.detach().clone() for k, v in {**self.param_dict, **self.buffer_dict}.items()}
 
     @torch.no_grad()

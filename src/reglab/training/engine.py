@@ -33,6 +33,7 @@ from .callbacks import Callback, EarlyStopping
 from .denormals import FlushDenormals, keep_flushing_denormals
 from .evaluation import evaluate_stack, with_totals
 from .history import History
+from .logbook import Logbook
 from .sources import ArrayData, LoaderData
 
 __all__ = ["run", "evaluate_stack", "LoopResult", "TrainingDiverged", "ArrayData", "LoaderData", "Stack",
@@ -86,7 +87,13 @@ class LoopResult:
 
 
 def _permutations(gens: list[torch.Generator], n: int, device) -> torch.Tensor:
-    return torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+    """``(rows, n)``: each row's epoch order, drawn from its generator (written in place: half
+    the time of stacking 1024 new ones)."""
+    out = torch.empty(len(gens), n, dtype=torch.int64)
+    draw = torch.randperm
+    for row, g in zip(out.unbind(0), gens):
+        draw(n, generator=g, out=row)
+    return out.to(device)
 
 
 def run(
@@ -118,8 +125,8 @@ def run(
 
 class _Loop:
     """The state of one run of the loop (``run``), stepped an epoch at a time. Per model row:
-    ``histories``, ``gens`` (shuffling), ``active``, ``ids`` (the model of each row: rows go once
-    their models stop, ``compact``); ``every``: the histories by model."""
+    ``gens`` (shuffling), ``active``, ``ids`` (the model of each row: rows go once their models
+    stop, ``compact``); ``book``: every model's logs, by model id (``Logbook``)."""
 
     def __init__(self, stack, optimizer, train, val, *, epochs, batch_size, shuffle, seeds, callbacks, early_stopping,
                  progress, raise_on_divergence, desc):
@@ -135,8 +142,7 @@ class _Loop:
             g = torch.Generator()
             g.manual_seed(int(s) if s is not None else int(torch.randint(0, 2**62, ()).item()))
             self.gens.append(g)
-        self.histories = [History() for _ in range(M)]
-        self.every = self.histories
+        self.book = Logbook(M)
         self.ids = np.arange(M)
         self.active = np.ones(M, dtype=bool)
         self.failed: dict[int, dict[str, Any]] = {}
@@ -163,7 +169,7 @@ class _Loop:
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, {})
         # the weights to fall back on if a model's weights themselves turn non-finite
-        self.epoch_start = self.stack.snapshot()
+        self.epoch_start = self.stack.snapshot(into=self.epoch_start)
         self.stack.train(True)
         acc, seen, b, with_acc = self.batches(epoch)
         if self.defers:
@@ -179,16 +185,16 @@ class _Loop:
         if self.intr.flag and seen < self.train.n:
             self.interrupted = True
             return False
-        logs = self.logs(acc, seen, with_acc)
-        for i in np.flatnonzero(self.active):
-            self.histories[i].append(epoch, logs[i])
+        keys, table = self.logs(acc, seen, with_acc)
+        self.book.add(epoch, keys, table[:, self.active], self.ids[self.active])
+        first = dict(zip(keys, table[:, 0].tolist())) if self.callbacks or self.M == 1 else {}
         for cb in self.callbacks:
-            cb.on_epoch_end(epoch, logs[0])
-        if self.M == 1 and not math.isnan(logs[0].get("loss", math.nan)):
-            self.bar.set_postfix(loss=f"{logs[0]['loss']:.4f}",
-                                 **({"val_loss": f"{logs[0]['val_loss']:.4f}"} if "val_loss" in logs[0] else {}))
+            cb.on_epoch_end(epoch, first)
+        if self.M == 1 and not math.isnan(first.get("loss", math.nan)):
+            self.bar.set_postfix(loss=f"{first['loss']:.4f}",
+                                 **({"val_loss": f"{first['val_loss']:.4f}"} if "val_loss" in first else {}))
         if self.es is not None:
-            self.early_stopping(epoch, logs)
+            self.early_stopping(epoch, keys, table)
         if any(cb.stop_training for cb in self.callbacks) or not self.active.any():
             return False
         if self.intr.flag:
@@ -278,27 +284,25 @@ class _Loop:
                 stack.release(kept, ~active)
         return (row if self.sets_grad else row.detach()), correct is not None
 
-    def logs(self, acc: torch.Tensor, seen: int, with_acc: bool) -> list[dict[str, float]]:
-        """Per model, the epoch's logs: training statistics, then validation's."""
+    def logs(self, acc: torch.Tensor, seen: int, with_acc: bool) -> tuple[list[str], np.ndarray]:
+        """The epoch's logs: their keys (training statistics, then validation's) and a float64
+        ``(keys, rows)`` table, a column per model row."""
         tr = (acc / seen).cpu().numpy().astype(np.float64)
         tr = with_totals(tr, with_acc)
         keys = ["loss", "data_loss", "penalty"] + (["accuracy"] if with_acc else []) + [
             f"penalty/{n}" for n in self.names]
-        # per model, its row of Python floats (one tolist for the stack, not M x K float() calls)
-        logs = [dict(zip(keys, row)) for row in tr.T.tolist()]
         if self.val is not None:
             vl = evaluate_stack(self.stack, self.val, self.batch_size)
             if vl:
-                vkeys = list(vl)
-                for lg, row in zip(logs, np.stack([vl[k] for k in vkeys], 1).tolist()):
-                    lg.update(zip(vkeys, row))
-        return logs
+                keys += list(vl)
+                tr = np.concatenate([tr, np.stack(list(vl.values()))])
+        return keys, tr
 
-    def early_stopping(self, epoch: int, logs: list[dict[str, float]]) -> None:
+    def early_stopping(self, epoch: int, keys: list[str], table: np.ndarray) -> None:
         es, M, ids = self.es, self.M, self.ids
-        cur = np.array([lg.get(es.monitor, math.nan) for lg in logs])
-        if es.monitor not in logs[0]:
-            raise ValueError(f"EarlyStopping monitors {es.monitor!r}, which is not logged; logged: {sorted(logs[0])}")
+        if es.monitor not in keys:
+            raise ValueError(f"EarlyStopping monitors {es.monitor!r}, which is not logged; logged: {sorted(keys)}")
+        cur = table[keys.index(es.monitor)]
         # the early stopper keeps every model's state, by model (rows may have gone)
         cur_all, active_all = np.full(M, math.nan), np.zeros(M, dtype=bool)
         cur_all[ids], active_all[ids] = cur, self.active
@@ -338,7 +342,7 @@ class _Loop:
         raise TrainingDiverged(
             f"training diverged {where}: {what} became {value}; the history of the {epoch} completed epoch(s) and "
             "the last finite weights are kept on this exception (.history, .state_dict) and in the model",
-            self.histories[0], stack.state_dict(state), epoch, b)
+            self.book.history(int(self.ids[0])), stack.state_dict(state), epoch, b)
 
     def fail(self, newly: np.ndarray, epoch: int, batch: dict[int, int], value: dict[int, float]) -> None:
         """Mark the rows ``newly`` failed (at ``batch[row]`` with ``value[row]``) and frozen, with
@@ -370,7 +374,6 @@ class _Loop:
         optimizer.load_state_dict(state)
         self.gens = [self.gens[i] for i in rows]
         self.train, self.val = (d.rows(take) if d is not None else d for d in (self.train, self.val))
-        self.histories = [self.histories[i] for i in rows]
         self.ids, self.active, self.frozen_any = ids[rows], active[rows], False
 
     def finish(self) -> LoopResult:
@@ -378,7 +381,8 @@ class _Loop:
         if self.best is not None and es is not None:
             self.stack.restore(self.best, es.has_best_weights[self.ids])
         version = getattr(self.stack, "version", None)  # an engine with a versioned kernel (the fused one)
-        for i, h in enumerate(self.every):
+        every = self.book.histories()
+        for i, h in enumerate(every):
             if version is not None:
                 h.meta["engine"] = f"{self.stack.kind}/{version}"
             if es is not None:
@@ -392,4 +396,4 @@ class _Loop:
         for cb in self.callbacks:
             cb.on_train_end({})
         self.bar.close()
-        return LoopResult(self.every, self.failed, self.interrupted, self.stack)
+        return LoopResult(every, self.failed, self.interrupted, self.stack)

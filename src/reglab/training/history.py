@@ -41,9 +41,31 @@ __all__ = ["History"]
 class History:
     def __init__(self, history: Mapping[str, list[float]] | None = None, epoch: list[int] | None = None,
                  meta: Mapping[str, Any] | None = None):
-        self.history: dict[str, list[float]] = {k: list(v) for k, v in (history or {}).items()}
+        self._history: dict[str, list[float]] = {k: list(v) for k, v in (history or {}).items()}
+        self._columns: tuple[tuple[str, ...], np.ndarray] | None = None
         self.epoch: list[int] = list(epoch or [])
         self.meta: dict[str, Any] = dict(meta or {})
+
+    @classmethod
+    def from_columns(cls, keys: tuple[str, ...], columns: np.ndarray, epoch: list[int]) -> History:
+        """The history whose key ``keys[k]`` has the values ``columns[k]`` (float64, one per epoch).
+        Its lists of Python floats are made on first use of ``history``; reading a key as an array
+        (``h["val_loss"]``) never makes them (the ``Logbook`` of many models builds these)."""
+        h = cls(epoch=epoch)
+        h._columns = (tuple(keys), np.asarray(columns, dtype=np.float64))
+        return h
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """Keras's ``history.history``: each key's values, a list per key."""
+        if self._columns is not None:
+            keys, cols = self._columns
+            self._history, self._columns = dict(zip(keys, cols.tolist())), None
+        return self._history
+
+    @history.setter
+    def history(self, value: dict[str, list[float]]) -> None:
+        self._history, self._columns = value, None
 
     # -- building
     def append(self, epoch: int, logs: Mapping[str, float]) -> None:
@@ -63,23 +85,28 @@ class History:
 
     # -- reading
     def __getitem__(self, key: str) -> np.ndarray:
+        if self._columns is not None:
+            keys, cols = self._columns
+            if key not in keys:
+                raise KeyError(key)
+            return cols[keys.index(key)].copy()
         return np.asarray(self.history[key], dtype=float)
 
     def __contains__(self, key: str) -> bool:
-        return key in self.history
+        return key in self.keys()
 
     def __len__(self) -> int:
         return len(self.epoch)
 
     def keys(self) -> list[str]:
-        return list(self.history)
+        return list(self._columns[0]) if self._columns is not None else list(self._history)
 
     @property
     def penalty_sources(self) -> list[str]:
-        return [k.split("/", 1)[1] for k in self.history if k.startswith("penalty/")]
+        return [k.split("/", 1)[1] for k in self.keys() if k.startswith("penalty/")]
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        return {"epoch": np.asarray(self.epoch), **{k: self[k] for k in self.history}}
+        return {"epoch": np.asarray(self.epoch), **{k: self[k] for k in self.keys()}}
 
     def __repr__(self) -> str:
         return f"History(epochs={len(self)}, keys={self.keys()}, meta={self.meta})"
@@ -87,8 +114,8 @@ class History:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, History):
             return NotImplemented
-        return (self.epoch == other.epoch and self.meta == other.meta and self.history.keys() == other.history.keys()
-                and all(np.array_equal(self[k], other[k], equal_nan=True) for k in self.history))
+        return (self.epoch == other.epoch and self.meta == other.meta and set(self.keys()) == set(other.keys())
+                and all(np.array_equal(self[k], other[k], equal_nan=True) for k in self.keys()))
 
     # -- I/O
     def to_dict(self) -> dict[str, Any]:

@@ -264,7 +264,9 @@ class DenseStack(FramePlans, Passes):
             v = self.views[i]
             v.copy_(c.project(v, stacked=True))  # the one projection of stacked weights (``Constraint.stacked``)
 
-    def snapshot(self):
+    def snapshot(self, into=None):
+        if into is not None and into.shape == self.flat.shape:
+            return into.copy_(self.flat.detach())
         return self.flat.detach().clone()
 
     def state_dict(self, snap) -> dict[str, torch.Tensor]:

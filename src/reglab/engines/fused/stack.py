@@ -231,7 +231,9 @@ class FusedStack:
     def release(self, held, frozen) -> None:
         pass
 
-    def snapshot(self) -> torch.Tensor:
+    def snapshot(self, into: torch.Tensor | None = None) -> torch.Tensor:
+        if into is not None and into.shape == self.lanes.shape:
+            return into.copy_(self.lanes)
         return self.lanes.clone()
 
     def restore(self, snap, mask) -> None:
