@@ -34,6 +34,7 @@ from .denormals import FlushDenormals, keep_flushing_denormals
 from .evaluation import evaluate_stack, with_totals
 from .history import History
 from .logbook import Logbook
+from .shuffle import Shuffler
 from .sources import ArrayData, LoaderData
 
 __all__ = ["run", "evaluate_stack", "LoopResult", "TrainingDiverged", "ArrayData", "LoaderData", "Stack",
@@ -86,16 +87,6 @@ class LoopResult:
     stack: Any = None  # the stack that trained last (``Stack.keep`` may have replaced the one given)
 
 
-def _permutations(gens: list[torch.Generator], n: int, device) -> torch.Tensor:
-    """``(rows, n)``: each row's epoch order, drawn from its generator (written in place: half
-    the time of stacking 1024 new ones)."""
-    out = torch.empty(len(gens), n, dtype=torch.int64)
-    draw = torch.randperm
-    for row, g in zip(out.unbind(0), gens):
-        draw(n, generator=g, out=row)
-    return out.to(device)
-
-
 def run(
     stack: Stack,
     optimizer: torch.optim.Optimizer,
@@ -125,7 +116,7 @@ def run(
 
 class _Loop:
     """The state of one run of the loop (``run``), stepped an epoch at a time. Per model row:
-    ``gens`` (shuffling), ``active``, ``ids`` (the model of each row: rows go once their models
+    ``shuffler`` (each row's epoch orders), ``active``, ``ids`` (the model of each row: rows go once their models
     stop, ``compact``); ``book``: every model's logs, by model id (``Logbook``)."""
 
     def __init__(self, stack, optimizer, train, val, *, epochs, batch_size, shuffle, seeds, callbacks, early_stopping,
@@ -137,11 +128,12 @@ class _Loop:
         self.callbacks, self.es, self.raise_on_divergence = list(callbacks), early_stopping, raise_on_divergence
         self.M = M = stack.n_models
         self.device = stack.params[0].device if stack.params else None
-        self.gens = []
+        gens = []
         for s in seeds:
             g = torch.Generator()
             g.manual_seed(int(s) if s is not None else int(torch.randint(0, 2**62, ()).item()))
-            self.gens.append(g)
+            gens.append(g)
+        self.shuffler = Shuffler(gens)
         self.book = Logbook(M)
         self.ids = np.arange(M)
         self.active = np.ones(M, dtype=bool)
@@ -208,7 +200,7 @@ class _Loop:
         """The epoch's steps: ``(per-model statistics summed over batches times their sizes,
         examples seen, the last batch's index, whether accuracy is among them)``."""
         train = self.train
-        perms = _permutations(self.gens, train.n, self.device) if self.shuffle and isinstance(train, ArrayData) else None
+        perms = self.shuffler.draw(train.n).to(self.device) if self.shuffle and isinstance(train, ArrayData) else None
         if self.whole_epochs:
             return self.whole_epoch(epoch, perms)
         acc = None
@@ -372,7 +364,7 @@ class _Loop:
                     per_param[k] = v.index_select(0, take.to(v.device))
         self.stack, self.best = self.stack.keep(rows.tolist(), self.best)
         optimizer.load_state_dict(state)
-        self.gens = [self.gens[i] for i in rows]
+        self.shuffler.take(rows)
         self.train, self.val = (d.rows(take) if d is not None else d for d in (self.train, self.val))
         self.ids, self.active, self.frozen_any = ids[rows], active[rows], False
 

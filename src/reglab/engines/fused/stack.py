@@ -65,6 +65,11 @@ class FusedStack:
         for s, (name, key) in enumerate(strengths):
             lam[:M, s] = self.hparams[name][key].float()
         self.lam = lam.reshape(C, L, -1).transpose(1, 2).contiguous()
+        # each slot's strength per model (slots, M) and the penalty source it adds to
+        self._lam_cols = lam[:M].T.contiguous()
+        index = {n: i for i, n in enumerate(self.names)}
+        self._source_of = torch.tensor([index[s[0]] for s in (*self.slots.params, *self.slots.activity)],
+                                       dtype=torch.int64)
         self._totals: torch.Tensor | None = None
         self.params = self.optimized = [self.lanes]
 
@@ -163,17 +168,11 @@ class FusedStack:
     def _penalties(self, sums: torch.Tensor, activity_scale: float) -> torch.Tensor:
         """``(K, M)`` per-source values from the slots' sums ``(slots, M)``: strength times sum
         (activity sums times ``activity_scale``)."""
-        lam = self.lam.transpose(1, 2).reshape(self.C * self.L, -1)[:self.n_models].T
-        vals = lam * sums
-        n_p = len(self.slots.params)
+        vals = self._lam_cols * sums
         if activity_scale != 1.0:
-            vals[n_p:] *= activity_scale
-        out = torch.zeros(len(self.names), self.n_models)
-        index = {n: i for i, n in enumerate(self.names)}
-        sources = [s[0] for s in self.slots.params] + [s[0] for s in self.slots.activity]
-        for s, name in enumerate(sources):
-            out[index[name]] += vals[s]
-        return out
+            vals[len(self.slots.params):] *= activity_scale
+        # slot by slot into its source, in slot order (index_add_ adds serially: the same sums)
+        return torch.zeros(len(self.names), self.n_models).index_add_(0, self._source_of, vals)
 
     def evaluation(self, data: Any) -> tuple[torch.Tensor, list[str], bool]:
         """Every model on all of ``data`` in one pass: ``(rows, M)`` sums ``[data loss, correct?,
