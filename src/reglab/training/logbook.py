@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import _collector
 from .history import History
 
 __all__ = ["Logbook"]
@@ -49,8 +50,9 @@ class Logbook:
         if len(keys) > 1:  # the logged keys changed between epochs: History.append's NaN rules
             return [self.history(m) for m in range(self.n_models)]
         out = []
-        for lo in range(0, self.n_models, BLOCK):
-            out += self._block(lo, min(lo + BLOCK, self.n_models))
+        with _collector.paused():  # 1024 histories made among 1024 models: no full collections meanwhile
+            for lo in range(0, self.n_models, BLOCK):
+                out += self._block(lo, min(lo + BLOCK, self.n_models))
         return out
 
     def _block(self, lo: int, hi: int) -> list[History]:

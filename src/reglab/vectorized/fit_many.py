@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .. import _checks
+from .. import _checks, _collector
 from .. import losses as _losses
 from .. import optimizers as _optimizers
 from .. import threads as _threads
@@ -182,17 +182,19 @@ def fit_many(
     bounds = _chunks(M, choice.kind, memory_budget, first, batch_size, train0)
     bar = _bar(M, progress)
     result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
-    for c0, c1 in zip(bounds, bounds[1:]):
-        idx = list(range(c0, c1))
-        built = [(first, first_loss) if i == 0 else make(i) for i in idx]
-        _check_chunk(first, [b[0] for b in built], idx, configs)
-        res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
-                           dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                threads=threads, metrics=metrics))
-        result.take(res, idx, [b[0] for b in built])
-        bar.update(len(idx))
-        if res.interrupted:
-            break
+    # many objects made (models, hooks, histories) among many kept: no full collections meanwhile
+    with _collector.paused():
+        for c0, c1 in zip(bounds, bounds[1:]):
+            idx = list(range(c0, c1))
+            built = [(first, first_loss) if i == 0 else make(i) for i in idx]
+            _check_chunk(first, [b[0] for b in built], idx, configs)
+            res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
+                               dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    threads=threads, metrics=metrics))
+            result.take(res, idx, [b[0] for b in built])
+            bar.update(len(idx))
+            if res.interrupted:
+                break
     bar.close()
     return result
 

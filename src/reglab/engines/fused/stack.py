@@ -284,8 +284,13 @@ class FusedStack:
         """Each model's trained weights into its own parameters."""
         self.models[0].train(self._training)
         cols = self._columns(self.lanes)
-        for k, m in enumerate(self.models):
-            layers = [c for c in m.children() if isinstance(c, nn.Linear)]
-            ps = [t for layer in layers for t in (layer.weight, layer.bias)]
-            for p, v in zip(ps, self._unflatten(cols[k])):
-                p.copy_(v)
+        per_model = [[t for c in m.children() if isinstance(c, nn.Linear) for t in (c.weight, c.bias)]
+                     for m in self.models]
+        dst: list[torch.Tensor] = []
+        src: list[torch.Tensor] = []
+        o = 0
+        for j, t in enumerate(per_model[0]):  # a parameter of every model at once
+            dst += [ps[j] for ps in per_model]
+            src += cols[:, o:o + t.numel()].reshape(-1, *t.shape).unbind(0)
+            o += t.numel()
+        torch._foreach_copy_(dst, src)
