@@ -115,6 +115,7 @@ def _check_one_architecture(first, models, configs, first_config) -> None:
                              "separate fit_many calls")
 
 
+@_collector.paused()  # many objects made (models, hooks, histories) among many kept: no full collections
 def fit_many(
     build: Callable[..., nn.Module | tuple[nn.Module, Any]],
     x: Any,
@@ -182,19 +183,17 @@ def fit_many(
     bounds = _chunks(M, choice.kind, memory_budget, first, batch_size, train0)
     bar = _bar(M, progress)
     result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
-    # many objects made (models, hooks, histories) among many kept: no full collections meanwhile
-    with _collector.paused():
-        for c0, c1 in zip(bounds, bounds[1:]):
-            idx = list(range(c0, c1))
-            built = [(first, first_loss) if i == 0 else make(i) for i in idx]
-            _check_chunk(first, [b[0] for b in built], idx, configs)
-            res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
-                               dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                    threads=threads, metrics=metrics))
-            result.take(res, idx, [b[0] for b in built])
-            bar.update(len(idx))
-            if res.interrupted:
-                break
+    for c0, c1 in zip(bounds, bounds[1:]):
+        idx = list(range(c0, c1))
+        built = [(first, first_loss) if i == 0 else make(i) for i in idx]
+        _check_chunk(first, [b[0] for b in built], idx, configs)
+        res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
+                           dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                threads=threads, metrics=metrics))
+        result.take(res, idx, [b[0] for b in built])
+        bar.update(len(idx))
+        if res.interrupted:
+            break
     bar.close()
     return result
 
