@@ -283,12 +283,23 @@ struct Dw {
   }
 };
 
+// the tiles of two or more outputs, out of line: inlined into the step, their register allocation
+// spilled each tile's kept operands (``outer``'s KEEP) to the stack at every example. (The corner's
+// one-output tiles stay in the step: whether they fuse multiply and add is the compiler's choice
+// there, kept as it was.)
 template <int IN, int OUT>
-static inline void backward_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW,
-                               vf* __restrict gb, int B) {
+static __attribute__((noinline)) void dw_tiles(const vf* __restrict dz, const vf* __restrict h,
+                                               vf* __restrict gW, int B) {
   // outputs outer: a tile's columns of dz stay in registers' reach while h passes
   Dw<IN, OUT> f{dz, h, gW, B};
   cover<WT_O, WT_I, 0, IN, false>(f, 0, OUT & ~1);
+}
+
+template <int IN, int OUT>
+static inline void backward_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW,
+                               vf* __restrict gb, int B) {
+  dw_tiles<IN, OUT>(dz, h, gW, B);
+  Dw<IN, OUT> f{dz, h, gW, B};
   if constexpr (OUT & 1) corner_row<corner<IN>(), IN>(f, OUT - 1);
   // the bias: 8 outputs' sums side by side (8 chains of adds, each over b in order, not one after another)
   int o2 = 0;
