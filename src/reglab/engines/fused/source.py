@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .runtime import RUNTIME, TILES
-from .terms import ACTIVATIONS, CLIPS, LOSSES, PENALTIES
+from .terms import ACTIVATIONS, CLIPS, DERIVS_NONNEG, LOSSES, NONNEG, PENALTIES
 
 __all__ = ["Arch", "source", "VERSION"]
 
@@ -78,6 +78,8 @@ def _term_functions() -> str:
     for name, t in PENALTIES.items():
         out.append(f"template <class T> static inline T pen_{name}(T x) {{ return {t.value}; }}")
         out.append(f"template <class T> static inline T dpen_{name}(T x) {{ return {t.deriv}; }}")
+    for name, deriv in DERIVS_NONNEG.items():
+        out.append(f"template <class T> static inline T dpen0_{name}(T x) {{ return {deriv}; }}")
     for name, t in LOSSES.items():
         clip = CLIPS.get(name)
         q = f"T q = sel(p < {clip!r}f, p * 0 + {clip!r}f, sel(p > 1 - {clip!r}f, p * 0 + (1 - {clip!r}f), p));" if clip \
@@ -170,19 +172,27 @@ def _loss_code(arch: Arch, train: bool) -> str:
     return "\n".join(lines)
 
 
+def _dz_code(arch: Arch, l: int) -> str:
+    """Layer ``l``'s ``g = dy + activity derivatives; dz = act'(y) g`` (in place in ``dy``), each
+    slot's ``lam * invB`` once per pass; on an output never below zero (``NONNEG``) a derivative's
+    shorter form where it has one (``DERIVS_NONNEG``: the same values)."""
+    act, n_p, OUT = arch.acts[l], len(arch.param_slots), arch.widths[l + 1]
+    act_terms = [(s, term) for s, (sl, term) in enumerate(arch.act_slots) if sl == l]
+    consts = "".join(f"const vf c{s} = lam[{n_p + s}] * invB; " for s, _ in act_terms)
+    dpen = {term: f"dpen0_{term}" if act in NONNEG and term in DERIVS_NONNEG else f"dpen_{term}" for _, term in act_terms}
+    extra = "".join(f" + c{s} * {dpen[term]}<vf>(yy)" for s, term in act_terms)
+    return (f"    {{ {consts}for (int k = 0; k < B * {OUT}; ++k) {{ vf yy = y{l}[k]; vf g = dy{l}[k]{extra}; "
+            f"dy{l}[k] = dact_{act}<vf>(yy, g); }} }}")
+
+
 def _backward_code(arch: Arch) -> str:
     """The backward pass with each layer's update fused in (see the module docstring)."""
     w, offs, lines = arch.widths, arch.offsets(), []
     nl = len(arch.acts)
-    n_p = len(arch.param_slots)
     for l in range(nl - 1, -1, -1):
         IN, OUT = w[l], w[l + 1]
         ow, ob = offs[l]
-        # g = dy + activity derivatives; dz = act'(y) g (in place in dy)
-        act_terms = [(s, term) for s, (sl, term) in enumerate(arch.act_slots) if sl == l]
-        extra = "".join(f" + lam[{n_p + s}] * invB * dpen_{term}<vf>(yy)" for s, term in act_terms)
-        lines.append(f"    for (int k = 0; k < B * {OUT}; ++k) {{ vf yy = y{l}[k]; vf g = dy{l}[k]{extra}; "
-                     f"dy{l}[k] = dact_{arch.acts[l]}<vf>(yy, g); }}")
+        lines.append(_dz_code(arch, l))
         src = "h0" if l == 0 else f"y{l - 1}"
         if l > 0:
             lines.append(f"    backward_dh<{IN}, {OUT}>(dy{l}, P + {ow}, dy{l - 1}, B);")

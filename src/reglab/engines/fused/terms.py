@@ -28,7 +28,8 @@ import torch
 from ... import regularizers as _regularizers
 from ...losses import EPSILON
 
-__all__ = ["Term", "ACTIVATIONS", "PENALTIES", "LOSSES", "penalty_term", "RELU", "SIGMOID"]
+__all__ = ["Term", "ACTIVATIONS", "PENALTIES", "LOSSES", "penalty_term", "RELU", "SIGMOID", "NONNEG",
+           "DERIVS_NONNEG"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ PENALTIES = {
     "square": Term("square", "x * x", "2 * x", _regularizers._square, _regularizers._twice),
 }
 _BY_FN = {(t.ref, t.dref): name for name, t in PENALTIES.items()}
+
+#: activations whose output is never below zero: relu's is z or z * 0 (+0 or -0 for z <= 0),
+#: sigmoid's 1 / (1 + e) with e > 0 (or NaN, for either)
+NONNEG = frozenset({"relu", "sigmoid"})
+#: penalty term name -> its derivative where x is never below zero (an output of a ``NONNEG``
+#: activation): the same values as ``deriv`` there (its x < 0 branch never taken), in fewer operations
+DERIVS_NONNEG = {"abs": "sel(x > 0, x * 0 + 1, x * 0)"}
 
 
 def penalty_term(f: Callable, df: Callable) -> str | None:
