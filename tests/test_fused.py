@@ -17,7 +17,7 @@ from reglab.engines import choose_engine
 from reglab.engines.fused import arch_of
 from reglab.engines.fused.build import library, unavailable
 from reglab.engines.fused.source import Arch, source, term_order
-from reglab.engines.fused.terms import ACTIVATIONS, LOSSES, PENALTIES
+from reglab.engines.fused.terms import ACTIVATIONS, DERIVS_NONNEG, LOSSES, NONNEG, PENALTIES
 from reglab.losses import BinaryCrossentropy, MeanSquaredError
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"no fused kernel here: {unavailable()}")
@@ -112,6 +112,18 @@ def test_penalty_terms_are_the_regularizers_own(kernel, name):
     assert torch.equal(f, PENALTIES[name].ref(GRID)) and torch.equal(df, PENALTIES[name].dref(GRID))
     torch.testing.assert_close(f.sum(), value.detach(), rtol=1e-6, atol=0)
     torch.testing.assert_close(df, grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(DERIVS_NONNEG))
+def test_a_derivatives_short_form_is_its_bits_on_outputs_never_below_zero(kernel, name):
+    """``DERIVS_NONNEG``: on relu's and sigmoid's outputs (-0, +inf and NaN among them) the
+    same bits as the full derivative."""
+    z = torch.cat([GRID, torch.tensor([float("inf"), float("-inf"), float("nan")])])
+    for act in sorted(NONNEG):
+        y = _term(kernel, f"act_{act}", z)
+        assert not (y < 0).any()
+        full, short = _term(kernel, f"dpen_{name}", y), _term(kernel, f"dpen0_{name}", y)
+        assert torch.equal(full.view(torch.int32), short.view(torch.int32)), act
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

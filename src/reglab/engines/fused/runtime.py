@@ -299,8 +299,7 @@ template <int IN, int OUT>
 static inline void backward_dw(const vf* __restrict dz, const vf* __restrict h, vf* __restrict gW,
                                vf* __restrict gb, int B) {
   dw_tiles<IN, OUT>(dz, h, gW, B);
-  Dw<IN, OUT> f{dz, h, gW, B};
-  if constexpr (OUT & 1) corner_row<corner<IN>(), IN>(f, OUT - 1);
+  if constexpr (OUT & 1) corner_row<corner<IN>(), IN>(Dw<IN, OUT>{dz, h, gW, B}, OUT - 1);
   // the bias: 8 outputs' sums side by side (8 chains of adds, each over b in order, not one after another)
   int o2 = 0;
   for (; o2 + 8 <= OUT; o2 += 8) {

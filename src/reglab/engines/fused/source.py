@@ -94,7 +94,8 @@ def _check_functions() -> str:
     float64 (scalar), for the tests that hold the kernel to its Python definitions."""
     kinds = ([(f"act_{n}", 1) for n in ACTIVATIONS] + [(f"dact_{n}", 2) for n in ACTIVATIONS] +
              [(f"pen_{n}", 1) for n in PENALTIES] + [(f"dpen_{n}", 1) for n in PENALTIES] +
-             [(f"loss_{n}", 2) for n in LOSSES] + [(f"dloss_{n}", 2) for n in LOSSES])
+             [(f"loss_{n}", 2) for n in LOSSES] + [(f"dloss_{n}", 2) for n in LOSSES] +
+             [(f"dpen0_{n}", 1) for n in DERIVS_NONNEG])
     cases32, cases64 = [], []
     for k, (fn, arity) in enumerate(kinds):
         args32 = ", ".join(f"((const vf*)a{j})[i]" for j in range(arity))
@@ -123,7 +124,8 @@ extern "C" int lanes() {{ return LANES; }}
 def term_order() -> list[str]:
     """The term names in ``term_check``'s numbering."""
     return ([f"act_{n}" for n in ACTIVATIONS] + [f"dact_{n}" for n in ACTIVATIONS] + [f"pen_{n}" for n in PENALTIES] +
-            [f"dpen_{n}" for n in PENALTIES] + [f"loss_{n}" for n in LOSSES] + [f"dloss_{n}" for n in LOSSES])
+            [f"dpen_{n}" for n in PENALTIES] + [f"loss_{n}" for n in LOSSES] + [f"dloss_{n}" for n in LOSSES] +
+            [f"dpen0_{n}" for n in DERIVS_NONNEG])
 
 
 def _forward_code(arch: Arch) -> str:
