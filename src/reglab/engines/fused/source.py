@@ -188,16 +188,19 @@ def _dz_code(arch: Arch, l: int) -> str:
 
 
 def _backward_code(arch: Arch) -> str:
-    """The backward pass with each layer's update fused in (see the module docstring)."""
-    w, offs, lines = arch.widths, arch.offsets(), []
+    """The backward pass with each layer's update fused in (see the module docstring). A layer's
+    ``dz`` pass follows the ``dh`` that writes its ``dy`` (while that is in cache; the ``dW`` and
+    update between take neither)."""
+    w, offs = arch.widths, arch.offsets()
     nl = len(arch.acts)
+    lines = [_dz_code(arch, nl - 1)]
     for l in range(nl - 1, -1, -1):
         IN, OUT = w[l], w[l + 1]
         ow, ob = offs[l]
-        lines.append(_dz_code(arch, l))
         src = "h0" if l == 0 else f"y{l - 1}"
         if l > 0:
             lines.append(f"    backward_dh<{IN}, {OUT}>(dy{l}, P + {ow}, dy{l - 1}, B);")
+            lines.append(_dz_code(arch, l - 1))
         lines.append(f"    backward_dw<{IN}, {OUT}>(dy{l}, {src}, gw, gw + {OUT * IN}, B);")
         for part, off, size in (("W", ow, OUT * IN), ("b", ob, OUT)):
             slots = [(s, term) for s, (sl, pt, term) in enumerate(arch.param_slots) if sl == l and pt == part]
