@@ -256,9 +256,20 @@ def main():
         gf = GFLOP_PER_RUN / per if r["side"].removesuffix("_eager") in OURS else float("nan")
         print(f"| {r['side']} | {r['m']} | {r['threads']} | {per:.4f} | {vk} | {vs} | {gf:.1f} | {r['peak_rss_mb']:.0f} | "
               f"{r['peak_gpu_mb'] if r['peak_gpu_mb'] is None else round(r['peak_gpu_mb'])} |")
+    # every thread setting's best, side by side (the targets are stated at both threads; say the 1-thread figure)
+    keras_by = {t: best[("keras", 1, t)]["seconds"] for t in threads if ("keras", 1, t) in best}
+    print("\nby thread count (time per model, s; ratio to Keras at the same thread count):")
+    for side, m in settings:
+        cells = []
+        for t in threads:
+            per = best[(side, m, t)]["seconds"] / best[(side, m, t)]["m"] * scale
+            same = f", {keras_by[t] * scale / per:.0f}x Keras at {t}" if t in keras_by and side != "keras" else ""
+            cells.append(f"{t} thread(s) {per:.4f}{same}")
+        print(f"  {side:14s} M={m:<5d} " + " | ".join(cells))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"epochs": args.epochs, "device": args.device, "rows": rows}, f, indent=1)
+            json.dump({"epochs": args.epochs, "device": args.device, "rows": rows,
+                       "all": [dict(r, side=k[0], m=k[1], threads=k[2]) for k, r in best.items()]}, f, indent=1)
 
 
 if __name__ == "__main__":
