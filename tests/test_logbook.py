@@ -72,3 +72,14 @@ def test_logbook_blocks_match_one_block(monkeypatch):
     assert book.histories() == whole
     assert len(whole[1]) == 3 and len(whole[0]) == 5
     assert whole[4]["loss"][4] == book.entries[4][2][0, 2]
+
+
+def test_lazy_history_pickles_and_an_older_pickle_reads():
+    import pickle
+
+    h = History.from_columns(("loss", "val_loss"), np.array([[1.0, 0.5], [2.0, math.nan]]), [0, 1])
+    back = pickle.loads(pickle.dumps(h))
+    assert back == h and back.history["loss"] == [1.0, 0.5] and back.keys() == ["loss", "val_loss"]
+    old = History.__new__(History)  # the state a History pickled before had: its lists under "history"
+    old.__setstate__({"history": {"loss": [1.0]}, "epoch": [0], "meta": {}})
+    assert old.history == {"loss": [1.0]} and old["loss"].tolist() == [1.0] and len(old) == 1

@@ -23,7 +23,6 @@ def test_compiled_orders_are_randperms(n):
     assert shuffle._compiled() is not None  # built, and it passed its own check against torch.randperm
     seeds = [0, 1, 7, 2**33 + 5, 123456789]
     sh, ref = shuffle.Shuffler(_gens(seeds)), _gens(seeds)
-    assert sh.compiled is not None
     for epoch in range(4):
         if epoch == 2:  # rows dropped (the loop's compaction)
             keep = np.array([0, 2, 4])
@@ -31,6 +30,7 @@ def test_compiled_orders_are_randperms(n):
             ref = [ref[i] for i in keep]
         want = torch.stack([torch.randperm(n, generator=g) for g in ref])
         assert torch.equal(sh.draw(n), want)
+        assert sh.compiled is not None  # drawn compiled
 
 
 def test_generator_used_before_and_fallback(monkeypatch):
@@ -39,11 +39,32 @@ def test_generator_used_before_and_fallback(monkeypatch):
     gens, ref, plain = _gens([3, 4, 5]), _gens([3, 4, 5]), _gens([3, 4, 5])
     for g in (*gens, *ref, *plain):
         torch.rand(1000, generator=g)
+    want = [torch.stack([torch.randperm(50, generator=g) for g in ref]) for _ in range(3)]
     compiled = shuffle.Shuffler(gens)
+    assert all(torch.equal(compiled.draw(50), w) for w in want)
+    assert compiled.compiled is not None or unavailable() is not None
     monkeypatch.setattr(shuffle, "_compiled", lambda: None)
     fallback = shuffle.Shuffler(plain)
+    assert all(torch.equal(fallback.draw(50), w) for w in want)
     assert fallback.compiled is None
-    for _ in range(3):
-        want = torch.stack([torch.randperm(50, generator=g) for g in ref])
-        assert torch.equal(compiled.draw(50), want)
-        assert torch.equal(fallback.draw(50), want)
+
+
+def test_large_orders_come_from_torch_after_compiled_ones(monkeypatch):
+    """From ``LARGE`` examples on torch draws 64-bit numbers: those orders come from torch, which
+    takes each stream where the compiled draws left it (and back again)."""
+    if unavailable() is not None:
+        pytest.skip(f"no compiled draws here ({unavailable()})")
+    monkeypatch.setattr(shuffle, "LARGE", 100)
+    sh, ref = shuffle.Shuffler(_gens([5, 6, 7])), _gens([5, 6, 7])
+    for n in (50, 700, 150, 50, 60, 150):  # 700 regenerates the twister's state mid-stream
+        want = torch.stack([torch.randperm(n, generator=g) for g in ref])
+        got = sh.draw(n)
+        assert torch.equal(got, want), n
+        assert (sh.compiled is not None) == (n < 100)
+
+
+def test_no_shuffle_builds_nothing():
+    sh = shuffle.Shuffler(_gens([1, 2]))
+    assert sh.compiled is None  # made at the first draw
+    sh.take(np.array([1]))
+    assert len(sh.gens) == 1

@@ -1,5 +1,6 @@
-"""``paused()``: Python's cyclic garbage collector off for a block that makes many objects
-(``fit_many``'s chunks: building, training and the histories; training itself makes no cycles).
+"""``paused()``: Python's cyclic garbage collector off for a block that makes many objects and
+runs no user code that could make cycles for long (``fit_many`` building a chunk's models, the
+loop making the histories); never around training, where a user's forward may make cycles.
 
 Building 1024 models adds millions of tracked objects (modules, hooks, parameters), and so does
 making 1024 histories; the full collections that such growth triggers walk every object made

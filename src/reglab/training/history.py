@@ -67,6 +67,13 @@ class History:
     def history(self, value: dict[str, list[float]]) -> None:
         self._history, self._columns = value, None
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling, also of a History pickled before the columns (its lists in ``history``)."""
+        if "history" in state:
+            state["_history"] = state.pop("history")
+        state.setdefault("_columns", None)
+        self.__dict__.update(state)
+
     # -- building
     def append(self, epoch: int, logs: Mapping[str, float]) -> None:
         h = self.history

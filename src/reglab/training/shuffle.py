@@ -10,9 +10,10 @@ regenerated every 624 draws). For 1024 models that is 1024 Python calls per epoc
 here the generators' states are read once (``Generator.get_state``), and a small compiled loop
 (built and cached like the fused kernel, ``engines.fused.build``) draws every model's order from
 them. The first use in a process checks the compiled draws against ``torch.randperm`` itself;
-where the library cannot be built or the check fails (another torch's generator layout) the
-orders come from ``torch.randperm``, one call per model, as before. Either way the orders are
-the same bits (tested).
+where the library cannot be built or the check fails (another torch's generator layout), for
+one model, and from ``LARGE`` examples on (where torch draws 64-bit numbers) the orders come from
+``torch.randperm``, one call per model, as before. Either way the orders are the same bits
+(tested).
 """
 
 from __future__ import annotations
@@ -51,12 +52,16 @@ extern "C" void permutations(int32_t count, int64_t n, uint32_t* states, int32_t
       y ^= (y << 7) & 0x9d2c5680u;
       y ^= (y << 15) & 0xefc60000u;
       y ^= (y >> 18);
-      int64_t z = n - i <= 0xffffffffLL ? (int64_t)(y % (uint32_t)(n - i)) : (int64_t)y % (n - i);
+      int64_t z = (int64_t)(y % (uint32_t)(n - i));  /* n < LARGE: torch's 32-bit draws */
       int64_t t = r[i]; r[i] = r[i + z]; r[i + z] = t;
     }
   }
 }
 """
+
+#: from this many examples on, ``torch.randperm`` draws 64-bit numbers (two twister outputs a
+#: step); the compiled loop draws 32-bit ones only, so larger orders come from torch itself
+LARGE = (2**32 - 1) // 20
 
 #: where ``Generator.get_state()`` keeps MT19937's ``left`` (int32), ``next`` (uint64) and its
 #: 624 words (each a uint64), in bytes (torch's ``CPUGeneratorImplStateLegacy``)
@@ -111,20 +116,36 @@ class _CompiledDraws:
     def take(self, rows: np.ndarray) -> None:
         self.words, self.left, self.next = (np.ascontiguousarray(a[rows]) for a in (self.words, self.left, self.next))
 
+    def write_back(self, gens: list[torch.Generator]) -> None:
+        """Each generator's state set to where its stream has got to here."""
+        for g, w, left, nxt in zip(gens, self.words, self.left, self.next):
+            raw = g.get_state().numpy().copy()
+            raw[LEFT:LEFT + 4] = np.array([left], dtype=np.int32).view(np.uint8)
+            raw[NEXT:NEXT + 8] = np.array([nxt], dtype=np.uint64).view(np.uint8)
+            raw[WORDS:WORDS + 624 * 8] = w.astype(np.uint64).view(np.uint8)
+            g.set_state(torch.from_numpy(raw))
+
 
 class Shuffler:
     """Each row's generator (``gens``); ``draw(n)`` gives the rows' next epoch orders ``(rows,
-    n)`` (int64, on the CPU), ``take(rows)`` keeps the rows ``rows`` only. The generators
-    themselves are not advanced: the shuffler owns their streams from here on."""
+    n)`` (int64, on the CPU), ``take(rows)`` keeps the rows ``rows`` only. The shuffler owns
+    the generators' streams: while it draws them compiled it holds their states itself (built
+    and read at the first draw, so a run that never shuffles builds nothing), and it gives the
+    states back to the generators before torch draws from them again."""
 
     def __init__(self, gens: list[torch.Generator]):
-        fn = _compiled() if len(gens) > 1 else None
         self.gens = list(gens)
-        self.compiled = _CompiledDraws(fn, self.gens) if fn is not None else None
+        self.compiled: _CompiledDraws | None = None
 
     def draw(self, n: int) -> torch.Tensor:
-        if self.compiled is not None:
-            return self.compiled.draw(n)
+        if len(self.gens) > 1 and n < LARGE:
+            if self.compiled is None and (fn := _compiled()) is not None:
+                self.compiled = _CompiledDraws(fn, self.gens)
+            if self.compiled is not None:
+                return self.compiled.draw(n)
+        elif self.compiled is not None:
+            self.compiled.write_back(self.gens)
+            self.compiled = None
         out = torch.empty(len(self.gens), n, dtype=torch.int64)
         for row, g in zip(out.unbind(0), self.gens):
             torch.randperm(n, generator=g, out=row)

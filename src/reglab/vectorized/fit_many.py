@@ -115,7 +115,6 @@ def _check_one_architecture(first, models, configs, first_config) -> None:
                              "separate fit_many calls")
 
 
-@_collector.paused()  # many objects made (models, hooks, histories) among many kept: no full collections
 def fit_many(
     build: Callable[..., nn.Module | tuple[nn.Module, Any]],
     x: Any,
@@ -185,7 +184,7 @@ def fit_many(
     result = ManyResult([], [], configs, chunks=len(bounds) - 1, engine=choice.kind, engine_reason=choice.reason)
     for c0, c1 in zip(bounds, bounds[1:]):
         idx = list(range(c0, c1))
-        built = [(first, first_loss) if i == 0 else make(i) for i in idx]
+        built = _built(make, idx, (first, first_loss))
         _check_chunk(first, [b[0] for b in built], idx, configs)
         res = _train_chunk(choice.kind, built, idx, configs, data, [rngs[i] for i in idx], stoppers, result,
                            dict(optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
@@ -196,6 +195,14 @@ def fit_many(
             break
     bar.close()
     return result
+
+
+def _built(make: Callable[[int], Any], idx: list[int], first: Any) -> list:
+    """A chunk's ``(model, loss)`` pairs (model 0's built already), with Python's cyclic
+    collector paused meanwhile (``reglab._collector``: full collections walked every model built
+    before, 20-25 % of building 1024). Not for training: a user's forward may make cycles."""
+    with _collector.paused():
+        return [first if i == 0 else make(i) for i in idx]
 
 
 def _bar(M: int, progress: bool) -> Any:
