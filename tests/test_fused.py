@@ -2,6 +2,7 @@
 definitions and autograd, its numbers against the eager engine, its bits across fit/fit_many,
 lanes, chunks and threads, failures and early stopping, and the fallback where no kernel builds."""
 
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from reglab import activations, regularizers
 from reglab.engines import choose_engine
 from reglab.engines.fused import arch_of
 from reglab.engines.fused.build import library, unavailable
-from reglab.engines.fused.source import Arch, source, term_order
+from reglab.engines.fused.source import VERSION, Arch, source, term_order
 from reglab.engines.fused.terms import ACTIVATIONS, DERIVS_NONNEG, LOSSES, NONNEG, PENALTIES
 from reglab.losses import BinaryCrossentropy, MeanSquaredError
 
@@ -143,6 +144,17 @@ def test_losses_match_reglab_and_autograd(kernel, name):
         torch.testing.assert_close(dgot[inner], dq, rtol=2e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_nan_output_has_a_nan_loss_and_derivative(kernel, name):
+    """As torch's clamp and log: NaN in, NaN out (the kernel's own log once made NaN finite, so a
+    model gone NaN trained on with a finite loss instead of failing)."""
+    p = torch.full((8,), float("nan"))
+    for target in (0.0, 1.0):
+        y = torch.full_like(p, target)
+        assert _term(kernel, f"loss_{name}", p, y).isnan().all()
+        assert _term(kernel, f"dloss_{name}", p, y).isnan().all()
+
+
 class _Term(torch.autograd.Function):
     """A kernel term (float64) whose backward is its declared derivative: ``gradcheck`` holds
     one against the other."""
@@ -232,7 +244,7 @@ def test_one_epoch_agrees_with_the_eager_engine():
         assert a.keys() == b.keys()
         for k in a.keys():
             assert abs(a[k][0] - b[k][0]) <= 1e-6 * max(1.0, abs(b[k][0])), k
-        assert a.meta["engine"] == "fused/1" and "engine" not in b.meta
+        assert a.meta["engine"] == f"fused/{VERSION}" and "engine" not in b.meta
     for a, b in zip(fused.models, dense.models):
         assert (weights(a) - weights(b)).abs().max() <= 1e-6
 
@@ -267,7 +279,7 @@ def test_a_models_bits_do_not_depend_on_fit_many_its_lane_or_the_threads():
     model = program6()
     alone = reglab.fit(model, X, Y, loss="binary_crossentropy", optimizer="adam", epochs=3, batch_size=16,
                        validation_data=(XV, YV), progress=False, seed=seed)
-    assert alone.meta["engine"] == "fused/1"
+    assert alone.meta["engine"] == f"fused/{VERSION}"
     threads = torch.get_num_threads()
     try:
         for n_threads, seeds in ((1, range(11)), (2, range(3, 12))):
@@ -305,6 +317,23 @@ def test_a_diverging_model_fails_at_its_step_and_the_others_train_as_alone():
         reglab.fit(model, xs[1], Y, seed=1, **kw)
     torch.manual_seed(1)
     assert torch.equal(weights(model), weights(regression()))
+
+
+def test_a_model_gone_nan_fails_at_its_step_as_on_the_eager_engine():
+    """A model whose weights are NaN from the start: its data loss is NaN at epoch 0, batch 0, on
+    the fused engine as on the eager one; the others train as alone."""
+    def build(bad=0):
+        model = program6()
+        if bad:
+            with torch.no_grad():
+                model[0].weight[0, 0] = float("nan")
+        return model
+
+    runs = {e: many(e, [0, 1], epochs=2, build=build, grid=[{"bad": 0}, {"bad": 1}]) for e in ("auto", "dense")}
+    assert runs["auto"].engine == "fused"
+    for res in runs.values():
+        assert list(res.failed) == [1, 3] and res.failed[1]["epoch"] == 0 and res.failed[1]["batch"] == 0
+        assert math.isnan(res.failed[1]["value"]) and len(res.histories[1]) == 0 and len(res.histories[0]) == 2
 
 
 def test_early_stopping_stops_and_restores_each_model_as_alone():

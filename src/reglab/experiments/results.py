@@ -45,7 +45,7 @@ def sweep_order(v: Any) -> tuple:
 
 def engine_of(row: dict) -> str:
     """The engine that trained a run: the kernel and its version where the history records one
-    (``"fused/1"``), else the run's engine kind (``"dense"``, ``"vmap"``, ``"loop"``)."""
+    (``"fused/2"``), else the run's engine kind (``"dense"``, ``"vmap"``, ``"loop"``)."""
     meta = (row.get("history") or {}).get("meta") or {}
     return str(meta.get("engine") or row.get("engine") or "")
 

@@ -67,7 +67,7 @@ static inline vf v_exp(vf x) {
   vi e = (n + 127) << 23;
   return y * (vf)e;
 }
-static inline vf v_log(vf x) {  // x > 0 and normal
+static inline vf v_log(vf x) {  // x > 0 and normal, or NaN (NaN out: a model gone NaN has a NaN loss)
   vi i = (vi)x;
   vi e = ((i >> 23) & 0xff) - 126;
   i = (i & 0x807fffff) | 0x3f000000;
@@ -89,7 +89,7 @@ static inline vf v_log(vf x) {  // x > 0 and normal
   vf fe = __builtin_convertvector(e, vf);
   y = y + fe * -2.12194440e-4f;
   y = y - 0.5f * z;
-  return m + y + fe * 0.693359375f;
+  return sel(x == x, m + y + fe * 0.693359375f, x);
 }
 static inline double ipow(double b, int64_t t) {  // b^t by squaring: IEEE products, no libm pow
   double r = 1.0;
