@@ -398,3 +398,31 @@ def test_seed_global_sets_what_torch_manual_seed_sets():
         seed_global(seed)
         assert torch.equal(torch.get_rng_state(), want)
         assert torch.initial_seed() == seed
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap", "dense", "auto"])
+def test_a_model_gone_nan_fails_at_its_step_on_every_engine(engine):
+    """A model whose weights are NaN from the start fails at epoch 0, batch 0, on every engine
+    (the per-model loop once crashed restoring its weights inside the step's graph, vmap on the
+    NaN check of the BCE, the fused kernel trained it on with a finite loss), keeps those
+    weights, and the others train exactly as without it."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (x.sum(1, keepdims=True) > 0).astype(np.float32)
+
+    def build(bad=0):
+        model = reglab.models.mlp(4, [{"units": 8, "activation": "relu"}, {"units": 1, "activation": "sigmoid"}])
+        if bad:
+            with torch.no_grad():
+                model[0].weight[0, 0] = float("nan")
+        return model
+
+    kw = dict(loss="binary_crossentropy", batch_size=20, epochs=2, progress=False, engine=engine)
+    res = fit_many(build, x, y, seeds=[0, 1], grid=[{"bad": 0}, {"bad": 1}], **kw)
+    assert sorted(res.failed) == [1, 3]
+    assert all(res.failed[i]["epoch"] == 0 and res.failed[i]["batch"] == 0 for i in (1, 3))
+    assert [len(h) for h in res.histories] == [2, 0, 2, 0]
+    assert res.models[1][0].weight.isnan().sum() == 1  # its own (epoch-start) weights
+    alone = fit_many(build, x, y, seeds=[0, 1], **kw)
+    for a, b in zip(alone.models, res.models[::2]):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -114,9 +114,13 @@ def _bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     try:
         return F.binary_cross_entropy(p, y, reduction="none")
     except RuntimeError:
-        if not torch.isnan(p).any():
-            raise
         nan = torch.isnan(p)
+        try:
+            some = bool(nan.any())
+        except RuntimeError:  # under torch.vmap, which branches on no data: the NaN-safe form
+            some = True       # (an input outside [0, 1] still raises in it)
+        if not some:
+            raise
         v = F.binary_cross_entropy(torch.where(nan, 0.5, p), y, reduction="none")
         return torch.where(nan, torch.nan, v)
 

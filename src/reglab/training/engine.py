@@ -154,6 +154,8 @@ class _Loop:
         self.intr: _DeferredInterrupt
         self.names: list[str] = []
         self.epoch_start: Any = None
+        # models failed in a step whose epoch-start weights go back after it (``fail``)
+        self.restore_after_step: np.ndarray | None = None
 
     # -- an epoch
     def epoch(self, epoch: int) -> bool:
@@ -255,9 +257,11 @@ class _Loop:
         # one reduction tells "all finite" (a finite sum that overflows only takes the exact path)
         if not math.isfinite(row.sum().item()):
             total = data_mean + pens.sum(0) if pens is not None else data_mean
+            self.restore_after_step = np.zeros(len(self.active), dtype=bool)
             self.check_finite(row, epoch, b, total, pens)
             active = self.active
             if not active.any():
+                self.restore_failed()
                 return None, correct is not None
         before = stack.hold(~active, buffers=False) if self.frozen_any else None  # stopped models keep their weights
         if not self.sets_grad:
@@ -274,7 +278,16 @@ class _Loop:
             stack.release(before, ~active)
             if kept is not None:
                 stack.release(kept, ~active)
+        self.restore_failed()
         return (row if self.sets_grad else row.detach()), correct is not None
+
+    def restore_failed(self) -> None:
+        """After a step: the epoch-start weights of the models that failed in it with weights not
+        finite (not during it: the step's graph holds their weights, which must not change in
+        place before its backward pass)."""
+        broken, self.restore_after_step = self.restore_after_step, None
+        if broken is not None and broken.any():
+            self.stack.restore(self.epoch_start, broken)
 
     def logs(self, acc: torch.Tensor, seen: int, with_acc: bool) -> tuple[list[str], np.ndarray]:
         """The epoch's logs: their keys (training statistics, then validation's) and a float64
@@ -343,7 +356,9 @@ class _Loop:
         for i in np.flatnonzero(newly):
             self.failed[int(self.ids[i])] = {"epoch": epoch, "batch": batch[i], "value": value[i]}
         broken = newly & ~stack.all_finite()
-        if broken.any():  # keep the epoch-start weights of models whose weights are not finite
+        if self.restore_after_step is not None:  # in a step: after it (``restore_failed``)
+            self.restore_after_step |= broken
+        elif broken.any():  # keep the epoch-start weights of models whose weights are not finite
             stack.restore(self.epoch_start, broken)
         self.active = self.active & ~newly
         self.frozen_any = True
