@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +31,7 @@ from .callbacks import Callback, EarlyStopping
 from .denormals import FlushDenormals, keep_flushing_denormals
 from .evaluation import evaluate_stack, with_totals
 from .history import History
+from .interrupt import DeferredInterrupt
 from .logbook import Logbook
 from .shuffle import Shuffler
 from .sources import ArrayData, LoaderData
@@ -57,26 +56,6 @@ class TrainingDiverged(RuntimeError):
         self.state_dict = state_dict
         self.epoch = epoch
         self.batch = batch
-
-
-class _DeferredInterrupt:
-    """Turn Ctrl-C into a flag checked between steps, so weights stay those of a completed step."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._old: Any = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.flag = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 @dataclass
@@ -107,7 +86,7 @@ def run(
     loop = _Loop(stack, optimizer, train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seeds=seeds,
                  callbacks=callbacks, early_stopping=early_stopping, progress=progress,
                  raise_on_divergence=raise_on_divergence, desc=desc)
-    with _DeferredInterrupt() as loop.intr, FlushDenormals(), engine_steps(optimizer):
+    with DeferredInterrupt() as loop.intr, FlushDenormals(), engine_steps(optimizer):
         for epoch in loop.bar:
             if not loop.epoch(epoch):
                 break
@@ -151,7 +130,7 @@ class _Loop:
         # a stack that can drop rows does so once a quarter of its models (at least one) have stopped
         # or failed, so they cost nothing more (``Stack.keep``); not with callbacks, which see row 0
         self.can_compact = caps.can_keep and not self.callbacks and M > 1
-        self.intr: _DeferredInterrupt
+        self.intr: DeferredInterrupt
         self.names: list[str] = []
         self.epoch_start: Any = None
         # models failed in a step whose epoch-start weights go back after it (``fail``)
