@@ -282,7 +282,9 @@ def test_files_under_out_get_the_modes_of_the_umask(copy):
 
 # a group trains for ~10 s of CPU here (400 epochs took 1.4 s: a helper past its ~5 s of imports
 # was often killed after its group had ended, so nothing noticed: a flake of the test, not a loss)
-SLOW = TINY.replace("epochs = 3", "epochs = 3000").replace("n_samples = 80", "n_samples = 200")
+# long enough that a helper's CPU time passes _helper_of's mark while it trains (3000 epochs were,
+# until the loop's bookkeeping got faster: the helper then finished at 5.9 s of CPU, under the 6 s)
+SLOW = TINY.replace("epochs = 3", "epochs = 12000").replace("n_samples = 80", "n_samples = 200")
 
 
 def _helper_of(pid: int, timeout: float = 120.0) -> int:
