@@ -80,9 +80,13 @@ class FusedStack:
             cols[k] = self._flatten(m)
         self.lanes.copy_(cols.reshape(self.C, self.L, -1).transpose(1, 2))
 
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[torch.Tensor]:
+        """A model's parameters in the kernel's order: each Dense layer's weight, then its bias."""
+        return [t for c in model.children() if isinstance(c, nn.Linear) for t in (c.weight, c.bias)]
+
     def _flatten(self, model: nn.Module) -> torch.Tensor:
-        layers = [m for m in model.children() if isinstance(m, nn.Linear)]
-        return torch.cat([t.detach().reshape(-1).float() for layer in layers for t in (layer.weight, layer.bias)])
+        return torch.cat([t.detach().reshape(-1).float() for t in self._tensors(model)])
 
     def _columns(self, buf: torch.Tensor) -> torch.Tensor:
         """``(M, P)``: each model's parameters from a ``(chunks, P, lanes)`` buffer."""
@@ -287,8 +291,7 @@ class FusedStack:
         """Each model's trained weights into its own parameters."""
         self.models[0].train(self._training)
         cols = self._columns(self.lanes)
-        per_model = [[t for c in m.children() if isinstance(c, nn.Linear) for t in (c.weight, c.bias)]
-                     for m in self.models]
+        per_model = [self._tensors(m) for m in self.models]
         dst: list[torch.Tensor] = []
         src: list[torch.Tensor] = []
         o = 0
